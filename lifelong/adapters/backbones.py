@@ -1,0 +1,101 @@
+"""Small backbones for class-incremental baselines, chosen by input size and overridable with ``model=NAME``.
+
+Every backbone is a ``ClassifierNet``: a feature extractor with a known ``feature_dim`` and a linear head over
+all classes of the stream, so strategies that need the two parts apart (iCaRL, DER) can take them.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from lifelong.platform.config import ConfigError
+
+
+class ClassifierNet(nn.Module):
+    """``classifier(features(x))``; ``feature_dim`` is the width of the features."""
+
+    def __init__(self, features: nn.Module, feature_dim: int, n_classes: int) -> None:
+        super().__init__()
+        self.features = features
+        self.feature_dim = feature_dim
+        self.classifier = nn.Linear(feature_dim, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def _mlp(input_shape: tuple[int, ...], hidden: int = 256) -> tuple[nn.Module, int]:
+    n_in = 1
+    for d in input_shape:
+        n_in *= d
+    return nn.Sequential(nn.Flatten(), nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()), hidden
+
+
+def _cnn_small(input_shape: tuple[int, ...]) -> tuple[nn.Module, int]:
+    channels = input_shape[0]
+    net = nn.Sequential(
+        nn.Conv2d(channels, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(64, 128, 3, padding=1), nn.BatchNorm2d(128), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+    )
+    return net, 128
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+def _resnet_reduced(input_shape: tuple[int, ...], width: int = 20) -> tuple[nn.Module, int]:
+    """ResNet-18 with a 20-wide first stage (the "reduced ResNet-18" of GEM and Avalanche's SlimResNet18)."""
+    layers: list[nn.Module] = [nn.Conv2d(input_shape[0], width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+    c_in = width
+    for i, mult in enumerate((1, 2, 4, 8)):
+        for j in range(2):
+            stride = 2 if (i > 0 and j == 0) else 1
+            layers.append(_BasicBlock(c_in, width * mult, stride))
+            c_in = width * mult
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return nn.Sequential(*layers), c_in
+
+
+BACKBONES: dict[str, Callable[[tuple[int, ...]], tuple[nn.Module, int]]] = {
+    "mlp": _mlp,
+    "cnn-small": _cnn_small,
+    "resnet-reduced": _resnet_reduced,
+}
+
+
+def default_backbone(input_shape: tuple[int, ...]) -> str:
+    """The backbone ``model=auto`` picks: an MLP for tiny images, a small CNN up to 28x28, else the ResNet."""
+    side = max(input_shape[1:]) if len(input_shape) > 1 else 0
+    if side <= 8:
+        return "mlp"
+    if side <= 28:
+        return "cnn-small"
+    return "resnet-reduced"
+
+
+def build_backbone(name: str, input_shape: tuple[int, ...], n_classes: int) -> ClassifierNet:
+    """Build backbone ``name`` (or the default for ``auto``) with a head over ``n_classes``."""
+    if name == "auto":
+        name = default_backbone(input_shape)
+    if name not in BACKBONES:
+        raise ConfigError(f"model: unknown backbone {name!r}; allowed values: auto, {', '.join(BACKBONES)}")
+    features, dim = BACKBONES[name](tuple(input_shape))
+    return ClassifierNet(features, dim, n_classes)

@@ -1,0 +1,1 @@
+"""What every plugin shares and no method owns: registry, configs, runner, metrics, results, store, CLI."""

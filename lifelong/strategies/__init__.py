@@ -1,0 +1,1 @@
+"""One module per method; every public module here registers its strategies, editors or scorers."""
