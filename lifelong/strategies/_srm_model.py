@@ -1,0 +1,285 @@
+"""The reward model behind the ``srm`` and ``scalar-rm`` scorers: encoder + additive head + Bradley-Terry.
+
+The text part embeds ``prompt / response / branch texts`` joined into one string with a frozen sentence encoder
+(all-MiniLM-L6-v2) and scores it with a small MLP; each branch's standardised features get their own linear
+term. The reward is the sum of these terms, so every dimension's contribution is reported and they add up to
+the reward exactly. ``scalar-rm`` is the same model with no branches (only the text term over prompt and
+response). Kept private (underscore module) so that importing the plugin module stays light.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from lifelong.platform.errors import UserError
+from lifelong.strategies import _srm_branches as sb
+
+FORMAT_VERSION = 1
+TEXT_TERM = "text"
+
+
+def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    """Mean of -log σ(s_chosen − s_rejected): the negative log-likelihood of the preferences under Bradley-Terry."""
+    return -nn.functional.logsigmoid(chosen - rejected).mean()
+
+
+class RewardHead(nn.Module):
+    """Text MLP plus one linear term per branch over standardised features; returns the per-term scores."""
+
+    def __init__(self, embed_dim: int, branch_dims: dict[str, int], hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.branch_names = list(branch_dims)
+        self.text = nn.Sequential(nn.Dropout(dropout), nn.Linear(embed_dim, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        self.branches = nn.ModuleDict({n: nn.Linear(d, 1, bias=False) for n, d in branch_dims.items()})
+        for n, d in branch_dims.items():
+            self.register_buffer(f"mean_{n.replace('-', '_')}", torch.zeros(d))
+            self.register_buffer(f"std_{n.replace('-', '_')}", torch.ones(d))
+
+    def set_standardisation(self, feats: dict[str, torch.Tensor]) -> None:
+        for n, x in feats.items():
+            getattr(self, f"mean_{n.replace('-', '_')}").copy_(x.mean(0))
+            getattr(self, f"std_{n.replace('-', '_')}").copy_(x.std(0, unbiased=False).clamp_min(1e-3))
+
+    def terms(self, emb: torch.Tensor, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(batch, 1 + branches): the text term first, then each branch's term, in ``branch_names`` order."""
+        cols = [self.text(emb)]
+        for n in self.branch_names:
+            key = n.replace("-", "_")
+            z = (feats[n] - getattr(self, f"mean_{key}")) / getattr(self, f"std_{key}")
+            cols.append(self.branches[n](z))
+        return torch.cat(cols, dim=1)
+
+    def forward(self, emb: torch.Tensor, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.terms(emb, feats).sum(1)
+
+
+@dataclass
+class RewardResult:
+    """A reward with its explanation: each term's contribution (they sum to ``reward``) and the branch texts."""
+
+    reward: float
+    contributions: dict[str, float]
+    branch_texts: dict[str, str]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"reward": self.reward, "contributions": self.contributions, "branch_texts": self.branch_texts}
+
+
+@dataclass
+class _Features:
+    emb: torch.Tensor
+    feats: dict[str, torch.Tensor]
+    texts: dict[str, list[str]]
+
+
+def default_cache_path() -> Path:
+    """``$LIFELONG_CACHE/srm-branches.sqlite`` (default ``~/.cache/lifelong``), shared by every SRM."""
+    env = os.environ.get("LIFELONG_CACHE")
+    base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lifelong"
+    return base / "srm-branches.sqlite"
+
+
+class RewardModel:
+    """A trainable, savable reward model; ``scorer`` is its registry name, ``config`` its typed config."""
+
+    def __init__(self, scorer: str, config: Any) -> None:
+        self.scorer = scorer
+        self.config = config
+        self.branch_names: list[str] = list(getattr(config, "branches", []))
+        facts = [self._resolve_facts(f) for f in getattr(config, "facts", [])]
+        self.branches = sb.make_branches(
+            self.branch_names, encoder=config.encoder, llm=getattr(config, "llm", "smollm2-135m"), facts=facts,
+            store=getattr(config, "store", None), fact_threshold=getattr(config, "fact_threshold", 0.6),
+            batch_size=getattr(config, "llm_batch_size", 16))
+        cache_dir = config.cache_dir
+        path = Path(cache_dir) / "srm-branches.sqlite" if cache_dir else default_cache_path()
+        self.cache = sb.BranchCache(path if cache_dir != ":memory:" else None)
+        self.head: RewardHead | None = None
+        self.training: dict[str, Any] = {}
+
+    @staticmethod
+    def _resolve_facts(spec: str) -> str:
+        if spec == "bundled":
+            from lifelong.benchmarks.preferences import BUNDLED_FACTS
+
+            return str(BUNDLED_FACTS)
+        return spec
+
+    @property
+    def join_texts(self) -> bool:
+        return bool(getattr(self.config, "join_texts", False)) and bool(self.branches)
+
+    # ------------------------------------------------------------------ features
+    def featurize(self, items: Sequence[tuple[str, str]], parallel: bool | None = None) -> _Features:
+        """Branch outputs (cached) and the encoder embedding of the joined text, for each (prompt, response)."""
+        parallel = getattr(self.config, "parallel", True) if parallel is None else parallel
+        outs = sb.run_branches(self.branches, items, self.cache, parallel=parallel)
+        texts = {n: [o.text for o in outs[n]] for n in self.branch_names}
+        joined = []
+        for i, (p, r) in enumerate(items):
+            parts = [f"Prompt: {p}", f"Response: {r}"]
+            if self.join_texts:
+                parts += [texts[n][i] for n in self.branch_names]
+            joined.append("\n".join(parts))
+        emb = self._embed(joined)
+        feats = {n: torch.tensor([o.features for o in outs[n]], dtype=torch.float32).reshape(len(items), -1)
+                 for n in self.branch_names}
+        return _Features(emb, feats, texts)
+
+    def _embed(self, texts: Sequence[str]) -> torch.Tensor:
+        ns = f"encoder/{self.config.encoder}"
+        keys = [sb.BranchCache.key(ns, t, "") for t in texts]
+        hit = self.cache.get_many(keys)
+        todo = sorted({k: i for i, k in enumerate(keys) if k not in hit}.values())
+        fresh = {}
+        if todo:
+            vecs = sb.encode([texts[i] for i in todo], self.config.encoder)
+            fresh = {keys[i]: json.dumps([round(float(x), 6) for x in v]) for i, v in zip(todo, vecs)}
+            self.cache.put_many(fresh)
+        rows = [json.loads(fresh.get(k) or hit[k]) for k in keys]
+        return torch.tensor(np.asarray(rows, dtype=np.float32))
+
+    # ------------------------------------------------------------------ training
+    def fit(self, pairs: Sequence[Any]) -> dict[str, Any]:
+        """Train the head with the Bradley-Terry loss on ``pairs`` (objects with prompt, chosen, rejected)."""
+        if not pairs:
+            raise UserError("no preference pairs to train on")
+        cfg = self.config
+        start = time.perf_counter()
+        items = [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs]
+        f = self.featurize(items)
+        n = len(pairs)
+        feature_time = time.perf_counter() - start
+        torch.manual_seed(cfg.seed)
+        dims = {k: v.shape[1] for k, v in f.feats.items()}
+        head = RewardHead(f.emb.shape[1], dims, cfg.hidden, cfg.dropout)
+        head.set_standardisation(f.feats)
+        opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        head.train()
+        losses = []
+        for _ in range(cfg.epochs):
+            perm = torch.randperm(n, generator=gen)
+            for s in range(0, n, cfg.batch_size):
+                idx = perm[s:s + cfg.batch_size]
+                both = torch.cat([idx, idx + n])
+                scores = head(f.emb[both], {k: v[both] for k, v in f.feats.items()})
+                loss = bradley_terry_loss(scores[: len(idx)], scores[len(idx):])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                losses.append(float(loss.detach()))
+        head.eval()
+        self.head = head
+        with torch.no_grad():
+            s = head(f.emb, f.feats)
+        self.training = {
+            "n_pairs": n,
+            "final_loss": float(np.mean(losses[-max(1, n // cfg.batch_size):])),
+            "train_accuracy": float((s[:n] > s[n:]).float().mean()),
+            "feature_seconds": round(feature_time, 2),
+            "seconds": round(time.perf_counter() - start, 2),
+        }
+        return dict(self.training)
+
+    # ------------------------------------------------------------------ scoring
+    def _require_head(self) -> RewardHead:
+        if self.head is None:
+            raise UserError(f"scorer {self.scorer!r} is not trained: train it first (lifelong reward train)")
+        return self.head
+
+    def score_many(self, items: Sequence[tuple[str, str]]) -> list[RewardResult]:
+        """Rewards with per-term contributions for many (prompt, response) pairs."""
+        head = self._require_head()
+        if not items:
+            return []
+        f = self.featurize(items)
+        with torch.no_grad():
+            terms = head.terms(f.emb, f.feats)
+        names = [TEXT_TERM] + self.branch_names
+        out = []
+        for i in range(len(items)):
+            contrib = {n: float(terms[i, j]) for j, n in enumerate(names)}
+            out.append(RewardResult(float(terms[i].sum()), contrib, {n: f.texts[n][i] for n in self.branch_names}))
+        return out
+
+    def score(self, prompt: str, response: str) -> RewardResult:
+        """The reward of one response and why: contributions per dimension and the branch texts."""
+        return self.score_many([(prompt, response)])[0]
+
+    def evaluate(self, pairs: Sequence[Any]) -> dict[str, Any]:
+        """Pairwise accuracy (chosen scored strictly higher), overall and per labelled dimension."""
+        if not pairs:
+            raise UserError("no preference pairs to evaluate")
+        res = self.score_many([(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs])
+        n = len(pairs)
+        wins = [res[i].reward > res[n + i].reward for i in range(n)]
+        per: dict[str, list[bool]] = {}
+        for p, w in zip(pairs, wins):
+            if p.dimension:
+                per.setdefault(p.dimension, []).append(w)
+        return {
+            "accuracy": float(np.mean(wins)),
+            "n_pairs": n,
+            "per_dimension": {d: {"accuracy": float(np.mean(v)), "n_pairs": len(v)} for d, v in sorted(per.items())},
+        }
+
+    # ------------------------------------------------------------------ saving
+    def save(self, out: str | os.PathLike) -> Path:
+        """Write ``config.json`` and ``head.safetensors`` into ``out`` atomically (temp files, then rename)."""
+        from safetensors.torch import save_file
+
+        from lifelong.platform.config import to_dict
+
+        head = self._require_head()
+        out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out {out} exists and is not a directory")
+        out.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "scorer": self.scorer,
+            "config": to_dict(self.config),
+            "branches": {b.name: list(b.feature_names) for b in self.branches},
+            "embed_dim": int(head.text[1].in_features),
+            "training": self.training,
+        }
+        state = {k: v.detach().contiguous() for k, v in head.state_dict().items()}
+        fd, tmp_w = tempfile.mkstemp(dir=out, prefix=".head-", suffix=".tmp")
+        os.close(fd)
+        fd, tmp_c = tempfile.mkstemp(dir=out, prefix=".config-", suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(state, tmp_w, metadata={"scorer": self.scorer})
+            Path(tmp_c).write_text(json.dumps(meta, indent=2))
+            os.replace(tmp_w, out / "head.safetensors")
+            os.replace(tmp_c, out / "config.json")
+        finally:
+            for t in (tmp_w, tmp_c):
+                if os.path.exists(t):
+                    os.unlink(t)
+        return out
+
+    def load_weights(self, folder: Path, meta: dict[str, Any]) -> None:
+        from safetensors.torch import load_file
+
+        dims = {n: len(v) for n, v in meta.get("branches", {}).items()}
+        head = RewardHead(int(meta["embed_dim"]), dims, self.config.hidden, self.config.dropout)
+        try:
+            state = load_file(str(folder / "head.safetensors"))
+            head.load_state_dict(state)
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise UserError(f"{folder / 'head.safetensors'}: cannot load the reward head ({exc})") from None
+        head.eval()
+        self.head = head
+        self.training = dict(meta.get("training", {}))
