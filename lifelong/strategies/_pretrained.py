@@ -1,0 +1,175 @@
+"""Shared pieces of the pre-trained-backbone strategies (SimE, ProP, Continual-CLIP): config, backbone
+loading, class prototypes, and a small training loop.
+
+``model=auto`` means the tiny open_clip configuration with random weights (offline, seconds on a CPU); any
+open_clip name (``ViT-B-16``) or ``timm:<vit name>`` may be given, with ``pretrained`` an open_clip tag (needs
+the network), a local checkpoint file, or empty for random weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lifelong.benchmarks._transforms import iterate_batches
+from lifelong.platform.errors import UserError
+from lifelong.platform.learner import Learner, RunContext, StrategyConfig
+
+NEG = -1.0e4  # the logit of a class not seen yet: finite, so softmax and argmax stay well defined
+
+
+@dataclass
+class PretrainedConfig(StrategyConfig):
+    """Settings shared by the strategies on a frozen pre-trained backbone."""
+
+    model: str = "auto"
+    pretrained: str = ""
+    optimizer: Literal["sgd", "adam"] = "adam"
+    lr: float = 1e-3
+    epochs: int = 3
+    batch_size: int = 32
+
+    @property
+    def backbone_name(self) -> str:
+        return "tiny" if self.model in ("auto", "") else self.model
+
+
+class PretrainedLearner(Learner):
+    """A learner around a frozen backbone; subclasses add adapters, prompts or text classifiers."""
+
+    config: PretrainedConfig
+
+    def __init__(self, config: PretrainedConfig, context: RunContext) -> None:
+        super().__init__(config, context)
+        from lifelong.adapters.clip import freeze, load_backbone
+
+        self.device = context.device
+        self.n_classes = context.stream.n_classes
+        self.loaded = load_backbone(config.backbone_name, config.pretrained, seed=context.seed)
+        freeze(self.loaded.visual)
+        if self.loaded.text is not None:
+            freeze(self.loaded.text)
+        self.fit = self.loaded.image_fit.to(self.device)
+        self.backbone = self.loaded.visual.to(self.device)
+        if self.loaded.text is not None:
+            self.loaded.text.to(self.device)
+        self.backbone.eval()
+        self.seen = torch.zeros(self.n_classes, dtype=torch.bool)
+        self.train_seconds: list[float] = []
+
+    # -- data ---------------------------------------------------------------------------------------------
+    def experience_classes(self, experience: Any) -> list[int]:
+        classes = getattr(experience, "classes_in_this_experience", None)
+        if classes is None:
+            classes = self.context.stream.classes_per_experience[experience.current_experience]
+        return sorted(int(c) for c in classes)
+
+    def batches(self, experience: Any, *, shuffle: bool, epoch: int = 0) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        seed = self.context.seed * 100_003 + int(getattr(experience, "current_experience", 0)) * 101 + epoch
+        bs = self.config.batch_size if shuffle else self.config.eval_batch_size
+        for x, y in iterate_batches(experience.dataset, bs, shuffle=shuffle, seed=seed):
+            yield x.to(self.device), y.to(self.device)
+
+    def class_names(self) -> list[str]:
+        names = self.context.stream.names_in_order()
+        if names is None:
+            raise UserError(f"benchmark {self.context.stream.name} has no class names; text prompts need them")
+        return names
+
+    # -- training -----------------------------------------------------------------------------------------
+    def make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        c = self.config
+        if c.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+        return torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
+
+    def fit_loop(
+        self,
+        experience: Any,
+        params: list[nn.Parameter],
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> float:
+        """Plain mini-batch training of ``params`` on one experience; returns the last epoch's mean loss."""
+        opt = self.make_optimizer(params)
+        mean = 0.0
+        for epoch in range(self.config.epochs):
+            total, n = 0.0, 0
+            for x, y in self.batches(experience, shuffle=True, epoch=epoch):
+                loss = loss_fn(x, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += loss.detach().item() * len(y)
+                n += len(y)
+            mean = total / max(n, 1)
+        return mean
+
+
+class CosineHead(nn.Module):
+    """``scale * cos(f, w_c)`` over a task's classes, its weights started from that task's prototypes."""
+
+    def __init__(self, init: torch.Tensor, scale: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(F.normalize(init.detach().clone(), dim=-1))
+        self.scale = scale
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.normalize(feats, dim=-1) @ F.normalize(self.weight, dim=-1).T
+
+
+def local_labels(y: torch.Tensor, classes: list[int]) -> torch.Tensor:
+    """Map global class ids to 0..len(classes)-1 (the task head's order)."""
+    lookup = torch.full((max(classes) + 1,), -1, dtype=torch.long, device=y.device)
+    lookup[torch.tensor(classes, device=y.device)] = torch.arange(len(classes), device=y.device)
+    out = lookup[y]
+    if (out < 0).any():
+        raise RuntimeError("a training sample's label is not among its experience's classes")
+    return out
+
+
+@torch.no_grad()
+def class_means(features: Iterable[tuple[torch.Tensor, torch.Tensor]], classes: list[int], dim: int) -> torch.Tensor:
+    """Prototypes: for each class, the mean of its L2-normalised features, normalised again ``(len, dim)``."""
+    sums = torch.zeros(len(classes), dim)
+    counts = torch.zeros(len(classes))
+    index = {c: i for i, c in enumerate(classes)}
+    for f, y in features:
+        f = F.normalize(f.float(), dim=-1).cpu()
+        rows = torch.tensor([index[int(c)] for c in y.tolist()])
+        sums.index_add_(0, rows, f)
+        counts.index_add_(0, rows, torch.ones(len(rows)))
+    if (counts == 0).any():
+        missing = [classes[i] for i in torch.nonzero(counts == 0).flatten().tolist()]
+        raise RuntimeError(f"no training samples for classes {missing}")
+    return F.normalize(sums / counts.unsqueeze(1), dim=-1)
+
+
+class PrototypeIndex:
+    """Nearest-prototype search by cosine similarity with faiss (``IndexFlatIP`` on normalised vectors)."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self._index: Any = None
+        self._ids: torch.Tensor | None = None
+
+    def build(self, prototypes: torch.Tensor, ids: torch.Tensor) -> None:
+        import faiss
+
+        index = faiss.IndexFlatIP(self.dim)
+        index.add(F.normalize(prototypes.float(), dim=-1).cpu().numpy().astype("float32"))
+        self._index, self._ids = index, ids.cpu().long()
+
+    def scores(self, queries: torch.Tensor, n_classes: int) -> torch.Tensor:
+        """Cosine similarity of each query to every stored prototype, as logits over ``n_classes`` (NEG elsewhere)."""
+        out = torch.full((queries.shape[0], n_classes), NEG)
+        if self._index is None or self._ids is None or len(self._ids) == 0:
+            return out
+        q = F.normalize(queries.float(), dim=-1).cpu().numpy().astype("float32")
+        sims, rows = self._index.search(q, len(self._ids))
+        cls = self._ids[torch.from_numpy(rows).long()]
+        out.scatter_(1, cls, torch.from_numpy(sims).float())
+        return out

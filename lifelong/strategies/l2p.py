@@ -1,0 +1,247 @@
+"""``l2p``: Learning to Prompt (Wang et al., CVPR 2022) through Avalanche's ``LearningToPrompt``, offline and on
+label-only streams.
+
+Avalanche 0.6.0's strategy is used for what it does well (its training loop, the prompt-pool model
+``ViTWithPrompt``, the key-query surrogate loss ``- sim_coefficient * reduce_sim``, the mask of the current
+classes' logits, the fresh Adam optimiser per experience), with three measured defects worked around here:
+
+- its constructor only builds the 224-pixel ViTs of ``avalanche.models.vit`` with timm weights from the
+  network, and that factory fails on timm 1.x (``'PretrainedCfg' object is not subscriptable``); we construct
+  ``ViTWithPrompt`` ourselves: the tiny default (32x32 images, patch 8, width 64, 4 blocks, random weights) or
+  a named ViT size with weights from a local timm checkpoint (``pretrained=PATH``);
+- its head is hard-coded ``Linear(768, n)``; we size it to the model's width;
+- its ``forward`` reads the mini-batch task label, which a label-only stream does not have; ours passes
+  ``task_id=-1`` (task labels are only used by the prompt mask, which L2P's class-incremental setting turns off);
+  and its logit mask reads ``experience.classes_in_this_experience``, which experiences built with
+  ``benchmark_from_datasets`` lack; ours takes the classes from the stream.
+
+Departure: at test time the logits of classes not trained yet are masked out (the usual class-incremental
+evaluation over the classes seen so far); Avalanche leaves the untrained head rows in the competition.
+
+When loading a pre-trained checkpoint the prompt positions of the position embedding (L2P puts
+``prompt_length * top_k`` prompt tokens between the class token and the patches) start as copies of the class
+token's position embedding; the class and patch positions are loaded as they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from lifelong.platform.errors import UserError
+from lifelong.platform.learner import Learner, RunContext, StrategyConfig
+from lifelong.platform.registry import Capabilities, register
+
+#: ViT sizes accepted as ``model`` (the ones Avalanche's L2P knows, plus the tiny offline default).
+VIT_SIZES: dict[str, dict[str, int]] = {
+    "tiny": {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 4, "num_heads": 2},
+    "vit_tiny_patch16_224": {"img_size": 224, "patch_size": 16, "embed_dim": 192, "depth": 12, "num_heads": 3},
+    "vit_small_patch32_224": {"img_size": 224, "patch_size": 32, "embed_dim": 384, "depth": 12, "num_heads": 6},
+    "vit_base_patch16_224": {"img_size": 224, "patch_size": 16, "embed_dim": 768, "depth": 12, "num_heads": 12},
+    "vit_base_patch32_224": {"img_size": 224, "patch_size": 32, "embed_dim": 768, "depth": 12, "num_heads": 12},
+    "vit_large_patch16_224": {"img_size": 224, "patch_size": 16, "embed_dim": 1024, "depth": 24, "num_heads": 16},
+}
+
+
+@dataclass
+class L2PConfig(StrategyConfig):
+    """L2P's settings (defaults of the paper and Avalanche, sized down for the tiny model)."""
+
+    model: str = "auto"
+    pretrained: str = ""
+    epochs: int = 3
+    batch_size: int = 16
+    lr: float = 0.03
+    pool_size: int = 10
+    prompt_length: int = 4
+    top_k: int = 3
+    sim_coefficient: float = 0.1
+    use_mask: bool = True
+
+    def validate(self) -> None:
+        super().validate()
+        name = "tiny" if self.model in ("auto", "") else self.model
+        if name not in VIT_SIZES:
+            raise ValueError(f"model: {self.model!r} is not allowed; allowed values: auto, {', '.join(VIT_SIZES)}")
+        if self.top_k > self.pool_size:
+            raise ValueError(f"top_k ({self.top_k}) cannot exceed pool_size ({self.pool_size})")
+        for key in ("pool_size", "prompt_length", "top_k"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be at least 1, got {getattr(self, key)}")
+
+
+class L2PModel(nn.Module):
+    """The prompted ViT that trains and the frozen query ViT that picks the prompts (both checkpointed)."""
+
+    def __init__(self, vit: nn.Module, query: nn.Module) -> None:
+        super().__init__()
+        self.vit = vit
+        self.query = query
+
+
+def _load_timm_weights(model: nn.Module, path: str, n_prompt_tokens: int) -> None:
+    from lifelong.adapters.clip import read_state_dict
+
+    state = read_state_dict(path)
+    own = model.state_dict()
+    pos = state.get("pos_embed")
+    if pos is not None and "pos_embed" in own and pos.shape != own["pos_embed"].shape:
+        if pos.shape[1] + n_prompt_tokens != own["pos_embed"].shape[1]:
+            raise UserError(f"pretrained: pos_embed of {path} has {pos.shape[1]} positions; the model needs "
+                            f"{own['pos_embed'].shape[1] - n_prompt_tokens} (wrong model size?)")
+        prompt_pos = pos[:, :1].expand(-1, n_prompt_tokens, -1)
+        state["pos_embed"] = torch.cat([pos[:, :1], prompt_pos, pos[:, 1:]], dim=1)
+    skip = ("head.", "prompt.")
+    wrong = [k for k, v in state.items() if k in own and not k.startswith(skip) and own[k].shape != v.shape]
+    if wrong:
+        raise UserError(f"pretrained: {path}: {wrong[0]} has shape {tuple(state[wrong[0]].shape)}, the model "
+                        f"expects {tuple(own[wrong[0]].shape)}")
+    backbone_keys = [k for k in own if not k.startswith(skip)]
+    missing = [k for k in backbone_keys if k not in state]
+    if missing:
+        raise UserError(f"pretrained: {path} lacks {len(missing)} backbone weights ({', '.join(missing[:3])})")
+    model.load_state_dict({k: state[k] for k in backbone_keys}, strict=False)
+
+
+def _quiet_evaluator() -> Any:
+    """An evaluator without metrics or loggers (the runner does the evaluation), without its warning."""
+    import warnings
+
+    from avalanche.training.plugins import EvaluationPlugin
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return EvaluationPlugin(loggers=[])
+
+
+def _build_strategy(config: L2PConfig, context: RunContext) -> Any:
+    """Avalanche's ``LearningToPrompt`` with our model, head and label-only ``forward``."""
+    from avalanche.models.timm_vit import ViTWithPrompt
+
+    from lifelong.benchmarks._transforms import IMAGENET_MEAN, IMAGENET_STD, ImageFit
+    from avalanche.training import LearningToPrompt
+    from avalanche.training.templates import SupervisedTemplate
+
+    class _L2P(LearningToPrompt):
+        def __init__(self, model: nn.Module, query: nn.Module, fit: nn.Module) -> None:
+            # LearningToPrompt.__init__ would build a 224-px timm model from the network; set its fields instead.
+            self.num_classes = context.stream.n_classes
+            self.lr = config.lr
+            self.sim_coefficient = config.sim_coefficient
+            optimizer = torch.optim.Adam(model.parameters(), betas=(0.9, 0.999), lr=config.lr)
+            SupervisedTemplate.__init__(
+                self, model=model, optimizer=optimizer, criterion=nn.CrossEntropyLoss(),
+                train_mb_size=config.batch_size, train_epochs=config.epochs,
+                eval_mb_size=config.eval_batch_size, device=context.device,
+                evaluator=_quiet_evaluator(), eval_every=-1,
+            )
+            self._criterion = nn.CrossEntropyLoss()
+            self.use_cls_features = True
+            self.train_prompt_mask = False
+            self.use_mask = config.use_mask
+            self.use_vit = True
+            self.original_vit = query
+            self.fit = fit
+
+        def _unpack_minibatch(self) -> None:
+            super()._unpack_minibatch()
+            self.mbatch[0] = self.fit(self.mbatch[0])  # any stream's images -> the ViT's size and channels
+
+        def forward(self) -> torch.Tensor:
+            # Same as LearningToPrompt.forward, without reading a task label the stream may not have.
+            with torch.no_grad():
+                cls_features = self.original_vit(self.mb_x)["pre_logits"]
+            self.res = self.model(x=self.mb_x, task_id=-1, cls_features=cls_features, train=False)
+            logits = self.res["logits"]
+            if self.use_mask and self.is_training:
+                exp = self.experience
+                classes = getattr(exp, "classes_in_this_experience", None)
+                if classes is None:  # benchmark_from_datasets experiences do not carry it
+                    classes = context.stream.classes_per_experience[exp.current_experience]
+                seen = torch.as_tensor(list(classes), device=logits.device)
+                keep = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
+                keep[seen] = True
+                logits = logits.masked_fill(~keep, float("-inf"))
+            return logits
+
+    name = "tiny" if config.model in ("auto", "") else config.model
+    dims = VIT_SIZES[name]
+    n_classes = context.stream.n_classes
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(context.seed)
+        vit = ViTWithPrompt(
+            **dims, num_classes=n_classes, prompt_length=config.prompt_length, pool_size=config.pool_size,
+            top_k=config.top_k, prompt_pool=True, prompt_key=True, embedding_key="cls", prompt_init="uniform",
+            batchwise_prompt=False, head_type="prompt", use_prompt_mask=False,
+        )
+        query = ViTWithPrompt(**dims, num_classes=n_classes)
+        query.load_state_dict({k: v for k, v in vit.state_dict().items() if k in query.state_dict()
+                               and query.state_dict()[k].shape == v.shape}, strict=False)
+    if config.pretrained:
+        from pathlib import Path
+
+        if not Path(config.pretrained).is_file():
+            raise UserError(f"pretrained: checkpoint file {config.pretrained} does not exist (l2p loads local timm "
+                            "ViT weights only)")
+        _load_timm_weights(vit, config.pretrained, config.prompt_length * config.top_k)
+        _load_timm_weights(query, config.pretrained, 0)
+    query.reset_classifier(0)
+    for n, p in vit.named_parameters():
+        if n.startswith(("blocks", "patch_embed", "cls_token", "norm", "pos_embed")):
+            p.requires_grad = False
+    vit.head = nn.Linear(dims["embed_dim"], n_classes)
+    for p in query.parameters():
+        p.requires_grad = False
+    vit.to(context.device)
+    query.to(context.device).eval()
+    fit = ImageFit(dims["img_size"], 3, IMAGENET_MEAN, IMAGENET_STD).to(context.device)
+    return _L2P(vit, query, fit), dims
+
+
+@register(
+    "strategy",
+    "l2p",
+    config=L2PConfig,
+    summary="L2P via Avalanche's LearningToPrompt: prompt pool with key-query matching, frozen ViT (offline)",
+    capabilities=Capabilities(),
+)
+class L2P(Learner):
+    """Avalanche's L2P strategy wrapped as a platform learner."""
+
+    config: L2PConfig
+
+    def __init__(self, config: L2PConfig, context: RunContext) -> None:
+        super().__init__(config, context)
+        self.strategy, _ = _build_strategy(config, context)
+        self.model = L2PModel(self.strategy.model, self.strategy.original_vit)
+        self.fit = self.strategy.fit
+        self.seen = torch.zeros(context.stream.n_classes, dtype=torch.bool)
+
+    def train_experience(self, experience: Any) -> None:
+        self.strategy.train(experience)
+        self.seen[self.context.stream.classes_per_experience[experience.current_experience]] = True
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        self.model.eval()
+        with torch.no_grad():
+            x = self.fit(x.to(self.context.device))
+            cls_features = self.model.query(x)["pre_logits"]
+            logits = self.model.vit(x=x, task_id=-1, cls_features=cls_features, train=False)["logits"]
+            return logits.masked_fill(~self.seen.to(logits.device), -1.0e4)
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"seen": self.seen.clone()}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        if "seen" in state:
+            self.seen = state["seen"].clone().bool()
+
+    def optimizer_state(self) -> dict[str, Any] | None:
+        return None  # L2P starts a fresh Adam at every experience
+
+    def summary(self) -> dict[str, Any]:
+        trainable = sum(p.numel() for p in self.model.vit.parameters() if p.requires_grad)
+        return {"trainable_parameters": trainable, "pretrained": self.config.pretrained or "random"}
