@@ -1,0 +1,271 @@
+"""Routed LoRA: many frozen per-edit LoRA modules on the same layers, switched on per sequence by key look-up.
+
+This is the model side of SoLA (``strategies/sola.py``). A ``RoutedLoRA`` wraps chosen ``nn.Linear`` modules
+of a causal LM. The first wrapped module in forward order is the *router*: at the query token of each sequence
+(the last prompt token) it L2-normalises its input, compares it with the stored keys (cosine) and picks the
+nearest edit if ``1 - cos <= threshold``. The decision (one slot per sequence, or none) is shared by every
+wrapped module in that forward pass and, during generation with a KV cache, by the following one-token steps.
+
+Sequences that route to an edit get ``base(x) + scale * B_i A_i x`` for their own edit ``i``: the LoRA weights of
+all routed sequences are gathered and applied in one batched product, never in a loop over edits. Sequences
+that route nowhere keep ``base(x)`` untouched, so with no match the logits are the base model's bit for bit.
+
+Training mode (``train_adapter``) applies one fresh trainable LoRA to every sequence, against the frozen base.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import nn
+
+
+def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """``(path, layers)`` of a causal LM's decoder blocks (Llama/Mistral/Qwen ``model.layers``, GPT-2 ``transformer.h``)."""
+    for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"):
+        try:
+            mod = model.get_submodule(path)
+        except AttributeError:
+            continue
+        if isinstance(mod, nn.ModuleList):
+            return path, mod
+    raise ValueError(f"cannot find the decoder layers of {type(model).__name__}")
+
+
+def module_names(model: nn.Module, layers: Sequence[int], module: str) -> list[str]:
+    """Full names of ``module`` (e.g. ``mlp.down_proj``) inside the given decoder layers (negative = from the end)."""
+    path, blocks = decoder_layers(model)
+    n = len(blocks)
+    names = []
+    for i in layers:
+        j = i + n if i < 0 else i
+        if not 0 <= j < n:
+            raise ValueError(f"layer {i} does not exist; the model has layers 0..{n - 1}")
+        names.append(f"{path}.{j}.{module}")
+    return names
+
+
+@dataclass
+class Decision:
+    """Per-sequence routing result: ``slots[b]`` is the edit slot of sequence b, or -1; ``ids`` the edit ids."""
+
+    slots: torch.Tensor
+    ids: list[int | None]
+    similarity: torch.Tensor
+
+
+class _LoRALinear(nn.Module):
+    """A frozen ``nn.Linear`` plus the stacked LoRA weights of every edit, and optionally one trainable LoRA."""
+
+    def __init__(self, base: nn.Linear, name: str, owner: "RoutedLoRA", is_router: bool) -> None:
+        super().__init__()
+        self.base = base
+        self.name = name
+        self.is_router = is_router
+        self._owner = [owner]  # a list so the owner is not registered as a submodule (no cycle)
+        self.A = torch.zeros(0, owner.rank, base.in_features)
+        self.B = torch.zeros(0, base.out_features, owner.rank)
+        self.train_A: nn.Parameter | None = None
+        self.train_B: nn.Parameter | None = None
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        owner = self._owner[0]
+        if self.is_router:
+            owner._route(x)
+        out = self.base(x)
+        if self.train_A is not None:
+            return out + owner.scale * ((x @ self.train_A.t()) @ self.train_B.t())
+        dec = owner._decision
+        if dec is None or len(self.A) == 0:
+            return out
+        rows = (dec.slots >= 0).nonzero().flatten()
+        if rows.numel() == 0:
+            return out
+        slots = dec.slots[rows]
+        a = self.A.to(x.device, x.dtype)[slots]  # (m, r, in)
+        b = self.B.to(x.device, x.dtype)[slots]  # (m, out, r)
+        delta = torch.bmm(torch.bmm(x[rows], a.transpose(1, 2)), b.transpose(1, 2)) * owner.scale
+        out = out.clone()
+        out[rows] = out[rows] + delta
+        return out
+
+
+class RoutedLoRA:
+    """Wraps ``module_names`` of ``model`` with routed LoRA; holds keys, slots and the routing decision."""
+
+    def __init__(self, model: nn.Module, names: Sequence[str], *, rank: int, alpha: float, threshold: float) -> None:
+        if not names:
+            raise ValueError("RoutedLoRA needs at least one module to wrap")
+        self.model = model
+        self.rank = int(rank)
+        self.scale = float(alpha) / float(rank)
+        self.threshold = float(threshold)
+        self.names = list(names)
+        self.wrappers: list[_LoRALinear] = []
+        for i, name in enumerate(self.names):
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name)
+            base = getattr(parent, child)
+            if isinstance(base, _LoRALinear):
+                raise ValueError(f"{name} is already wrapped")
+            if not isinstance(base, nn.Linear):
+                raise ValueError(f"{name} is a {type(base).__name__}, not nn.Linear")
+            w = _LoRALinear(base, name, self, is_router=(i == 0))
+            setattr(parent, child, w)
+            self.wrappers.append(w)
+        self.keys = torch.zeros(0, self.wrappers[0].in_features)  # (K, d) L2-normalised
+        self.key_slot = torch.zeros(0, dtype=torch.long)  # key -> slot of the stacked LoRA weights
+        self.slot_ids: list[int] = []  # slot -> edit id
+        self._decision: Decision | None = None
+        self._query_index: torch.Tensor | None = None
+        self._held = False
+        self._capture: list[torch.Tensor] | None = None
+        self.last_decision: Decision | None = None
+
+    # ------------------------------------------------------------------ routing
+    def _route(self, x: torch.Tensor) -> None:
+        if self._capture is not None:
+            self._capture.append(self._query(x).detach())
+        bsz, seq = x.shape[0], x.shape[1]
+        dec = self._decision
+        # Inside a session the first decision holds for every later forward (generation steps); outside one,
+        # a one-token forward right after a decision for the same batch is taken as a KV-cache continuation.
+        if dec is not None and len(dec.ids) == bsz and (self._held or seq == 1):
+            return
+        self._decision = self._decide(x)
+        self.last_decision = self._decision
+
+    def _query(self, x: torch.Tensor) -> torch.Tensor:
+        if self._query_index is not None:
+            idx = self._query_index.to(x.device).clamp(max=x.shape[1] - 1)
+            return x[torch.arange(x.shape[0], device=x.device), idx]
+        return x[:, -1]
+
+    def _decide(self, x: torch.Tensor) -> Decision:
+        bsz = x.shape[0]
+        if len(self.keys) == 0 or self.wrappers[0].train_A is not None:
+            return Decision(torch.full((bsz,), -1, dtype=torch.long, device=x.device), [None] * bsz,
+                            torch.full((bsz,), float("nan")))
+        q = self._query(x).float()
+        q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        sims = q @ self.keys.to(q.device).t()  # (b, K)
+        best, kidx = sims.max(dim=-1)
+        hit = (1.0 - best) <= self.threshold
+        slots = torch.where(hit, self.key_slot.to(q.device)[kidx], torch.full_like(kidx, -1))
+        ids = [self.slot_ids[s] if s >= 0 else None for s in slots.tolist()]
+        return Decision(slots, ids, best.detach().cpu())
+
+    @contextlib.contextmanager
+    def session(self, query_index: torch.Tensor | None = None) -> Iterator["RoutedLoRA"]:
+        """One routing decision for the whole block (a ``generate`` call or a teacher-forced batch).
+
+        ``query_index[b]`` is the position of sequence b's last prompt token; without it the last position of the
+        first forward is used (left-padded prompts).
+        """
+        self._decision, self._query_index, self._held = None, query_index, True
+        try:
+            yield self
+        finally:
+            self._decision, self._query_index, self._held = None, None, False
+
+    @contextlib.contextmanager
+    def capture_keys(self, query_index: torch.Tensor | None = None) -> Iterator[list[torch.Tensor]]:
+        """Collect the router's raw query vectors (input of the first wrapped module) for each forward."""
+        self._capture = []
+        prev = self._query_index
+        self._query_index = query_index
+        try:
+            yield self._capture
+        finally:
+            self._capture, self._query_index = None, prev
+
+    # ------------------------------------------------------------------ edits
+    def add(self, edit_id: int, key: torch.Tensor | Sequence[torch.Tensor], weights: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Add one frozen edit: its key(s) and, for each wrapped module name, its ``(A, B)``."""
+        for w in self.wrappers:
+            if w.name not in weights:
+                raise ValueError(f"edit {edit_id} has no LoRA weights for {w.name}")
+            a, b = weights[w.name]
+            w.A = torch.cat([w.A, a.detach().float().cpu()[None]])
+            w.B = torch.cat([w.B, b.detach().float().cpu()[None]])
+        slot = len(self.slot_ids)
+        self.slot_ids.append(int(edit_id))
+        keys = torch.stack(list(key)) if isinstance(key, (list, tuple)) else key.reshape(-1, self.keys.shape[1])
+        keys = keys.float().cpu()
+        keys = keys / keys.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        self.keys = torch.cat([self.keys, keys])
+        self.key_slot = torch.cat([self.key_slot, torch.full((len(keys),), slot, dtype=torch.long)])
+
+    def add_keys(self, keys: torch.Tensor, edit_id: int) -> None:
+        """Extra keys for an existing edit (used to load many keys for the router benchmark)."""
+        slot = self.slot_ids.index(int(edit_id))
+        keys = keys.float().cpu()
+        keys = keys / keys.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        self.keys = torch.cat([self.keys, keys])
+        self.key_slot = torch.cat([self.key_slot, torch.full((len(keys),), slot, dtype=torch.long)])
+
+    def remove(self, edit_ids: Sequence[int]) -> None:
+        """Drop edits (their keys and weights); inputs they captured get the base model's outputs back."""
+        gone = {int(i) for i in edit_ids}
+        keep_slots = [s for s, eid in enumerate(self.slot_ids) if eid not in gone]
+        if len(keep_slots) == len(self.slot_ids):
+            return
+        remap = torch.full((len(self.slot_ids),), -1, dtype=torch.long)
+        remap[keep_slots] = torch.arange(len(keep_slots))
+        keep_keys = remap[self.key_slot] >= 0
+        self.keys = self.keys[keep_keys]
+        self.key_slot = remap[self.key_slot[keep_keys]]
+        for w in self.wrappers:
+            w.A, w.B = w.A[keep_slots], w.B[keep_slots]
+        self.slot_ids = [self.slot_ids[s] for s in keep_slots]
+        self._decision = None
+
+    def clear(self) -> None:
+        self.remove(list(self.slot_ids))
+
+    # ------------------------------------------------------------------ training one new edit
+    @contextlib.contextmanager
+    def train_adapter(self, generator: torch.Generator | None = None) -> Iterator[list[nn.Parameter]]:
+        """A fresh trainable LoRA on every wrapped module (A Gaussian-like Kaiming init, B zero), on for all inputs."""
+        params: list[nn.Parameter] = []
+        for w in self.wrappers:
+            a = torch.empty(self.rank, w.in_features)
+            bound = 1.0 / math.sqrt(w.in_features)
+            a.uniform_(-bound, bound, generator=generator)
+            dev = w.base.weight.device
+            w.train_A = nn.Parameter(a.to(dev))
+            w.train_B = nn.Parameter(torch.zeros(w.out_features, self.rank, device=dev))
+            params += [w.train_A, w.train_B]
+        self._decision = None
+        try:
+            yield params
+        finally:
+            for w in self.wrappers:
+                w.train_A = w.train_B = None
+
+    def trained_weights(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        return {w.name: (w.train_A.detach().cpu().clone(), w.train_B.detach().cpu().clone()) for w in self.wrappers
+                if w.train_A is not None}
+
+    def unwrap(self) -> None:
+        """Put the original modules back."""
+        for w in self.wrappers:
+            parent_name, _, child = w.name.rpartition(".")
+            setattr(self.model.get_submodule(parent_name), child, w.base)
+        self.wrappers = []

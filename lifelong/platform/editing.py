@@ -1,0 +1,327 @@
+"""Lifelong editing on top of the EditStore: the editor interface, an edit session, and the edit metrics.
+
+An *editor* (registry kind ``editor``: ``sola``, ``grace``, ``ft-l``) knows how to train one edit against a model
+and how to switch stored edits on and off; the *store* (``platform/store.py``) keeps them durable. An
+``EditSession`` joins the two over one loaded model: it loads the model once, checks the store was made for it,
+re-activates the store's edits (refusing, one clear message each, those whose adapter file fails its hash) and
+offers apply / rollback / generate / teacher-forced scoring.
+
+Metrics follow EasyEdit's definitions (DESIGN §5): reliability and generalization are the teacher-forced token
+accuracy of the target after the edit prompt / its paraphrases; locality is, for unrelated prompts, the fraction
+of positions where the edited model's argmax equals the *unedited* model's argmax over the unedited model's own
+8-token greedy continuation. The unedited references are computed before the first edit, from a model that no
+editor has touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from lifelong.platform.errors import UserError
+from lifelong.platform.store import CorruptEditError, EditRecord, EditStore
+
+DEFAULT_EDITOR = "sola"
+LOCALITY_TOKENS = 8
+
+
+@dataclass
+class EditRequest:
+    """One edit as read from a file: the prompt, the new target, and held-out prompts to measure it."""
+
+    prompt: str
+    target: str
+    paraphrases: list[str] = field(default_factory=list)
+    locality: list[str] = field(default_factory=list)
+    id: str | None = None
+    line: int | None = None
+
+
+@dataclass
+class EditArtifact:
+    """What an editor produces for one edit: tensors to store, the routing key, the layer it lives on."""
+
+    tensors: dict[str, Any]
+    key: np.ndarray | None
+    layer: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Editor:
+    """Base class of lifelong editors. Subclasses train one edit and switch stored edits on and off."""
+
+    name: str = ""
+    config: Any = None
+    #: the store's router metric for this editor's keys ("ip": cosine on normalised keys, "l2": Euclidean)
+    metric: str = "ip"
+
+    def attach(self, model: Any, tokenizer: Any) -> None:
+        """Install the editor's modules into ``model`` (done once per session)."""
+        raise NotImplementedError
+
+    def detach(self) -> None:
+        """Remove everything ``attach`` installed: the model is the base model again."""
+        raise NotImplementedError
+
+    def train_edit(self, prompt: str, target: str) -> EditArtifact:
+        """Train one edit against the base model (or, for FT-L, the current model); does not activate it."""
+        raise NotImplementedError
+
+    def activate(self, edit_id: int, key: np.ndarray | None, tensors: dict[str, Any], target: str = "") -> None:
+        """Switch on a stored edit."""
+        raise NotImplementedError
+
+    def deactivate(self, edit_ids: Sequence[int]) -> None:
+        """Switch edits off (rollback)."""
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def routing(self, query_index: Any = None) -> Iterator[None]:
+        """One routing decision for a block of forwards (a generate call, a teacher-forced batch)."""
+        yield
+
+    def routed_ids(self) -> list[int | None]:
+        """The edit ids used for each sequence of the last routing block (None: the base model's output)."""
+        return []
+
+
+def join_ids(tokenizer: Any, prompt: str, target: str) -> tuple[list[int], list[int]]:
+    """Token ids of the prompt and of the target that follows it (a space between them, EasyEdit style)."""
+    p_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    sep = "" if (not target or target[0].isspace() or prompt.endswith((" ", "\n"))) else " "
+    full = tokenizer(prompt + sep + target, add_special_tokens=False).input_ids
+    if full[: len(p_ids)] == p_ids and len(full) > len(p_ids):
+        return p_ids, full[len(p_ids) :]
+    return p_ids, tokenizer(sep + target, add_special_tokens=False).input_ids
+
+
+class EditSession:
+    """A loaded model, an editor attached to it, and an EditStore: apply, roll back, generate, score."""
+
+    def __init__(
+        self,
+        store: str | os.PathLike | EditStore,
+        *,
+        model: str | None = None,
+        editor: str | None = None,
+        editor_config: dict[str, Any] | None = None,
+        loaded: tuple[Any, Any] | None = None,
+        create: bool = True,
+        quiet: bool = False,
+    ) -> None:
+        from lifelong.adapters.llm import DEFAULT_MODEL, load_causal_lm, model_identity
+        from lifelong.platform import registry
+        from lifelong.platform.config import to_dict
+
+        self.quiet = quiet
+        if isinstance(store, EditStore):
+            self.store = store
+        else:
+            self.store = EditStore.open(store, create=create)
+        stored_model = self.store.meta().get("model_name")
+        model_name = model or stored_model or DEFAULT_MODEL
+        if stored_model and model and model != stored_model and loaded is None:
+            pass  # identity check below decides; a renamed copy of the same weights is fine
+        self.model, self.tokenizer = loaded if loaded is not None else load_causal_lm(model_name)
+        ident = model_identity(self.model)
+        self.store.check_model(ident)
+        if stored_model is None:
+            with self.store._write_txn():
+                self.store._set_meta("model_name", model_name)
+        self.model_name = model_name
+        spec = self.store.editor_spec()
+        if spec is not None:
+            if editor is not None and editor != spec[0]:
+                self.store.set_editor(editor, {})  # raises the clear "store holds X edits" error
+            name, cfg = spec[0], dict(spec[1])
+            if editor_config:
+                cfg.update(editor_config)
+        else:
+            name, cfg = editor or DEFAULT_EDITOR, dict(editor_config or {})
+        self.editor: Editor = registry.create("editor", name, **cfg)
+        self.editor_name = name
+        self.editor_config = to_dict(self.editor.config) if self.editor.config is not None else {}
+        self.editor.attach(self.model, self.tokenizer)
+        self.problems: list[tuple[int, str]] = []
+        self.loaded_ids: list[int] = []
+        for rec in self.store.active_edits():
+            self._activate(rec)
+
+    def _activate(self, rec: EditRecord) -> bool:
+        try:
+            tensors = self.store.load_tensors(rec)
+        except CorruptEditError as exc:
+            self.problems.append((rec.id, str(exc)))
+            if not self.quiet:
+                print(f"lifelong: error: {exc} (edit {rec.id} refused; the other edits are in force)", file=sys.stderr)
+            return False
+        self.editor.activate(rec.id, rec.key, tensors, rec.target)
+        self.loaded_ids.append(rec.id)
+        return True
+
+    def close(self) -> None:
+        self.editor.detach()
+        self.store.close()
+
+    def __enter__(self) -> "EditSession":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ editing
+    def apply(self, prompt: str, target: str, extra: dict[str, Any] | None = None) -> EditRecord:
+        """Train one edit, store it atomically, switch it on."""
+        if self.store.editor_spec() is None:
+            self.store.set_editor(self.editor_name, self.editor_config)
+        art = self.editor.train_edit(prompt, target)
+        rec = self.store.add_edit(
+            prompt, target, editor=self.editor_name, tensors=art.tensors, key=art.key, layer=art.layer,
+            editor_config=self.editor_config, extra={**(extra or {}), **art.extra},
+        )
+        self.editor.activate(rec.id, rec.key, art.tensors, target)
+        self.loaded_ids.append(rec.id)
+        return rec
+
+    def rollback(self, ids: Sequence[int]) -> list[tuple[int, bool]]:
+        """Roll edits back in the store and in the model; unknown ids raise, repeated ids are no-ops."""
+        out = self.store.rollback(ids)
+        changed = [i for i, c in out if c]
+        self.editor.deactivate(changed)
+        self.loaded_ids = [i for i in self.loaded_ids if i not in set(changed)]
+        return out
+
+    # ------------------------------------------------------------------ inference
+    def generate(self, prompts: Sequence[str], max_new_tokens: int = 16) -> list[dict[str, Any]]:
+        """Greedy completions, one prompt at a time (so a prompt's output never depends on its neighbours)."""
+        import torch
+
+        results = []
+        for prompt in prompts:
+            enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+            with torch.no_grad(), self.editor.routing():
+                out = self.model.generate(
+                    **enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                    pad_token_id=self.tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None,
+                )
+                routed = self.editor.routed_ids()
+            new = out[0, enc.input_ids.shape[1] :]
+            results.append({
+                "prompt": prompt,
+                "completion": self.tokenizer.decode(new, skip_special_tokens=True),
+                "edit_id": routed[0] if routed else None,
+                "tokens": new.tolist(),
+            })
+        return results
+
+    def teacher_forced(self, prompts: Sequence[str], targets: Sequence[str], batch_size: int = 8
+                       ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """For each (prompt, target): ``(argmax ids, target ids)`` over the target positions, teacher-forced."""
+        import torch
+
+        pairs = [join_ids(self.tokenizer, p, t) for p, t in zip(prompts, targets)]
+        out: list[tuple[np.ndarray, np.ndarray]] = []
+        pad = self.tokenizer.pad_token_id
+        for s in range(0, len(pairs), batch_size):
+            chunk = pairs[s : s + batch_size]
+            length = max(len(p) + len(t) for p, t in chunk)
+            ids = torch.full((len(chunk), length), pad, dtype=torch.long)
+            mask = torch.zeros((len(chunk), length), dtype=torch.long)
+            for i, (p, t) in enumerate(chunk):
+                ids[i, : len(p) + len(t)] = torch.tensor(p + t)
+                mask[i, : len(p) + len(t)] = 1
+            qidx = torch.tensor([len(p) - 1 for p, _ in chunk])
+            with torch.no_grad(), self.editor.routing(qidx):
+                logits = self.model(input_ids=ids, attention_mask=mask).logits
+            for i, (p, t) in enumerate(chunk):
+                pred = logits[i, len(p) - 1 : len(p) + len(t) - 1].argmax(-1).numpy()
+                out.append((pred, np.asarray(t)))
+        return out
+
+    def token_accuracy(self, prompts: Sequence[str], targets: Sequence[str]) -> list[float]:
+        """EasyEdit's teacher-forced token accuracy of each target after its prompt."""
+        return [float((p == t).mean()) if len(t) else 0.0 for p, t in self.teacher_forced(prompts, targets)]
+
+
+# ---------------------------------------------------------------------- metrics over a session
+def base_references(session: EditSession, locality_prompts: Sequence[str], n_tokens: int = LOCALITY_TOKENS
+                    ) -> list[tuple[str, np.ndarray]]:
+    """The unedited model's greedy continuation of each locality prompt and its teacher-forced argmax on it.
+
+    Must be computed before any edit is switched on (the session's model is still the base model).
+    """
+    refs = []
+    gens = session.generate(locality_prompts, max_new_tokens=n_tokens)
+    conts = [session.tokenizer.decode(g["tokens"], skip_special_tokens=False) for g in gens]
+    preds = session.teacher_forced(locality_prompts, conts)
+    for cont, (pred, _) in zip(conts, preds):
+        refs.append((cont, pred))
+    return refs
+
+
+def locality_scores(session: EditSession, locality_prompts: Sequence[str],
+                    refs: Sequence[tuple[str, np.ndarray]]) -> list[float]:
+    """Fraction of positions where the edited model's argmax equals the unedited model's, per prompt."""
+    preds = session.teacher_forced(locality_prompts, [c for c, _ in refs])
+    scores = []
+    for (pred, _), (_, base_pred) in zip(preds, refs):
+        n = min(len(pred), len(base_pred))
+        scores.append(float((pred[:n] == base_pred[:n]).mean()) if n else 1.0)
+    return scores
+
+
+def evaluate_store(session: EditSession, requests: Sequence[EditRequest]) -> dict[str, Any]:
+    """Reliability, generalization and locality of the session's model on ``requests``.
+
+    Locality needs the unedited model: it is obtained by switching every active edit off for the reference
+    pass and back on afterwards (the editors guarantee that this restores the base model exactly).
+    """
+    rel = session.token_accuracy([r.prompt for r in requests], [r.target for r in requests])
+    para_p = [p for r in requests for p in r.paraphrases]
+    para_t = [r.target for r in requests for _ in r.paraphrases]
+    gen = session.token_accuracy(para_p, para_t) if para_p else []
+    loc_p = [p for r in requests for p in r.locality]
+    loc: list[float] = []
+    if loc_p:
+        active = list(session.loaded_ids)
+        with _edits_off(session, active):
+            refs = base_references(session, loc_p)
+        loc = locality_scores(session, loc_p, refs)
+    return {
+        "reliability": _mean(rel),
+        "generalization": _mean(gen) if gen else None,
+        "locality": _mean(loc) if loc else None,
+        "n_edits": len(requests),
+    }
+
+
+@contextlib.contextmanager
+def _edits_off(session: EditSession, ids: Sequence[int]) -> Iterator[None]:
+    recs = {r.id: r for r in session.store.active_edits()}
+    session.editor.deactivate(ids)
+    try:
+        yield
+    finally:
+        for i in ids:
+            rec = recs.get(i)
+            if rec is not None:
+                session.editor.activate(rec.id, rec.key, session.store.load_tensors(rec), rec.target)
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return float(np.mean(xs)) if len(xs) else float("nan")
+
+
+def resolve_path(p: str | os.PathLike) -> Path:
+    return Path(os.path.expanduser(str(p)))
+
+
+def require(cond: bool, message: str) -> None:
+    if not cond:
+        raise UserError(message)
