@@ -109,7 +109,8 @@ def encode(texts: Sequence[str], name: str = "all-minilm-l6-v2", batch_size: int
 
     model = get_encoder(name)
     if not texts:
-        return np.zeros((0, model.get_sentence_embedding_dimension()), dtype=np.float32)
+        dim_fn = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        return np.zeros((0, dim_fn()), dtype=np.float32)
     return model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
                         show_progress_bar=False).astype(np.float32)
 
@@ -184,7 +185,7 @@ def run_branches(branches: Sequence[Branch], items: Sequence[Item], cache: Branc
     def one(branch: Branch) -> list[BranchOutput]:
         keys = [BranchCache.key(branch.fingerprint(), p, r) for p, r in items]
         hit = cache.get_many(keys) if cache is not None else {}
-        todo = sorted({k: i for i, k in enumerate(keys) if k not in hit}.values())
+        todo = sorted({k: i for i, k in reversed(list(enumerate(keys))) if k not in hit}.values())  # first of each
         fresh: dict[str, BranchOutput] = {}
         if todo:
             outs = branch.compute([items[i] for i in todo])

@@ -41,6 +41,9 @@ class RewardHead(nn.Module):
         self.branch_names = list(branch_dims)
         self.text = nn.Sequential(nn.Dropout(dropout), nn.Linear(embed_dim, hidden), nn.GELU(), nn.Linear(hidden, 1))
         self.branches = nn.ModuleDict({n: nn.Linear(d, 1, bias=False) for n, d in branch_dims.items()})
+        # each term's mean over the training responses: subtracted, so a contribution reads "above / below an
+        # average training response" (Bradley-Terry is shift invariant, so this changes no preference)
+        self.register_buffer("term_offsets", torch.zeros(1 + len(branch_dims)))
         for n, d in branch_dims.items():
             self.register_buffer(f"mean_{n.replace('-', '_')}", torch.zeros(d))
             self.register_buffer(f"std_{n.replace('-', '_')}", torch.ones(d))
@@ -57,7 +60,7 @@ class RewardHead(nn.Module):
             key = n.replace("-", "_")
             z = (feats[n] - getattr(self, f"mean_{key}")) / getattr(self, f"std_{key}")
             cols.append(self.branches[n](z))
-        return torch.cat(cols, dim=1)
+        return torch.cat(cols, dim=1) - self.term_offsets
 
     def forward(self, emb: torch.Tensor, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.terms(emb, feats).sum(1)
@@ -140,7 +143,7 @@ class RewardModel:
         ns = f"encoder/{self.config.encoder}"
         keys = [sb.BranchCache.key(ns, t, "") for t in texts]
         hit = self.cache.get_many(keys)
-        todo = sorted({k: i for i, k in enumerate(keys) if k not in hit}.values())
+        todo = sorted({k: i for i, k in reversed(list(enumerate(keys))) if k not in hit}.values())  # first of each
         fresh = {}
         if todo:
             vecs = sb.encode([texts[i] for i in todo], self.config.encoder)
@@ -182,6 +185,7 @@ class RewardModel:
         head.eval()
         self.head = head
         with torch.no_grad():
+            head.term_offsets.copy_(head.terms(f.emb, f.feats).mean(0))
             s = head(f.emb, f.feats)
         self.training = {
             "n_pairs": n,
