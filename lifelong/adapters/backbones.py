@@ -31,7 +31,10 @@ def _mlp(input_shape: tuple[int, ...], hidden: int = 256) -> tuple[nn.Module, in
     n_in = 1
     for d in input_shape:
         n_in *= d
-    return nn.Sequential(nn.Flatten(), nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()), hidden
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(n_in, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+        nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+    ), hidden
 
 
 def _cnn_small(input_shape: tuple[int, ...]) -> tuple[nn.Module, int]:

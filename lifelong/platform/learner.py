@@ -25,7 +25,7 @@ class StrategyConfig:
     epochs: int = 4
     batch_size: int = 32
     eval_batch_size: int = 256
-    lr: float = 0.05
+    lr: float = 0.01
     optimizer: Literal["sgd", "adam"] = "sgd"
     momentum: float = 0.9
     weight_decay: float = 0.0

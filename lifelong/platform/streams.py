@@ -176,6 +176,20 @@ class _Relabelled:
         return x, self.relabel[int(y)]
 
 
+class _TensorPairs:
+    """(image tensor, int label) pairs: Avalanche's own tensor datasets give int labels, and mixing the two
+    in one batch (current data with replayed memory) breaks collation."""
+
+    def __init__(self, x: Any, y: list[int]) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        return self.x[i], self.y[i]
+
+
 def _classification_dataset(
     data: Any,
     idx: np.ndarray,
@@ -191,11 +205,9 @@ def _classification_dataset(
         ClassificationDataset,
         _make_taskaware_classification_dataset,
     )
-    from torch.utils.data import TensorDataset
-
     targets = new_targets[idx].tolist()
     if isinstance(data, tuple):  # (x tensor, y tensor): already materialised
-        base = TensorDataset(data[0][torch.as_tensor(idx, dtype=torch.long)], torch.as_tensor(targets))
+        base = _TensorPairs(data[0][torch.as_tensor(idx, dtype=torch.long)], targets)
     else:
         base = _Relabelled(data, idx, relabel)
     groups = {"train": (train_transform, None), "eval": (eval_transform, None)}

@@ -1,0 +1,114 @@
+"""``lifelong plugins list``, ``lifelong run`` and ``lifelong compare``: the class-incremental commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from lifelong.platform.errors import UserError
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    plugins = subparsers.add_parser("plugins", help="list the registered plugins")
+    plugins_sub = plugins.add_subparsers(dest="plugins_command", metavar="ACTION")
+    plugins_sub.required = True
+    listing = plugins_sub.add_parser("list", help="list plugins (name, kind, summary, source)")
+    listing.add_argument("--kind", choices=("strategy", "editor", "scorer", "benchmark"))
+    listing.add_argument("--pattern", default="*", help="glob on the plugin name, e.g. 'alade*'")
+    listing.add_argument("--json", action="store_true", help="print JSON only")
+    listing.set_defaults(handler=cmd_plugins_list)
+
+    run = subparsers.add_parser("run", help="run one strategy on a class-incremental benchmark")
+    run.add_argument("--strategy", help="registered strategy name (see `lifelong plugins list`)")
+    run.add_argument("--benchmark", help="registered benchmark name (default split-digits)")
+    _common_run_options(run)
+    run.add_argument("--seed", type=int, default=None, help="run seed: data split, class order, initialisation")
+    run.add_argument("--out", default=None, help="output folder (default runs/<strategy>-<benchmark>-<seed>/)")
+    run.add_argument("--resume", action="store_true", help="continue from the last completed experience in --out")
+    run.add_argument("--json", action="store_true", help="print results.json instead of the table")
+    run.set_defaults(handler=cmd_run)
+
+    compare = subparsers.add_parser("compare", help="run several strategies over several seeds and summarise")
+    compare.add_argument("--strategies", required=True, help="comma-separated strategy names")
+    compare.add_argument("--benchmark", default="split-digits")
+    _common_run_options(compare)
+    compare.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    compare.add_argument("--out", default=None, help="output folder (default runs/compare-<benchmark>/)")
+    compare.add_argument("--jobs", type=int, default=1, help="run (strategy, seed) pairs in N parallel processes")
+    compare.add_argument("--json", action="store_true", help="print summary.json instead of the table")
+    compare.set_defaults(handler=cmd_compare)
+
+
+def _common_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, help="YAML experiment file (strategy, benchmark, seed, strategy_config, benchmark_config)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key (nested with dots); repeatable")
+    parser.add_argument("--device", default=None, help="auto (CUDA when available), cpu, cuda, cuda:N")
+
+
+def cmd_plugins_list(args: argparse.Namespace) -> int:
+    from lifelong.platform.registry import list_plugins, load_errors
+
+    specs = list_plugins(args.kind, args.pattern)
+    errors = load_errors()
+    if args.json:
+        print(json.dumps({"plugins": [s.as_dict() for s in specs],
+                          "errors": [e.__dict__ for e in errors]}, indent=2))
+        return 0
+    for spec in specs:
+        print(f"{spec.kind:<10} {spec.name:<18} {spec.source:<16} {spec.summary}")
+    for error in errors:
+        print(f"plugin {error.name} ({error.source}) failed to load: {error.error}", file=sys.stderr)
+    return 0
+
+
+def _parse_ints(text: str, flag: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"{flag}: expected comma-separated integers, got {text!r}") from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from lifelong.platform.config import parse_overrides
+    from lifelong.platform.results import format_run_table
+    from lifelong.platform.runner import default_out_dir, resolve_config, run_experiment
+
+    config = resolve_config(strategy=args.strategy, benchmark=args.benchmark, config_file=args.config,
+                            overrides=parse_overrides(args.overrides), seed=args.seed, device=args.device)
+    out = args.out or default_out_dir(config)
+    results = run_experiment(config, out=out, resume=args.resume, progress=not args.json)
+    from lifelong.platform.distributed import current_distributed_info
+
+    if not current_distributed_info().is_main:
+        return 0
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print(format_run_table(results))
+        print(f"results: {out}/results.json  plots: {out}/accuracy_matrix.png, {out}/accuracy_curve.png")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from lifelong.platform.config import parse_overrides
+    from lifelong.platform.results import format_summary_table
+    from lifelong.platform.runner import compare
+
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    if not strategies:
+        raise UserError("--strategies: give at least one strategy name")
+    seeds = _parse_ints(args.seeds, "--seeds")
+    if args.jobs < 1:
+        raise UserError(f"--jobs must be at least 1, got {args.jobs}")
+    out = args.out or f"runs/compare-{args.benchmark}"
+    summary = compare(strategies, args.benchmark, seeds, out=out, overrides=parse_overrides(args.overrides),
+                      config_file=args.config, jobs=args.jobs, device=args.device or "auto", progress=not args.json)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"{args.benchmark}, seeds {','.join(map(str, seeds))} (mean ± std, %):")
+        print(format_summary_table(summary))
+        print(f"summary: {out}/summary.json, {out}/summary.csv  plot: {out}/comparison.png")
+    return 0

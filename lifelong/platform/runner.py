@@ -1,0 +1,326 @@
+"""Runs a class-incremental strategy over a stream and fills the accuracy matrix (DESIGN §4).
+
+The runner owns the loop: train on experience i, evaluate on every test experience, write an atomic
+checkpoint, repeat. Every step is reseeded from the run seed, so a run resumed from its checkpoint gives the
+same accuracy matrix as an uninterrupted one. Evaluation is done here, not by the strategy's own evaluator,
+so every strategy is measured the same way.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from lifelong.platform import registry
+from lifelong.platform.checkpoint import (
+    CHECKPOINT_NAME,
+    config_fingerprint,
+    load_checkpoint,
+    save_checkpoint,
+    seed_everything,
+    step_seed,
+)
+from lifelong.platform.config import ConfigError, build_config, deep_merge, field_names, load_yaml, to_dict
+from lifelong.platform.errors import UserError
+from lifelong.platform.metrics import cil_metrics
+
+TOP_LEVEL_KEYS: tuple[str, ...] = ("strategy", "benchmark", "seed", "device", "amp", "strategy_config", "benchmark_config")
+
+
+@dataclass
+class RunConfig:
+    """One run, fully resolved: what results.json records under ``config``."""
+
+    strategy: str
+    benchmark: str
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False
+    strategy_config: dict[str, Any] = field(default_factory=dict)
+    benchmark_config: dict[str, Any] = field(default_factory=dict)
+
+    def identity(self) -> dict[str, Any]:
+        """What must match for a checkpoint to be resumed (the device may change)."""
+        return {k: v for k, v in to_dict(self).items() if k not in ("device",)}
+
+
+def route_overrides(flat: dict[str, Any], strategy: str, benchmark: str) -> dict[str, Any]:
+    """Put ``--set`` keys where they belong: top-level keys stay, other keys go to the one config that has them."""
+    strategy_fields = _config_fields("strategy", strategy)
+    benchmark_fields = _config_fields("benchmark", benchmark)
+    routed: dict[str, Any] = {}
+    for key, value in flat.items():
+        if key in TOP_LEVEL_KEYS:
+            routed = deep_merge(routed, {key: value})
+            continue
+        in_strategy, in_benchmark = key in strategy_fields, key in benchmark_fields
+        if in_strategy and in_benchmark:
+            raise ConfigError(f"--set {key}: ambiguous, both {strategy} and {benchmark} have it; write strategy_config.{key} or benchmark_config.{key}")
+        if not (in_strategy or in_benchmark):
+            allowed = sorted(set(TOP_LEVEL_KEYS) | set(strategy_fields) | set(benchmark_fields))
+            raise ConfigError(f"unknown config key {key!r} for strategy {strategy} on {benchmark}; allowed keys: {', '.join(allowed)}")
+        section = "strategy_config" if in_strategy else "benchmark_config"
+        routed = deep_merge(routed, {section: {key: value}})
+    return routed
+
+
+def _config_fields(kind: str, name: str) -> list[str]:
+    spec = registry.get(kind, name)
+    return field_names(spec.config) if spec.config else []
+
+
+def resolve_config(
+    *,
+    strategy: str | None = None,
+    benchmark: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    seed: int | None = None,
+    device: str | None = None,
+) -> RunConfig:
+    """Merge a YAML file, ``--set`` overrides and explicit flags into one validated ``RunConfig``."""
+    data: dict[str, Any] = load_yaml(config_file) if config_file else {}
+    unknown = [k for k in data if k not in TOP_LEVEL_KEYS]
+    strategy = strategy or data.get("strategy")
+    benchmark = benchmark or data.get("benchmark") or "split-digits"
+    if not strategy:
+        raise ConfigError("no strategy given: use --strategy NAME or a config file with 'strategy:'")
+    registry.get("strategy", strategy)
+    registry.get("benchmark", benchmark)
+    if unknown:  # flat keys in a file are routed like --set keys
+        data = deep_merge({k: v for k, v in data.items() if k in TOP_LEVEL_KEYS},
+                          route_overrides({k: data[k] for k in unknown}, strategy, benchmark))
+    if overrides:
+        data = deep_merge(data, route_overrides(overrides, strategy, benchmark))
+    data["strategy"], data["benchmark"] = strategy, benchmark
+    if seed is not None:
+        data["seed"] = seed
+    if device is not None:
+        data["device"] = device
+    config = build_config(RunConfig, data)
+    # validate both plugin configs now, before any work starts
+    _plugin_config("strategy", strategy, config.strategy_config, "strategy_config")
+    _plugin_config("benchmark", benchmark, {**config.benchmark_config, "seed": config.seed}, "benchmark_config")
+    return config
+
+
+def _plugin_config(kind: str, name: str, values: dict[str, Any], section: str) -> Any:
+    spec = registry.get(kind, name)
+    if spec.config is None:
+        return values
+    return build_config(spec.config, values, prefix=f"{section}.")
+
+
+def resolve_device(name: str) -> Any:
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device: {name!r} is not a torch device; allowed: auto, cpu, cuda, cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: cuda was asked for but no CUDA device is available")
+    return device
+
+
+def default_out_dir(config: RunConfig) -> Path:
+    return Path("runs") / f"{config.strategy}-{config.benchmark}-{config.seed}"
+
+
+def evaluate(learner: Any, experience: Any, batch_size: int, device: Any) -> float:
+    """Top-1 accuracy of ``learner.predict`` on one test experience."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    dataset = experience.dataset.eval() if hasattr(experience.dataset, "eval") else experience.dataset
+    correct = total = 0
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0):
+        x, y = batch[0].to(device), batch[1].to(device)
+        with torch.no_grad():
+            pred = learner.predict(x).argmax(dim=1)
+        correct += int((pred == y).sum())
+        total += int(y.numel())
+    return correct / max(total, 1)
+
+
+def _progress(iterable: Iterable[int], total: int, desc: str, enabled: bool) -> Iterable[int]:
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, file=sys.stderr, leave=False)
+
+
+def run_experiment(
+    config: RunConfig,
+    *,
+    out: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Run one strategy on one stream; returns the results dict that is also written to ``out``.
+
+    ``stop_after`` ends the run after that many experiences (leaving a checkpoint): what an interrupted run
+    looks like, for tests and for splitting long runs.
+    """
+    from lifelong.platform.results import package_versions, seen_curve, write_run
+
+    out_dir = Path(out) if out else default_out_dir(config)
+    device = resolve_device(config.device)
+    fingerprint = config_fingerprint(config.identity())
+    checkpoint_path = out_dir / CHECKPOINT_NAME
+    state = None
+    if resume:
+        if not checkpoint_path.exists():
+            raise UserError(f"--resume: no checkpoint in {out_dir} (expected {checkpoint_path})")
+        state = load_checkpoint(checkpoint_path)
+        if state.get("fingerprint") != fingerprint:
+            raise UserError(
+                f"--resume: {out_dir} holds a run of another configuration "
+                f"({state.get('config', {}).get('strategy')} on {state.get('config', {}).get('benchmark')}, "
+                f"seed {state.get('config', {}).get('seed')}); use another --out or the same configuration"
+            )
+
+    seed_everything(config.seed)
+    strategy_cfg = _plugin_config("strategy", config.strategy, config.strategy_config, "strategy_config")
+    bench_spec = registry.get("benchmark", config.benchmark)
+    stream = bench_spec.factory(_plugin_config("benchmark", config.benchmark, {**config.benchmark_config, "seed": config.seed}, "benchmark_config"))
+    from lifelong.platform.distributed import current_distributed_info
+
+    dist = current_distributed_info()
+    strategy_spec = registry.get("strategy", config.strategy)
+    if strategy_spec.capabilities.needs_task_labels and not stream.info.get("task_labels_meaningful", False):
+        raise UserError(f"strategy {config.strategy} needs task labels, which the class-incremental stream {config.benchmark} does not provide")
+    if dist.enabled and not strategy_spec.capabilities.distributed_safe:
+        raise UserError(f"strategy {config.strategy} is not distributed_safe; run it in a single process")
+
+    from lifelong.platform.learner import RunContext
+
+    context = RunContext(stream=stream, device=device, seed=config.seed, distributed=dist, amp=config.amp)
+    learner = strategy_spec.factory(strategy_cfg, context)
+    n = stream.n_experiences
+    matrix = np.zeros((n, n))
+    start, elapsed = 0, 0.0
+    if state is not None:
+        learner.load_state_dict(state["learner"])
+        start = int(state["completed"])
+        matrix[:start] = np.asarray(state["accuracy_matrix"])[:start]
+        elapsed = float(state["wall_time_s"])
+    test_sizes = [len(stream.test_stream[j].dataset) for j in range(n)]
+    eval_batch = getattr(strategy_cfg, "eval_batch_size", 256)
+    end = n if stop_after is None else min(n, start + stop_after)
+    for i in _progress(range(start, end), end - start, f"{config.strategy} on {config.benchmark}", progress):
+        t0 = time.perf_counter()
+        seed_everything(step_seed(config.seed, i))
+        learner.train_experience(stream.train_stream[i])
+        matrix[i] = [evaluate(learner, stream.test_stream[j], eval_batch, device) for j in range(n)]
+        elapsed += time.perf_counter() - t0
+        if dist.is_main:
+            save_checkpoint(checkpoint_path, {
+                "fingerprint": fingerprint,
+                "config": to_dict(config),
+                "completed": i + 1,
+                "accuracy_matrix": matrix[: i + 1].tolist(),
+                "wall_time_s": elapsed,
+                "learner": learner.state_dict(),
+            })
+    if end < n:
+        return {"completed": end, "accuracy_matrix": matrix[:end].tolist()}
+    results = {
+        "strategy": config.strategy,
+        "benchmark": config.benchmark,
+        "seed": config.seed,
+        "class_order": stream.class_order,
+        "classes_per_experience": stream.classes_per_experience,
+        "accuracy_matrix": matrix.tolist(),
+        "seen_accuracy": seen_curve(matrix, test_sizes),
+        "test_sizes": test_sizes,
+        **cil_metrics(matrix, test_sizes),
+        "wall_time_s": elapsed,
+        "device": str(device),
+        "world_size": dist.world_size,
+        "config": {**to_dict(config), "strategy_config": to_dict(strategy_cfg)},
+        "strategy_summary": learner.summary(),
+        "versions": package_versions(),
+    }
+    if dist.is_main:
+        write_run(out_dir, results)
+    return results
+
+
+def compare(
+    strategies: list[str],
+    benchmark: str,
+    seeds: list[int],
+    *,
+    out: str | Path,
+    overrides: dict[str, Any] | None = None,
+    config_file: str | Path | None = None,
+    jobs: int = 1,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run every (strategy, seed) pair and write summary.json / summary.csv / comparison.png to ``out``."""
+    from lifelong.platform.results import summarise, write_summary
+
+    out = Path(out)
+    overrides = overrides or {}
+    known = set(TOP_LEVEL_KEYS) | set(_config_fields("benchmark", benchmark))
+    per_strategy = {s: known | set(_config_fields("strategy", s)) for s in strategies}
+    unusable = [k for k in overrides if not any(k in keys for keys in per_strategy.values())]
+    if unusable:
+        raise ConfigError(f"unknown config key {unusable[0]!r}: neither {benchmark} nor any of {', '.join(strategies)} has it")
+    configs = [
+        resolve_config(strategy=s, benchmark=benchmark, config_file=config_file, seed=seed, device=device,
+                       overrides={k: v for k, v in overrides.items() if k in per_strategy[s]})
+        for s in strategies
+        for seed in seeds
+    ]
+    runs = _run_many(configs, out, jobs, progress)
+    summary = summarise(runs)
+    write_summary(out, benchmark, summary)
+    return summary
+
+
+def _run_one(config: RunConfig, out: Path, progress: bool) -> dict[str, Any]:
+    return run_experiment(config, out=out / f"{config.strategy}-seed{config.seed}", progress=progress)
+
+
+def _run_many(configs: list[RunConfig], out: Path, jobs: int, progress: bool) -> list[dict[str, Any]]:
+    if jobs <= 1:
+        return [_run_one(c, out, progress) for c in configs]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
+                             initializer=_worker_init) as pool:
+        return list(pool.map(_run_one, configs, [out] * len(configs), [False] * len(configs)))
+
+
+def _worker_init() -> None:
+    """Each parallel job gets one intra-op thread, so jobs do not fight over the cores."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+DEMO_STRATEGIES = ("naive", "ewc", "lwf", "replay", "icarl", "gdumb", "dark-er", "joint")
+
+
+def demo_baselines(out: Path) -> None:
+    """The baselines on split-digits over three seeds: the table and where the plots are."""
+    from lifelong.platform.results import format_summary_table
+
+    target = out / "baselines"
+    summary = compare(list(DEMO_STRATEGIES), "split-digits", [0, 1, 2], out=target, progress=sys.stderr.isatty())
+    print("split-digits, 5 experiences, 3 seeds (mean ± std, %):")
+    print(format_summary_table(summary))
+    print(f"plots and tables: {target}/comparison.png, {target}/summary.csv, one folder per run with results.json")

@@ -1,0 +1,286 @@
+"""The bridge from Avalanche 0.6.0 strategies to the platform's ``Learner``, with Avalanche's pitfalls fixed.
+
+What this fixes (measured on avalanche-lib 0.6.0, torch 2.14):
+- strategies built without a criterion fail: every wrapper passes ``CrossEntropyLoss`` explicitly;
+- LwF, Dark Experience Replay and others read ``mb_task_id`` from the last batch element, so on a stream built
+  without task labels they read the class labels instead: experiences without task labels get a constant
+  task label 0 before Avalanche sees them;
+- ``make_optimizer`` puts every parameter (frozen ones included) into the optimizer: here only parameters
+  with ``requires_grad`` are optimised;
+- the default evaluator prints to stdout and ``save_checkpoint`` pickles the whole strategy with dill (which
+  fails on torch 2.14): the runner evaluates by itself, and the strategy state is captured by
+  ``AvalancheState`` as tensors and plain values, so checkpoints load with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib
+import warnings
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from lifelong.adapters.backbones import build_backbone
+from lifelong.platform.learner import Learner, RunContext, StrategyConfig
+
+
+def make_optimizer(params: Any, config: StrategyConfig) -> torch.optim.Optimizer:
+    """The optimizer named by the config, over ``params`` (only trainable ones are ever passed)."""
+    params = [p for p in params if p.requires_grad]
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def with_task_labels(experience: Any) -> Any:
+    """The experience itself if its data carries task labels, else a copy whose samples carry task label 0."""
+    dataset = experience.dataset
+    if "targets_task_labels" in getattr(dataset, "_data_attributes", {}):
+        return experience
+    from avalanche.benchmarks.utils.classification_dataset import _make_taskaware_classification_dataset
+
+    labelled = _make_taskaware_classification_dataset(dataset, targets=list(dataset.targets), task_labels=0)
+    patched = copy.copy(experience)
+    patched._dataset = labelled  # DatasetExperience keeps its data here behind a read-only property
+    return patched
+
+
+def trainable_only(strategy_class: type) -> type:
+    """A subclass of ``strategy_class`` whose optimizer only ever holds parameters that require gradients."""
+
+    class TrainableOnly(strategy_class):  # type: ignore[misc, valid-type]
+        def make_optimizer(self, reset_optimizer_state: bool = False, remove_params: bool = True, **kwargs: Any) -> None:
+            from avalanche.models.dynamic_optimizers import update_optimizer
+
+            trainable = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+            self.optimized_param_id = update_optimizer(
+                self.optimizer,
+                trainable,
+                self.optimized_param_id,
+                reset_state=reset_optimizer_state,
+                remove_params=remove_params,
+                verbose=False,
+            )
+
+    TrainableOnly.__name__ = TrainableOnly.__qualname__ = f"TrainableOnly{strategy_class.__name__}"
+    return TrainableOnly
+
+
+@contextlib.contextmanager
+def quiet_avalanche() -> Iterator[None]:
+    """Hide Avalanche 0.6.0's own noise (no-logger notices, its deprecations, the optional QP solver notice)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message="No loggers specified")
+        warnings.filterwarnings("ignore", message="no QP solver found")
+        yield
+
+
+def silent_evaluator() -> Any:
+    with quiet_avalanche():
+        from avalanche.training.plugins import EvaluationPlugin
+
+        return EvaluationPlugin(loggers=[])
+
+
+class AvalancheState:
+    """Captures and restores the state an Avalanche strategy keeps between experiences.
+
+    Plugins and a few strategy attributes are walked recursively; tensors, plain values, module state dicts,
+    Avalanche buffer datasets (materialised as tensors) and Avalanche's own small objects (buffers, clocks,
+    ``ParamData``) are turned into a tree of dicts, lists and tensors that ``torch.load(weights_only=True)``
+    reads back. Anything else (optimizers, callables, references to the strategy) is left as it is.
+    """
+
+    def __init__(self, template_model: nn.Module) -> None:
+        self.template_model = template_model
+
+    # -- capture --------------------------------------------------------------------------------------
+    def capture(self, value: Any, depth: int = 0) -> Any:
+        from avalanche.benchmarks.utils import AvalancheDataset
+
+        if depth > 12:
+            return {"__kind__": "skip"}
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        if isinstance(value, torch.Tensor):
+            return value.detach().cpu().clone()
+        if isinstance(value, nn.Module):
+            return {"__kind__": "module", "state": {k: v.detach().cpu().clone() for k, v in value.state_dict().items()}}
+        if isinstance(value, AvalancheDataset):
+            return self._capture_dataset(value)
+        if isinstance(value, (list, tuple)):
+            return {"__kind__": "tuple" if isinstance(value, tuple) else "list",
+                    "items": [self.capture(v, depth + 1) for v in value]}
+        if isinstance(value, dict):
+            return {"__kind__": "dict", "items": [[self.capture(k, depth + 1), self.capture(v, depth + 1)]
+                                                  for k, v in value.items()]}
+        module = type(value).__module__
+        if module.startswith("avalanche.") and hasattr(value, "__dict__") and not _is_strategy(value):
+            return {"__kind__": "object", "class": f"{module}:{type(value).__qualname__}",
+                    "attrs": {k: self.capture(v, depth + 1) for k, v in vars(value).items() if not k.startswith("__")}}
+        if isinstance(value, (torch.Size,)):
+            return {"__kind__": "size", "items": list(value)}
+        return {"__kind__": "skip"}
+
+    def _capture_dataset(self, dataset: Any) -> dict[str, Any]:
+        names = [a.name for a in dataset._data_attributes.values() if a.use_in_getitem]
+        items = [dataset[i] for i in range(len(dataset))]
+        if not items:
+            return {"__kind__": "dataset", "names": names, "columns": [], "length": 0}
+        n_cols = len(items[0])
+        columns = [torch.stack([torch.as_tensor(item[c]) for item in items]) for c in range(n_cols)]
+        return {"__kind__": "dataset", "names": names, "columns": columns, "length": len(items)}
+
+    # -- restore --------------------------------------------------------------------------------------
+    def restore(self, snap: Any, current: Any) -> Any:
+        if not isinstance(snap, dict) or "__kind__" not in snap:
+            return snap
+        kind = snap["__kind__"]
+        if kind == "skip":
+            return current
+        if kind == "size":
+            return torch.Size(snap["items"])
+        if kind == "module":
+            module = current if isinstance(current, nn.Module) else copy.deepcopy(self.template_model)
+            module.load_state_dict(snap["state"])
+            return module
+        if kind == "dataset":
+            return self._restore_dataset(snap)
+        if kind in ("list", "tuple"):
+            old = list(current) if isinstance(current, (list, tuple)) else []
+            items = [self.restore(s, old[i] if i < len(old) else None) for i, s in enumerate(snap["items"])]
+            if isinstance(current, list):
+                current[:] = items
+                return current
+            return tuple(items) if kind == "tuple" else items
+        if kind == "dict":
+            old = current if isinstance(current, dict) else {}
+            restored = {}
+            for k_snap, v_snap in snap["items"]:
+                key = self.restore(k_snap, None)
+                restored[key] = self.restore(v_snap, old.get(key))
+            if isinstance(current, dict):
+                current.clear()
+                current.update(restored)
+                return current
+            return restored
+        if kind == "object":
+            module_name, _, qualname = snap["class"].partition(":")
+            if not module_name.startswith("avalanche."):
+                raise ValueError(f"checkpoint names a class outside avalanche: {snap['class']}")
+            cls: Any = importlib.import_module(module_name)
+            for part in qualname.split("."):
+                cls = getattr(cls, part)
+            obj = current if type(current) is cls else cls.__new__(cls)
+            for name, value in snap["attrs"].items():
+                setattr(obj, name, self.restore(value, getattr(obj, name, None)))
+            return obj
+        raise ValueError(f"unknown state kind {kind!r} in checkpoint")
+
+    @staticmethod
+    def _restore_dataset(snap: dict[str, Any]) -> Any:
+        from avalanche.benchmarks.utils import DataAttribute
+        from avalanche.benchmarks.utils.classification_dataset import (
+            ClassificationDataset,
+            TaskAwareSupervisedClassificationDataset,
+        )
+        from torch.utils.data import TensorDataset
+
+        names, columns = snap["names"], snap["columns"]
+        if not columns:
+            return ClassificationDataset([], data_attributes=[DataAttribute([], "targets")])
+        n_base = len(columns) - len(names)
+        base = TensorDataset(*columns[:n_base])
+        attributes = [DataAttribute(col.tolist() if col.dim() == 1 else col, name, use_in_getitem=True)
+                      for name, col in zip(names, columns[n_base:])]
+        cls = TaskAwareSupervisedClassificationDataset if "targets_task_labels" in names else ClassificationDataset
+        return cls([base], data_attributes=attributes)
+
+
+def _is_strategy(value: Any) -> bool:
+    from avalanche.training.templates import BaseTemplate
+
+    return isinstance(value, BaseTemplate)
+
+
+class AvalancheLearner(Learner):
+    """A platform learner around one Avalanche strategy class (subclasses say which and with what options)."""
+
+    strategy_class: Any = None
+    #: strategy attributes that carry state between experiences, besides the plugins
+    state_attributes: tuple[str, ...] = ("clock",)
+
+    def __init__(self, config: StrategyConfig, context: RunContext) -> None:
+        super().__init__(config, context)
+        self._model = self.build_model().to(context.device)
+        self.optimizer = make_optimizer(self._model.parameters(), config)
+        with quiet_avalanche():
+            self.strategy = self.build_strategy()
+        self._state = AvalancheState(self._model)
+
+    @property
+    def model(self) -> nn.Module:  # type: ignore[override]
+        """The strategy's current model: some strategies (GDumb) replace it at every experience."""
+        strategy = self.__dict__.get("strategy")
+        return strategy.model if strategy is not None else self._model
+
+    def build_model(self) -> nn.Module:
+        """The backbone named by ``config.model`` with a head over every class of the stream."""
+        stream = self.context.stream
+        return build_backbone(self.config.model, stream.input_shape, stream.n_classes)
+
+    def strategy_kwargs(self) -> dict[str, Any]:
+        """Options of this strategy beyond the shared ones (memory size, lambda, ...)."""
+        return {}
+
+    def build_strategy(self) -> Any:
+        cfg = self.config
+        return trainable_only(self.resolve_strategy_class())(
+            model=self._model,
+            optimizer=self.optimizer,
+            criterion=nn.CrossEntropyLoss(),
+            train_mb_size=cfg.batch_size,
+            train_epochs=cfg.epochs,
+            eval_mb_size=cfg.eval_batch_size,
+            device=self.context.device,
+            evaluator=silent_evaluator(),
+            **self.strategy_kwargs(),
+        )
+
+    def resolve_strategy_class(self) -> type:
+        module_name, _, name = self.strategy_class.partition(":")
+        with quiet_avalanche():
+            return getattr(importlib.import_module(module_name), name)
+
+    def train_experience(self, experience: Any) -> None:
+        with quiet_avalanche():
+            self.strategy.train(with_task_labels(experience), num_workers=0)
+
+    def _stateful_plugins(self) -> list[Any]:
+        from avalanche.training.plugins import EvaluationPlugin
+
+        return [p for p in self.strategy.plugins if not isinstance(p, EvaluationPlugin)]
+
+    def extra_state(self) -> dict[str, Any]:
+        return {
+            "plugins": [self._state.capture(p) for p in self._stateful_plugins()],
+            "attributes": {a: self._state.capture(getattr(self.strategy, a, None)) for a in self.state_attributes},
+        }
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        plugins = self._stateful_plugins()
+        for plugin, snap in zip(plugins, state.get("plugins", [])):
+            self._state.restore(snap, plugin)
+        for name, snap in state.get("attributes", {}).items():
+            setattr(self.strategy, name, self._state.restore(snap, getattr(self.strategy, name, None)))
+
+    def optimizer_state(self) -> dict[str, Any] | None:
+        return self.optimizer.state_dict()
+
+    def load_optimizer_state(self, state: dict[str, Any] | None) -> None:
+        if state:
+            self.optimizer.load_state_dict(state)

@@ -1,0 +1,191 @@
+"""The classic class-incremental baselines, registered from Avalanche 0.6.0.
+
+naive (fine-tuning), joint (Avalanche's ``Cumulative``: retrain on everything seen so far, the upper bound of
+an incremental run), ewc, lwf, replay, icarl, gdumb and dark-er (Avalanche's ``DER`` is Dark Experience
+Replay, not the Dynamically Expandable Representation that ALADE-SNN builds on, hence the name). The bridge in
+``_avalanche`` fixes what Avalanche gets wrong on label-only streams; the defaults here are sized for
+``split-digits`` on two CPU cores and every replay method shares the same memory budget (``mem_size``).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any, Literal
+
+from torch import nn
+
+from lifelong.platform.learner import StrategyConfig
+from lifelong.platform.registry import Capabilities, register
+from lifelong.adapters.backbones import build_backbone
+from lifelong.strategies._avalanche import (
+    AvalancheLearner,
+    quiet_avalanche,
+    silent_evaluator,
+    trainable_only,
+    with_task_labels,
+)
+
+_SAFE = Capabilities(distributed_safe=True)
+_REPLAY = Capabilities(uses_replay_memory=True, distributed_safe=True)
+
+
+@dataclass
+class NaiveConfig(StrategyConfig):
+    """Plain fine-tuning on each experience in turn."""
+
+
+@register("strategy", "naive", config=NaiveConfig, summary="fine-tune on each experience (lower bound)", capabilities=_SAFE)
+class Naive(AvalancheLearner):
+    strategy_class = "avalanche.training:Naive"
+
+
+@dataclass
+class JointConfig(StrategyConfig):
+    """Retrain on the union of all experiences seen so far."""
+
+
+@register("strategy", "joint", config=JointConfig, summary="cumulative training on all data seen so far (upper bound)", capabilities=_SAFE)
+class Joint(AvalancheLearner):
+    strategy_class = "avalanche.training:Cumulative"
+    state_attributes = ("clock", "dataset")
+
+
+@dataclass
+class EWCConfig(StrategyConfig):
+    ewc_lambda: float = 100.0
+    mode: Literal["separate", "online"] = "separate"
+    decay_factor: float = 0.9
+
+
+@register("strategy", "ewc", config=EWCConfig, summary="elastic weight consolidation (Kirkpatrick et al. 2017)", capabilities=_SAFE)
+class EWC(AvalancheLearner):
+    strategy_class = "avalanche.training:EWC"
+
+    def strategy_kwargs(self) -> dict[str, Any]:
+        c = self.config
+        return {"ewc_lambda": c.ewc_lambda, "mode": c.mode, "decay_factor": c.decay_factor if c.mode == "online" else None}
+
+
+@dataclass
+class LwFConfig(StrategyConfig):
+    alpha: float = 1.0
+    temperature: float = 2.0
+
+
+@register("strategy", "lwf", config=LwFConfig, summary="learning without forgetting (Li & Hoiem 2016)", capabilities=_SAFE)
+class LwF(AvalancheLearner):
+    strategy_class = "avalanche.training:LwF"
+
+    def strategy_kwargs(self) -> dict[str, Any]:
+        return {"alpha": self.config.alpha, "temperature": self.config.temperature}
+
+
+@dataclass
+class ReplayConfig(StrategyConfig):
+    mem_size: int = 200
+
+
+@register("strategy", "replay", config=ReplayConfig, summary="experience replay with a class-balanced memory", capabilities=_REPLAY)
+class Replay(AvalancheLearner):
+    strategy_class = "avalanche.training:Replay"
+
+    def strategy_kwargs(self) -> dict[str, Any]:
+        from avalanche.training.storage_policy import ClassBalancedBuffer
+        from avalanche.training.plugins import ReplayPlugin
+
+        # Avalanche's default splits the memory by experience; class-balanced is the CIL standard.
+        buffer = ClassBalancedBuffer(max_size=self.config.mem_size, adaptive_size=True)
+        return {"mem_size": self.config.mem_size, "plugins": [ReplayPlugin(self.config.mem_size, storage_policy=buffer)]}
+
+    def build_strategy(self) -> Any:
+        strategy = super().build_strategy()
+        # Replay's constructor adds its own ReplayPlugin too: keep only the class-balanced one.
+        from avalanche.training.plugins import ReplayPlugin
+
+        replay = [p for p in strategy.plugins if isinstance(p, ReplayPlugin)]
+        for extra in replay[1:]:
+            strategy.plugins.remove(extra)
+        return strategy
+
+
+@dataclass
+class GDumbConfig(StrategyConfig):
+    mem_size: int = 200
+
+
+@register("strategy", "gdumb", config=GDumbConfig, summary="greedy class-balanced memory, retrained from scratch (Prabhu et al. 2020)", capabilities=_REPLAY)
+class GDumb(AvalancheLearner):
+    strategy_class = "avalanche.training:GDumb"
+
+    def strategy_kwargs(self) -> dict[str, Any]:
+        return {"mem_size": self.config.mem_size}
+
+
+@dataclass
+class DarkERConfig(StrategyConfig):
+    mem_size: int = 200
+    alpha: float = 0.1
+    beta: float = 0.5
+
+
+@register("strategy", "dark-er", config=DarkERConfig, summary="dark experience replay, DER++ (Buzzega et al. 2020)", capabilities=_REPLAY)
+class DarkER(AvalancheLearner):
+    strategy_class = "avalanche.training:DER"
+    state_attributes = ("clock", "storage_policy")
+
+    def strategy_kwargs(self) -> dict[str, Any]:
+        c = self.config
+        return {"mem_size": c.mem_size, "alpha": c.alpha, "beta": c.beta}
+
+
+@dataclass
+class ICaRLConfig(StrategyConfig):
+    mem_size: int = 200
+    fixed_memory: bool = True
+    lr: float = 0.1
+    weight_decay: float = 1e-5
+
+
+@register("strategy", "icarl", config=ICaRLConfig, summary="iCaRL: herding memory, distillation, nearest-mean classifier (Rebuffi et al. 2017)", capabilities=_REPLAY)
+class ICaRL(AvalancheLearner):
+    """iCaRL needs the feature extractor and the head apart; Avalanche wraps them in a train/eval model."""
+
+    strategy_class = "avalanche.training:ICaRL"
+
+    def build_model(self) -> nn.Module:
+        from avalanche.models import NCMClassifier, TrainEvalModel
+
+        net = build_backbone(self.config.model, self.context.stream.input_shape, self.context.stream.n_classes)
+        return TrainEvalModel(net.features, train_classifier=net.classifier, eval_classifier=NCMClassifier(normalize=True))
+
+    def build_strategy(self) -> Any:
+        from avalanche.training import ICaRL as AvalancheICaRL
+
+        cfg = self.config
+        strategy = trainable_only(AvalancheICaRL)(
+            feature_extractor=self._model.feature_extractor,
+            classifier=self._model.train_classifier,
+            optimizer=self.optimizer,
+            memory_size=cfg.mem_size,
+            buffer_transform=None,
+            fixed_memory=cfg.fixed_memory,
+            train_mb_size=cfg.batch_size,
+            train_epochs=cfg.epochs,
+            eval_mb_size=cfg.eval_batch_size,
+            device=self.context.device,
+            evaluator=silent_evaluator(),
+        )
+        return strategy
+
+    def train_experience(self, experience: Any) -> None:
+        # Avalanche 0.6.0's iCaRL still reads the class split from the deprecated ``experience.benchmark``.
+        stream = self.context.stream
+        patched = copy.copy(with_task_labels(experience))
+        patched.benchmark = SimpleNamespace(
+            n_classes_per_exp=[len(c) for c in stream.classes_per_experience],
+            classes_order=list(range(stream.n_classes)),
+        )
+        with quiet_avalanche():
+            self.strategy.train(patched, num_workers=0)
