@@ -1,0 +1,385 @@
+"""Spiking building blocks in plain torch: LIF neurons, direct encoding, a spiking ResNet, spike/op counters.
+
+Follows the neuron and backbone of ALADE-SNN (Ni et al., AAAI 2025, whose code is the first commits of
+HOOKke/PS-SNN) as summarised in ``methods/ALADE-SNN.md``:
+
+- multi-step LIF, ``u_t = u_{t-1} - (u_{t-1} - v_reset)/tau + x_t`` (``tau=2``, ``v_reset=0`` gives the paper's
+  ``u_t = 0.5 u_{t-1} + x_t``), spike ``s_t = H(u_t - v_threshold)``, hard reset ``u <- (1 - s) u + s v_reset``
+  or soft reset ``u <- u - s v_threshold``. The same arithmetic, in the same order, as spikingjelly's ``LIFNode``
+  with ``decay_input=False`` (``bench/lif.py`` checks spikes and gradients are identical);
+- surrogate gradients: triangle ``(1/g^2) max(0, g - |x|)`` (TET, the paper's default, ``g=1``), sigmoid
+  ``a sig(a x)(1 - sig(a x))`` (``a=4``) and arctan ``(a/2) / (1 + (pi a x / 2)^2)`` (``a=2``), as spikingjelly
+  defines them;
+- the neuron is stateless across calls: its membrane potential lives only inside one forward over the T steps,
+  so deep copies, teachers and changing batch sizes are safe (no ``reset_net`` needed);
+- tensors flow time-major, ``[T, B, ...]``; convolutions and batch norm see ``[T*B, ...]`` (the BN statistics are
+  shared over time steps, as in the authors' code);
+- a spiking ResNet of BasicBlocks (conv-BN-LIF-conv-BN + shortcut, then LIF) with the CIFAR layout of the paper
+  (64-wide stem, stages [3, 3, 2] at 128/256/512) and a tiny layout for 8x8 digits, both scaled by a width
+  multiplier;
+- counters of spike rates per LIF layer and of synaptic operations: a convolution or linear layer whose input is
+  binary (spikes) costs ``MACs x input spike rate`` accumulates (SOPs); one with real-valued input (the encoding
+  layer, the classifier on pooled rates) costs its MACs. Energy uses 0.9 pJ per accumulate and 4.6 pJ per MAC
+  (45 nm figures of Horowitz 2014, the usual choice in SNN papers).
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Literal, Sequence
+
+import torch
+from torch import nn
+
+SURROGATES: tuple[str, ...] = ("triangle", "sigmoid", "arctan")
+DEFAULT_ALPHA: dict[str, float] = {"triangle": 1.0, "sigmoid": 4.0, "arctan": 2.0}
+ENERGY_PJ_PER_MAC = 4.6
+ENERGY_PJ_PER_AC = 0.9
+
+
+# ----------------------------------------------------------------------------------------------- surrogates
+def surrogate_grad(x: torch.Tensor, surrogate: str, alpha: float) -> torch.Tensor:
+    """d spike / d x of the surrogate ``surrogate`` at ``x = u - threshold`` (shape of ``x``)."""
+    if surrogate == "triangle":
+        return (alpha - x.abs()).clamp(min=0) / (alpha * alpha)
+    if surrogate == "sigmoid":
+        sg = torch.sigmoid(alpha * x)
+        return alpha * sg * (1.0 - sg)
+    if surrogate == "arctan":
+        return (alpha / 2) / (1 + (math.pi / 2 * alpha * x).pow(2))
+    raise ValueError(f"surrogate: {surrogate!r} is not allowed; allowed values: {', '.join(SURROGATES)}")
+
+
+class SpikeFunction(torch.autograd.Function):
+    """Heaviside step forward (``x >= 0`` spikes), surrogate gradient backward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, surrogate: str, alpha: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        ctx.surrogate = surrogate
+        ctx.alpha = alpha
+        return (x >= 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return grad_out * surrogate_grad(x, ctx.surrogate, ctx.alpha), None, None
+
+
+def spike(x: torch.Tensor, surrogate: str = "triangle", alpha: float | None = None) -> torch.Tensor:
+    """Spikes of ``x = u - threshold`` with the named surrogate gradient."""
+    if surrogate not in SURROGATES:
+        raise ValueError(f"surrogate: {surrogate!r} is not allowed; allowed values: {', '.join(SURROGATES)}")
+    return SpikeFunction.apply(x, surrogate, DEFAULT_ALPHA[surrogate] if alpha is None else float(alpha))
+
+
+# --------------------------------------------------------------------------------------------------- neuron
+def lif_multistep(
+    x_seq: torch.Tensor,
+    tau: float = 2.0,
+    v_threshold: float = 1.0,
+    v_reset: float | None = 0.0,
+    decay_input: bool = False,
+    detach_reset: bool = False,
+    surrogate: str = "triangle",
+    alpha: float = 1.0,
+) -> torch.Tensor:
+    """Run a LIF layer over ``x_seq`` of shape ``[T, ...]`` from rest and return the spikes ``[T, ...]``."""
+    v = torch.zeros_like(x_seq[0]) if v_reset is None or v_reset == 0.0 else torch.full_like(x_seq[0], v_reset)
+    out = []
+    for t in range(x_seq.shape[0]):
+        x = x_seq[t]
+        # charge (spikingjelly's expressions, so results are bit-identical)
+        if v_reset is None:
+            v = v + (x - v) / tau if decay_input else v - v / tau + x
+        else:
+            v = v + (x - (v - v_reset)) / tau if decay_input else v - (v - v_reset) / tau + x
+        s = SpikeFunction.apply(v - v_threshold, surrogate, alpha)
+        s_r = s.detach() if detach_reset else s
+        if v_reset is None:
+            v = v - s_r * v_threshold
+        else:
+            v = (1.0 - s_r) * v + s_r * v_reset
+        out.append(s)
+    return torch.stack(out)
+
+
+_COMPILED: dict[str, Callable[..., torch.Tensor]] = {}
+
+
+def _compiled_lif() -> Callable[..., torch.Tensor]:
+    if "lif" not in _COMPILED:
+        _COMPILED["lif"] = torch.compile(lif_multistep, dynamic=False)
+    return _COMPILED["lif"]
+
+
+@dataclass
+class NeuronConfig:
+    """LIF settings shared by every neuron of a network."""
+
+    tau: float = 2.0
+    v_threshold: float = 1.0
+    reset: Literal["hard", "soft"] = "hard"
+    v_reset: float = 0.0
+    decay_input: bool = False
+    detach_reset: bool = False
+    surrogate: Literal["triangle", "sigmoid", "arctan"] = "triangle"
+    alpha: float | None = None  # gamma of the triangle; None = the surrogate's default (1, 4, 2)
+    compile: bool = False
+
+    def validate(self) -> None:
+        if self.tau <= 1.0:
+            raise ValueError(f"tau must be greater than 1, got {self.tau}")
+        if self.v_threshold <= 0:
+            raise ValueError(f"v_threshold must be positive, got {self.v_threshold}")
+        if self.surrogate not in SURROGATES:
+            raise ValueError(f"surrogate: {self.surrogate!r} is not allowed; allowed values: {', '.join(SURROGATES)}")
+        if self.alpha is not None and self.alpha <= 0:
+            raise ValueError(f"alpha must be positive, got {self.alpha}")
+
+
+class LIF(nn.Module):
+    """Multi-step LIF neuron over ``[T, B, ...]``; stateless across calls; optionally records its spike rate."""
+
+    def __init__(self, config: NeuronConfig | None = None, **overrides: Any) -> None:
+        super().__init__()
+        cfg = config or NeuronConfig()
+        if overrides:
+            cfg = NeuronConfig(**{**cfg.__dict__, **overrides})
+        cfg.validate()
+        self.cfg = cfg
+        self.alpha = DEFAULT_ALPHA[cfg.surrogate] if cfg.alpha is None else float(cfg.alpha)
+        self.recording = False
+        self.spike_count = 0.0
+        self.neuron_count = 0
+
+    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        c = self.cfg
+        fn = _compiled_lif() if c.compile else lif_multistep
+        s = fn(
+            x_seq,
+            c.tau,
+            c.v_threshold,
+            None if c.reset == "soft" else c.v_reset,
+            c.decay_input,
+            c.detach_reset,
+            c.surrogate,
+            self.alpha,
+        )
+        if self.recording:
+            self.spike_count += float(s.detach().sum())
+            self.neuron_count += s.numel()
+        return s
+
+    def extra_repr(self) -> str:
+        c = self.cfg
+        return f"tau={c.tau}, v_threshold={c.v_threshold}, reset={c.reset}, surrogate={c.surrogate}({self.alpha})"
+
+
+# ------------------------------------------------------------------------------------------ encode/readout
+def direct_encode(x: torch.Tensor, T: int) -> torch.Tensor:
+    """Repeat a static input ``[B, ...]`` over ``T`` time steps: ``[T, B, ...]``."""
+    return x.unsqueeze(0).repeat(T, *([1] * x.dim()))
+
+
+def time_average(seq: torch.Tensor) -> torch.Tensor:
+    """Average a time-major ``[T, B, ...]`` output over time (the rate readout)."""
+    return seq.mean(0)
+
+
+def _seq(fn: Callable[[torch.Tensor], torch.Tensor], x_seq: torch.Tensor) -> torch.Tensor:
+    """Apply a stateless layer to every time step at once by folding time into the batch."""
+    T, B = x_seq.shape[:2]
+    y = fn(x_seq.flatten(0, 1))
+    return y.reshape(T, B, *y.shape[1:])
+
+
+# ---------------------------------------------------------------------------------------------- the ResNet
+class SeqReLU(nn.Module):
+    """ReLU in the place of a LIF: the same ResNet as an ordinary network (the ``der`` baseline's extractor)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x)
+
+
+def _activation(neuron: NeuronConfig | None) -> nn.Module:
+    return SeqReLU() if neuron is None else LIF(neuron)
+
+
+class SpikingBasicBlock(nn.Module):
+    """conv-BN-LIF-conv-BN (+ shortcut) then LIF, over ``[T, B, C, H, W]`` (ReLU when ``neuron`` is None)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, neuron: NeuronConfig | None) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.lif1 = _activation(neuron)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+        self.lif2 = _activation(neuron)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.lif1(_seq(lambda z: self.bn1(self.conv1(z)), x))
+        out = _seq(lambda z: self.bn2(self.conv2(z)), out) + _seq(self.shortcut, x)
+        return self.lif2(out)
+
+
+LAYOUTS: dict[str, dict[str, Any]] = {
+    # the paper's CIFAR network: 64-wide stem, [3, 3, 2] blocks at 128/256/512 (about 12.5 M parameters)
+    "cifar": {"stem": 64, "widths": (128, 256, 512), "blocks": (3, 3, 2), "strides": (1, 2, 2)},
+    # 8x8 digits on a CPU: two one-block stages, 8x8 -> 4x4
+    "tiny": {"stem": 16, "widths": (16, 32), "blocks": (1, 1), "strides": (1, 2)},
+}
+
+
+class SpikingResNet(nn.Module):
+    """Direct-encoded spiking ResNet: ``[B, C, H, W]`` -> per-time-step features ``[T, B, feature_dim]``.
+
+    With ``spiking=False`` the LIF neurons become ReLUs and T is 1: the same network as an ANN, so that a
+    spiking method and its ordinary counterpart are compared on one architecture.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        *,
+        layout: str = "tiny",
+        width_mult: float = 1.0,
+        T: int = 4,
+        neuron: NeuronConfig | None = None,
+        stem: int | None = None,
+        widths: Sequence[int] | None = None,
+        blocks: Sequence[int] | None = None,
+        strides: Sequence[int] | None = None,
+        spiking: bool = True,
+    ) -> None:
+        super().__init__()
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout: {layout!r} is not allowed; allowed values: {', '.join(LAYOUTS)}")
+        if T < 1:
+            raise ValueError(f"T must be at least 1, got {T}")
+        if width_mult <= 0:
+            raise ValueError(f"width_mult must be positive, got {width_mult}")
+        spec = dict(LAYOUTS[layout])
+        for key, value in (("stem", stem), ("widths", widths), ("blocks", blocks), ("strides", strides)):
+            if value is not None:
+                spec[key] = value
+        if not (len(spec["widths"]) == len(spec["blocks"]) == len(spec["strides"])):
+            raise ValueError("widths, blocks and strides must have the same length (one entry per stage)")
+        neuron = (neuron or NeuronConfig()) if spiking else None
+        if not spiking:
+            T = 1
+
+        def scaled(c: int) -> int:
+            return max(1, int(round(c * width_mult)))
+
+        self.T = T
+        self.spiking = spiking
+        c = scaled(spec["stem"])
+        self.stem_conv = nn.Conv2d(in_channels, c, 3, 1, 1, bias=False)
+        self.stem_bn = nn.BatchNorm2d(c)
+        self.stem_lif = _activation(neuron)
+        stages: list[nn.Module] = []
+        for width, n_blocks, stride in zip(spec["widths"], spec["blocks"], spec["strides"]):
+            for j in range(n_blocks):
+                stages.append(SpikingBasicBlock(c, scaled(width), stride if j == 0 else 1, neuron))
+                c = scaled(width)
+        self.blocks = nn.Sequential(*stages)
+        self.feature_dim = c
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_seq = direct_encode(x, self.T)
+        out = self.stem_lif(_seq(lambda z: self.stem_bn(self.stem_conv(z)), x_seq))
+        out = self.blocks(out)
+        return out.mean(dim=(-2, -1))  # global average pooling of spikes: [T, B, C]
+
+
+# ------------------------------------------------------------------------------------------------ counters
+@dataclass
+class OpCount:
+    """Operations of one forward pass, per input sample."""
+
+    macs: float = 0.0  # multiply-accumulates (real-valued inputs)
+    sops: float = 0.0  # synaptic operations: accumulates triggered by spikes
+    dense_macs: float = 0.0  # what the same layers would cost as an ANN (every input non-zero)
+    layers: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def energy_uj(self) -> float:
+        """Estimated energy in microjoules (4.6 pJ per MAC, 0.9 pJ per accumulate)."""
+        return (self.macs * ENERGY_PJ_PER_MAC + self.sops * ENERGY_PJ_PER_AC) * 1e-6
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "macs_per_sample": self.macs,
+            "sops_per_sample": self.sops,
+            "dense_macs_per_sample": self.dense_macs,
+            "energy_uj_per_sample": self.energy_uj,
+        }
+
+
+def _layer_macs(module: nn.Module, out: torch.Tensor) -> float:
+    if isinstance(module, nn.Conv2d):
+        k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
+        return float(out.numel() * k)
+    if isinstance(module, nn.Linear):
+        return float(out.numel() * module.in_features)
+    return 0.0
+
+
+@torch.no_grad()
+def count_ops(model: nn.Module, forward: Callable[[], Any], batch_size: int) -> OpCount:
+    """Count MACs and spike-driven accumulates of the Conv2d/Linear layers of ``model`` during ``forward()``.
+
+    A layer whose input holds only 0 and 1 is spike-driven: it costs ``MACs x fraction of non-zero inputs``
+    accumulates; any other input costs the full MACs. Divided by ``batch_size`` to give per-sample figures.
+    """
+    count = OpCount()
+    handles = []
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        x = inputs[0]
+        macs = _layer_macs(module, out)
+        binary = bool(((x == 0) | (x == 1)).all())
+        rate = float((x != 0).float().mean()) if binary else 1.0
+        count.dense_macs += macs
+        if binary:
+            count.sops += macs * rate
+        else:
+            count.macs += macs
+        count.layers.append({"layer": type(module).__name__, "binary_input": binary, "input_rate": rate, "macs": macs})
+
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            handles.append(m.register_forward_hook(hook))
+    try:
+        forward()
+    finally:
+        for h in handles:
+            h.remove()
+    for attr in ("macs", "sops", "dense_macs"):
+        setattr(count, attr, getattr(count, attr) / max(1, batch_size))
+    return count
+
+
+@contextmanager
+def record_spikes(model: nn.Module) -> Iterator[dict[str, LIF]]:
+    """Within the block every LIF of ``model`` counts its spikes; yields ``{name: LIF}`` (see ``spike_rates``)."""
+    neurons = {name: m for name, m in model.named_modules() if isinstance(m, LIF)}
+    for m in neurons.values():
+        m.recording, m.spike_count, m.neuron_count = True, 0.0, 0
+    try:
+        yield neurons
+    finally:
+        for m in neurons.values():
+            m.recording = False
+
+
+def spike_rates(neurons: dict[str, LIF]) -> dict[str, float]:
+    """Fraction of neuron-time-steps that spiked, per LIF layer, after ``record_spikes``."""
+    return {name: (m.spike_count / m.neuron_count if m.neuron_count else 0.0) for name, m in neurons.items()}
