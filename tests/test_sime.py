@@ -133,3 +133,23 @@ def test_runs_through_the_cli(tmp_path, strategy):
     if strategy == "sime":
         assert results["accuracy_matrix"][0][0] > 0.5
         assert results["strategy_summary"]["trainable_parameters"] == 4 * (64 * 64 * 2 + 64 + 64)
+
+
+def test_shipped_configs_are_valid():
+    """Every configs/{sime,prop,l2p}/*.yaml builds its strategy config (and the whole run where the benchmark exists)."""
+    from pathlib import Path
+
+    from lifelong.platform import registry
+    from lifelong.platform.config import load_yaml
+    from lifelong.platform.runner import resolve_config
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    files = sorted(p for d in ("sime", "prop", "l2p") for p in (root / d).glob("*.yaml"))
+    assert len(files) >= 5
+    known = {s.name for s in registry.list_plugins("benchmark")}
+    for path in files:
+        data = load_yaml(path)
+        spec = registry.get("strategy", data["strategy"])
+        build_config(spec.config, data["strategy_config"])
+        if data["benchmark"] in known:
+            resolve_config(config_file=path)

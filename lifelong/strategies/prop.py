@@ -48,7 +48,7 @@ from lifelong.strategies._pretrained import (
 class ProPConfig(PretrainedConfig):
     """ProP's settings; see the module docstring for the reconstruction they parametrise."""
 
-    epochs: int = 5
+    epochs: int = 3
     lr: float = 1e-2
     prompt_length: int = 4
     prompt_init: Literal["uniform", "normal", "previous"] = "uniform"
