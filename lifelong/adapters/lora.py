@@ -109,7 +109,8 @@ class _LoRALinear(nn.Module):
 class RoutedLoRA:
     """Wraps ``module_names`` of ``model`` with routed LoRA; holds keys, slots and the routing decision."""
 
-    def __init__(self, model: nn.Module, names: Sequence[str], *, rank: int, alpha: float, threshold: float) -> None:
+    def __init__(self, model: nn.Module, names: Sequence[str], *, rank: int, alpha: float, threshold: float,
+                 centre: torch.Tensor | None = None) -> None:
         if not names:
             raise ValueError("RoutedLoRA needs at least one module to wrap")
         self.model = model
@@ -130,6 +131,8 @@ class RoutedLoRA:
             setattr(parent, child, w)
             self.wrappers.append(w)
         self.keys = torch.zeros(0, self.wrappers[0].in_features)  # (K, d) L2-normalised
+        # subtracted from every query before normalising (the stored keys were centred the same way)
+        self.centre = centre.detach().float().cpu() if centre is not None else None
         self.key_slot = torch.zeros(0, dtype=torch.long)  # key -> slot of the stacked LoRA weights
         self.slot_ids: list[int] = []  # slot -> edit id
         self._decision: Decision | None = None
@@ -163,6 +166,8 @@ class RoutedLoRA:
             return Decision(torch.full((bsz,), -1, dtype=torch.long, device=x.device), [None] * bsz,
                             torch.full((bsz,), float("nan")))
         q = self._query(x).float()
+        if self.centre is not None:
+            q = q - self.centre.to(q.device)
         q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         sims = q @ self.keys.to(q.device).t()  # (b, K)
         best, kidx = sims.max(dim=-1)

@@ -32,15 +32,30 @@ from lifelong.platform.editing import EditArtifact, Editor, join_ids
 from lifelong.platform.registry import Capabilities, register
 
 
+# Generic prompts whose mean key can centre the router's keys (``center_keys``): hidden states of a causal LM
+# share a large common direction, which makes raw cosine similarities of unrelated prompts high.
+GENERIC_PROMPTS: tuple[str, ...] = (
+    "The weather today is", "My name is", "The best way to cook rice is", "In the year 1900,", "She opened the door and",
+    "The main ingredient of bread is", "A triangle has", "He was born in", "The river flows into the",
+    "The most popular sport in the world is", "The meeting will start at", "Scientists have discovered that",
+    "The price of the house was", "Once upon a time, there was", "The train leaves from", "The color of the sky is",
+    "Dogs are known for", "The company announced that", "The song was released in", "The recipe calls for",
+    "The law was passed by", "Children usually learn to", "The mountain is located in", "The computer was invented by",
+    "The capital of the region is", "The book was published by", "The element with the highest", "The film was directed by",
+    "The official currency of the country is", "The painting hangs in", "The language spoken there is", "The symbol for it is",
+)
+
+
 @dataclass
 class SoLAConfig:
     """Where the LoRA sits, how it is trained, and how close a query must be to a key to use it."""
 
-    layers: list[int] = field(default_factory=lambda: [20])
-    module: str = "mlp.down_proj"
+    layers: list[int] = field(default_factory=lambda: [24])
+    modules: list[str] = field(default_factory=lambda: ["self_attn.o_proj", "mlp.down_proj"])
     rank: int = 4
     alpha: float = 8.0
-    threshold: float = 0.15
+    threshold: float = 0.08
+    center_keys: bool = True
     lr: float = 5e-3
     max_steps: int = 60
     stop_loss: float = 0.1
@@ -49,6 +64,8 @@ class SoLAConfig:
     def __post_init__(self) -> None:
         if not self.layers:
             raise ConfigError("layers: give at least one layer index")
+        if not self.modules:
+            raise ConfigError("modules: give at least one module name (e.g. self_attn.o_proj)")
         if self.rank < 1:
             raise ConfigError(f"rank: must be >= 1, got {self.rank}")
         if not 0.0 <= self.threshold <= 2.0:
@@ -80,15 +97,24 @@ class SoLAEditor(Editor):
         self.steps_used: list[int] = []
 
     def attach(self, model: Any, tokenizer: Any) -> None:
+        import torch
+
         from lifelong.adapters.lora import RoutedLoRA, module_names
 
+        names: list[str] = []
         try:
-            names = module_names(model, sorted(self.config.layers), self.config.module)
+            for layer in sorted(self.config.layers):  # forward order: by layer, then modules as listed
+                for module in self.config.modules:
+                    names += module_names(model, [layer], module)
+            for n in names:
+                model.get_submodule(n)
         except (ValueError, AttributeError) as exc:
-            raise ConfigError(f"sola layers/module: {exc}") from exc
+            raise ConfigError(f"sola layers/modules: {exc}") from exc
         self.model, self.tokenizer = model, tokenizer
         self.routed = RoutedLoRA(model, names, rank=self.config.rank, alpha=self.config.alpha,
                                  threshold=self.config.threshold)
+        if self.config.center_keys:
+            self.routed.centre = torch.as_tensor(self._raw_keys(GENERIC_PROMPTS).mean(0))
 
     def detach(self) -> None:
         if self.routed is not None:
@@ -96,17 +122,27 @@ class SoLAEditor(Editor):
             self.routed = None
 
     # ------------------------------------------------------------------ keys and training
-    def key_of(self, prompts: Sequence[str]) -> np.ndarray:
-        """Raw router inputs at the last token of each prompt (not normalised), shape (n, d)."""
+    def _raw_keys(self, prompts: Sequence[str]) -> np.ndarray:
+        """Router inputs at the last token of each prompt (one right-padded batch), shape (n, d)."""
         import torch
 
-        keys = []
-        for prompt in prompts:
-            enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
-            with torch.no_grad(), self.routed.capture_keys() as cap, self.routed.session():
-                self.model(**enc)
-            keys.append(cap[0][0].float().cpu().numpy())
-        return np.stack(keys)
+        enc = [self.tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+        length = max(len(e) for e in enc)
+        ids = torch.full((len(enc), length), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, e in enumerate(enc):
+            ids[i, : len(e)], mask[i, : len(e)] = torch.tensor(e), 1
+        last = torch.tensor([len(e) - 1 for e in enc])
+        with torch.no_grad(), self.routed.capture_keys(last) as cap, self.routed.session(last):
+            self.model(input_ids=ids, attention_mask=mask)
+        return cap[0].float().cpu().numpy()
+
+    def key_of(self, prompts: Sequence[str]) -> np.ndarray:
+        """The routing keys of prompts: router input at the last token, minus the centre (not normalised)."""
+        keys = self._raw_keys(prompts)
+        if self.routed.centre is not None:
+            keys = keys - self.routed.centre.numpy()[None]
+        return keys
 
     def train_edit(self, prompt: str, target: str) -> EditArtifact:
         import torch
