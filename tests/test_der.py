@@ -1,0 +1,117 @@
+"""``der`` and the shared herding memory: herding on a constructed example, frozen extractors stay bit-identical,
+state round-trips through torch.save / weights_only loading, bad input is named."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+
+from lifelong.benchmarks.split_digits import SplitDigitsConfig, split_digits
+from lifelong.platform.config import ConfigError, build_config
+from lifelong.platform.errors import UserError
+from lifelong.platform.learner import RunContext
+from lifelong.strategies._herding import ExemplarMemory, balanced_indices, herding_select
+from lifelong.strategies.der import DERConfig, DERLearner, lr_at
+
+TINY = {"epochs": 1, "finetune_epochs": 2, "batch_size": 64, "width_mult": 0.5, "mem_size": 40}
+
+
+@pytest.fixture(scope="module")
+def stream():
+    return split_digits(SplitDigitsConfig(n_experiences=5, seed=0))
+
+
+def _learner(stream, **overrides) -> DERLearner:
+    cfg = build_config(DERConfig, {**TINY, **overrides})
+    torch.manual_seed(0)
+    return DERLearner(cfg, RunContext(stream=stream, device=torch.device("cpu"), seed=0))
+
+
+@pytest.fixture(scope="module")
+def trained(stream):
+    """A learner after two experiences, and its first extractor's state after the first one."""
+    learner = _learner(stream)
+    learner.train_experience(stream.train_stream[0])
+    snapshot = {k: v.clone() for k, v in learner.model.extractors[0].state_dict().items()}
+    learner.train_experience(stream.train_stream[1])
+    return learner, snapshot
+
+
+def test_herding_picks_the_expected_exemplars() -> None:
+    # unit vectors e1, e2, m = (e1 + e2)/sqrt(2), d = (0.96, 0.28); class mean mu = (0.667, 0.497).
+    # 1st: closest to mu is m (0.214 vs d 0.365); 2nd: (m + d)/2 is 0.167 from mu, (m + e1)/2 0.235;
+    # 3rd: (m + d + e2)/3 is 0.199 from mu, (m + d + e1)/3 0.278; then e1.
+    f = torch.tensor([[1.0, 0.0], [0.0, 1.0], [math.sqrt(0.5), math.sqrt(0.5)], [0.96, 0.28]])
+    assert herding_select(f, 4) == [2, 3, 1, 0]
+    # features are L2-normalised first: scaling samples changes nothing; m never exceeds the class size
+    assert herding_select(f * torch.tensor([[3.0], [0.5], [2.0], [7.0]]), 10) == [2, 3, 1, 0]
+    assert herding_select(f, 0) == []
+
+
+def test_memory_keeps_herding_order_and_the_budget() -> None:
+    mem = ExemplarMemory(total_size=6)
+    x1 = torch.arange(10.0).reshape(10, 1)
+    y1 = torch.tensor([0] * 5 + [1] * 5)
+    mem.update(x1, y1, lambda xb: torch.cat([torch.ones_like(xb), xb], 1))
+    assert len(mem) == 6 and mem.classes() == [0, 1]
+    first_class0 = mem.x[mem.y == 0].flatten().tolist()
+    x2 = torch.arange(100.0, 104.0).reshape(4, 1)
+    mem.update(x2, torch.tensor([2, 2, 3, 3]), lambda xb: torch.cat([torch.ones_like(xb), xb], 1))
+    assert len(mem) == 4 and mem.classes() == [0, 1, 2, 3]  # 6 // 4 = 1 per class
+    assert mem.x[mem.y == 0].flatten().tolist() == first_class0[:1]  # iCaRL reduction keeps the first
+    y = torch.tensor([0] * 7 + [1] * 3 + [2] * 5)
+    idx = balanced_indices(y, torch.Generator().manual_seed(0))
+    assert torch.bincount(y[idx]).tolist() == [3, 3, 3]
+
+
+def test_lr_schedule() -> None:
+    assert lr_at(0, 0.1, [2, 4], 0.1) == 0.1
+    assert lr_at(3, 0.1, [2, 4], 0.1) == pytest.approx(0.01)
+    assert lr_at(0, 0.1, [], 0.1, warmup=4) == pytest.approx(0.025)
+
+
+def test_old_extractors_are_bit_identical_after_a_later_task(stream, trained) -> None:
+    learner, before = trained
+    after = learner.model.extractors[0].state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # weights and batch-norm statistics
+    assert not any(p.requires_grad for p in learner.model.extractors[0].parameters())
+    assert learner.model.n_tasks == 2 and learner.model.classifier.out_features == 4
+    # the newest extractor started as a copy of the old one and did train
+    assert not torch.equal(learner.model.extractors[1].state_dict()["stem_conv.weight"], before["stem_conv.weight"])
+    # predictions cover every class of the stream, unseen ones can never win
+    x = torch.stack([stream.test_stream[0].dataset[i][0] for i in range(8)])
+    logits = learner.predict(x)
+    assert logits.shape == (8, 10) and (logits.argmax(1) < 4).all()
+    assert len(learner.memory) == 40 and learner.memory.classes() == list(range(4))
+    s = learner.summary()
+    assert s["n_extractors"] == 2 and s["ops"]["macs_per_sample"] > 0 and s["ops"]["sops_per_sample"] == 0
+
+
+def test_state_round_trips_through_weights_only_loading(stream, trained) -> None:
+    learner, _ = trained
+    buf = io.BytesIO()
+    torch.save(learner.state_dict(), buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    fresh = _learner(stream)
+    fresh.load_state_dict(state)
+    x = torch.stack([stream.test_stream[1].dataset[i][0] for i in range(16)])
+    assert torch.equal(fresh.predict(x), learner.predict(x))
+    assert torch.equal(fresh.memory.x, learner.memory.x)
+    fresh.train_experience(stream.train_stream[2])  # and it goes on training
+    assert fresh.model.n_tasks == 3 and torch.equal(fresh.model.extractors[0].state_dict()["stem_conv.weight"],
+                                                    learner.model.extractors[0].state_dict()["stem_conv.weight"])
+
+
+def test_bad_input_is_named(stream) -> None:
+    with pytest.raises(UserError, match="model"):
+        _learner(stream, model="vgg")
+    learner = _learner(stream)
+    with pytest.raises(UserError, match="class-incremental"):
+        learner.train_experience(stream.train_stream[1])  # classes 2, 3 before 0, 1
+    with pytest.raises(ConfigError, match="mem_size"):
+        build_config(DERConfig, {"mem_size": -1})
