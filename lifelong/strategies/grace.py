@@ -212,7 +212,7 @@ class GraceEditor(Editor):
             for steps in range(1, cfg.max_steps + 1):
                 logits = self.model(input_ids=ids).logits[0, lo:hi]
                 loss = torch.nn.functional.cross_entropy(logits, tgt)
-                if bool((logits.argmax(-1) == tgt).all()) and float(loss) < cfg.stop_loss:
+                if bool((logits.argmax(-1) == tgt).all()) and float(loss.detach()) < cfg.stop_loss:
                     break
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

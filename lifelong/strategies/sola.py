@@ -160,7 +160,7 @@ class SoLAEditor(Editor):
             for steps in range(1, cfg.max_steps + 1):
                 logits = self.model(input_ids=ids).logits[0, lo:hi]
                 loss = torch.nn.functional.cross_entropy(logits, tgt)
-                if bool((logits.argmax(-1) == tgt).all()) and float(loss) < cfg.stop_loss:
+                if bool((logits.argmax(-1) == tgt).all()) and float(loss.detach()) < cfg.stop_loss:
                     break
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -172,7 +172,7 @@ class SoLAEditor(Editor):
             na, nb = lora_tensor_names(name)
             tensors[na], tensors[nb] = a, b
         return EditArtifact(tensors=tensors, key=key, layer=self.routed.names[0],
-                            extra={"steps": steps, "final_loss": round(float(loss), 5)})
+                            extra={"steps": steps, "final_loss": round(float(loss.detach()), 5)})
 
     # ------------------------------------------------------------------ switching edits
     def activate(self, edit_id: int, key: np.ndarray | None, tensors: dict[str, Any], target: str = "") -> None:

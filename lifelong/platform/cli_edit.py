@@ -1,0 +1,252 @@
+"""``lifelong edit``: apply, roll back, list, generate with, evaluate and benchmark lifelong edits (DESIGN §6).
+
+Every command that needs the language model loads it once, whatever the number of prompts or edits. ``rollback``
+and ``list`` only touch the store, so they do not load the model at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from lifelong.platform.errors import UserError
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    edit = subparsers.add_parser("edit", help="apply, roll back and evaluate lifelong edits of a language model")
+    sub = edit.add_subparsers(dest="edit_command", metavar="ACTION")
+    sub.required = True
+
+    ap = sub.add_parser("apply", help="apply edits (one --prompt/--target, or a JSON Lines --file)")
+    ap.add_argument("--store", required=True, help="edit store directory (created if missing)")
+    ap.add_argument("--model", default=None, help="model: smollm2-135m (default), a .gguf file, an HF folder or hub id")
+    ap.add_argument("--editor", default=None, help="editor: sola (default), grace, ft-l; fixed by the store's first edit")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="editor config override (only for a new store), e.g. --set threshold=0.1")
+    ap.add_argument("--prompt")
+    ap.add_argument("--target")
+    ap.add_argument("--file", help="JSON Lines edit file (also ZsRE / CounterFact); validated before any edit")
+    ap.add_argument("--json", action="store_true", help="print JSON only")
+    ap.set_defaults(handler=cmd_apply)
+
+    rb = sub.add_parser("rollback", help="roll edits back by id (rolling back twice is a no-op)")
+    rb.add_argument("--store", required=True)
+    rb.add_argument("ids", nargs="+", type=int, metavar="ID")
+    rb.add_argument("--json", action="store_true")
+    rb.set_defaults(handler=cmd_rollback)
+
+    ls = sub.add_parser("list", help="list the store's edits")
+    ls.add_argument("--store", required=True)
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(handler=cmd_list)
+
+    gen = sub.add_parser("generate", help="greedy generation with the store's edits in force")
+    gen.add_argument("--store", required=True)
+    gen.add_argument("--model", default=None)
+    gen.add_argument("--prompt")
+    gen.add_argument("--file", help="one prompt per line; one JSON object per line out, same order")
+    gen.add_argument("--max-new-tokens", type=int, default=16)
+    gen.add_argument("--json", action="store_true")
+    gen.set_defaults(handler=cmd_generate)
+
+    ev = sub.add_parser("eval", help="reliability, generalization and locality of the store's active edits")
+    ev.add_argument("--store", required=True)
+    ev.add_argument("--model", default=None)
+    ev.add_argument("--file", required=True, help="edit file with the paraphrases and locality prompts")
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(handler=cmd_eval)
+
+    be = sub.add_parser("bench", help="sequential editing benchmark on a fresh store, with rollback of half")
+    be.add_argument("--editor", required=True)
+    be.add_argument("--file", default=None, help="edit file (default: the bundled edits-smollm2.jsonl)")
+    be.add_argument("--n", type=int, default=None, help="number of edits (default: all)")
+    be.add_argument("--seed", type=int, default=0)
+    be.add_argument("--out", default=None, help="output folder (default runs/edit-bench-<editor>-<seed>/)")
+    be.add_argument("--model", default=None)
+    be.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    be.add_argument("--json", action="store_true", help="print results.json instead of the summary")
+    be.set_defaults(handler=cmd_bench)
+
+
+def _session(args: argparse.Namespace, *, editor: str | None = None, overrides: dict | None = None,
+             create: bool = True) -> Any:
+    from lifelong.platform.editing import EditSession
+
+    return EditSession(args.store, model=getattr(args, "model", None), editor=editor,
+                       editor_config=overrides, create=create)
+
+
+def _require_store(path: str) -> None:
+    p = Path(path)
+    if not (p / "edits.sqlite").is_file():
+        raise UserError(f"{p} is not an edit store (no edits.sqlite); create one with `lifelong edit apply`")
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from lifelong.benchmarks.edits import load_edits
+    from lifelong.platform.config import parse_overrides
+    from lifelong.platform.editing import EditRequest
+
+    if args.file and (args.prompt or args.target):
+        raise UserError("give either --file or --prompt/--target, not both")
+    if not args.file:
+        if args.prompt is None or args.target is None:
+            raise UserError("edit apply needs --prompt and --target (or --file)")
+        if not args.prompt.strip():
+            raise UserError("--prompt is empty")
+        if not args.target.strip():
+            raise UserError("--target is empty")
+    overrides = parse_overrides(args.overrides)
+    if args.file:  # validate the whole file before the model is even loaded
+        requests = load_edits(args.file)
+    else:
+        requests = [EditRequest(prompt=args.prompt, target=args.target)]
+    session = _session(args, editor=args.editor, overrides=overrides or None)
+    try:
+        max_tokens = int(getattr(session.model.config, "max_position_embeddings", 0) or 0)
+        if args.file:
+            requests = load_edits(args.file, tokenizer=session.tokenizer, max_tokens=max_tokens)
+        elif max_tokens:
+            n = len(session.tokenizer(args.prompt + " " + args.target, add_special_tokens=False).input_ids)
+            if n > max_tokens:
+                raise UserError(f"--prompt and --target are {n} tokens, longer than the model's context of {max_tokens}")
+        applied = []
+        for i, req in enumerate(requests, 1):
+            t0 = time.perf_counter()
+            extra = {"request_id": req.id} if req.id is not None else {}
+            rec = session.apply(req.prompt, req.target, extra)
+            applied.append({"id": rec.id, "prompt": rec.prompt, "target": rec.target})
+            print(f"[{i}/{len(requests)}] edit {rec.id}: {req.prompt!r} -> {req.target!r} "
+                  f"({time.perf_counter() - t0:.1f} s, {rec.extra.get('steps')} steps)", file=sys.stderr)
+    finally:
+        session.close()
+    if args.json:
+        print(json.dumps({"applied": applied}))
+    else:
+        for a in applied:
+            print(f"applied edit {a['id']}: {a['prompt']!r} -> {a['target']!r}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from lifelong.platform.store import EditStore
+
+    _require_store(args.store)
+    with EditStore.open(args.store, create=False) as store:
+        out = store.rollback(args.ids)
+    changed = [i for i, c in out if c]
+    already = [i for i, c in out if not c]
+    if args.json:
+        print(json.dumps({"rolled_back": changed, "already_rolled_back": already}))
+    else:
+        for i in changed:
+            print(f"rolled back edit {i}")
+        for i in already:
+            print(f"edit {i} was already rolled back (nothing to do)")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from lifelong.platform.store import EditStore
+
+    _require_store(args.store)
+    with EditStore.open(args.store, create=False) as store:
+        rows = [r.as_dict() for r in store.all_edits()]
+        bad = dict(store.verify())
+    for r in rows:
+        if r["id"] in bad:
+            r["problem"] = bad[r["id"]]
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        if not rows:
+            print("(no edits)")
+        for r in rows:
+            flag = f"  !! {r['problem']}" if "problem" in r else ""
+            print(f"{r['id']:>5}  {r['status']:<11}  {r['editor']:<6}  {r['prompt']!r} -> {r['target']!r}{flag}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from lifelong.benchmarks.edits import load_prompts
+
+    if bool(args.prompt) == bool(args.file):
+        raise UserError("edit generate needs exactly one of --prompt or --file")
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    prompts = load_prompts(args.file) if args.file else [args.prompt]
+    _require_store(args.store)
+    session = _session(args, create=False)
+    try:
+        for res in session.generate(prompts, max_new_tokens=args.max_new_tokens):
+            row = {"prompt": res["prompt"], "completion": res["completion"], "edit_id": res["edit_id"]}
+            if args.json:
+                print(json.dumps(row), flush=True)
+            else:
+                tag = f"  [edit {row['edit_id']}]" if row["edit_id"] is not None else ""
+                print(f"{row['prompt']}{row['completion']}{tag}", flush=True)
+    finally:
+        session.close()
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from lifelong.benchmarks.edits import load_edits
+    from lifelong.platform.editing import evaluate_store
+
+    requests = load_edits(args.file)
+    _require_store(args.store)
+    session = _session(args, create=False)
+    try:
+        active = {r.prompt for r in session.store.active_edits() if r.id in set(session.loaded_ids)}
+        matched = [r for r in requests if r.prompt in active]
+        if not matched:
+            raise UserError(f"none of the {len(requests)} records of {args.file} is an active edit of store {args.store}")
+        res = evaluate_store(session, matched)
+        res["n_not_in_store"] = len(requests) - len(matched)
+    finally:
+        session.close()
+    if args.json:
+        print(json.dumps(res))
+    else:
+        for k, v in res.items():
+            print(f"{k:>16}: {v:.4f}" if isinstance(v, float) else f"{k:>16}: {v}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from lifelong.benchmarks.edits import bundled_edits_path, load_edits
+    from lifelong.platform import registry
+    from lifelong.platform.config import parse_overrides
+    from lifelong.platform.editing import run_edit_bench
+
+    registry.get("editor", args.editor)  # an unknown editor fails before anything loads
+    path = args.file or str(bundled_edits_path())
+    requests = load_edits(path)
+    if args.n is not None and not 1 <= args.n <= len(requests):
+        raise UserError(f"--n must be between 1 and {len(requests)} (the edits in {path}), got {args.n}")
+    out = Path(args.out or f"runs/edit-bench-{args.editor}-{args.seed}")
+    res = run_edit_bench(args.editor, requests, n=args.n, seed=args.seed, out=out, model=args.model,
+                         editor_config=parse_overrides(args.overrides) or None, source=path)
+    if args.json:
+        print(json.dumps(res, indent=1))
+    else:
+        s = res["after_stream"]
+        print(f"editor {res['editor']}, {res['n_edits']} sequential edits from {path} (seed {res['seed']})")
+        print(f"  right after each edit: reliability {res['right_after']['reliability']:.3f}  "
+              f"generalization {_fmt(res['right_after']['generalization'])}  locality {_fmt(res['right_after']['locality'])}")
+        print(f"  after the whole stream: reliability {s['reliability']:.3f}  generalization {_fmt(s['generalization'])}  "
+              f"locality {_fmt(s['locality'])}")
+        rb = res["rollback"]
+        print(f"  rolled back {rb['n_rolled_back']}: fidelity {rb['fidelity']:.3f}  retention {rb['retention']:.3f}")
+        print(f"  seconds per edit: median {res['seconds_per_edit']['median']:.2f}  mean {res['seconds_per_edit']['mean']:.2f}")
+        print(f"  wrote {out / 'results.json'} and {out / 'edit_metrics.png'}")
+    return 0
+
+
+def _fmt(x: Any) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
