@@ -420,33 +420,38 @@ class FluencyBranch(_LLMBranch):
         import torch
 
         model, tok = get_llm(self.llm)
-        out: list[BranchOutput] = []
-        for start in range(0, len(items), self.batch_size):
-            batch = items[start:start + self.batch_size]
-            seqs, spans = [], []
-            for p, r in batch:
-                ctx = tok(_context(p), add_special_tokens=False)["input_ids"][-192:]
-                resp = tok(" " + r.strip(), add_special_tokens=False)["input_ids"][:192] or [tok.eos_token_id]
-                seqs.append(ctx + resp)
-                spans.append((len(ctx), len(ctx) + len(resp)))
+        encoded = []
+        for p, r in items:
+            ctx = tok(_context(p), add_special_tokens=False)["input_ids"][-192:]
+            resp = tok(" " + r.strip(), add_special_tokens=False)["input_ids"][:192] or [tok.eos_token_id]
+            encoded.append((ctx, resp))
+        # batch similar lengths together (less padding); results go back in input order
+        order = sorted(range(len(items)), key=lambda i: len(encoded[i][0]) + len(encoded[i][1]))
+        body, head = model.get_decoder(), model.get_output_embeddings()
+        results: dict[int, BranchOutput] = {}
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            seqs = [encoded[i][0] + encoded[i][1] for i in idx]
             width = max(len(s) for s in seqs)
             pad = tok.pad_token_id if tok.pad_token_id is not None else 0
             ids = torch.full((len(seqs), width), pad, dtype=torch.long)
             mask = torch.zeros((len(seqs), width), dtype=torch.long)
-            for i, s in enumerate(seqs):
-                ids[i, :len(s)] = torch.tensor(s)
-                mask[i, :len(s)] = 1
+            for row, s in enumerate(seqs):
+                ids[row, :len(s)] = torch.tensor(s)
+                mask[row, :len(s)] = 1
             with torch.inference_mode():
-                logits = model(input_ids=ids, attention_mask=mask).logits.float()
-            logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
-            for i, (a, b) in enumerate(spans):
-                lp = logp[i, a - 1:b - 1]
-                mean = float(lp.mean())
-                k = max(1, len(lp) // 4)
-                worst = float(torch.topk(lp, k, largest=False).values.mean())
-                label = "fluent" if mean > -3.0 else "somewhat awkward" if mean > -4.5 else "disfluent"
-                out.append(BranchOutput((mean, worst), f"fluency: {label} (mean token log-likelihood {mean:.2f})"))
-        return out
+                hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state
+                for row, i in enumerate(idx):
+                    a, b = len(encoded[i][0]), len(encoded[i][0]) + len(encoded[i][1])
+                    # only the positions that predict response tokens go through the (large) output layer
+                    logits = head(hidden[row, a - 1:b - 1]).float()
+                    lp = torch.log_softmax(logits, -1).gather(-1, ids[row, a:b, None])[:, 0]
+                    mean = float(lp.mean())
+                    k = max(1, len(lp) // 4)
+                    worst = float(torch.topk(lp, k, largest=False).values.mean())
+                    label = "fluent" if mean > -3.0 else "somewhat awkward" if mean > -4.5 else "disfluent"
+                    results[i] = BranchOutput((mean, worst), f"fluency: {label} (mean token log-likelihood {mean:.2f})")
+        return [results[i] for i in range(len(items))]
 
 
 _JUDGE = ("Question: {prompt}\nAnswer: {response}\n\nIs this answer correct, on topic and well written? "

@@ -40,6 +40,9 @@ from lifelong.platform.errors import UserError
 from lifelong.platform.registry import register
 
 BRANCH_NAMES: tuple[str, ...] = ("semantic", "fact-check", "style", "fluency", "quality")
+# ``quality`` is opt-in: on CPU it is the slowest branch (a generation per response) and the 135M local model is
+# a weak judge (bench/srm_compare.py measures what it adds); turn it on with branches=[..., quality].
+DEFAULT_BRANCHES: tuple[str, ...] = ("semantic", "fact-check", "style", "fluency")
 
 
 def _check_common(cfg: Any) -> None:
@@ -77,7 +80,7 @@ class ScalarRMConfig:
 class SRMConfig(ScalarRMConfig):
     """SRM: the scalar model's encoder and head, plus side branches whose texts and features it reads."""
 
-    branches: list[str] = field(default_factory=lambda: list(BRANCH_NAMES))
+    branches: list[str] = field(default_factory=lambda: list(DEFAULT_BRANCHES))
     facts: list[str] = field(default_factory=lambda: ["bundled"])  # facts JSONL files; "bundled" = bundled list
     store: str | None = None  # an EditStore folder whose active edits the fact-check branch also reads
     llm: str = "smollm2-135m"  # for the fluency and quality branches
