@@ -131,7 +131,10 @@ def build_class_incremental_stream(
     The experiences carry task label 0 on every sample (as Avalanche's own classic benchmarks do) unless
     ``task_labels`` is false, which builds a label-only stream.
     """
-    from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
+    from lifelong.platform.quiet import quiet_avalanche
+
+    with quiet_avalanche():
+        from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
 
     relabel = {c: i for i, c in enumerate(class_order)}
     bounds = np.cumsum([0] + counts)
@@ -139,15 +142,19 @@ def build_class_incremental_stream(
     train_new = np.array([relabel[int(t)] for t in train_targets])
     test_new = np.array([relabel[int(t)] for t in test_targets])
     streams = {}
-    for stream_name, data, targets, transform in (
-        ("train", train_data, train_new, train_transform),
-        ("test", test_data, test_new, eval_transform),
+    # test experiences start in the eval transform group, as in Avalanche's own builders (nc_benchmark), so a
+    # consumer that forgets ``.eval()`` still sees un-augmented test images
+    for stream_name, data, targets, initial_group in (
+        ("train", train_data, train_new, "train"),
+        ("test", test_data, test_new, "eval"),
     ):
         experiences = []
         for group in groups:
             idx = np.flatnonzero(np.isin(targets, group))
             experiences.append(
-                _classification_dataset(data, idx, targets, relabel, train_transform, eval_transform, task_labels)
+                _classification_dataset(
+                    data, idx, targets, relabel, train_transform, eval_transform, task_labels, initial_group
+                )
             )
         streams[stream_name] = experiences
     scenario = benchmark_from_datasets(train=streams["train"], test=streams["test"])
@@ -198,6 +205,7 @@ def _classification_dataset(
     train_transform: Callable | None,
     eval_transform: Callable | None,
     task_labels: bool,
+    initial_group: str = "train",
 ) -> Any:
     import torch
     from avalanche.benchmarks.utils import DataAttribute
@@ -213,8 +221,8 @@ def _classification_dataset(
     groups = {"train": (train_transform, None), "eval": (eval_transform, None)}
     if task_labels:
         return _make_taskaware_classification_dataset(
-            base, targets=targets, task_labels=0, transform_groups=groups, initial_transform_group="train"
+            base, targets=targets, task_labels=0, transform_groups=groups, initial_transform_group=initial_group
         )
     return ClassificationDataset(
         [base], data_attributes=[DataAttribute(targets, "targets")], transform_groups=groups
-    )
+    ).with_transforms(initial_group)
