@@ -28,12 +28,15 @@ class SplitDigitsConfig:
     shuffle_classes: bool = True
     uneven: str = "error"
     test_fraction: float = 0.3
+    train_per_class: int = 0
     task_labels: bool = True
     seed: int = 0
 
     def validate(self) -> None:
         if not 0.05 <= self.test_fraction <= 0.9:
             raise ValueError(f"test_fraction must be between 0.05 and 0.9, got {self.test_fraction}")
+        if self.train_per_class < 0:
+            raise ValueError(f"train_per_class must be 0 (all) or positive, got {self.train_per_class}")
 
 
 @register("benchmark", "split-digits", config=SplitDigitsConfig, summary="scikit-learn digits, 10 classes, 8x8, offline")
@@ -51,6 +54,9 @@ def split_digits(config: SplitDigitsConfig) -> Stream:
     )
     order = resolve_class_order(range(10), config.seed, config.class_order, config.shuffle_classes)
     counts = split_class_counts(10, config.n_experiences, initial_classes=config.initial_classes, uneven=config.uneven)
+    if config.train_per_class:  # a smaller stream for quick checks: the first n training images of each class
+        kept = {c: 0 for c in range(10)}
+        idx_train = [i for i in idx_train if _take(kept, int(y[i]), config.train_per_class)]
     train_idx, test_idx = torch.tensor(idx_train), torch.tensor(idx_test)
     return build_class_incremental_stream(
         "split-digits",
@@ -64,3 +70,8 @@ def split_digits(config: SplitDigitsConfig) -> Stream:
         class_names=[str(i) for i in range(10)],
         task_labels=config.task_labels,
     )
+
+
+def _take(counter: dict[int, int], label: int, limit: int) -> bool:
+    counter[label] += 1
+    return counter[label] <= limit
