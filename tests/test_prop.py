@@ -65,6 +65,12 @@ def test_batched_forward_runs_the_blocks_once():
         forward_all_prompts(backbone, torch.randn(4, 3, 32, 32), torch.randn(6, 2, backbone.width))
     handle.remove()
     assert calls == [24]  # one call with T*B sequences, not six calls with B
+    calls.clear()
+    handle = backbone.blocks[0].register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    with torch.no_grad():
+        forward_all_prompts(backbone, torch.randn(5, 3, 32, 32), torch.randn(6, 2, backbone.width), max_sequences=12)
+    handle.remove()
+    assert calls == [12, 12, 6]  # capped: slices of 2, 2, 1 images, each forward carrying all six prompts
 
 
 def test_regulariser_gradient_matches_its_formula():

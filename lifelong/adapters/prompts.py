@@ -89,9 +89,19 @@ def forward_all_prompts(backbone: VisionBackbone, x: torch.Tensor, prompts: torc
                         max_sequences: int = 0) -> torch.Tensor:
     """Features of ``x`` under every prompt, ``(T, B, F)``, computed as one batched forward of the blocks.
 
-    ``prompts`` is ``(T, P, D)``. ``max_sequences`` > 0 caps the batched sequences per call (memory on large
-    backbones); each chunk is still a batched forward over several tasks.
+    ``prompts`` is ``(T, P, D)``. ``max_sequences`` > 0 caps the sequences per forward by splitting the IMAGES
+    into slices of ``max_sequences // T``; every forward still carries all T prompts (there is never a loop
+    over tasks). On a CPU, 128-256 sequences per forward is fastest (``bench/prop_batched.py``).
     """
+    t = prompts.shape[0]
+    b = x.shape[0]
+    if max_sequences and t * b > max_sequences:
+        step = max(1, max_sequences // t)
+        return torch.cat([_all_prompts(backbone, x[i:i + step], prompts) for i in range(0, b, step)], dim=1)
+    return _all_prompts(backbone, x, prompts)
+
+
+def _all_prompts(backbone: VisionBackbone, x: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
     t, p, _ = prompts.shape
     b = x.shape[0]
     tokens = backbone.embed(x)  # (B, L, D): computed once for all tasks
@@ -101,12 +111,7 @@ def forward_all_prompts(backbone: VisionBackbone, x: torch.Tensor, prompts: torc
         prompts.to(tokens.dtype).unsqueeze(1).expand(-1, b, -1, -1),
         tokens[:, k:].unsqueeze(0).expand(t, -1, -1, -1),
     ], dim=2).reshape(t * b, -1, tokens.shape[-1])
-    if max_sequences and t * b > max_sequences:
-        step = max(b, (max_sequences // b) * b)
-        feats = torch.cat([backbone.forward_tokens(seq[i:i + step], p) for i in range(0, t * b, step)])
-    else:
-        feats = backbone.forward_tokens(seq, p)
-    return feats.reshape(t, b, -1)
+    return backbone.forward_tokens(seq, p).reshape(t, b, -1)
 
 
 def forward_each_prompt(backbone: VisionBackbone, x: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:

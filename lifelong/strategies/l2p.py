@@ -198,7 +198,7 @@ def _build_strategy(config: L2PConfig, context: RunContext) -> Any:
     vit.to(context.device)
     query.to(context.device).eval()
     fit = ImageFit(dims["img_size"], 3, IMAGENET_MEAN, IMAGENET_STD).to(context.device)
-    return _L2P(vit, query, fit), dims
+    return _L2P(model=vit, query=query, fit=fit), dims
 
 
 @register(

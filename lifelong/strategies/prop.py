@@ -15,7 +15,9 @@ exists, so this is a RECONSTRUCTION (``methods/ProP.md``), closest in spirit to 
    prototype stays bound to its task's prompt.
 4. Inference: f(x; P_t) for every task t in ONE batched forward (``forward_all_prompts``: the T prompted
    sequences are stacked along the batch), score class c of task t by cos(f(x; P_t), μ_c) and predict the best
-   class over all tasks. No keys, no query matching, no task identity at test time. ``score_norm=softmax``
+   class over all tasks. No keys, no query matching, no task identity at test time. ``max_batched_sequences``
+   (256) splits the IMAGES of a large batch so one forward holds at most that many prompted sequences, every
+   forward still carrying all T prompts (measured fastest on CPU; raise it on a GPU). ``score_norm=softmax``
    instead turns each task's scores into probabilities (temperature ``logit_scale``) before comparing tasks.
 
 Gaps filled: prefix prompts in deeper layers are not implemented (input prompts only); the loss is a cosine
@@ -58,7 +60,7 @@ class ProPConfig(PretrainedConfig):
     reg_bound: float = 1.0
     logit_scale: float = 16.0
     score_norm: Literal["none", "softmax"] = "none"
-    max_batched_sequences: int = 0  # 0: all tasks' sequences in one forward
+    max_batched_sequences: int = 256  # per forward (all tasks, a slice of the images); 0: no cap
 
     def validate(self) -> None:
         super().validate()
