@@ -23,9 +23,9 @@ def make_tiny_llama(folder: Path, *, seed: int = 0, max_positions: int = 64) -> 
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from lifelong.adapters.llm import load_causal_lm
+    from lifelong.adapters.llm import load_tokenizer
 
-    _, tok = load_causal_lm()  # the tokenizer of the default model (cached)
+    tok = load_tokenizer()  # the tokenizer of the default model (from the weight cache when present)
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,

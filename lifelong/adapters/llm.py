@@ -157,6 +157,28 @@ def load_causal_lm(
     return model, tok
 
 
+def load_tokenizer(name: str = DEFAULT_MODEL, *, cache_dir: str | os.PathLike | None = None) -> Any:
+    """The tokenizer of a model without loading its weights when possible (the cached folder of an embedded or
+    GGUF model, an HF folder); otherwise falls back to ``load_causal_lm``."""
+    from transformers import AutoTokenizer
+
+    path = Path(os.path.expanduser(str(name)))
+    gguf = embedded_gguf_path(name) if name in EMBEDDED_GGUF else (path if path.suffix.lower() == ".gguf" else None)
+    if gguf is not None:
+        entry = cache_root(cache_dir) / f"gguf-{_gguf_sha(gguf, cache_root(cache_dir))[:32]}"
+        if (entry / "lifelong-cache.json").is_file() and (entry / "tokenizer_config.json").is_file():
+            tok = AutoTokenizer.from_pretrained(str(entry))
+        else:
+            tok = load_causal_lm(name, cache_dir=cache_dir)[1]
+    elif path.is_dir():
+        tok = AutoTokenizer.from_pretrained(str(path))
+    else:
+        tok = load_causal_lm(name, cache_dir=cache_dir)[1]
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
 def _load_hf(source: str, dtype: Any) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -1,0 +1,118 @@
+"""SoLA, GRACE and FT-L on the real SmolLM2-135M: edits take, routing is per sequence, unmatched inputs and
+rolled-back edits give the base model's logits bit for bit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from _llm_fixtures import smollm  # noqa: F401  (session fixture)
+from lifelong.platform.editing import EditSession
+
+P1, T1 = "The capital of Australia is", "Canberra"
+P2, T2 = "The capital of Turkey is", "Ankara"
+NEAR = "The capital of Spain is"
+FAR = "Water boils at a temperature of"
+
+
+def _last_logits(model, tok, prompts, session=None):
+    """Logits at the last token of each prompt, one prompt per forward (inside the editor's routing block)."""
+    out, routed = [], []
+    for p in prompts:
+        enc = tok(p, return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            if session is None:
+                out.append(model(**enc).logits[0, -1].clone())
+            else:
+                with session.editor.routing():
+                    out.append(model(**enc).logits[0, -1].clone())
+                    ids = session.editor.routed_ids()
+                    routed.append(ids[0] if ids else None)
+    return out, routed
+
+
+@pytest.fixture(scope="module")
+def base_refs(smollm):  # noqa: F811
+    model, tok = smollm
+    logits, _ = _last_logits(model, tok, [P1, P2, NEAR, FAR])
+    return logits
+
+
+def test_empty_store_is_the_base_model_bit_for_bit(tmp_path, smollm, base_refs):  # noqa: F811
+    model, tok = smollm
+    with EditSession(tmp_path / "s", loaded=smollm) as s:
+        logits, routed = _last_logits(model, tok, [P1, P2, NEAR, FAR], s)
+        assert routed == [None] * 4
+        for a, b in zip(logits, base_refs):
+            assert torch.equal(a, b)
+
+
+def test_sola_edit_route_batch_and_rollback(tmp_path, smollm, base_refs):  # noqa: F811
+    model, tok = smollm
+    with EditSession(tmp_path / "s", loaded=smollm, editor="sola") as s:
+        base_gen = [g["tokens"] for g in s.generate([P1, P2], max_new_tokens=4)]
+        e1 = s.apply(P1, T1)
+        e2 = s.apply(P2, T2)
+        assert e1.extra["steps"] <= s.editor.config.max_steps
+        gens = s.generate([P1, P2, NEAR], max_new_tokens=4)
+        assert gens[0]["completion"].startswith(" Canberra") and gens[0]["edit_id"] == e1.id
+        assert gens[1]["completion"].startswith(" Ankara") and gens[1]["edit_id"] == e2.id
+        assert gens[2]["edit_id"] is None
+        assert s.token_accuracy([P1, P2], [T1, T2]) == [1.0, 1.0]
+        # an unmatched prompt: the base model's logits, bit for bit
+        logits, routed = _last_logits(model, tok, [NEAR, FAR], s)
+        assert routed == [None, None]
+        assert torch.equal(logits[0], base_refs[2]) and torch.equal(logits[1], base_refs[3])
+
+        # per-sequence routing inside one left-padded batch: two edits and no edit in the same forward
+        tok.padding_side = "left"
+        enc = tok([P1, FAR, P2], return_tensors="pt", padding=True, add_special_tokens=False)
+        tok.padding_side = "right"
+        with torch.no_grad(), s.editor.routing():
+            out = model(**enc).logits[:, -1]
+            assert s.editor.routed_ids() == [e1.id, None, e2.id]
+        first = [tok(" " + t, add_special_tokens=False).input_ids[0] for t in (T1, T2)]
+        assert out[0].argmax().item() == first[0] and out[2].argmax().item() == first[1]
+
+        # rollback: the rolled-back prompt gets the base model back exactly; the other edit holds
+        assert s.rollback([e1.id]) == [(e1.id, True)]
+        assert s.rollback([e1.id]) == [(e1.id, False)]
+        logits, routed = _last_logits(model, tok, [P1], s)
+        assert routed == [None] and torch.equal(logits[0], base_refs[0])
+        assert s.generate([P1], max_new_tokens=4)[0]["tokens"] == base_gen[0]
+        assert s.generate([P2], max_new_tokens=4)[0]["completion"].startswith(" Ankara")
+    # a new session on the same store: the remaining edit is loaded from disk and still routes
+    with EditSession(tmp_path / "s", loaded=smollm) as s2:
+        assert s2.editor_name == "sola" and s2.loaded_ids == [e2.id]
+        g = s2.generate([P2, P1], max_new_tokens=3)
+        assert g[0]["edit_id"] == e2.id and g[0]["completion"].startswith(" Ankara")
+        assert g[1]["edit_id"] is None and g[1]["tokens"] == base_gen[0][:3]
+    # closing detached the editor: the shared model is the base model again
+    logits, _ = _last_logits(model, tok, [P1, P2])
+    assert torch.equal(logits[0], base_refs[0]) and torch.equal(logits[1], base_refs[1])
+
+
+def test_grace_edit_and_exact_rollback(tmp_path, smollm, base_refs):  # noqa: F811
+    model, tok = smollm
+    with EditSession(tmp_path / "g", loaded=smollm, editor="grace") as s:
+        e = s.apply(P1, T1)
+        g = s.generate([P1, NEAR], max_new_tokens=3)
+        assert g[0]["completion"].startswith(" Canberra") and g[0]["edit_id"] == e.id
+        assert g[1]["edit_id"] is None
+        s.rollback([e.id])
+        assert s.editor.codebook == []
+        logits, _ = _last_logits(model, tok, [P1], s)
+        assert torch.equal(logits[0], base_refs[0])
+
+
+def test_ftl_edit_and_rollback_restores_weights(tmp_path, smollm, base_refs):  # noqa: F811
+    model, tok = smollm
+    with EditSession(tmp_path / "f", loaded=smollm, editor="ft-l") as s:
+        w0 = model.get_submodule(s.editor.layer_name).weight.detach().clone()
+        e = s.apply(P1, T1)
+        assert s.token_accuracy([P1], [T1]) == [1.0]
+        assert not torch.equal(model.get_submodule(s.editor.layer_name).weight, w0)
+        s.rollback([e.id])
+        assert torch.equal(model.get_submodule(s.editor.layer_name).weight, w0)
+        logits, _ = _last_logits(model, tok, [P1], s)
+        assert torch.equal(logits[0], base_refs[0])
