@@ -506,3 +506,42 @@ def _plot(result: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# ---------------------------------------------------------------------- the demo tour
+DEMO_FACTS: tuple[tuple[str, str], ...] = (
+    ("The capital of Australia is", "Canberra"),
+    ("The capital of Turkey is", "Ankara"),
+    ("The Night Watch was painted by", "Rembrandt"),
+)
+
+
+def demo_editing(out: Path) -> None:
+    """``lifelong demo`` section: three facts SmolLM2 gets wrong, before / after SoLA edits, one rolled back."""
+    import shutil
+
+    store = Path(out) / "edit-store"
+    if store.exists():
+        shutil.rmtree(store)
+    prompts = [p for p, _ in DEMO_FACTS] + ["The capital of Canada is"]
+    with EditSession(store, quiet=True) as s:
+        before = s.generate(prompts, max_new_tokens=6)
+        print("Before editing (greedy, SmolLM2-135M):")
+        for g in before:
+            print(f"  {g['prompt']}{g['completion']!r}")
+        ids = []
+        for p, t in DEMO_FACTS:
+            rec = s.apply(p, t)
+            ids.append(rec.id)
+            print(f"  applied edit {rec.id}: {p!r} -> {t!r} ({rec.extra.get('steps')} LoRA steps)")
+        after = s.generate(prompts, max_new_tokens=6)
+        print("After three SoLA edits (the last prompt is an unedited neighbour):")
+        for g in after:
+            tag = f"[edit {g['edit_id']}]" if g["edit_id"] is not None else "[base model]"
+            print(f"  {g['prompt']}{g['completion']!r}  {tag}")
+        s.rollback([ids[1]])
+        print(f"Rolled back edit {ids[1]}:")
+        for g, b in zip(s.generate(prompts[:3], max_new_tokens=6), before):
+            same = "identical to before editing" if g["tokens"] == b["tokens"] else "edited"
+            print(f"  {g['prompt']}{g['completion']!r}  ({same})")
+    print(f"store: {store} (try `lifelong edit list --store {store}`)")
