@@ -528,7 +528,7 @@ def demo_editing(out: Path) -> None:
         before = s.generate(prompts, max_new_tokens=6)
         print("Before editing (greedy, SmolLM2-135M):")
         for g in before:
-            print(f"  {g['prompt']}{g['completion']!r}")
+            print(f"  {g['prompt']!r} -> {g['completion']!r}")
         ids = []
         for p, t in DEMO_FACTS:
             rec = s.apply(p, t)
@@ -538,10 +538,10 @@ def demo_editing(out: Path) -> None:
         print("After three SoLA edits (the last prompt is an unedited neighbour):")
         for g in after:
             tag = f"[edit {g['edit_id']}]" if g["edit_id"] is not None else "[base model]"
-            print(f"  {g['prompt']}{g['completion']!r}  {tag}")
+            print(f"  {g['prompt']!r} -> {g['completion']!r}  {tag}")
         s.rollback([ids[1]])
         print(f"Rolled back edit {ids[1]}:")
         for g, b in zip(s.generate(prompts[:3], max_new_tokens=6), before):
             same = "identical to before editing" if g["tokens"] == b["tokens"] else "edited"
-            print(f"  {g['prompt']}{g['completion']!r}  ({same})")
+            print(f"  {g['prompt']!r} -> {g['completion']!r}  ({same})")
     print(f"store: {store} (try `lifelong edit list --store {store}`)")
