@@ -15,6 +15,7 @@ from pathlib import Path
 DEMO_SECTIONS: list[tuple[str, str]] = [
     ("Class-incremental baselines on split-digits", "lifelong.platform.runner:demo_baselines"),
     ("Structural reward model: why a response loses", "lifelong.platform.cli_reward:demo_reward"),
+    ("Lifelong editing: three wrong facts fixed with SoLA, one rolled back", "lifelong.platform.editing:demo_editing"),
 ]
 
 
