@@ -30,16 +30,17 @@ def main() -> None:
     loaded = load_causal_lm()
     reqs = load_edits(bundled_edits_path())
     rows = {}
+    base_cache: dict = {}  # the unedited model's references, computed once for all editors
     for name in args.editors.split(","):
         t = time.perf_counter()
         res = run_edit_bench(name, reqs, n=args.n, seed=args.seed, out=Path(args.out) / name, loaded=loaded,
-                             source=str(bundled_edits_path()))
+                             source=str(bundled_edits_path()), base_cache=base_cache)
         rows[name] = {k: res[k] for k in ("right_after", "after_stream", "rollback", "seconds_per_edit", "n_edits",
                                           "editor_config", "pre_edit_reliability")}
         rows[name]["rollback"] = {k: v for k, v in res["rollback"].items() if k != "rolled_back_ids"}
         print(f"{name} done in {time.perf_counter() - t:.0f} s", flush=True)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "summary.json").write_text(json.dumps(rows, indent=1))
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "summary.json").write_text(json.dumps(rows, indent=1))
     f = lambda x: "  n/a" if x is None else f"{x:5.3f}"
     print(f"\n{args.n} sequential edits, seed {args.seed}, SmolLM2-135M on CPU")
     print(f"{'editor':8s} | {'rel(now)':>8s} {'gen(now)':>8s} {'loc(now)':>8s} | {'rel(end)':>8s} {'gen(end)':>8s} "

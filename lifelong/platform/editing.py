@@ -345,11 +345,13 @@ def run_edit_bench(
     source: str = "",
     rollback_fraction: float = 0.5,
     fidelity_tokens: int = 8,
+    base_cache: dict | None = None,
 ) -> dict[str, Any]:
     """Sequential editing on a fresh store (``out/store``): apply the edits one by one (prompt and target only),
     measure right after each edit and after the whole stream, roll back a random half, measure rollback
     fidelity and retention; write ``results.json`` and ``edit_metrics.png`` in ``out``.
 
+    ``base_cache`` (a dict) keeps the unedited model's references across calls on the same loaded model.
     Rollback fidelity: the fraction of rolled-back prompts and paraphrases whose greedy output (``fidelity_tokens``
     tokens) equals the unedited model's token for token. Retention: the reliability of the edits kept.
     """
@@ -371,18 +373,23 @@ def run_edit_bench(
     session = EditSession(store_dir, model=model, editor=editor, editor_config=editor_config, loaded=loaded,
                           quiet=True)
     try:
-        # unedited references, before the first edit
+        # unedited references, before the first edit (``base_cache`` shares them between editors on one model)
+        cache = base_cache if base_cache is not None else {}
         loc_prompts = [[p for p in r.locality] for r in reqs]
         flat_loc = [p for ps in loc_prompts for p in ps]
-        refs_flat = base_references(session, flat_loc) if flat_loc else []
+        todo = [p for p in dict.fromkeys(flat_loc) if ("loc", p) not in cache]
+        for p, ref in zip(todo, base_references(session, todo) if todo else []):
+            cache[("loc", p)] = ref
+        refs_flat = [cache[("loc", p)] for p in flat_loc]
         refs, k = [], 0
         for ps in loc_prompts:
             refs.append(refs_flat[k : k + len(ps)])
             k += len(ps)
         fid_prompts = [[r.prompt, *r.paraphrases] for r in reqs]
-        base_gen = {p: g["tokens"] for p, g in zip(
-            [p for ps in fid_prompts for p in ps],
-            session.generate([p for ps in fid_prompts for p in ps], max_new_tokens=fidelity_tokens))}
+        todo = [p for p in dict.fromkeys(p for ps in fid_prompts for p in ps) if ("gen", p, fidelity_tokens) not in cache]
+        for p, g in zip(todo, session.generate(todo, max_new_tokens=fidelity_tokens) if todo else []):
+            cache[("gen", p, fidelity_tokens)] = g["tokens"]
+        base_gen = {p: cache[("gen", p, fidelity_tokens)] for ps in fid_prompts for p in ps}
         pre_rel = session.token_accuracy([r.prompt for r in reqs], [r.target for r in reqs])
 
         per_edit: list[dict[str, Any]] = []
