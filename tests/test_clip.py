@@ -156,3 +156,15 @@ def test_text_tower_embeds_class_names(tiny):
     assert emb.shape == (3, 32)
     assert torch.allclose(emb.norm(dim=-1), torch.ones(3), atol=1e-5)
     assert torch.allclose(emb[0], emb[2]) and not torch.allclose(emb[0], emb[1])
+
+
+def test_open_clip_without_embeds_and_pool_helpers(tiny, monkeypatch):
+    """Older open_clip releases lack VisionTransformer._embeds/_pool; the inline fallback gives the same output."""
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = tiny.visual(x, torch.ones(2, tiny.visual.width))
+        cls = type(tiny.visual.visual)
+        monkeypatch.delattr(cls, "_embeds")
+        monkeypatch.delattr(cls, "_pool")
+        assert not hasattr(tiny.visual.visual, "_embeds")
+        assert torch.allclose(tiny.visual(x, torch.ones(2, tiny.visual.width)), ref, atol=1e-6)

@@ -243,7 +243,13 @@ class VisionBackbone(nn.Module):
         """Token sequence ``(B, 1 + patches, D)`` before the first block (position embedding and pre-norm done)."""
         v = self.visual
         if self.kind == "open_clip":
-            return v._embeds(x)
+            if hasattr(v, "_embeds"):  # open_clip >= 2.30
+                return v._embeds(x)
+            x = v.conv1(x)
+            x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+            cls = v.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
+            x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
+            return v.ln_pre(v.patch_dropout(x))
         x = v.patch_embed(x)
         x = v._pos_embed(x)
         x = v.patch_drop(x)
@@ -268,7 +274,10 @@ class VisionBackbone(nn.Module):
             tokens = torch.cat([tokens[:, :k], tokens[:, k + n_prompts:]], dim=1)
         v = self.visual
         if self.kind == "open_clip":
-            pooled, _ = v._pool(tokens)
+            if hasattr(v, "_pool"):  # open_clip >= 2.30
+                pooled, _ = v._pool(tokens)
+            else:
+                pooled, _ = v._global_pool(v.ln_post(tokens))
             return pooled @ v.proj if v.proj is not None else pooled
         tokens = v.norm(tokens)
         return v.forward_head(tokens, pre_logits=True)
