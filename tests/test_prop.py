@@ -154,3 +154,13 @@ def test_prop_runs_through_the_cli(tmp_path, capsys):
     assert results["strategy"] == "prop" and len(results["accuracy_matrix"]) == 2
     assert results["accuracy_matrix"][0][0] > 0.5  # the first five digits, with five classes seen
     assert results["strategy_summary"]["prompt_parameters"] == 2 * 4 * 64
+
+    # interrupted after the first experience and resumed: the same accuracy matrix as the uninterrupted run
+    from lifelong.platform.runner import resolve_config, run_experiment
+
+    config = resolve_config(strategy="prop", benchmark="split-digits", device="cpu",
+                            overrides={"n_experiences": 2, "epochs": 1, "task_labels": False})
+    part = run_experiment(config, out=tmp_path / "resumed", progress=False, stop_after=1)
+    assert part["completed"] == 1
+    resumed = run_experiment(config, out=tmp_path / "resumed", progress=False, resume=True)
+    assert resumed["accuracy_matrix"] == results["accuracy_matrix"]

@@ -99,7 +99,7 @@ def build_config(cls: type[T], values: Mapping[str, Any] | None = None, *, prefi
     unknown = [k for k in values if k not in allowed]
     if unknown:
         raise ConfigError(
-            f"unknown config key {prefix}{unknown[0]!r} for {cls.__name__}; allowed keys: {', '.join(allowed)}"
+            f"unknown config key '{prefix}{unknown[0]}' for {cls.__name__}; allowed keys: {', '.join(allowed)}"
         )
     kwargs = {k: _coerce(v, hints[k], f"{prefix}{k}") for k, v in values.items()}
     try:
@@ -136,9 +136,15 @@ def parse_scalar(text: str) -> Any:
     import yaml
 
     try:
-        return yaml.safe_load(text) if text.strip() else ""
+        value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:
         return text
+    if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string; a user means the number
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:

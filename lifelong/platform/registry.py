@@ -181,10 +181,13 @@ def ensure_loaded() -> None:
         if _state.loaded:
             return
         _state.loaded = True
-        for module in _builtin_modules():
-            _import_isolated(module, "builtin")
-        if os.environ.get(DISABLE_AUTOLOAD_ENV, "").strip() not in ("1", "true", "yes"):
-            _load_entry_points()
+        from lifelong.platform.quiet import quiet_avalanche
+
+        with quiet_avalanche():
+            for module in _builtin_modules():
+                _import_isolated(module, "builtin")
+            if os.environ.get(DISABLE_AUTOLOAD_ENV, "").strip() not in ("1", "true", "yes"):
+                _load_entry_points()
 
 
 def load_errors() -> list[PluginLoadError]:

@@ -14,17 +14,16 @@ What this fixes (measured on avalanche-lib 0.6.0, torch 2.14):
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import importlib
-import warnings
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
 from lifelong.adapters.backbones import build_backbone
 from lifelong.platform.learner import Learner, RunContext, StrategyConfig
+from lifelong.platform.quiet import quiet_avalanche
 
 
 def make_optimizer(params: Any, config: StrategyConfig) -> torch.optim.Optimizer:
@@ -69,16 +68,6 @@ def trainable_only(strategy_class: type) -> type:
     return TrainableOnly
 
 
-@contextlib.contextmanager
-def quiet_avalanche() -> Iterator[None]:
-    """Hide Avalanche 0.6.0's own noise (no-logger notices, its deprecations, the optional QP solver notice)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", message="No loggers specified")
-        warnings.filterwarnings("ignore", message="no QP solver found")
-        yield
-
-
 def silent_evaluator() -> Any:
     with quiet_avalanche():
         from avalanche.training.plugins import EvaluationPlugin
@@ -112,6 +101,8 @@ class AvalancheState:
             return {"__kind__": "module", "state": {k: v.detach().cpu().clone() for k, v in value.state_dict().items()}}
         if isinstance(value, AvalancheDataset):
             return self._capture_dataset(value)
+        if isinstance(value, (set, frozenset)):
+            return {"__kind__": "set", "items": [self.capture(v, depth + 1) for v in sorted(value, key=repr)]}
         if isinstance(value, (list, tuple)):
             return {"__kind__": "tuple" if isinstance(value, tuple) else "list",
                     "items": [self.capture(v, depth + 1) for v in value]}
@@ -127,13 +118,20 @@ class AvalancheState:
         return {"__kind__": "skip"}
 
     def _capture_dataset(self, dataset: Any) -> dict[str, Any]:
-        names = [a.name for a in dataset._data_attributes.values() if a.use_in_getitem]
+        """Materialise a (small) buffer dataset: its item columns and its data attributes, as tensors.
+
+        Items are read with the dataset's current transforms, so a restored buffer of an augmented stream
+        replays fixed views; on tensor streams (split-digits) the restored buffer is identical.
+        """
+        attributes = [
+            {"name": name, "use_in_getitem": bool(attr.use_in_getitem), "values": _stack(list(attr))}
+            for name, attr in dataset._data_attributes.items()
+        ]
+        n_appended = sum(a["use_in_getitem"] for a in attributes)
         items = [dataset[i] for i in range(len(dataset))]
-        if not items:
-            return {"__kind__": "dataset", "names": names, "columns": [], "length": 0}
-        n_cols = len(items[0])
-        columns = [torch.stack([torch.as_tensor(item[c]) for item in items]) for c in range(n_cols)]
-        return {"__kind__": "dataset", "names": names, "columns": columns, "length": len(items)}
+        n_base = (len(items[0]) - n_appended) if items else 0
+        columns = [_stack([item[c] for item in items]) for c in range(n_base)]
+        return {"__kind__": "dataset", "columns": columns, "attributes": attributes}
 
     # -- restore --------------------------------------------------------------------------------------
     def restore(self, snap: Any, current: Any) -> Any:
@@ -142,10 +140,13 @@ class AvalancheState:
         kind = snap["__kind__"]
         if kind == "skip":
             return current
+        if kind == "set":
+            return {self.restore(v, None) for v in snap["items"]}
         if kind == "size":
             return torch.Size(snap["items"])
         if kind == "module":
             module = current if isinstance(current, nn.Module) else copy.deepcopy(self.template_model)
+            _register_missing_buffers(module, snap["state"])
             module.load_state_dict(snap["state"])
             return module
         if kind == "dataset":
@@ -183,22 +184,53 @@ class AvalancheState:
 
     @staticmethod
     def _restore_dataset(snap: dict[str, Any]) -> Any:
-        from avalanche.benchmarks.utils import DataAttribute
+        from avalanche.benchmarks.utils import AvalancheDataset, DataAttribute
         from avalanche.benchmarks.utils.classification_dataset import (
             ClassificationDataset,
             TaskAwareSupervisedClassificationDataset,
         )
-        from torch.utils.data import TensorDataset
 
-        names, columns = snap["names"], snap["columns"]
-        if not columns:
-            return ClassificationDataset([], data_attributes=[DataAttribute([], "targets")])
-        n_base = len(columns) - len(names)
-        base = TensorDataset(*columns[:n_base])
-        attributes = [DataAttribute(col.tolist() if col.dim() == 1 else col, name, use_in_getitem=True)
-                      for name, col in zip(names, columns[n_base:])]
-        cls = TaskAwareSupervisedClassificationDataset if "targets_task_labels" in names else ClassificationDataset
-        return cls([base], data_attributes=attributes)
+        attributes = [DataAttribute(_attribute_values(a["values"]), a["name"], use_in_getitem=a["use_in_getitem"])
+                      for a in snap["attributes"]]
+        names = {a["name"] for a in snap["attributes"]}
+        if "targets" not in names:  # e.g. the empty concatenation a buffer starts from
+            cls: Any = AvalancheDataset
+        elif "targets_task_labels" in names:
+            cls = TaskAwareSupervisedClassificationDataset
+        else:
+            cls = ClassificationDataset
+        return cls([_Rows(snap["columns"])], data_attributes=attributes or None)
+
+
+class _Rows:
+    """Rows of materialised columns; 1-d integer columns come back as ints, as Avalanche's datasets give them."""
+
+    def __init__(self, columns: list[torch.Tensor]) -> None:
+        self.columns = columns
+
+    def __len__(self) -> int:
+        return len(self.columns[0]) if self.columns else 0
+
+    def __getitem__(self, i: int) -> tuple[Any, ...]:
+        return tuple(int(c[i]) if c.dim() == 1 and not c.is_floating_point() else c[i] for c in self.columns)
+
+
+def _attribute_values(values: torch.Tensor) -> Any:
+    """Values as Avalanche keeps them: a constant 1-d attribute (task labels) as a ConstantSequence, since
+    Avalanche cannot concatenate a plain list onto one."""
+    from avalanche.benchmarks.utils.flat_data import ConstantSequence, FlatData
+
+    if values.dim() != 1:  # per-sample tensors (DER's logits): a FlatData keeps them tensors, a list would not
+        return FlatData([list(values)], discard_elements_not_in_indices=True)
+    if len(values) and bool((values == values[0]).all()):
+        return ConstantSequence(values[0].item(), len(values))
+    return values.tolist()
+
+
+def _stack(values: list[Any]) -> torch.Tensor:
+    if values and isinstance(values[0], torch.Tensor):
+        return torch.stack([v.detach().cpu() for v in values])
+    return torch.as_tensor(values)
 
 
 def _is_strategy(value: Any) -> bool:
@@ -278,9 +310,27 @@ class AvalancheLearner(Learner):
         for name, snap in state.get("attributes", {}).items():
             setattr(self.strategy, name, self._state.restore(snap, getattr(self.strategy, name, None)))
 
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        _register_missing_buffers(self.model, state["model"])
+        super().load_state_dict(state)
+
     def optimizer_state(self) -> dict[str, Any] | None:
         return self.optimizer.state_dict()
 
     def load_optimizer_state(self, state: dict[str, Any] | None) -> None:
         if state:
             self.optimizer.load_state_dict(state)
+            # Avalanche resets the optimizer state on the first experience it sees (optimized_param_id is
+            # None); a resumed strategy is not on its first experience, so keep the loaded momentum.
+            self.strategy.optimized_param_id = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+
+def _register_missing_buffers(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Create buffers that a module registers lazily during training (iCaRL's NCM class means)."""
+    own = model.state_dict()
+    for key, value in state.items():
+        if key in own:
+            continue
+        owner_name, _, buffer_name = key.rpartition(".")
+        owner = model.get_submodule(owner_name) if owner_name else model
+        owner.register_buffer(buffer_name, torch.empty_like(value))

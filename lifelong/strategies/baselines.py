@@ -17,11 +17,11 @@ from typing import Any, Literal
 from torch import nn
 
 from lifelong.platform.learner import StrategyConfig
+from lifelong.platform.quiet import quiet_avalanche
 from lifelong.platform.registry import Capabilities, register
 from lifelong.adapters.backbones import build_backbone
 from lifelong.strategies._avalanche import (
     AvalancheLearner,
-    quiet_avalanche,
     silent_evaluator,
     trainable_only,
     with_task_labels,

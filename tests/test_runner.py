@@ -1,0 +1,72 @@
+import json
+
+import numpy as np
+import pytest
+
+from conftest import TINY_STREAM
+from lifelong.platform.errors import UserError
+from lifelong.platform.runner import resolve_config, run_experiment
+
+BASELINES = ["naive", "joint", "ewc", "lwf", "replay", "icarl", "gdumb", "dark-er"]
+
+
+def _config(strategy, seed=0, **extra):
+    return resolve_config(strategy=strategy, benchmark="split-digits", seed=seed,
+                          overrides={**TINY_STREAM, "epochs": 1, **extra})
+
+
+def test_run_writes_results_csv_and_plots(tmp_path):
+    results = run_experiment(_config("replay", n_experiences=5, epochs=3), out=tmp_path, progress=False)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    for key in ("strategy", "benchmark", "seed", "class_order", "accuracy_matrix", "average_incremental_accuracy",
+                "last_accuracy", "forgetting", "bwt", "wall_time_s", "config", "versions"):
+        assert key in saved, key
+    assert saved["accuracy_matrix"] == results["accuracy_matrix"]
+    assert np.asarray(saved["accuracy_matrix"]).shape == (5, 5)
+    assert saved["config"]["strategy_config"]["mem_size"] == 200
+    assert (tmp_path / "results.csv").read_text().startswith("after_step,exp0,exp1,exp2,exp3,exp4,seen_accuracy")
+    for png in ("accuracy_matrix.png", "accuracy_curve.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a learner that learned something: the current experience is above chance (0.5) on average
+    assert np.mean([results["accuracy_matrix"][i][i] for i in range(5)]) > 0.65
+
+
+def test_same_seed_same_matrix_and_other_seed_differs(tmp_path):
+    a = run_experiment(_config("naive", seed=4), out=tmp_path / "a", progress=False)
+    b = run_experiment(_config("naive", seed=4), out=tmp_path / "b", progress=False)
+    c = run_experiment(_config("naive", seed=5), out=tmp_path / "c", progress=False)
+    assert a["accuracy_matrix"] == b["accuracy_matrix"]
+    assert a["class_order"] != c["class_order"]
+
+
+@pytest.mark.parametrize("strategy", BASELINES)
+def test_resume_gives_the_same_results_as_an_uninterrupted_run(strategy, tmp_path):
+    full = run_experiment(_config(strategy), out=tmp_path / "full", progress=False)
+    partial = run_experiment(_config(strategy), out=tmp_path / "cut", progress=False, stop_after=1)
+    assert partial["completed"] == 1 and not (tmp_path / "cut" / "results.json").exists()
+    resumed = run_experiment(_config(strategy), out=tmp_path / "cut", resume=True, progress=False)
+    assert resumed["accuracy_matrix"] == full["accuracy_matrix"]
+
+
+def test_resume_refuses_another_configuration(tmp_path):
+    run_experiment(_config("naive"), out=tmp_path, progress=False, stop_after=1)
+    with pytest.raises(UserError, match="another configuration"):
+        run_experiment(_config("naive", lr=0.5), out=tmp_path, resume=True, progress=False)
+    with pytest.raises(UserError, match="no checkpoint"):
+        run_experiment(_config("naive"), out=tmp_path / "empty", resume=True, progress=False)
+
+
+def test_compare_summarises_mean_and_std(tmp_path):
+    from lifelong.platform.runner import compare
+
+    summary = compare(["naive", "replay"], "split-digits", [0, 1], out=tmp_path, progress=False,
+                      overrides={**TINY_STREAM, "epochs": 3, "mem_size": 50})
+    saved = json.loads((tmp_path / "summary.json").read_text())["strategies"]
+    assert set(saved) == {"naive", "replay"} and saved["replay"]["n_runs"] == 2
+    runs = [json.loads((tmp_path / f"replay-seed{s}" / "results.json").read_text()) for s in (0, 1)]
+    values = [r["average_incremental_accuracy"] for r in runs]
+    assert saved["replay"]["average_incremental_accuracy"]["mean"] == pytest.approx(np.mean(values))
+    assert saved["replay"]["average_incremental_accuracy"]["std"] == pytest.approx(np.std(values, ddof=1))
+    assert runs[0]["config"]["strategy_config"]["mem_size"] == 50
+    assert (tmp_path / "summary.csv").exists() and (tmp_path / "comparison.png").exists()
+    assert summary["naive"]["last_accuracy"]["mean"] < summary["replay"]["last_accuracy"]["mean"]
