@@ -101,7 +101,6 @@ class ProP(PretrainedLearner):
 
         bank = PromptBank(config.prompt_length, self.backbone.width)
         self.model = ProPModel(self.backbone, bank, self.n_classes, self.backbone.out_dim).to(self.device)
-        self.generator = torch.Generator().manual_seed(context.seed + 7)
 
     @property
     def bank(self) -> Any:
@@ -123,7 +122,9 @@ class ProP(PretrainedLearner):
         classes = self.experience_classes(experience)
         for p in self.bank.prompts:
             p.requires_grad_(False)
-        prompt = self.bank.add_task(c.prompt_init, c.prompt_init_scale, self.generator)
+        # seeded by (run seed, task index): a resumed run draws the same prompt as an uninterrupted one
+        generator = torch.Generator().manual_seed(self.context.seed * 1000 + 7 + len(self.bank))
+        prompt = self.bank.add_task(c.prompt_init, c.prompt_init_scale, generator)
         prompt.data = prompt.data.to(self.device)
         head = CosineHead(self._prototypes_of(experience, classes, prompt), c.logit_scale).to(self.device)
         prompt.requires_grad_(True)
