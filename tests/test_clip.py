@@ -168,3 +168,15 @@ def test_open_clip_without_embeds_and_pool_helpers(tiny, monkeypatch):
         monkeypatch.delattr(cls, "_pool")
         assert not hasattr(tiny.visual.visual, "_embeds")
         assert torch.allclose(tiny.visual(x, torch.ones(2, tiny.visual.width)), ref, atol=1e-6)
+
+
+def test_image_fit_undoes_a_streams_own_normalisation():
+    from lifelong.benchmarks._transforms import stream_normalization
+
+    mean, std = stream_normalization({"normalization": {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}})
+    assert mean == (0.5, 0.4, 0.3) and std == (0.2, 0.25, 0.3)
+    assert stream_normalization({}) == (None, None)
+    x01 = torch.rand(2, 3, 8, 8)
+    normalised = (x01 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    fit = ImageFit(8, 3, mean=None, std=None, input_mean=mean, input_std=std)
+    assert torch.allclose(fit(normalised), x01, atol=1e-6)

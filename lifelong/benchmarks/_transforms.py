@@ -4,7 +4,8 @@ The streams of the platform yield tensors in their own shape (``split-digits``: 
 CIFAR: 3x32x32). Pre-trained vision transformers expect a fixed size (224 for ViT-B/16, 32 for the tiny test
 configuration), three channels and their own normalisation. Rather than rebuilding every data set with an
 Avalanche transform, the pre-trained-backbone strategies call :class:`ImageFit` on each batch, on the device:
-channel conversion (grey -> RGB by repetition, RGB -> grey by the mean), bilinear resizing (antialiased when
+undoing the stream's own normalisation when it declares one (``stream.info["normalization"] = {"mean": [...],
+"std": [...]}``; see :func:`stream_normalization`), channel conversion (grey -> RGB by repetition, RGB -> grey by the mean), bilinear resizing (antialiased when
 shrinking) and per-channel normalisation. It is a plain ``nn.Module`` without parameters, so it is part of no
 state dict and costs nothing to save.
 """
@@ -33,8 +34,13 @@ class ImageFit(nn.Module):
         channels: int = 3,
         mean: Sequence[float] | None = CLIP_MEAN,
         std: Sequence[float] | None = CLIP_STD,
+        input_mean: Sequence[float] | None = None,
+        input_std: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
+        # a stream that already normalised its images with its own statistics: undo that first
+        self.input_mean = None if input_mean is None else torch.tensor(input_mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.input_std = None if input_std is None else torch.tensor(input_std, dtype=torch.float32).view(1, -1, 1, 1)
         self.size = (size, size) if isinstance(size, int) else tuple(size)
         self.channels = channels
         if (mean is None) != (std is None):
@@ -54,6 +60,8 @@ class ImageFit(nn.Module):
         if x.dim() != 4:
             raise ValueError(f"ImageFit expects images (B, C, H, W), got shape {tuple(x.shape)}")
         x = x.float()
+        if self.input_mean is not None and self.input_std is not None:
+            x = x * self.input_std.to(x.device) + self.input_mean.to(x.device)
         c = x.shape[1]
         if c != self.channels:
             if c == 1:
@@ -71,6 +79,18 @@ class ImageFit(nn.Module):
 
     def extra_repr(self) -> str:
         return f"size={self.size}, channels={self.channels}"
+
+
+def stream_normalization(info: dict[str, Any]) -> tuple[Sequence[float] | None, Sequence[float] | None]:
+    """The (mean, std) a stream normalised its images with, from ``stream.info["normalization"]``, else (None, None).
+
+    Pre-trained backbones need images in [0, 1] normalised with THEIR statistics, so the stream's own
+    normalisation has to be undone first.
+    """
+    norm = info.get("normalization") or info.get("normalisation")
+    if isinstance(norm, dict) and "mean" in norm and "std" in norm:
+        return tuple(float(v) for v in norm["mean"]), tuple(float(v) for v in norm["std"])
+    return None, None
 
 
 def iterate_batches(

@@ -53,7 +53,14 @@ class PretrainedLearner(Learner):
         freeze(self.loaded.visual)
         if self.loaded.text is not None:
             freeze(self.loaded.text)
-        self.fit = self.loaded.image_fit.to(self.device)
+        from lifelong.benchmarks._transforms import stream_normalization
+
+        fit = self.loaded.image_fit
+        fit.input_mean, fit.input_std = (
+            None if v is None else torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1)
+            for v in stream_normalization(context.stream.info)
+        )
+        self.fit = fit.to(self.device)
         self.backbone = self.loaded.visual.to(self.device)
         if self.loaded.text is not None:
             self.loaded.text.to(self.device)

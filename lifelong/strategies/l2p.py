@@ -121,7 +121,7 @@ def _build_strategy(config: L2PConfig, context: RunContext) -> Any:
     """Avalanche's ``LearningToPrompt`` with our model, head and label-only ``forward``."""
     from avalanche.models.timm_vit import ViTWithPrompt
 
-    from lifelong.benchmarks._transforms import IMAGENET_MEAN, IMAGENET_STD, ImageFit
+    from lifelong.benchmarks._transforms import IMAGENET_MEAN, IMAGENET_STD, ImageFit, stream_normalization
     from avalanche.training import LearningToPrompt
     from avalanche.training.templates import SupervisedTemplate
 
@@ -197,7 +197,8 @@ def _build_strategy(config: L2PConfig, context: RunContext) -> Any:
         p.requires_grad = False
     vit.to(context.device)
     query.to(context.device).eval()
-    fit = ImageFit(dims["img_size"], 3, IMAGENET_MEAN, IMAGENET_STD).to(context.device)
+    in_mean, in_std = stream_normalization(context.stream.info)
+    fit = ImageFit(dims["img_size"], 3, IMAGENET_MEAN, IMAGENET_STD, in_mean, in_std).to(context.device)
     return _L2P(model=vit, query=query, fit=fit), dims
 
 
