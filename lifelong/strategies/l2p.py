@@ -53,7 +53,7 @@ class L2PConfig(StrategyConfig):
     model: str = "auto"
     pretrained: str = ""
     epochs: int = 3
-    batch_size: int = 16
+    batch_size: int = 32
     lr: float = 0.03
     pool_size: int = 10
     prompt_length: int = 4
