@@ -116,3 +116,45 @@ def test_ftl_edit_and_rollback_restores_weights(tmp_path, smollm, base_refs):  #
         assert torch.equal(model.get_submodule(s.editor.layer_name).weight, w0)
         logits, _ = _last_logits(model, tok, [P1], s)
         assert torch.equal(logits[0], base_refs[0])
+
+
+def test_routed_lora_per_sequence_newest_wins_and_exact_fallback():
+    """RoutedLoRA on a toy module: rows route independently, a re-edited key goes to the newest edit, removing it
+    falls back to the older one, and unmatched rows are the base output bit for bit."""
+    from torch import nn
+
+    from lifelong.adapters.lora import RoutedLoRA
+
+    class Toy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = nn.Module()
+            self.model.layers = nn.ModuleList([nn.Module()])
+            self.model.layers[0].lin = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.model.layers[0].lin(x)
+
+    torch.manual_seed(0)
+    m = Toy()
+    r = RoutedLoRA(m, ["model.layers.0.lin"], rank=2, alpha=2, threshold=0.1)
+    k = torch.tensor([1.0, 0, 0, 0])
+    r.add(1, k, {"model.layers.0.lin": (torch.ones(2, 4), torch.ones(3, 2))})
+    r.add(2, k * 3, {"model.layers.0.lin": (torch.ones(2, 4), -torch.ones(3, 2))})  # same direction: a re-edit
+    r.add(3, torch.tensor([0, 0, 1.0, 0]), {"model.layers.0.lin": (torch.ones(2, 4), 2 * torch.ones(3, 2))})
+    x = torch.tensor([[[1.0, 0, 0, 0]], [[0, 1.0, 0, 0]], [[0, 0, 2.0, 0]]])
+    base = m.model.layers[0].lin.base(x)
+    with torch.no_grad(), r.session():
+        y = m(x)
+        assert r.last_decision.ids == [2, None, 3]
+    assert torch.equal(y[1], base[1])
+    assert torch.allclose(y[0] - base[0], torch.full((1, 3), -2.0))
+    assert torch.allclose(y[2] - base[2], torch.full((1, 3), 8.0))
+    r.remove([2])
+    with torch.no_grad(), r.session():
+        y = m(x)
+        assert r.last_decision.ids == [1, None, 3]
+    assert torch.allclose(y[0] - base[0], torch.full((1, 3), 2.0))
+    r.remove([1, 3])
+    with torch.no_grad(), r.session():
+        assert torch.equal(m(x), base)

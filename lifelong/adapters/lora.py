@@ -170,7 +170,9 @@ class RoutedLoRA:
             q = q - self.centre.to(q.device)
         q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         sims = q @ self.keys.to(q.device).t()  # (b, K)
-        best, kidx = sims.max(dim=-1)
+        # ties (the same prompt edited again) go to the newest edit: search the keys from the end
+        best, ridx = sims.flip(-1).max(dim=-1)
+        kidx = sims.shape[1] - 1 - ridx
         hit = (1.0 - best) <= self.threshold
         slots = torch.where(hit, self.key_slot.to(q.device)[kidx], torch.full_like(kidx, -1))
         ids = [self.slot_ids[s] if s >= 0 else None for s in slots.tolist()]
