@@ -48,13 +48,16 @@ def main() -> None:
     per_branch = {}
     for b in filler.branches:
         tb = time.perf_counter()
-        sb.run_branches([b], items, filler.cache, parallel=False)
+        for s in range(0, len(items), 64):  # in chunks, so an interrupted run keeps what it computed
+            sb.run_branches([b], items[s:s + 64], filler.cache, parallel=False)
         per_branch[b.name] = round(time.perf_counter() - tb, 1)
+        print(f"  {b.name}: {per_branch[b.name]} s", flush=True)
     print(f"branch cache filled for {len(items)} responses in {time.perf_counter() - t:.0f} s: {per_branch}", flush=True)
 
     configs: dict[str, tuple[str, dict]] = {"scalar-rm": ("scalar-rm", {})}
     configs["srm (default: " + "+".join(default) + ")"] = ("srm", {"branches": default})
-    configs["srm (all " + str(len(all_branches)) + ")"] = ("srm", {"branches": all_branches})
+    if all_branches != default:
+        configs["srm (all " + str(len(all_branches)) + ")"] = ("srm", {"branches": all_branches})
     for b in all_branches:
         configs[f"srm all minus {b}"] = ("srm", {"branches": [x for x in all_branches if x != b]})
     configs["srm default, features only (no joined texts)"] = ("srm", {"branches": default, "join_texts": False})

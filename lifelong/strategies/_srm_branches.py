@@ -72,8 +72,17 @@ class Branch(ABC):
 
 
 # ---------------------------------------------------------------------------------------------- shared models
-_models: dict[str, Any] = {}
+_models: dict[Any, Any] = {}
 _models_lock = threading.Lock()
+# Hugging Face fast tokenizers raise "Already borrowed" when one instance is used from two threads at once, so
+# each shared model's tokenizer (and the sentence encoder as a whole) is used under its own lock.
+_use_locks: dict[Any, threading.Lock] = {}
+
+
+def use_lock(kind: str, name: str) -> threading.Lock:
+    """The lock that serialises use of one shared model's tokenizer (``kind`` is ``enc`` or ``llm``)."""
+    with _models_lock:
+        return _use_locks.setdefault((kind, name), threading.Lock())
 
 
 def encoder_path(name: str) -> str:
@@ -111,8 +120,9 @@ def encode(texts: Sequence[str], name: str = "all-minilm-l6-v2", batch_size: int
     if not texts:
         dim_fn = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         return np.zeros((0, dim_fn()), dtype=np.float32)
-    return model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                        show_progress_bar=False).astype(np.float32)
+    with use_lock("enc", encoder_path(name)):
+        return model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                            show_progress_bar=False).astype(np.float32)
 
 
 def get_llm(name: str) -> tuple[Any, Any]:
@@ -421,10 +431,11 @@ class FluencyBranch(_LLMBranch):
 
         model, tok = get_llm(self.llm)
         encoded = []
-        for p, r in items:
-            ctx = tok(_context(p), add_special_tokens=False)["input_ids"][-192:]
-            resp = tok(" " + r.strip(), add_special_tokens=False)["input_ids"][:192] or [tok.eos_token_id]
-            encoded.append((ctx, resp))
+        with use_lock("llm", self.llm):
+            for p, r in items:
+                ctx = tok(_context(p), add_special_tokens=False)["input_ids"][-192:]
+                resp = tok(" " + r.strip(), add_special_tokens=False)["input_ids"][:192] or [tok.eos_token_id]
+                encoded.append((ctx, resp))
         # batch similar lengths together (less padding); results go back in input order
         order = sorted(range(len(items)), key=lambda i: len(encoded[i][0]) + len(encoded[i][1]))
         body, head = model.get_decoder(), model.get_output_embeddings()
@@ -484,32 +495,36 @@ class QualityBranch(_LLMBranch):
         import torch
 
         model, tok = get_llm(self.llm)
-        yes = self._ids(tok, ["yes", "Yes", " yes", " Yes", "YES"])
-        no = self._ids(tok, ["no", "No", " no", " No", "NO"])
+        lock = use_lock("llm", self.llm)
+        with lock:
+            yes = self._ids(tok, ["yes", "Yes", " yes", " Yes", "YES"])
+            no = self._ids(tok, ["no", "No", " no", " No", "NO"])
         out: list[BranchOutput] = []
         for start in range(0, len(items), self.batch_size):
             batch = items[start:start + self.batch_size]
             texts = []
-            for p, r in batch:
-                msg = _JUDGE.format(prompt=p.strip()[:600], response=r.strip()[:600])
-                if getattr(tok, "chat_template", None):
-                    texts.append(tok.apply_chat_template([{"role": "user", "content": msg}], tokenize=False,
-                                                         add_generation_prompt=True))
-                else:
-                    texts.append(msg + "\nReply:")
-            side = tok.padding_side
-            tok.padding_side = "left"
-            try:
-                enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-            finally:
-                tok.padding_side = side
+            with lock:
+                for p, r in batch:
+                    msg = _JUDGE.format(prompt=p.strip()[:600], response=r.strip()[:600])
+                    if getattr(tok, "chat_template", None):
+                        texts.append(tok.apply_chat_template([{"role": "user", "content": msg}], tokenize=False,
+                                                             add_generation_prompt=True))
+                    else:
+                        texts.append(msg + "\nReply:")
+                side = tok.padding_side
+                tok.padding_side = "left"
+                try:
+                    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+                finally:
+                    tok.padding_side = side
             with torch.inference_mode():
                 gen = model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
                                      output_scores=True, return_dict_in_generate=True,
                                      pad_token_id=tok.pad_token_id)
             first = gen.scores[0].float()
             margin = torch.logsumexp(first[:, yes], -1) - torch.logsumexp(first[:, no], -1)
-            answers = tok.batch_decode(gen.sequences[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            with lock:
+                answers = tok.batch_decode(gen.sequences[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
             for m, a in zip(margin.tolist(), answers):
                 a = " ".join(a.split())
                 out.append(BranchOutput((float(m),), f"quality judge: {a}"))
