@@ -40,16 +40,25 @@ ENERGY_PJ_PER_AC = 0.9
 
 
 # ----------------------------------------------------------------------------------------------- surrogates
+def surrogate_backward(grad_out: torch.Tensor, x: torch.Tensor, surrogate: str, alpha: float) -> torch.Tensor:
+    """``grad_out * d spike / d x`` at ``x = u - threshold``, in spikingjelly's operation order (bit-identical)."""
+    if surrogate == "triangle":  # spikingjelly's PiecewiseQuadratic with a = 1/gamma
+        a = 1.0 / alpha
+        x_abs = x.abs()
+        return (grad_out * (-(a**2) * x_abs + a)).masked_fill_(x_abs > alpha, 0)
+    if surrogate == "sigmoid":
+        sgax = (x * alpha).sigmoid_()
+        return grad_out * (1.0 - sgax) * sgax * alpha
+    if surrogate == "arctan":
+        a = alpha / 2
+        ax = math.pi * a * x
+        return a / (1 + ax * ax) * grad_out
+    raise ValueError(f"surrogate: {surrogate!r} is not allowed; allowed values: {', '.join(SURROGATES)}")
+
+
 def surrogate_grad(x: torch.Tensor, surrogate: str, alpha: float) -> torch.Tensor:
     """d spike / d x of the surrogate ``surrogate`` at ``x = u - threshold`` (shape of ``x``)."""
-    if surrogate == "triangle":
-        return (alpha - x.abs()).clamp(min=0) / (alpha * alpha)
-    if surrogate == "sigmoid":
-        sg = torch.sigmoid(alpha * x)
-        return alpha * sg * (1.0 - sg)
-    if surrogate == "arctan":
-        return (alpha / 2) / (1 + (math.pi / 2 * alpha * x).pow(2))
-    raise ValueError(f"surrogate: {surrogate!r} is not allowed; allowed values: {', '.join(SURROGATES)}")
+    return surrogate_backward(torch.ones_like(x), x, surrogate, alpha)
 
 
 class SpikeFunction(torch.autograd.Function):
@@ -65,7 +74,7 @@ class SpikeFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
         (x,) = ctx.saved_tensors
-        return grad_out * surrogate_grad(x, ctx.surrogate, ctx.alpha), None, None
+        return surrogate_backward(grad_out, x, ctx.surrogate, ctx.alpha), None, None
 
 
 def spike(x: torch.Tensor, surrogate: str = "triangle", alpha: float | None = None) -> torch.Tensor:
@@ -101,7 +110,7 @@ def lif_multistep(
         if v_reset is None:
             v = v - s_r * v_threshold
         else:
-            v = (1.0 - s_r) * v + s_r * v_reset
+            v = s_r * v_reset + (1.0 - s_r) * v
         out.append(s)
     return torch.stack(out)
 

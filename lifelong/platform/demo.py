@@ -14,6 +14,7 @@ from pathlib import Path
 
 DEMO_SECTIONS: list[tuple[str, str]] = [
     ("Class-incremental baselines on split-digits", "lifelong.platform.runner:demo_baselines"),
+    ("Spiking class-incremental learning: ALADE-SNN vs DER", "lifelong.strategies.alade_snn:demo_spiking_comparison"),
     ("Structural reward model: why a response loses", "lifelong.platform.cli_reward:demo_reward"),
     ("Lifelong editing: three wrong facts fixed with SoLA, one rolled back", "lifelong.platform.editing:demo_editing"),
 ]

@@ -68,6 +68,7 @@ class DERConfig(StrategyConfig):
     finetune_weight_decay: float = 5e-4
     finetune_temperature: float = 1.0
     finetune_reinit: bool = False
+    bn_recalibrate: bool = True  # re-estimate the new extractor's batch-norm statistics after its task
 
     def validate(self) -> None:
         super().validate()
@@ -310,6 +311,8 @@ class DERLearner(Learner):
                 total += float(loss.detach()) * len(yb)
                 n += len(yb)
             log["loss"].append(total / max(1, n))
+        if self.config.bn_recalibrate:
+            self._recalibrate_batch_norm(loader)
         self.model.eval()
         if task > 0 and self.config.finetune_epochs > 0:
             log["finetune"] = self._finetune_classifier(x_eval, y_eval, known, gen)
@@ -319,6 +322,29 @@ class DERLearner(Learner):
 
     def _name(self) -> str:
         return "der"
+
+    @torch.no_grad()
+    def _recalibrate_batch_norm(self, loader: DataLoader) -> None:
+        """Recompute the new extractor's batch-norm statistics as exact averages over its training data.
+
+        The running averages (momentum 0.1) lag the weights; after a short schedule they are far from the
+        statistics the network was trained with, and a spiking network, whose thresholds make it sensitive to
+        that shift, can go silent in eval mode. One forward pass fixes it (as SWA's ``update_bn`` does).
+        """
+        extractor = self.model.extractors[-1]
+        norms = [m for m in extractor.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not norms:
+            return
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average
+        extractor.train()
+        for batch in loader:
+            extractor(batch[0].to(self.device))
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        extractor.eval()
 
     def _make_optimizer(self, params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
         if self.config.optimizer == "adam":
