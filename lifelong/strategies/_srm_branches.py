@@ -25,6 +25,7 @@ import math
 import os
 import re
 import sqlite3
+import sys
 import threading
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
@@ -198,6 +199,8 @@ def run_branches(branches: Sequence[Branch], items: Sequence[Item], cache: Branc
         todo = sorted({k: i for i, k in reversed(list(enumerate(keys))) if k not in hit}.values())  # first of each
         fresh: dict[str, BranchOutput] = {}
         if todo:
+            if len(todo) >= 64:  # a long first run: say what is happening (stderr; --json stdout stays clean)
+                print(f"srm: branch {branch.name}: computing {len(todo)} uncached responses", file=sys.stderr, flush=True)
             outs = branch.compute([items[i] for i in todo])
             if len(outs) != len(todo):
                 raise RuntimeError(f"branch {branch.name} returned {len(outs)} outputs for {len(todo)} inputs")
