@@ -26,6 +26,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--seed", type=int, default=None, help="run seed: data split, class order, initialisation")
     run.add_argument("--out", default=None, help="output folder (default runs/<strategy>-<benchmark>-<seed>/)")
     run.add_argument("--resume", action="store_true", help="continue from the last completed experience in --out")
+    run.add_argument("--stop-after", type=int, default=None, metavar="N",
+                     help="stop after N more experiences, leaving a checkpoint (continue later with --resume)")
     run.add_argument("--json", action="store_true", help="print results.json instead of the table")
     run.set_defaults(handler=cmd_run)
 
@@ -78,10 +80,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = resolve_config(strategy=args.strategy, benchmark=args.benchmark, config_file=args.config,
                             overrides=parse_overrides(args.overrides), seed=args.seed, device=args.device)
     out = args.out or default_out_dir(config)
-    results = run_experiment(config, out=out, resume=args.resume, progress=not args.json)
+    if args.stop_after is not None and args.stop_after < 1:
+        raise UserError(f"--stop-after must be at least 1, got {args.stop_after}")
+    results = run_experiment(config, out=out, resume=args.resume, progress=not args.json, stop_after=args.stop_after)
     from lifelong.platform.distributed import current_distributed_info
 
     if not current_distributed_info().is_main:
+        return 0
+    if "strategy" not in results:  # stopped early: a checkpoint, no results yet
+        print(json.dumps(results) if args.json else
+              f"stopped after {results['completed']} experiences; checkpoint in {out} (continue with --resume)")
         return 0
     if args.json:
         print(json.dumps(results, indent=2))

@@ -49,7 +49,7 @@ def write_run(out: Path, results: dict[str, Any]) -> None:
 
 def _savefig(fig: Any, path: Path) -> None:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=100)  # a fixed canvas: bbox_inches="tight" would render twice
     atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -66,7 +66,7 @@ def plot_run(out: Path, results: dict[str, Any]) -> None:
     plt = _pyplot()
     matrix = np.asarray(results["accuracy_matrix"])
     n = matrix.shape[0]
-    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * n, 0.8 + 0.55 * n))
+    fig, ax = plt.subplots(figsize=(1.6 + 0.6 * n, 1.2 + 0.55 * n))
     im = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
     for i in range(n):
         for j in range(n):
@@ -75,6 +75,7 @@ def plot_run(out: Path, results: dict[str, Any]) -> None:
     ax.set_ylabel("after training step i")
     ax.set_title(f"R[i][j]: {results['strategy']} on {results['benchmark']} (seed {results['seed']})", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.subplots_adjust(left=0.14, bottom=0.14, top=0.9)
     _savefig(fig, out / "accuracy_matrix.png")
     plt.close(fig)
 
@@ -85,6 +86,7 @@ def plot_run(out: Path, results: dict[str, Any]) -> None:
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.subplots_adjust(left=0.14, bottom=0.16)
     _savefig(fig, out / "accuracy_curve.png")
     plt.close(fig)
 
@@ -135,6 +137,7 @@ def write_summary(out: Path, benchmark: str, summary: dict[str, Any]) -> None:
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
+    fig.subplots_adjust(left=0.12, bottom=0.15)
     _savefig(fig, out / "comparison.png")
     plt.close(fig)
 

@@ -134,11 +134,17 @@ def default_out_dir(config: RunConfig) -> Path:
     return Path("runs") / f"{config.strategy}-{config.benchmark}-{config.seed}"
 
 
-def evaluate(learner: Any, experience: Any, batch_size: int, device: Any) -> float:
-    """Top-1 accuracy of ``learner.predict`` on one test experience."""
+def evaluate(learner: Any, experience: Any, batch_size: int, device: Any, dist: Any = None) -> float:
+    """Top-1 accuracy of ``learner.predict`` on one test experience (each rank counts its shard, then the
+    counts are summed, so every rank gets the accuracy on the whole test set)."""
     import torch
     from torch.utils.data import DataLoader
 
+    from lifelong.platform.distributed import shard_experience, sum_over_ranks
+    from lifelong.platform.learner import DistributedInfo
+
+    dist = dist or DistributedInfo()
+    experience = shard_experience(experience, dist)
     dataset = experience.dataset.eval() if hasattr(experience.dataset, "eval") else experience.dataset
     correct = total = 0
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0):
@@ -147,6 +153,7 @@ def evaluate(learner: Any, experience: Any, batch_size: int, device: Any) -> flo
             pred = learner.predict(x).argmax(dim=1)
         correct += int((pred == y).sum())
         total += int(y.numel())
+    correct, total = sum_over_ranks([correct, total], dist, device)
     return correct / max(total, 1)
 
 
@@ -193,14 +200,18 @@ def run_experiment(
     strategy_cfg = _plugin_config("strategy", config.strategy, config.strategy_config, "strategy_config")
     bench_spec = registry.get("benchmark", config.benchmark)
     stream = bench_spec.factory(_plugin_config("benchmark", config.benchmark, {**config.benchmark_config, "seed": config.seed}, "benchmark_config"))
-    from lifelong.platform.distributed import current_distributed_info
+    from lifelong.platform import distributed
 
-    dist = current_distributed_info()
+    dist = distributed.current_distributed_info()
     strategy_spec = registry.get("strategy", config.strategy)
     if strategy_spec.capabilities.needs_task_labels and not stream.info.get("task_labels_meaningful", False):
         raise UserError(f"strategy {config.strategy} needs task labels, which the class-incremental stream {config.benchmark} does not provide")
     if dist.enabled and not strategy_spec.capabilities.distributed_safe:
         raise UserError(f"strategy {config.strategy} is not distributed_safe; run it in a single process")
+    if dist.enabled and getattr(strategy_cfg, "batch_size", 0) % dist.world_size:
+        raise UserError(f"batch_size {strategy_cfg.batch_size} is the global batch and must divide by the "
+                        f"{dist.world_size} processes")
+    device = distributed.setup(dist, device)
 
     from lifelong.platform.learner import RunContext
 
@@ -220,8 +231,8 @@ def run_experiment(
     for i in _progress(range(start, end), end - start, f"{config.strategy} on {config.benchmark}", progress):
         t0 = time.perf_counter()
         seed_everything(step_seed(config.seed, i))
-        learner.train_experience(stream.train_stream[i])
-        matrix[i] = [evaluate(learner, stream.test_stream[j], eval_batch, device) for j in range(n)]
+        learner.train_experience(distributed.shard_experience(stream.train_stream[i], dist))
+        matrix[i] = [evaluate(learner, stream.test_stream[j], eval_batch, device, dist) for j in range(n)]
         elapsed += time.perf_counter() - t0
         if dist.is_main:
             save_checkpoint(checkpoint_path, {
@@ -232,6 +243,7 @@ def run_experiment(
                 "wall_time_s": elapsed,
                 "learner": learner.state_dict(),
             })
+    distributed.teardown(dist)
     if end < n:
         return {"completed": end, "accuracy_matrix": matrix[:end].tolist()}
     results = {

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from lifelong.adapters.backbones import build_backbone
+from lifelong.platform import distributed
 from lifelong.platform.learner import Learner, RunContext, StrategyConfig
 from lifelong.platform.quiet import quiet_avalanche
 
@@ -252,13 +253,20 @@ class AvalancheLearner(Learner):
         self.optimizer = make_optimizer(self._model.parameters(), config)
         with quiet_avalanche():
             self.strategy = self.build_strategy()
+        # under torchrun, Avalanche trains the DDP-wrapped model; state dicts stay unwrapped
+        self.strategy.model = distributed.wrap(self._model, context.distributed, context.device)
         self._state = AvalancheState(self._model)
 
     @property
     def model(self) -> nn.Module:  # type: ignore[override]
         """The strategy's current model: some strategies (GDumb) replace it at every experience."""
         strategy = self.__dict__.get("strategy")
-        return strategy.model if strategy is not None else self._model
+        return distributed.unwrap(strategy.model) if strategy is not None else self._model
+
+    @property
+    def local_batch_size(self) -> int:
+        """``batch_size`` is the global batch: each of the ``world_size`` processes takes its share."""
+        return self.config.batch_size // self.context.distributed.world_size
 
     def build_model(self) -> nn.Module:
         """The backbone named by ``config.model`` with a head over every class of the stream."""
@@ -275,7 +283,7 @@ class AvalancheLearner(Learner):
             model=self._model,
             optimizer=self.optimizer,
             criterion=nn.CrossEntropyLoss(),
-            train_mb_size=cfg.batch_size,
+            train_mb_size=self.local_batch_size,
             train_epochs=cfg.epochs,
             eval_mb_size=cfg.eval_batch_size,
             device=self.context.device,
@@ -322,7 +330,9 @@ class AvalancheLearner(Learner):
             self.optimizer.load_state_dict(state)
             # Avalanche resets the optimizer state on the first experience it sees (optimized_param_id is
             # None); a resumed strategy is not on its first experience, so keep the loaded momentum.
-            self.strategy.optimized_param_id = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+            self.strategy.optimized_param_id = {
+                n: p for n, p in self.strategy.model.named_parameters() if p.requires_grad
+            }
 
 
 def _register_missing_buffers(model: nn.Module, state: dict[str, torch.Tensor]) -> None:

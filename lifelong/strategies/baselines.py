@@ -27,8 +27,12 @@ from lifelong.strategies._avalanche import (
     with_task_labels,
 )
 
-_SAFE = Capabilities(distributed_safe=True)
-_REPLAY = Capabilities(uses_replay_memory=True, distributed_safe=True)
+# distributed_safe: trained with DDP under torchrun (tested). LwF, EWC, GDumb and iCaRL deep-copy or unwrap the
+# model inside Avalanche, which a DDP wrapper does not survive, so they run in a single process.
+_DDP = Capabilities(distributed_safe=True)
+_SINGLE = Capabilities()
+_REPLAY_DDP = Capabilities(uses_replay_memory=True, distributed_safe=True)
+_REPLAY_SINGLE = Capabilities(uses_replay_memory=True)
 
 
 @dataclass
@@ -36,7 +40,7 @@ class NaiveConfig(StrategyConfig):
     """Plain fine-tuning on each experience in turn."""
 
 
-@register("strategy", "naive", config=NaiveConfig, summary="fine-tune on each experience (lower bound)", capabilities=_SAFE)
+@register("strategy", "naive", config=NaiveConfig, summary="fine-tune on each experience (lower bound)", capabilities=_DDP)
 class Naive(AvalancheLearner):
     strategy_class = "avalanche.training:Naive"
 
@@ -46,7 +50,7 @@ class JointConfig(StrategyConfig):
     """Retrain on the union of all experiences seen so far."""
 
 
-@register("strategy", "joint", config=JointConfig, summary="cumulative training on all data seen so far (upper bound)", capabilities=_SAFE)
+@register("strategy", "joint", config=JointConfig, summary="cumulative training on all data seen so far (upper bound)", capabilities=_DDP)
 class Joint(AvalancheLearner):
     strategy_class = "avalanche.training:Cumulative"
     state_attributes = ("clock", "dataset")
@@ -59,7 +63,7 @@ class EWCConfig(StrategyConfig):
     decay_factor: float = 0.9
 
 
-@register("strategy", "ewc", config=EWCConfig, summary="elastic weight consolidation (Kirkpatrick et al. 2017)", capabilities=_SAFE)
+@register("strategy", "ewc", config=EWCConfig, summary="elastic weight consolidation (Kirkpatrick et al. 2017)", capabilities=_SINGLE)
 class EWC(AvalancheLearner):
     strategy_class = "avalanche.training:EWC"
 
@@ -74,7 +78,7 @@ class LwFConfig(StrategyConfig):
     temperature: float = 2.0
 
 
-@register("strategy", "lwf", config=LwFConfig, summary="learning without forgetting (Li & Hoiem 2016)", capabilities=_SAFE)
+@register("strategy", "lwf", config=LwFConfig, summary="learning without forgetting (Li & Hoiem 2016)", capabilities=_SINGLE)
 class LwF(AvalancheLearner):
     strategy_class = "avalanche.training:LwF"
 
@@ -87,7 +91,7 @@ class ReplayConfig(StrategyConfig):
     mem_size: int = 200
 
 
-@register("strategy", "replay", config=ReplayConfig, summary="experience replay with a class-balanced memory", capabilities=_REPLAY)
+@register("strategy", "replay", config=ReplayConfig, summary="experience replay with a class-balanced memory", capabilities=_REPLAY_DDP)
 class Replay(AvalancheLearner):
     strategy_class = "avalanche.training:Replay"
 
@@ -115,7 +119,7 @@ class GDumbConfig(StrategyConfig):
     mem_size: int = 200
 
 
-@register("strategy", "gdumb", config=GDumbConfig, summary="greedy class-balanced memory, retrained from scratch (Prabhu et al. 2020)", capabilities=_REPLAY)
+@register("strategy", "gdumb", config=GDumbConfig, summary="greedy class-balanced memory, retrained from scratch (Prabhu et al. 2020)", capabilities=_REPLAY_SINGLE)
 class GDumb(AvalancheLearner):
     strategy_class = "avalanche.training:GDumb"
 
@@ -130,7 +134,7 @@ class DarkERConfig(StrategyConfig):
     beta: float = 0.5
 
 
-@register("strategy", "dark-er", config=DarkERConfig, summary="dark experience replay, DER++ (Buzzega et al. 2020)", capabilities=_REPLAY)
+@register("strategy", "dark-er", config=DarkERConfig, summary="dark experience replay, DER++ (Buzzega et al. 2020)", capabilities=_REPLAY_DDP)
 class DarkER(AvalancheLearner):
     strategy_class = "avalanche.training:DER"
     state_attributes = ("clock", "storage_policy")
@@ -148,7 +152,7 @@ class ICaRLConfig(StrategyConfig):
     weight_decay: float = 1e-5
 
 
-@register("strategy", "icarl", config=ICaRLConfig, summary="iCaRL: herding memory, distillation, nearest-mean classifier (Rebuffi et al. 2017)", capabilities=_REPLAY)
+@register("strategy", "icarl", config=ICaRLConfig, summary="iCaRL: herding memory, distillation, nearest-mean classifier (Rebuffi et al. 2017)", capabilities=_REPLAY_SINGLE)
 class ICaRL(AvalancheLearner):
     """iCaRL needs the feature extractor and the head apart; Avalanche wraps them in a train/eval model."""
 
@@ -171,7 +175,7 @@ class ICaRL(AvalancheLearner):
             memory_size=cfg.mem_size,
             buffer_transform=None,
             fixed_memory=cfg.fixed_memory,
-            train_mb_size=cfg.batch_size,
+            train_mb_size=self.local_batch_size,
             train_epochs=cfg.epochs,
             eval_mb_size=cfg.eval_batch_size,
             device=self.context.device,
