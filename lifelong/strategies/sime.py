@@ -39,7 +39,6 @@ from torch import nn
 from lifelong.platform.learner import RunContext
 from lifelong.platform.registry import Capabilities, register
 from lifelong.strategies._pretrained import (
-    NEG,
     CosineHead,
     PretrainedConfig,
     PretrainedLearner,
