@@ -70,3 +70,14 @@ def test_compare_summarises_mean_and_std(tmp_path):
     assert runs[0]["config"]["strategy_config"]["mem_size"] == 50
     assert (tmp_path / "summary.csv").exists() and (tmp_path / "comparison.png").exists()
     assert summary["naive"]["last_accuracy"]["mean"] < summary["replay"]["last_accuracy"]["mean"]
+
+
+def test_compare_in_parallel_processes_gives_the_serial_summary(tmp_path):
+    from lifelong.platform.runner import compare
+
+    kwargs = dict(overrides={**TINY_STREAM, "epochs": 1}, progress=False)
+    serial = compare(["naive", "replay"], "split-digits", [0, 1], out=tmp_path / "serial", jobs=1, **kwargs)
+    parallel = compare(["naive", "replay"], "split-digits", [0, 1], out=tmp_path / "parallel", jobs=2, **kwargs)
+    for strategy in ("naive", "replay"):
+        for key in ("average_incremental_accuracy", "last_accuracy", "forgetting", "bwt"):
+            assert parallel[strategy][key] == serial[strategy][key], (strategy, key)
