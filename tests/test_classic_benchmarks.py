@@ -340,3 +340,11 @@ def test_naive_runs_end_to_end_on_cifar10_files(cifar10_root: Path, tmp_path: Pa
 def test_classic_benchmarks_are_listed() -> None:
     names = {s.name for s in registry.list_plugins("benchmark")}
     assert {"split-mnist", "split-cifar10", "split-cifar100", "split-tinyimagenet"} <= names
+
+
+def test_streams_declare_their_normalisation_for_pretrained_backbones(cifar10_root):
+    from lifelong.benchmarks._transforms import stream_normalization
+
+    stream = build("split-cifar10", data_root=str(cifar10_root), verify_checksums=False)
+    mean, std = stream_normalization(stream.info)
+    assert list(mean) == pytest.approx([0.4914, 0.4822, 0.4465]) and list(std) == pytest.approx([0.2023, 0.1994, 0.2010])

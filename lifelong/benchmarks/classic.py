@@ -233,8 +233,12 @@ def _image_transforms(size: int, mean: tuple[float, ...], std: tuple[float, ...]
 
 def _build(config: _ClassicConfig, layout: _Layout, *, train: Any, test: Any, n_classes: int,
            input_shape: tuple[int, int, int], class_names: list[str], train_transform: Any, eval_transform: Any,
+           normalization: tuple[tuple[float, ...], tuple[float, ...]],
            extra_info: dict[str, Any] | None = None) -> Stream:
-    """The platform's split of a loaded train/test pair, shared by the four streams."""
+    """The platform's split of a loaded train/test pair, shared by the four streams.
+
+    ``normalization`` (mean, std) is declared in ``stream.info`` so that strategies with pretrained backbones,
+    which bring their own normalisation, can undo it."""
     order = resolve_class_order(range(n_classes), config.seed, config.class_order, config.shuffle_classes)
     counts = split_class_counts(n_classes, config.n_experiences, initial_classes=config.initial_classes,
                                 uneven=config.uneven)
@@ -257,6 +261,7 @@ def _build(config: _ClassicConfig, layout: _Layout, *, train: Any, test: Any, n_
             "n_train": len(train),
             "n_test": len(test),
             "loader": f"{type(train).__module__}.{type(train).__name__}",
+            "normalization": {"mean": list(normalization[0]), "std": list(normalization[1])},
             **(extra_info or {}),
         },
     )
@@ -282,7 +287,8 @@ def split_mnist(config: SplitMNISTConfig) -> Stream:
     train, test = _load(_MNIST, config, make, lambda: "")
     normalise = _compose(transforms.Normalize(MNIST_MEAN, MNIST_STD))
     return _build(config, _MNIST, train=train, test=test, n_classes=10, input_shape=(1, 28, 28),
-                  class_names=list(train.classes), train_transform=normalise, eval_transform=normalise)
+                  class_names=list(train.classes), train_transform=normalise, eval_transform=normalise,
+                  normalization=(MNIST_MEAN, MNIST_STD))
 
 
 # --------------------------------------------------------------------------------------------------- CIFAR
@@ -337,6 +343,7 @@ def _split_cifar(config: SplitCIFAR10Config | SplitCIFAR100Config, layout: _Layo
     train_transform, eval_transform = _image_transforms(32, mean, std, config.augment)
     return _build(config, layout, train=train, test=test, n_classes=n_classes, input_shape=(3, 32, 32),
                   class_names=list(train.classes), train_transform=train_transform, eval_transform=eval_transform,
+                  normalization=(mean, std),
                   extra_info={"augment": config.augment, "verify_checksums": config.verify_checksums})
 
 
@@ -406,4 +413,5 @@ def split_tinyimagenet(config: SplitTinyImageNetConfig) -> Stream:
     train_transform, eval_transform = _image_transforms(64, TINY_MEAN, TINY_STD, config.augment)
     return _build(config, _TINY, train=train, test=test, n_classes=200, input_shape=(3, 64, 64),
                   class_names=_tiny_class_names(root / _TINY.folder, wnids), train_transform=train_transform,
-                  eval_transform=eval_transform, extra_info={"augment": config.augment, "wnids": wnids})
+                  eval_transform=eval_transform, normalization=(TINY_MEAN, TINY_STD),
+                  extra_info={"augment": config.augment, "wnids": wnids})
