@@ -32,8 +32,8 @@ def _mlp(input_shape: tuple[int, ...], hidden: int = 256) -> tuple[nn.Module, in
     for d in input_shape:
         n_in *= d
     return nn.Sequential(
-        nn.Flatten(), nn.Linear(n_in, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
-        nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+        nn.Flatten(), nn.Linear(n_in, hidden), nn.LayerNorm(hidden), nn.ReLU(),
+        nn.Linear(hidden, hidden), nn.LayerNorm(hidden), nn.ReLU(),
     ), hidden
 
 
