@@ -229,6 +229,7 @@ class DERLearner(Learner):
         self.history: list[dict[str, Any]] = []
         self._probe: torch.Tensor | None = None
         self._teacher: dict[str, torch.Tensor] | None = None
+        self._net: nn.Module = self.model  # the model, DDP-wrapped while a task trains under torchrun
 
     # -- the network -------------------------------------------------------------------------------------
     def _extractor_factory(self) -> tuple[Callable[[], nn.Module], int]:
@@ -266,6 +267,9 @@ class DERLearner(Learner):
         task = self.model.n_tasks
         dataset = experience.dataset
         x_eval, y_eval = _materialise(dataset.eval() if hasattr(dataset, "eval") else dataset)
+        # under torchrun each rank trains on its shard; herding, batch-norm statistics and the fine-tuning set
+        # use the whole experience, gathered in rank order, so every rank keeps the same model and memory
+        x_eval, y_eval = self._gather(x_eval, y_eval)
         known = self.model.n_classes
         classes = sorted(int(c) for c in torch.unique(y_eval))
         if not classes or classes[0] < known or classes != list(range(known, known + len(classes))):
@@ -289,6 +293,11 @@ class DERLearner(Learner):
             collate_fn=_collate,
         )
         epochs = self.config.first_epochs if (task == 0 and self.config.first_epochs) else self.config.epochs
+        if self.model.aux_classifier is not None and not self.config.aux_loss:
+            self.model.aux_classifier.requires_grad_(False)  # unused: DDP needs every trainable parameter used
+        from lifelong.platform import distributed
+
+        self._net = distributed.wrap(self.model, self.context.distributed, self.device)
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = self._make_optimizer(params, self.config.lr, self.config.weight_decay)
         log: dict[str, Any] = {"task": task, "classes": classes, "epochs": epochs, "loss": []}
@@ -298,7 +307,7 @@ class DERLearner(Learner):
                 group["lr"] = lr
             if self.config.warmup_epochs and epoch == self.config.warmup_epochs:
                 self._reset_heads()
-            self.model.train()
+            self._net.train()
             total, n = 0.0, 0
             for batch in loader:
                 xb = batch[0].to(self.device)
@@ -311,8 +320,9 @@ class DERLearner(Learner):
                 total += float(loss.detach()) * len(yb)
                 n += len(yb)
             log["loss"].append(total / max(1, n))
+        self._net = self.model
         if self.config.bn_recalibrate:
-            self._recalibrate_batch_norm(loader)
+            self._recalibrate_batch_norm(torch.cat([x_eval, self.memory.x]) if len(self.memory) else x_eval)
         self.model.eval()
         if task > 0 and self.config.finetune_epochs > 0:
             log["finetune"] = self._finetune_classifier(x_eval, y_eval, known, gen)
@@ -323,8 +333,19 @@ class DERLearner(Learner):
     def _name(self) -> str:
         return "der"
 
+    def _gather(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, y)`` of every rank, concatenated in rank order (unchanged in a single process)."""
+        info = self.context.distributed
+        if not info.enabled:
+            return x, y
+        import torch.distributed as dist
+
+        parts: list[Any] = [None] * info.world_size
+        dist.all_gather_object(parts, (x, y))
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
     @torch.no_grad()
-    def _recalibrate_batch_norm(self, loader: DataLoader) -> None:
+    def _recalibrate_batch_norm(self, x: torch.Tensor) -> None:
         """Recompute the new extractor's batch-norm statistics as exact averages over its training data.
 
         The running averages (momentum 0.1) lag the weights; after a short schedule they are far from the
@@ -340,8 +361,8 @@ class DERLearner(Learner):
             m.reset_running_stats()
             m.momentum = None  # cumulative average
         extractor.train()
-        for batch in loader:
-            extractor(batch[0].to(self.device))
+        for i in range(0, len(x), self.config.batch_size):
+            extractor(x[i : i + self.config.batch_size].to(self.device))
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
         extractor.eval()
@@ -367,7 +388,7 @@ class DERLearner(Learner):
 
     def _loss(self, xb: torch.Tensor, yb: torch.Tensor, known: int) -> torch.Tensor:
         """Cross-entropy of the time-averaged logits plus the auxiliary loss (subclasses add distillation)."""
-        out = self.model(xb)
+        out = self._net(xb)
         logits = out["logits"].mean(0)
         loss = F.cross_entropy(logits, yb)
         if self.config.aux_loss and "aux_logits" in out:
