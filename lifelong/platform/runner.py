@@ -332,7 +332,7 @@ def demo_baselines(out: Path) -> None:
     from lifelong.platform.results import format_summary_table
 
     target = out / "baselines"
-    summary = compare(list(DEMO_STRATEGIES), "split-digits", [0, 1, 2], out=target, progress=sys.stderr.isatty())
+    summary = compare(list(DEMO_STRATEGIES), "split-digits", [0, 1, 2], out=target, jobs=2, progress=False)
     print("split-digits, 5 experiences, 3 seeds (mean ± std, %):")
     print(format_summary_table(summary))
     print(f"plots and tables: {target}/comparison.png, {target}/summary.csv, one folder per run with results.json")
