@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         if "error" not in r:
             by_label.setdefault(r["strategy"], []).append(r)
 
-    print(f"split-digits, 5 experiences, seeds {seeds}, mem_size 200 for every replay method "
+    mem = common.get("mem_size", 200)
+    print(f"split-digits, 5 experiences, seeds {seeds}, mem_size {mem} for der/alade-snn (baselines: their default 200) "
           f"(mean ± std over seeds, %); bench wall time {time.time() - t0:.0f} s")
     print(f"{'variant':<18}{'AIA':>16}{'last':>16}{'forgetting':>16}{'run time s':>12}")
     rows = {}
