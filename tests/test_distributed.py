@@ -9,7 +9,7 @@ import numpy as np
 
 from conftest import REPO
 
-ARGS = ["--set", "n_experiences=2", "--set", "train_per_class=60", "--set", "epochs=2", "--set", "batch_size=32"]
+ARGS = ["--set", "n_experiences=2", "--set", "train_per_class=60", "--set", "epochs=5", "--set", "batch_size=32"]
 
 
 def _torchrun(*args):
@@ -30,7 +30,7 @@ def test_two_gloo_processes_match_one_process_and_resume_exactly(tmp_path, cli):
     single = cli("run", "--strategy", "naive", "--out", str(tmp_path / "one"), "--json", *ARGS)
     one = json.loads(single.stdout)
     # same global batch, different shards per step: close, not bit-identical
-    assert np.max(np.abs(np.asarray(ddp["accuracy_matrix"]) - np.asarray(one["accuracy_matrix"]))) < 0.1
+    assert np.max(np.abs(np.asarray(ddp["accuracy_matrix"]) - np.asarray(one["accuracy_matrix"]))) < 0.05
 
     _torchrun("--strategy", "naive", "--out", str(tmp_path / "cut"), "--stop-after", "1", *ARGS)
     assert not (tmp_path / "cut" / "results.json").exists()

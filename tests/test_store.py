@@ -162,7 +162,7 @@ def test_sigkill_at_random_times(tmp_path):
     store = tmp_path / "s"
     applied_before = 0
     for trial in range(2):
-        proc = _run_writer(tmp_path, store, 100 * trial, 400)
+        proc = _run_writer(tmp_path, store, 1000 * trial, 400)
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(rng.uniform(0.2, 1.2))
         proc.send_signal(signal.SIGKILL)
@@ -171,7 +171,7 @@ def test_sigkill_at_random_times(tmp_path):
         assert len(got) >= applied_before
         applied_before = len(got)
         # every committed edit of this trial is a prefix of its sequence: nothing skipped, nothing partial
-        mine = [i - 100 * trial for i in got if 100 * trial <= i < 100 * trial + 400]
+        mine = [i - 1000 * trial for i in got if 1000 * trial <= i < 1000 * trial + 400]
         assert mine == list(range(len(mine)))
 
 
