@@ -63,7 +63,6 @@ class RunContext:
     device: "torch.device"
     seed: int = 0
     distributed: DistributedInfo = field(default_factory=DistributedInfo)
-    amp: bool = False
 
 
 class Learner(abc.ABC):

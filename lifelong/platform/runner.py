@@ -29,7 +29,7 @@ from lifelong.platform.config import ConfigError, build_config, deep_merge, fiel
 from lifelong.platform.errors import UserError
 from lifelong.platform.metrics import cil_metrics
 
-TOP_LEVEL_KEYS: tuple[str, ...] = ("strategy", "benchmark", "seed", "device", "amp", "strategy_config", "benchmark_config")
+TOP_LEVEL_KEYS: tuple[str, ...] = ("strategy", "benchmark", "seed", "device", "strategy_config", "benchmark_config")
 
 
 @dataclass
@@ -40,7 +40,6 @@ class RunConfig:
     benchmark: str
     seed: int = 0
     device: str = "auto"
-    amp: bool = False
     strategy_config: dict[str, Any] = field(default_factory=dict)
     benchmark_config: dict[str, Any] = field(default_factory=dict)
 
@@ -215,7 +214,7 @@ def run_experiment(
 
     from lifelong.platform.learner import RunContext
 
-    context = RunContext(stream=stream, device=device, seed=config.seed, distributed=dist, amp=config.amp)
+    context = RunContext(stream=stream, device=device, seed=config.seed, distributed=dist)
     learner = strategy_spec.factory(strategy_cfg, context)
     n = stream.n_experiences
     matrix = np.zeros((n, n))
