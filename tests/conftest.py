@@ -35,3 +35,22 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op torch thread for the test (restored after): ViT-sized steps oversubscribe two cores."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def stream():
+    """split-digits without task labels, 5 experiences, seed 0: the stream the strategy unit tests share."""
+    from lifelong.benchmarks.split_digits import SplitDigitsConfig, split_digits
+
+    return split_digits(SplitDigitsConfig(n_experiences=5, seed=0, task_labels=False))

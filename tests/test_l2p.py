@@ -7,24 +7,13 @@ import json
 import pytest
 import torch
 
-from lifelong.benchmarks.split_digits import SplitDigitsConfig, split_digits
 from lifelong.platform.config import ConfigError, build_config
 from lifelong.platform.errors import UserError
 from lifelong.platform.learner import RunContext
 from lifelong.strategies.l2p import L2P, L2PConfig
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def stream():
-    return split_digits(SplitDigitsConfig(n_experiences=5, seed=0, task_labels=False))
+pytestmark = pytest.mark.usefixtures("one_thread")  # ViT steps: one thread avoids oversubscription
 
 
 def _l2p(stream, **cfg) -> L2P:

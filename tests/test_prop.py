@@ -9,23 +9,12 @@ import torch
 
 from lifelong.adapters.clip import load_backbone
 from lifelong.adapters.prompts import PromptBank, forward_all_prompts, forward_each_prompt, prompt_regulariser
-from lifelong.benchmarks.split_digits import SplitDigitsConfig, split_digits
 from lifelong.platform.config import ConfigError, build_config
 from lifelong.platform.learner import RunContext
 from lifelong.strategies.prop import ProP, ProPConfig
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def stream():
-    return split_digits(SplitDigitsConfig(n_experiences=5, seed=0, task_labels=False))
+pytestmark = pytest.mark.usefixtures("one_thread")  # ViT steps: one thread avoids oversubscription
 
 
 def _learner(stream, **cfg) -> ProP:

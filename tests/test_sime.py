@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lifelong.benchmarks.split_digits import SplitDigitsConfig, split_digits
 from lifelong.platform.config import ConfigError, build_config
 from lifelong.platform.errors import UserError
 from lifelong.platform.learner import RunContext
@@ -16,17 +15,7 @@ from lifelong.strategies.continual_clip import ContinualClip, ContinualClipConfi
 from lifelong.strategies.sime import SimE, SimEConfig
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def stream():
-    return split_digits(SplitDigitsConfig(n_experiences=5, seed=0, task_labels=False))
+pytestmark = pytest.mark.usefixtures("one_thread")  # ViT steps: one thread avoids oversubscription
 
 
 def _ctx(stream) -> RunContext:
