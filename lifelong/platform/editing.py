@@ -58,8 +58,15 @@ class Editor:
 
     name: str = ""
     config: Any = None
+    #: the config dataclass used when none is given
+    config_class: Any = None
     #: the store's router metric for this editor's keys ("ip": cosine on normalised keys, "l2": Euclidean)
     metric: str = "ip"
+
+    def __init__(self, config: Any = None) -> None:
+        self.config = config if config is not None else self.config_class()
+        self.model: Any = None
+        self.tokenizer: Any = None
 
     def attach(self, model: Any, tokenizer: Any) -> None:
         """Install the editor's modules into ``model`` (done once per session)."""

@@ -48,11 +48,10 @@ class FTLEditor(Editor):
 
     name = "ft-l"
     metric = "l2"
+    config_class = FTLConfig
 
     def __init__(self, config: FTLConfig | None = None) -> None:
-        self.config = config or FTLConfig()
-        self.model: Any = None
-        self.tokenizer: Any = None
+        super().__init__(config)
         self.layer_name = ""
         self.base_weight: Any = None
         self.deltas: dict[int, Any] = {}

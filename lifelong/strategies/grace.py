@@ -86,11 +86,10 @@ class GraceEditor(Editor):
 
     name = "grace"
     metric = "l2"
+    config_class = GraceConfig
 
     def __init__(self, config: GraceConfig | None = None) -> None:
-        self.config = config or GraceConfig()
-        self.model: Any = None
-        self.tokenizer: Any = None
+        super().__init__(config)
         self.layer_name = ""
         self._wrapped: Any = None
         self.edits: dict[int, tuple[Any, Any, str]] = {}  # id -> (key, value, label), replayed in id order

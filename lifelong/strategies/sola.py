@@ -88,12 +88,11 @@ class SoLAEditor(Editor):
 
     name = "sola"
     metric = "ip"
+    config_class = SoLAConfig
 
     def __init__(self, config: SoLAConfig | None = None) -> None:
-        self.config = config or SoLAConfig()
+        super().__init__(config)
         self.routed: Any = None
-        self.model: Any = None
-        self.tokenizer: Any = None
         self.steps_used: list[int] = []
 
     def attach(self, model: Any, tokenizer: Any) -> None:
