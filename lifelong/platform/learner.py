@@ -29,8 +29,13 @@ class StrategyConfig:
     optimizer: Literal["sgd", "adam"] = "sgd"
     momentum: float = 0.9
     weight_decay: float = 0.0
+    #: mixed precision of training and prediction: fp32, bf16 or fp16 (see lifelong.platform.precision)
+    precision: str = "fp32"
 
     def validate(self) -> None:
+        from lifelong.platform.precision import check_precision
+
+        check_precision(self.precision)
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -83,9 +88,11 @@ class Learner(abc.ABC):
         """Logits over all classes of the stream (relabelled 0..n_classes-1 in class order)."""
         import torch
 
+        from lifelong.platform.precision import autocast
+
         self.model.eval()
-        with torch.no_grad():
-            return self.model(x)
+        with torch.no_grad(), autocast(self.config.precision, x.device):
+            return self.model(x).float()
 
     def extra_state(self) -> dict[str, Any]:
         """Strategy state beyond the model (memories, old models, importances) as tensors and plain values."""
