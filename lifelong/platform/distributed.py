@@ -2,9 +2,11 @@
 
 Everything here is ``torch.distributed``: gloo on CPU, NCCL on GPU. The device of a process is chosen by its
 *local* rank (Avalanche's DistributedHelper uses the global rank, which is wrong across nodes). Each rank
-trains on its shard of every experience (``rank::world_size``), gradients are averaged by
-DistributedDataParallel, and evaluation counts are summed over ranks so every rank holds the same accuracy
-matrix; only rank 0 writes files.
+trains on its shard of every experience (``rank::world_size``, padded so every rank has as many batches),
+gradients are averaged by DistributedDataParallel, replicas are checked and re-synchronised after each
+experience, and evaluation counts are summed over ranks so every rank holds the same accuracy matrix. Only rank
+0 writes files; per-rank strategy state (a replay buffer filled from the rank's shard) is gathered into its
+checkpoint.
 """
 
 from __future__ import annotations
@@ -40,18 +42,55 @@ def setup(info: DistributedInfo, device: Any) -> Any:
     return device
 
 
-def shard_indices(length: int, info: DistributedInfo) -> list[int]:
-    """This rank's share of ``range(length)``: every ``world_size``-th item from ``rank``."""
-    return list(range(info.rank, length, info.world_size))
+def shard_indices(length: int, info: DistributedInfo, *, pad: bool = True) -> list[int]:
+    """This rank's share of ``range(length)``: every ``world_size``-th item from ``rank``.
+
+    With ``pad`` (training), the list is first padded by wrapping around to a multiple of ``world_size``, as
+    torch's DistributedSampler does, so every rank gets the same number of items and therefore the same number
+    of batches: a rank with one batch more would wait forever in DDP's all-reduce. Evaluation shards are not
+    padded (a padded item would be counted twice).
+    """
+    indices = list(range(length))
+    if pad and length:
+        total = -(-length // info.world_size) * info.world_size
+        indices += indices[: total - length]
+    return indices[info.rank :: info.world_size]
 
 
-def shard_experience(experience: Any, info: DistributedInfo) -> Any:
-    """A copy of an Avalanche experience whose dataset holds only this rank's shard."""
+def shard_experience(experience: Any, info: DistributedInfo, *, pad: bool = True) -> Any:
+    """A copy of an Avalanche experience whose dataset holds only this rank's shard.
+
+    The copy keeps the whole experience as ``whole_experience``: every rank builds the whole stream, so a
+    strategy that needs a pass over all of an experience (herding, batch-norm statistics) reads it from there
+    without any communication, in the same order as a single process would.
+    """
     if not info.enabled:
         return experience
     shard = copy.copy(experience)
-    shard._dataset = experience.dataset.subset(shard_indices(len(experience.dataset), info))
+    shard._dataset = experience.dataset.subset(shard_indices(len(experience.dataset), info, pad=pad))
+    shard.whole_experience = experience
     return shard
+
+
+def whole_experience(experience: Any) -> Any:
+    """The unsharded experience behind a shard (the experience itself outside torchrun)."""
+    return getattr(experience, "whole_experience", experience)
+
+
+def local_share(total: int, info: DistributedInfo) -> int:
+    """This rank's part of a budget split over the ranks (a replay memory): the parts add up to ``total``."""
+    return total // info.world_size + (1 if info.rank < total % info.world_size else 0)
+
+
+def gather_to_main(value: Any, info: DistributedInfo) -> list[Any] | None:
+    """Every rank's ``value`` in rank order on rank 0 (None on the other ranks); ``[value]`` in one process."""
+    if not info.enabled:
+        return [value]
+    import torch.distributed as dist
+
+    parts: list[Any] | None = [None] * info.world_size if info.is_main else None
+    dist.gather_object(value, parts, dst=0)
+    return parts
 
 
 def sum_over_ranks(values: list[float], info: DistributedInfo, device: Any) -> list[float]:
@@ -66,6 +105,46 @@ def sum_over_ranks(values: list[float], info: DistributedInfo, device: Any) -> l
     return tensor.tolist()
 
 
+def synchronise_replicas(module: Any, info: DistributedInfo) -> float:
+    """Make every rank's copy of ``module`` rank 0's, and return how far apart they were (max abs difference).
+
+    DDP keeps the parameters equal by averaging gradients, but buffers such as batch-norm running statistics
+    are updated by each rank's own last forward, and a strategy's own whole-data steps could drift on
+    non-deterministic kernels. After each experience the runner calls this, so every rank evaluates and later
+    trains from the same model, and records the divergence: 0.0 on CPU, where any other value would be a bug.
+    """
+    if not info.enabled:
+        return 0.0
+    import torch
+    import torch.distributed as dist
+
+    divergence = 0.0
+    with torch.no_grad():
+        for tensor in module.state_dict().values():
+            if not isinstance(tensor, torch.Tensor) or tensor.numel() == 0:
+                continue
+            reference = tensor.detach().clone()
+            dist.broadcast(reference, src=0)
+            if tensor.is_floating_point():
+                divergence = max(divergence, float((tensor.double() - reference.double()).abs().max()))
+            elif not torch.equal(tensor, reference):
+                divergence = max(divergence, float("inf"))
+            tensor.copy_(reference)
+    worst = torch.tensor([divergence], dtype=torch.float64, device=_collective_device(info))
+    dist.all_reduce(worst, op=dist.ReduceOp.MAX)
+    return float(worst.item())
+
+
+def _collective_device(info: DistributedInfo) -> Any:
+    """Where small tensors for a collective must live: the rank's GPU under NCCL, else the CPU."""
+    import torch
+    import torch.distributed as dist
+
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def wrap(module: Any, info: DistributedInfo, device: Any) -> Any:
     """``module`` wrapped in DistributedDataParallel when the run is distributed, else unchanged."""
     if not info.enabled:
@@ -74,6 +153,17 @@ def wrap(module: Any, info: DistributedInfo, device: Any) -> Any:
 
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(module, device_ids=ids)
+
+
+class OutsideModuleTree:
+    """Holds a DDP wrapper as a plain attribute of the module it wraps: a deep copy of that module (a teacher,
+    an old model) gets an empty holder, and state dicts never see the wrapper."""
+
+    def __init__(self, wrapper: Any = None) -> None:
+        self.wrapper = wrapper
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> "OutsideModuleTree":
+        return OutsideModuleTree()
 
 
 def unwrap(module: Any) -> Any:

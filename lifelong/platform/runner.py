@@ -143,7 +143,7 @@ def evaluate(learner: Any, experience: Any, batch_size: int, device: Any, dist: 
     from lifelong.platform.learner import DistributedInfo
 
     dist = dist or DistributedInfo()
-    experience = shard_experience(experience, dist)
+    experience = shard_experience(experience, dist, pad=False)
     dataset = experience.dataset.eval() if hasattr(experience.dataset, "eval") else experience.dataset
     correct = total = 0
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0):
@@ -218,12 +218,19 @@ def run_experiment(
     learner = strategy_spec.factory(strategy_cfg, context)
     n = stream.n_experiences
     matrix = np.zeros((n, n))
-    start, elapsed = 0, 0.0
+    start, elapsed, divergence = 0, 0.0, 0.0
     if state is not None:
-        learner.load_state_dict(state["learner"])
+        learner_state = dict(state["learner"])
+        if state.get("world_size", 1) != dist.world_size:
+            raise UserError(f"--resume: the checkpoint in {out_dir} was written by a run of {state.get('world_size', 1)} "
+                            f"process(es); resume it with the same number (now {dist.world_size})")
+        if "rank_extra" in state:  # replay buffers and other per-rank strategy state
+            learner_state["extra"] = state["rank_extra"][dist.rank]
+        learner.load_state_dict(learner_state)
         start = int(state["completed"])
         matrix[:start] = np.asarray(state["accuracy_matrix"])[:start]
         elapsed = float(state["wall_time_s"])
+        divergence = float(state.get("replica_divergence", 0.0))
     test_sizes = [len(stream.test_stream[j].dataset) for j in range(n)]
     eval_batch = getattr(strategy_cfg, "eval_batch_size", 256)
     end = n if stop_after is None else min(n, start + stop_after)
@@ -231,8 +238,12 @@ def run_experiment(
         t0 = time.perf_counter()
         seed_everything(step_seed(config.seed, i))
         learner.train_experience(distributed.shard_experience(stream.train_stream[i], dist))
+        divergence = max(divergence, distributed.synchronise_replicas(learner.model, dist))
         matrix[i] = [evaluate(learner, stream.test_stream[j], eval_batch, device, dist) for j in range(n)]
         elapsed += time.perf_counter() - t0
+        learner_state = learner.state_dict()
+        # the model is the same on every rank (DDP); strategy state such as a replay buffer is per rank
+        rank_extra = distributed.gather_to_main(learner_state["extra"], dist) if dist.enabled else None
         if dist.is_main:
             save_checkpoint(checkpoint_path, {
                 "fingerprint": fingerprint,
@@ -240,7 +251,10 @@ def run_experiment(
                 "completed": i + 1,
                 "accuracy_matrix": matrix[: i + 1].tolist(),
                 "wall_time_s": elapsed,
-                "learner": learner.state_dict(),
+                "world_size": dist.world_size,
+                "replica_divergence": divergence,
+                "learner": learner_state,
+                **({"rank_extra": rank_extra} if rank_extra is not None else {}),
             })
     distributed.teardown(dist)
     if end < n:
@@ -258,6 +272,7 @@ def run_experiment(
         "wall_time_s": elapsed,
         "device": str(device),
         "world_size": dist.world_size,
+        **({"replica_divergence": divergence} if dist.enabled else {}),
         "config": {**to_dict(config), "strategy_config": to_dict(strategy_cfg)},
         "strategy_summary": learner.summary(),
         "versions": package_versions(),
