@@ -24,6 +24,7 @@ from torch import nn
 from lifelong.adapters.backbones import build_backbone
 from lifelong.platform import distributed
 from lifelong.platform.learner import Learner, RunContext, StrategyConfig
+from lifelong.platform.precision import LossScaler, autocast
 from lifelong.platform.quiet import quiet_avalanche
 
 
@@ -49,9 +50,32 @@ def with_task_labels(experience: Any) -> Any:
 
 
 def trainable_only(strategy_class: type) -> type:
-    """A subclass of ``strategy_class`` whose optimizer only ever holds parameters that require gradients."""
+    """A subclass of ``strategy_class`` whose optimizer only ever holds parameters that require gradients,
+    and whose forward, backward and step follow the config's ``precision`` (see ``use_precision``)."""
 
     class TrainableOnly(strategy_class):  # type: ignore[misc, valid-type]
+        precision: str = "fp32"
+        loss_scaler: LossScaler | None = None
+
+        def use_precision(self, precision: str) -> None:
+            self.precision = precision
+            self.loss_scaler = LossScaler(precision, self.device)
+
+        def forward(self) -> torch.Tensor:
+            # the output goes back to float32, so every loss term Avalanche adds afterwards is float32
+            with autocast(self.precision, self.device):
+                return super().forward().float()
+
+        def backward(self) -> None:
+            if self.loss_scaler is None:
+                return super().backward()
+            self.loss_scaler.backward(self.loss, retain_graph=self.retain_graph)
+
+        def optimizer_step(self) -> None:
+            if self.loss_scaler is None:
+                return super().optimizer_step()
+            self.loss_scaler.step(self.optimizer)
+
         def make_optimizer(self, reset_optimizer_state: bool = False, remove_params: bool = True, **kwargs: Any) -> None:
             from avalanche.models.dynamic_optimizers import update_optimizer
 
@@ -253,9 +277,18 @@ class AvalancheLearner(Learner):
         self.optimizer = make_optimizer(self._model.parameters(), config)
         with quiet_avalanche():
             self.strategy = self.build_strategy()
-        # under torchrun, Avalanche trains the DDP-wrapped model; state dicts stay unwrapped
-        self.strategy.model = distributed.wrap(self._model, context.distributed, context.device)
+        self.strategy.use_precision(config.precision)
+        self.strategy.model = self.distributed_model()
         self._state = AvalancheState(self._model)
+
+    def distributed_model(self) -> nn.Module:
+        """The model Avalanche trains: under torchrun, the DDP-wrapped model (state dicts stay unwrapped)."""
+        return distributed.wrap(self._model, self.context.distributed, self.context.device)
+
+    def local_memory(self, mem_size: int) -> int:
+        """This process's share of a replay memory: under torchrun each rank fills its share from its own shard,
+        so together the ranks hold ``mem_size`` samples, as one process would."""
+        return distributed.local_share(mem_size, self.context.distributed)
 
     @property
     def model(self) -> nn.Module:  # type: ignore[override]

@@ -14,8 +14,11 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, Literal
 
+import torch
 from torch import nn
 
+from lifelong.platform import distributed
+from lifelong.platform.distributed import OutsideModuleTree, shard_indices
 from lifelong.platform.learner import StrategyConfig
 from lifelong.platform.quiet import quiet_avalanche
 from lifelong.platform.registry import Capabilities, register
@@ -27,8 +30,9 @@ from lifelong.strategies._avalanche import (
     with_task_labels,
 )
 
-# distributed_safe: trained with DDP under torchrun (tested). LwF, EWC, GDumb and iCaRL deep-copy or unwrap the
-# model inside Avalanche, which a DDP wrapper does not survive, so they run in a single process.
+# distributed_safe: trained with DDP under torchrun (tested). LwF, EWC and GDumb deep-copy, re-create or
+# unwrap the model inside Avalanche, which a DDP wrapper does not survive, so they run in a single process
+# (iCaRL has the same problem and its own way round it, below).
 _DDP = Capabilities(distributed_safe=True)
 _SINGLE = Capabilities()
 _REPLAY_DDP = Capabilities(uses_replay_memory=True, distributed_safe=True)
@@ -100,8 +104,9 @@ class Replay(AvalancheLearner):
         from avalanche.training.plugins import ReplayPlugin
 
         # Avalanche's default splits the memory by experience; class-balanced is the CIL standard.
-        buffer = ClassBalancedBuffer(max_size=self.config.mem_size, adaptive_size=True)
-        return {"mem_size": self.config.mem_size, "plugins": [ReplayPlugin(self.config.mem_size, storage_policy=buffer)]}
+        mem_size = self.local_memory(self.config.mem_size)
+        buffer = ClassBalancedBuffer(max_size=mem_size, adaptive_size=True)
+        return {"mem_size": mem_size, "plugins": [ReplayPlugin(mem_size, storage_policy=buffer)]}
 
     def build_strategy(self) -> Any:
         strategy = super().build_strategy()
@@ -141,7 +146,7 @@ class DarkER(AvalancheLearner):
 
     def strategy_kwargs(self) -> dict[str, Any]:
         c = self.config
-        return {"mem_size": c.mem_size, "alpha": c.alpha, "beta": c.beta}
+        return {"mem_size": self.local_memory(c.mem_size), "alpha": c.alpha, "beta": c.beta}
 
 
 @dataclass
@@ -152,17 +157,58 @@ class ICaRLConfig(StrategyConfig):
     weight_decay: float = 1e-5
 
 
-@register("strategy", "icarl", config=ICaRLConfig, summary="iCaRL: herding memory, distillation, nearest-mean classifier (Rebuffi et al. 2017)", capabilities=_REPLAY_SINGLE)
+class _ICaRLModel(nn.Module):
+    """Avalanche's train/eval model for iCaRL, whose training forward goes through DDP under torchrun.
+
+    Avalanche's iCaRL plugins read ``model.feature_extractor``, deep-copy the model as the distillation teacher
+    and load state dicts into that copy; a DDP wrapper around the whole model survives none of this. So the
+    model stays a plain module and only its training path (extractor, then training head) is wrapped, with the
+    wrapper kept outside the module tree (``distributed.OutsideModuleTree``): deep copies and state dicts never
+    see it, and forwards without gradients (the teacher, herding, the nearest-mean classifier) bypass it.
+    """
+
+    def __init__(self, feature_extractor: nn.Module, train_classifier: nn.Module, eval_classifier: nn.Module) -> None:
+        super().__init__()
+        self.feature_extractor = feature_extractor
+        self.train_classifier = train_classifier
+        self.eval_classifier = eval_classifier
+        self.ddp = OutsideModuleTree()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.ddp.wrapper is not None and torch.is_grad_enabled():
+            return self.ddp.wrapper(x)
+        features = self.feature_extractor(x)
+        return self.train_classifier(features) if self.training else self.eval_classifier(features)
+
+
+class _ShardForTraining:
+    """Under torchrun, iCaRL gets the whole experience, so that herding and the class means see all of it on
+    every rank, in the order one process sees it, and every rank keeps the same exemplars. This plugin (the
+    last one, after iCaRL has appended its exemplars) cuts what is trained on down to the rank's shard of the
+    experience and its shard of the exemplars, both padded to the same length on every rank. (Avalanche calls a
+plugin's callbacks by name, so this one needs no base class.)"""
+
+    def __init__(self, info: Any) -> None:
+        self.info = info
+
+    def after_train_dataset_adaptation(self, strategy: Any, **kwargs: Any) -> None:
+        n_new = len(strategy.experience.dataset)
+        n_memory = len(strategy.adapted_dataset) - n_new
+        keep = shard_indices(n_new, self.info) + [n_new + i for i in shard_indices(n_memory, self.info)]
+        strategy.adapted_dataset = strategy.adapted_dataset.subset(keep)
+
+
+@register("strategy", "icarl", config=ICaRLConfig, summary="iCaRL: herding memory, distillation, nearest-mean classifier (Rebuffi et al. 2017)", capabilities=_REPLAY_DDP)
 class ICaRL(AvalancheLearner):
     """iCaRL needs the feature extractor and the head apart; Avalanche wraps them in a train/eval model."""
 
     strategy_class = "avalanche.training:ICaRL"
 
     def build_model(self) -> nn.Module:
-        from avalanche.models import NCMClassifier, TrainEvalModel
+        from avalanche.models import NCMClassifier
 
         net = build_backbone(self.config.model, self.context.stream.input_shape, self.context.stream.n_classes)
-        return TrainEvalModel(net.features, train_classifier=net.classifier, eval_classifier=NCMClassifier(normalize=True))
+        return _ICaRLModel(net.features, net.classifier, NCMClassifier(normalize=True))
 
     def build_strategy(self) -> Any:
         from avalanche.training import ICaRL as AvalancheICaRL
@@ -181,9 +227,21 @@ class ICaRL(AvalancheLearner):
             device=self.context.device,
             evaluator=silent_evaluator(),
         )
+        # Avalanche builds its own TrainEvalModel around the same modules; train ours, which can run under DDP
+        strategy.model = self._model
+        if self.context.distributed.enabled:
+            strategy.plugins.append(_ShardForTraining(self.context.distributed))
         return strategy
 
+    def distributed_model(self) -> nn.Module:
+        if self.context.distributed.enabled:
+            train_path = nn.Sequential(self._model.feature_extractor, self._model.train_classifier)
+            self._model.ddp.wrapper = distributed.wrap(train_path, self.context.distributed, self.context.device)
+        return self._model
+
     def train_experience(self, experience: Any) -> None:
+        # under torchrun iCaRL takes the whole experience and cuts its shard itself (see _ShardForTraining)
+        experience = distributed.whole_experience(experience)
         # Avalanche 0.6.0's iCaRL still reads the class split from the deprecated ``experience.benchmark``.
         stream = self.context.stream
         patched = copy.copy(with_task_labels(experience))
