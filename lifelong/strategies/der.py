@@ -35,6 +35,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from lifelong.platform.errors import UserError
 from lifelong.platform.learner import Learner, RunContext, StrategyConfig
+from lifelong.platform.precision import LossScaler, autocast
 from lifelong.platform.registry import Capabilities, register
 from lifelong.strategies._herding import ExemplarMemory, balanced_indices
 
@@ -265,11 +266,14 @@ class DERLearner(Learner):
     # -- training ----------------------------------------------------------------------------------------
     def train_experience(self, experience: Any) -> None:
         task = self.model.n_tasks
+        from lifelong.platform import distributed
+
+        info = self.context.distributed
         dataset = experience.dataset
-        x_eval, y_eval = _materialise(dataset.eval() if hasattr(dataset, "eval") else dataset)
         # under torchrun each rank trains on its shard; herding, batch-norm statistics and the fine-tuning set
-        # use the whole experience, gathered in rank order, so every rank keeps the same model and memory
-        x_eval, y_eval = self._gather(x_eval, y_eval)
+        # use the whole experience (every rank holds it), so every rank keeps the same model and memory
+        whole = distributed.whole_experience(experience).dataset
+        x_eval, y_eval = _materialise(whole.eval() if hasattr(whole, "eval") else whole)
         known = self.model.n_classes
         classes = sorted(int(c) for c in torch.unique(y_eval))
         if not classes or classes[0] < known or classes != list(range(known, known + len(classes))):
@@ -282,11 +286,12 @@ class DERLearner(Learner):
         gen = torch.Generator().manual_seed(int(self.context.seed) * 1009 + task)
 
         parts: list[Dataset] = [dataset]
-        if len(self.memory):
-            parts.append(_MemoryDataset(self.memory.x, self.memory.y))
+        if len(self.memory):  # each rank replays its shard of the memory, as it trains on its shard of the data
+            mine = torch.as_tensor(distributed.shard_indices(len(self.memory), info), dtype=torch.long)
+            parts.append(_MemoryDataset(self.memory.x[mine], self.memory.y[mine]))
         loader = DataLoader(
             ConcatDataset(parts),
-            batch_size=self.config.batch_size,
+            batch_size=self.config.batch_size // info.world_size,  # batch_size is the global batch
             shuffle=True,
             generator=gen,
             drop_last=False,
@@ -295,11 +300,10 @@ class DERLearner(Learner):
         epochs = self.config.first_epochs if (task == 0 and self.config.first_epochs) else self.config.epochs
         if self.model.aux_classifier is not None and not self.config.aux_loss:
             self.model.aux_classifier.requires_grad_(False)  # unused: DDP needs every trainable parameter used
-        from lifelong.platform import distributed
-
-        self._net = distributed.wrap(self.model, self.context.distributed, self.device)
+        self._net = distributed.wrap(self.model, info, self.device)
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = self._make_optimizer(params, self.config.lr, self.config.weight_decay)
+        scaler = LossScaler(self.config.precision, self.device)
         log: dict[str, Any] = {"task": task, "classes": classes, "epochs": epochs, "loss": []}
         for epoch in range(epochs):
             lr = lr_at(epoch, self.config.lr, self.config.lr_milestones, self.config.lr_gamma, self.config.warmup_epochs)
@@ -312,10 +316,11 @@ class DERLearner(Learner):
             for batch in loader:
                 xb = batch[0].to(self.device)
                 yb = torch.as_tensor(batch[1]).long().to(self.device)
-                loss = self._loss(xb, yb, known)
+                with autocast(self.config.precision, self.device):
+                    loss = self._loss(xb, yb, known)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                scaler.backward(loss)
+                scaler.step(optimizer)
                 self._after_optimizer_step(known)
                 total += float(loss.detach()) * len(yb)
                 n += len(yb)
@@ -332,17 +337,6 @@ class DERLearner(Learner):
 
     def _name(self) -> str:
         return "der"
-
-    def _gather(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x, y)`` of every rank, concatenated in rank order (unchanged in a single process)."""
-        info = self.context.distributed
-        if not info.enabled:
-            return x, y
-        import torch.distributed as dist
-
-        parts: list[Any] = [None] * info.world_size
-        dist.all_gather_object(parts, (x, y))
-        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     @torch.no_grad()
     def _recalibrate_batch_norm(self, x: torch.Tensor) -> None:
@@ -407,7 +401,8 @@ class DERLearner(Learner):
     def _frozen_features(self, x: torch.Tensor) -> torch.Tensor:
         """Time-averaged concatenated features (the classifier is linear, so this equals per-step then mean)."""
         self.model.eval()
-        out = [self.model.features(x[i : i + 256].to(self.device)).mean(0) for i in range(0, len(x), 256)]
+        with autocast(self.config.precision, self.device):
+            out = [self.model.features(x[i : i + 256].to(self.device)).mean(0).float() for i in range(0, len(x), 256)]
         return torch.cat(out)
 
     def _finetune_controller(self) -> Any:
@@ -484,8 +479,8 @@ class DERLearner(Learner):
         if self.model.classifier is None:
             return torch.zeros(len(x), self.n_total, device=self.device)
         self.model.eval()
-        with torch.no_grad():
-            logits = self.model(x)["logits"].mean(0)
+        with torch.no_grad(), autocast(self.config.precision, self.device):
+            logits = self.model(x)["logits"].mean(0).float()
         if logits.shape[1] < self.n_total:
             pad = logits.new_full((len(x), self.n_total - logits.shape[1]), torch.finfo(logits.dtype).min)
             logits = torch.cat([logits, pad], dim=1)
