@@ -38,6 +38,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     compare.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     compare.add_argument("--out", default=None, help="output folder (default runs/compare-<benchmark>/)")
     compare.add_argument("--jobs", type=int, default=1, help="run (strategy, seed) pairs in N parallel processes")
+    compare.add_argument("--threads", type=int, default=1,
+                         help="torch threads per run, serial or parallel alike, so --jobs gives the serial summary "
+                              "bit for bit (default 1)")
     compare.add_argument("--json", action="store_true", help="print summary.json instead of the table")
     compare.set_defaults(handler=cmd_compare)
 
@@ -110,9 +113,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     seeds = _parse_ints(args.seeds, "--seeds")
     if args.jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {args.jobs}")
+    if args.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {args.threads}")
     out = args.out or f"runs/compare-{args.benchmark}"
     summary = compare(strategies, args.benchmark, seeds, out=out, overrides=parse_overrides(args.overrides),
-                      config_file=args.config, jobs=args.jobs, device=args.device or "auto", progress=not args.json)
+                      config_file=args.config, jobs=args.jobs, threads=args.threads, device=args.device or "auto", progress=not args.json)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

@@ -291,10 +291,16 @@ def compare(
     overrides: dict[str, Any] | None = None,
     config_file: str | Path | None = None,
     jobs: int = 1,
+    threads: int = 1,
     device: str = "auto",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run every (strategy, seed) pair and write summary.json / summary.csv / comparison.png to ``out``."""
+    """Run every (strategy, seed) pair and write summary.json / summary.csv / comparison.png to ``out``.
+
+    Every run uses ``threads`` intra-op torch threads, whether the runs go one after the other or in ``jobs``
+    parallel processes: float reductions then happen in the same order, so both give the same summary, bit for
+    bit. With several GPUs and ``device=auto``, parallel jobs take them in turn.
+    """
     from lifelong.platform.results import summarise, write_summary
 
     out = Path(out)
@@ -310,7 +316,9 @@ def compare(
         for s in strategies
         for seed in seeds
     ]
-    runs = _run_many(configs, out, jobs, progress)
+    if jobs > 1:
+        configs = _spread_over_gpus(configs)
+    runs = _run_many(configs, out, jobs, threads, progress)
     summary = summarise(runs)
     write_summary(out, benchmark, summary)
     return summary
@@ -320,22 +328,35 @@ def _run_one(config: RunConfig, out: Path, progress: bool) -> dict[str, Any]:
     return run_experiment(config, out=out / f"{config.strategy}-seed{config.seed}", progress=progress)
 
 
-def _run_many(configs: list[RunConfig], out: Path, jobs: int, progress: bool) -> list[dict[str, Any]]:
+def _run_many(configs: list[RunConfig], out: Path, jobs: int, threads: int, progress: bool) -> list[dict[str, Any]]:
+    import torch
+
     if jobs <= 1:
-        return [_run_one(c, out, progress) for c in configs]
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return [_run_one(c, out, progress) for c in configs]
+        finally:
+            torch.set_num_threads(previous)
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
-                             initializer=_worker_init) as pool:
+                             initializer=torch.set_num_threads, initargs=(threads,)) as pool:
         return list(pool.map(_run_one, configs, [out] * len(configs), [False] * len(configs)))
 
 
-def _worker_init() -> None:
-    """Each parallel job gets one intra-op thread, so jobs do not fight over the cores."""
+def _spread_over_gpus(configs: list[RunConfig]) -> list[RunConfig]:
+    """Runs left on ``device=auto`` take the visible GPUs in turn (unchanged with fewer than two GPUs)."""
+    import dataclasses
+
     import torch
 
-    torch.set_num_threads(1)
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count < 2:
+        return configs
+    return [dataclasses.replace(c, device=f"cuda:{k % count}") if c.device == "auto" else c
+            for k, c in enumerate(configs)]
 
 
 DEMO_STRATEGIES = ("naive", "ewc", "lwf", "replay", "icarl", "gdumb", "dark-er", "joint")
