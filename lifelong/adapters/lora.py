@@ -11,6 +11,9 @@ all routed sequences are gathered and applied in one batched product, never in a
 that route nowhere keep ``base(x)`` untouched, so with no match the logits are the base model's bit for bit.
 
 Training mode (``train_adapter``) applies one fresh trainable LoRA to every sequence, against the frozen base.
+
+Keys, the centre and the stacked LoRA weights are float32 on the wrapped model's device (``add`` moves what it is
+given there), so a forward never copies them between devices; ``trained_weights`` hands back CPU copies for storage.
 """
 
 from __future__ import annotations
@@ -67,8 +70,8 @@ class _LoRALinear(nn.Module):
         self.name = name
         self.is_router = is_router
         self._owner = [owner]  # a list so the owner is not registered as a submodule (no cycle)
-        self.A = torch.zeros(0, owner.rank, base.in_features)
-        self.B = torch.zeros(0, base.out_features, owner.rank)
+        self.A = torch.zeros(0, owner.rank, base.in_features, device=base.weight.device)
+        self.B = torch.zeros(0, base.out_features, owner.rank, device=base.weight.device)
         self.train_A: nn.Parameter | None = None
         self.train_B: nn.Parameter | None = None
 
@@ -98,8 +101,8 @@ class _LoRALinear(nn.Module):
         if rows.numel() == 0:
             return out
         slots = dec.slots[rows]
-        a = self.A.to(x.device, x.dtype)[slots]  # (m, r, in)
-        b = self.B.to(x.device, x.dtype)[slots]  # (m, out, r)
+        a = self.A[slots].to(x.dtype)  # (m, r, in)
+        b = self.B[slots].to(x.dtype)  # (m, out, r)
         delta = torch.bmm(torch.bmm(x[rows], a.transpose(1, 2)), b.transpose(1, 2)) * owner.scale
         out = out.clone()
         out[rows] = out[rows] + delta
@@ -130,16 +133,25 @@ class RoutedLoRA:
             w = _LoRALinear(base, name, self, is_router=(i == 0))
             setattr(parent, child, w)
             self.wrappers.append(w)
-        self.keys = torch.zeros(0, self.wrappers[0].in_features)  # (K, d) L2-normalised
+        self.device = self.wrappers[0].base.weight.device
+        self.keys = torch.zeros(0, self.wrappers[0].in_features, device=self.device)  # (K, d) L2-normalised
         # subtracted from every query before normalising (the stored keys were centred the same way)
-        self.centre = centre.detach().float().cpu() if centre is not None else None
-        self.key_slot = torch.zeros(0, dtype=torch.long)  # key -> slot of the stacked LoRA weights
+        self.centre = centre
+        self.key_slot = torch.zeros(0, dtype=torch.long, device=self.device)  # key -> slot of the stacked LoRA weights
         self.slot_ids: list[int] = []  # slot -> edit id
         self._decision: Decision | None = None
         self._query_index: torch.Tensor | None = None
         self._held = False
         self._capture: list[torch.Tensor] | None = None
         self.last_decision: Decision | None = None
+
+    @property
+    def centre(self) -> torch.Tensor | None:
+        return self._centre
+
+    @centre.setter
+    def centre(self, value: torch.Tensor | None) -> None:
+        self._centre = value.detach().float().to(self.device) if value is not None else None
 
     # ------------------------------------------------------------------ routing
     def _route(self, x: torch.Tensor) -> None:
@@ -167,14 +179,14 @@ class RoutedLoRA:
                             torch.full((bsz,), float("nan")))
         q = self._query(x).float()
         if self.centre is not None:
-            q = q - self.centre.to(q.device)
+            q = q - self.centre
         q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        sims = q @ self.keys.to(q.device).t()  # (b, K)
+        sims = q @ self.keys.t()  # (b, K)
         # ties (the same prompt edited again) go to the newest edit: search the keys from the end
         best, ridx = sims.flip(-1).max(dim=-1)
         kidx = sims.shape[1] - 1 - ridx
         hit = (1.0 - best) <= self.threshold
-        slots = torch.where(hit, self.key_slot.to(q.device)[kidx], torch.full_like(kidx, -1))
+        slots = torch.where(hit, self.key_slot[kidx], torch.full_like(kidx, -1))
         ids = [self.slot_ids[s] if s >= 0 else None for s in slots.tolist()]
         return Decision(slots, ids, best.detach().cpu())
 
@@ -209,23 +221,22 @@ class RoutedLoRA:
             if w.name not in weights:
                 raise ValueError(f"edit {edit_id} has no LoRA weights for {w.name}")
             a, b = weights[w.name]
-            w.A = torch.cat([w.A, a.detach().float().cpu()[None]])
-            w.B = torch.cat([w.B, b.detach().float().cpu()[None]])
+            w.A = torch.cat([w.A, a.detach().float().to(self.device)[None]])
+            w.B = torch.cat([w.B, b.detach().float().to(self.device)[None]])
         slot = len(self.slot_ids)
         self.slot_ids.append(int(edit_id))
         keys = torch.stack(list(key)) if isinstance(key, (list, tuple)) else key.reshape(-1, self.keys.shape[1])
-        keys = keys.float().cpu()
-        keys = keys / keys.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        self.keys = torch.cat([self.keys, keys])
-        self.key_slot = torch.cat([self.key_slot, torch.full((len(keys),), slot, dtype=torch.long)])
+        self._add_keys(keys, slot)
 
     def add_keys(self, keys: torch.Tensor, edit_id: int) -> None:
         """Extra keys for an existing edit (used to load many keys for the router benchmark)."""
-        slot = self.slot_ids.index(int(edit_id))
-        keys = keys.float().cpu()
+        self._add_keys(keys, self.slot_ids.index(int(edit_id)))
+
+    def _add_keys(self, keys: torch.Tensor, slot: int) -> None:
+        keys = keys.detach().float().to(self.device)
         keys = keys / keys.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         self.keys = torch.cat([self.keys, keys])
-        self.key_slot = torch.cat([self.key_slot, torch.full((len(keys),), slot, dtype=torch.long)])
+        self.key_slot = torch.cat([self.key_slot, torch.full((len(keys),), slot, dtype=torch.long, device=self.device)])
 
     def remove(self, edit_ids: Sequence[int]) -> None:
         """Drop edits (their keys and weights); inputs they captured get the base model's outputs back."""
@@ -233,8 +244,8 @@ class RoutedLoRA:
         keep_slots = [s for s, eid in enumerate(self.slot_ids) if eid not in gone]
         if len(keep_slots) == len(self.slot_ids):
             return
-        remap = torch.full((len(self.slot_ids),), -1, dtype=torch.long)
-        remap[keep_slots] = torch.arange(len(keep_slots))
+        remap = torch.full((len(self.slot_ids),), -1, dtype=torch.long, device=self.device)
+        remap[keep_slots] = torch.arange(len(keep_slots), device=self.device)
         keep_keys = remap[self.key_slot] >= 0
         self.keys = self.keys[keep_keys]
         self.key_slot = remap[self.key_slot[keep_keys]]
@@ -267,6 +278,7 @@ class RoutedLoRA:
                 w.train_A = w.train_B = None
 
     def trained_weights(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """CPU copies of the trained ``(A, B)`` of each wrapped module (what the store keeps)."""
         return {w.name: (w.train_A.detach().cpu().clone(), w.train_B.detach().cpu().clone()) for w in self.wrappers
                 if w.train_A is not None}
 

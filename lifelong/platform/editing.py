@@ -6,6 +6,11 @@ and how to switch stored edits on and off; the *store* (``platform/store.py``) k
 re-activates the store's edits (refusing, one clear message each, those whose adapter file fails its hash) and
 offers apply / rollback / generate / teacher-forced scoring.
 
+Device and precision are session options (``device``, ``precision``), not part of the editor config a store fixes:
+the model is moved to the device, editors make every tensor there, and training, generation and scoring run under
+``platform/precision.autocast``. Master weights stay float32, so the model identity and the stored tensors (always
+written from CPU, float32) are the same whatever the device or precision an edit was made with.
+
 Metrics follow EasyEdit's definitions (DESIGN §5): reliability and generalization are the teacher-forced token
 accuracy of the target after the edit prompt / its paraphrases; locality is, for unrelated prompts, the fraction
 of positions where the edited model's argmax equals the *unedited* model's argmax over the unedited model's own
@@ -25,6 +30,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from lifelong.platform.errors import UserError
+from lifelong.platform.precision import PRECISIONS, LossScaler, autocast
 from lifelong.platform.store import CorruptEditError, EditRecord, EditStore
 
 DEFAULT_EDITOR = "sola"
@@ -67,6 +73,55 @@ class Editor:
         self.config = config if config is not None else self.config_class()
         self.model: Any = None
         self.tokenizer: Any = None
+        #: mixed precision of training and inference; set by the session, never stored in the config (a store made
+        #: in fp32 can be used in bf16)
+        self.precision: str = "fp32"
+
+    @property
+    def device(self) -> Any:
+        """The attached model's device: every tensor the editor makes is made there."""
+        return next(self.model.parameters()).device
+
+    def autocast(self) -> Any:
+        """The session's autocast block (a no-op in fp32)."""
+        return autocast(self.precision, self.device)
+
+    def edit_ids(self, prompt: str, target: str) -> tuple[Any, Any, int]:
+        """``(input ids (1, n), target ids, index of the last prompt token)`` on the model's device."""
+        import torch
+
+        p_ids, t_ids = join_ids(self.tokenizer, prompt, target)
+        ids = torch.tensor([p_ids + t_ids], device=self.device)
+        return ids, torch.tensor(t_ids, device=self.device), len(p_ids) - 1
+
+    def fit(self, optimizer: Any, ids: Any, target: Any, start: int, max_steps: int, stop_loss: float,
+            after_step: Any = None) -> tuple[int, float]:
+        """Train until every target token is the argmax and the loss is below ``stop_loss`` (at most ``max_steps``
+        steps); returns ``(steps, loss of the last forward)``.
+
+        Each forward runs in its own autocast block (autocast caches the low-precision copy of trainable leaf
+        weights until the block ends, so one block around the loop would train FT-L against a stale copy); the
+        loss is taken in float32 and goes backward through a ``LossScaler`` (gradient scaling for fp16).
+        """
+        import torch
+
+        scaler = LossScaler(self.precision, self.device)
+        end = start + len(target)
+        steps, loss = 0, float("nan")
+        for steps in range(1, max_steps + 1):
+            with self.autocast():
+                logits = self.model(input_ids=ids).logits[0, start:end]
+            logits = logits.float()
+            loss_t = torch.nn.functional.cross_entropy(logits, target)
+            loss = float(loss_t.detach())
+            if bool((logits.argmax(-1) == target).all()) and loss < stop_loss:
+                break
+            optimizer.zero_grad(set_to_none=True)
+            scaler.backward(loss_t)
+            scaler.step(optimizer)
+            if after_step is not None:
+                after_step()
+        return steps, loss
 
     def attach(self, model: Any, tokenizer: Any) -> None:
         """Install the editor's modules into ``model`` (done once per session)."""
@@ -108,6 +163,26 @@ def join_ids(tokenizer: Any, prompt: str, target: str) -> tuple[list[int], list[
     return p_ids, tokenizer(sep + target, add_special_tokens=False).input_ids
 
 
+def resolve_edit_device(name: str) -> Any:
+    """The torch device for ``--device`` (``auto``: CUDA when present, else CPU), by the runner's rules; its
+    errors are named after the option and list what is allowed."""
+    from lifelong.platform.config import ConfigError
+    from lifelong.platform.runner import resolve_device
+
+    try:
+        return resolve_device(name)
+    except ConfigError as exc:
+        hint = "" if "allowed" in str(exc) else "; allowed here: auto, cpu"  # the no-CUDA case lists none
+        raise UserError(f"--{exc}{hint}") from None
+
+
+def check_edit_precision(name: str) -> str:
+    """``name`` if it is a known precision, else a UserError naming ``--precision`` and the allowed values."""
+    if name not in PRECISIONS:
+        raise UserError(f"--precision: {name!r} is not a precision; allowed: {', '.join(PRECISIONS)}")
+    return name
+
+
 class EditSession:
     """A loaded model, an editor attached to it, and an EditStore: apply, roll back, generate, score."""
 
@@ -121,11 +196,19 @@ class EditSession:
         loaded: tuple[Any, Any] | None = None,
         create: bool = True,
         quiet: bool = False,
+        device: str | Any = None,
+        precision: str = "fp32",
     ) -> None:
+        """``device``: ``auto``/``cpu``/``cuda``/``cuda:N`` or a torch device; None means ``auto`` for a model the
+        session loads and "where it is" for a ``loaded`` one. ``precision``: ``fp32``, ``bf16`` or ``fp16``.
+        Both are checked before the store is opened, so a bad value leaves no store behind."""
         from lifelong.adapters.llm import DEFAULT_MODEL, load_causal_lm, model_identity
         from lifelong.platform import registry
         from lifelong.platform.config import to_dict
 
+        self.precision = check_edit_precision(precision)
+        if device is not None or loaded is None:
+            device = resolve_edit_device(str(device or "auto"))
         self.quiet = quiet
         if isinstance(store, EditStore):
             self.store = store
@@ -136,7 +219,10 @@ class EditSession:
         if stored_model and model and model != stored_model and loaded is None:
             pass  # identity check below decides; a renamed copy of the same weights is fine
         self.model, self.tokenizer = loaded if loaded is not None else load_causal_lm(model_name)
-        ident = model_identity(self.model)
+        if device is not None:
+            self.model.to(device)
+        self.device = next(self.model.parameters()).device
+        ident = model_identity(self.model)  # of the float32 weights: the same on every device and precision
         self.store.check_model(ident)
         if stored_model is None:
             with self.store._write_txn():
@@ -156,6 +242,7 @@ class EditSession:
         else:
             name, cfg = editor or DEFAULT_EDITOR, dict(editor_config or {})
         self.editor: Editor = registry.create("editor", name, **cfg)
+        self.editor.precision = self.precision
         self.editor_name = name
         self.editor_config = to_dict(self.editor.config) if self.editor.config is not None else {}
         self.editor.attach(self.model, self.tokenizer)
@@ -188,13 +275,16 @@ class EditSession:
 
     # ------------------------------------------------------------------ editing
     def apply(self, prompt: str, target: str, extra: dict[str, Any] | None = None) -> EditRecord:
-        """Train one edit, store it atomically, switch it on."""
+        """Train one edit, store it atomically (its tensors from CPU, with the device and precision it was trained
+        with in ``extra``), switch it on."""
         if self.store.editor_spec() is None:
             self.store.set_editor(self.editor_name, self.editor_config)
         art = self.editor.train_edit(prompt, target)
+        tensors = {k: v.detach().cpu() for k, v in art.tensors.items()}
         rec = self.store.add_edit(
-            prompt, target, editor=self.editor_name, tensors=art.tensors, key=art.key, layer=art.layer,
-            editor_config=self.editor_config, extra={**(extra or {}), **art.extra},
+            prompt, target, editor=self.editor_name, tensors=tensors, key=art.key, layer=art.layer,
+            editor_config=self.editor_config,
+            extra={**(extra or {}), **art.extra, "device": str(self.device), "precision": self.precision},
         )
         self.editor.activate(rec.id, rec.key, art.tensors, target)
         self.loaded_ids.append(rec.id)
@@ -215,19 +305,19 @@ class EditSession:
 
         results = []
         for prompt in prompts:
-            enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
-            with torch.no_grad(), self.editor.routing():
+            enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.device)
+            with torch.no_grad(), self.editor.autocast(), self.editor.routing():
                 out = self.model.generate(
                     **enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                     pad_token_id=self.tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None,
                 )
                 routed = self.editor.routed_ids()
-            new = out[0, enc.input_ids.shape[1] :]
+            new = out[0, enc.input_ids.shape[1] :].tolist()
             results.append({
                 "prompt": prompt,
                 "completion": self.tokenizer.decode(new, skip_special_tokens=True),
                 "edit_id": routed[0] if routed else None,
-                "tokens": new.tolist(),
+                "tokens": new,
             })
         return results
 
@@ -247,11 +337,13 @@ class EditSession:
             for i, (p, t) in enumerate(chunk):
                 ids[i, : len(p) + len(t)] = torch.tensor(p + t)
                 mask[i, : len(p) + len(t)] = 1
-            qidx = torch.tensor([len(p) - 1 for p, _ in chunk])
-            with torch.no_grad(), self.editor.routing(qidx):
+            ids, mask = ids.to(self.device), mask.to(self.device)
+            qidx = torch.tensor([len(p) - 1 for p, _ in chunk], device=self.device)
+            with torch.no_grad(), self.editor.autocast(), self.editor.routing(qidx):
                 logits = self.model(input_ids=ids, attention_mask=mask).logits
+            preds = logits.argmax(-1).cpu().numpy()
             for i, (p, t) in enumerate(chunk):
-                pred = logits[i, len(p) - 1 : len(p) + len(t) - 1].argmax(-1).numpy()
+                pred = preds[i, len(p) - 1 : len(p) + len(t) - 1]
                 out.append((pred, np.asarray(t)))
         return out
 
@@ -353,6 +445,8 @@ def run_edit_bench(
     rollback_fraction: float = 0.5,
     fidelity_tokens: int = 8,
     base_cache: dict | None = None,
+    device: str | Any = None,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Sequential editing on a fresh store (``out/store``): apply the edits one by one (prompt and target only),
     measure right after each edit and after the whole stream, roll back a random half, measure rollback
@@ -361,12 +455,16 @@ def run_edit_bench(
     ``base_cache`` (a dict) keeps the unedited model's references across calls on the same loaded model.
     Rollback fidelity: the fraction of rolled-back prompts and paraphrases whose greedy output (``fidelity_tokens``
     tokens) equals the unedited model's token for token. Retention: the reliability of the edits kept.
+    ``device`` and ``precision`` are the session's (see ``EditSession``); both are checked before ``out`` is made.
     """
     import json
     import random
     import shutil
     import time
 
+    check_edit_precision(precision)
+    if device is not None:
+        device = resolve_edit_device(str(device))
     rng = random.Random(seed)
     reqs = list(requests)
     rng.shuffle(reqs)
@@ -378,7 +476,7 @@ def run_edit_bench(
         shutil.rmtree(store_dir)
     t_start = time.perf_counter()
     session = EditSession(store_dir, model=model, editor=editor, editor_config=editor_config, loaded=loaded,
-                          quiet=True)
+                          quiet=True, device=device, precision=precision)
     try:
         # unedited references, before the first edit (``base_cache`` shares them between editors on one model)
         cache = base_cache if base_cache is not None else {}
@@ -440,6 +538,8 @@ def run_edit_bench(
             "editor": editor,
             "editor_config": session.editor_config,
             "model": session.model_name,
+            "device": str(session.device),
+            "precision": session.precision,
             "source": source,
             "seed": seed,
             "n_edits": len(reqs),

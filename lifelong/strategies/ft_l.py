@@ -7,7 +7,8 @@ an optional L∞ clamp (``norm_constraint``, 0 = off). Each edit is stored as it
 is always ``base + Σ deltas of the active edits`` summed in the order applied, so rolling an edit back restores the
 saved slice minus that delta — and rolling all of them back restores the base weights bit for bit. Edits are
 trained sequentially on the current weights (later edits see earlier ones), so rolling back an early edit does
-not undo its influence on later ones: that is the honest cost of FT-L that the bench measures.
+not undo its influence on later ones: that is the honest cost of FT-L that the bench measures. The weight stays
+float32 under every precision (autocast only changes the computation), so rollback is exact in bf16 and fp16 too.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from lifelong.platform.config import ConfigError
-from lifelong.platform.editing import EditArtifact, Editor, join_ids
+from lifelong.platform.editing import EditArtifact, Editor
 from lifelong.platform.registry import Capabilities, register
 
 
@@ -79,46 +80,38 @@ class FTLEditor(Editor):
     def _rebuild(self) -> None:
         w = self.base_weight.clone()
         for eid in sorted(self.deltas):
-            w += self.deltas[eid].to(w.dtype)
+            w += self.deltas[eid].to(w.device, w.dtype)
         self._param().data.copy_(w)
 
     def train_edit(self, prompt: str, target: str) -> EditArtifact:
         import torch
 
         cfg = self.config
-        p_ids, t_ids = join_ids(self.tokenizer, prompt, target)
-        ids = torch.tensor([p_ids + t_ids])
-        tgt = torch.tensor(t_ids)
-        lo, hi = len(p_ids) - 1, len(p_ids) + len(t_ids) - 1
+        ids, tgt, lo = self.edit_ids(prompt, target)
         param = self._param()
         start = param.detach().clone()
         param.requires_grad_(True)
         opt = torch.optim.Adam([param], lr=cfg.lr)
-        steps = 0
+
+        def clamp() -> None:
+            if cfg.norm_constraint > 0:
+                with torch.no_grad():
+                    param.copy_(start + (param - start).clamp(-cfg.norm_constraint, cfg.norm_constraint))
+
         try:
-            for steps in range(1, cfg.max_steps + 1):
-                logits = self.model(input_ids=ids).logits[0, lo:hi]
-                loss = torch.nn.functional.cross_entropy(logits, tgt)
-                if bool((logits.argmax(-1) == tgt).all()) and float(loss.detach()) < cfg.stop_loss:
-                    break
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if cfg.norm_constraint > 0:
-                    with torch.no_grad():
-                        param.copy_(start + (param - start).clamp(-cfg.norm_constraint, cfg.norm_constraint))
-            delta = (param.detach() - start).clone()
+            steps, loss = self.fit(opt, ids, tgt, lo, cfg.max_steps, cfg.stop_loss, after_step=clamp)
+            delta = (param.detach() - start).cpu()
         finally:
             param.requires_grad_(False)
             param.data.copy_(start)  # the edit is switched on by activate(), like every editor
         return EditArtifact(tensors={f"ft-l.{self.layer_name}.delta": delta}, key=None, layer=self.layer_name,
-                            extra={"steps": steps, "final_loss": round(float(loss.detach()), 5)})
+                            extra={"steps": steps, "final_loss": round(loss, 5)})
 
     def activate(self, edit_id: int, key: np.ndarray | None, tensors: dict[str, Any], target: str = "") -> None:
         delta = tensors.get(f"ft-l.{self.layer_name}.delta")
         if delta is None:
             raise ValueError(f"ft-l edit {edit_id} has no delta for {self.layer_name}")
-        self.deltas[int(edit_id)] = delta
+        self.deltas[int(edit_id)] = delta.to(self.device)
         self._rebuild()
 
     def deactivate(self, edit_ids: Sequence[int]) -> None:

@@ -14,7 +14,8 @@ store's active edits in the order they were applied, so rolling an edit back rem
 radius expansion) and leaves the codebook as if it had never been applied — the bookkeeping EasyEdit's port
 gets wrong; (2) the decision is taken once per sequence at the last prompt token and the value replaces the
 layer output from that token on, including generated tokens (the original decides per forward); (3) training
-stops as soon as the target is reproduced.
+stops as soon as the target is reproduced; (4) keys and values are float32 on the model's device (the session's
+precision only changes the computation, and the value is cast to the layer output's dtype where it replaces it).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from lifelong.platform.config import ConfigError
-from lifelong.platform.editing import EditArtifact, Editor, join_ids
+from lifelong.platform.editing import EditArtifact, Editor
 from lifelong.platform.registry import Capabilities, register
 
 
@@ -125,16 +126,16 @@ class GraceEditor(Editor):
         import torch
 
         if self._qidx is not None:
-            idx = self._qidx.clamp(max=x.shape[1] - 1)
-            return x[torch.arange(x.shape[0]), idx]
+            idx = self._qidx.to(x.device).clamp(max=x.shape[1] - 1)
+            return x[torch.arange(x.shape[0], device=x.device), idx]
         return x[:, -1]
 
     def _start(self, x: Any) -> Any:
         import torch
 
         if self._qidx is not None:
-            return self._qidx.clamp(max=x.shape[1] - 1)
-        return torch.full((x.shape[0],), x.shape[1] - 1, dtype=torch.long)
+            return self._qidx.to(x.device).clamp(max=x.shape[1] - 1)
+        return torch.full((x.shape[0],), x.shape[1] - 1, dtype=torch.long, device=x.device)
 
     def _apply(self, x: Any, out: Any) -> Any:
         import torch
@@ -143,7 +144,7 @@ class GraceEditor(Editor):
             self._capture.append(self._query(x).detach().float())
         bsz, seq = x.shape[0], x.shape[1]
         if self._train_value is not None:
-            pos = torch.arange(seq)[None, :] >= self._start(x)[:, None]
+            pos = torch.arange(seq, device=x.device)[None, :] >= self._start(x)[:, None]
             return torch.where(pos[..., None], self._train_value.to(out.dtype), out)
         dec = self._decision
         if not (dec is not None and len(dec) == bsz and (self._held or seq == 1)):
@@ -153,10 +154,10 @@ class GraceEditor(Editor):
         if all(j < 0 for j in dec):
             return out
         out = out.clone()
-        start = self._start(x) if seq > 1 else torch.zeros(bsz, dtype=torch.long)
+        start = self._start(x).tolist() if seq > 1 else [0] * bsz
         for b, j in enumerate(dec):
             if j >= 0:
-                out[b, int(start[b]):] = self.codebook[j].value.to(out.dtype)
+                out[b, start[b]:] = self.codebook[j].value.to(out.dtype)
         return out
 
     def _decide(self, x: Any) -> list[int]:
@@ -168,8 +169,8 @@ class GraceEditor(Editor):
         keys = torch.stack([e.key for e in self.codebook])
         d = torch.cdist(q, keys)
         best, j = d.min(dim=1)
-        eps = torch.tensor([e.eps for e in self.codebook])
-        return [int(jj) if float(bb) <= float(eps[jj]) else -1 for bb, jj in zip(best, j)]
+        eps = torch.tensor([e.eps for e in self.codebook], device=q.device)
+        return torch.where(best <= eps[j], j, -1).tolist()
 
     @contextlib.contextmanager
     def routing(self, query_index: Any = None) -> Iterator[None]:
@@ -187,12 +188,9 @@ class GraceEditor(Editor):
         import torch
 
         cfg = self.config
-        p_ids, t_ids = join_ids(self.tokenizer, prompt, target)
-        ids = torch.tensor([p_ids + t_ids])
-        tgt = torch.tensor(t_ids)
-        lo, hi = len(p_ids) - 1, len(p_ids) + len(t_ids) - 1
-        q = torch.tensor([lo])
-        with torch.no_grad():
+        ids, tgt, lo = self.edit_ids(prompt, target)
+        q = torch.tensor([lo], device=self.device)
+        with torch.no_grad(), self.autocast():  # the key as the session's router will see it
             self._capture, self._qidx, self._held = [], q, True
             self._decision = [-1]  # the key and the initial value come from the base layer
             try:
@@ -203,24 +201,16 @@ class GraceEditor(Editor):
                 key = self._capture[0][0].clone()
             finally:
                 self._capture, self._decision, self._held = None, None, False
-        value = torch.nn.Parameter(outs[0].float())
+        value = torch.nn.Parameter(outs[0].float())  # float32 master copy, whatever the precision
         opt = torch.optim.Adam([value], lr=cfg.lr)
-        steps = 0
         self._train_value = value
         try:
-            for steps in range(1, cfg.max_steps + 1):
-                logits = self.model(input_ids=ids).logits[0, lo:hi]
-                loss = torch.nn.functional.cross_entropy(logits, tgt)
-                if bool((logits.argmax(-1) == tgt).all()) and float(loss.detach()) < cfg.stop_loss:
-                    break
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+            steps, loss = self.fit(opt, ids, tgt, lo, cfg.max_steps, cfg.stop_loss)
         finally:
             self._train_value, self._qidx = None, None
-        return EditArtifact(tensors={f"grace.{self.layer_name}.value": value.detach().clone()},
-                            key=key.numpy(), layer=self.layer_name,
-                            extra={"steps": steps, "final_loss": round(float(loss.detach()), 5)})
+        return EditArtifact(tensors={f"grace.{self.layer_name}.value": value.detach().cpu().clone()},
+                            key=key.cpu().numpy(), layer=self.layer_name,
+                            extra={"steps": steps, "final_loss": round(loss, 5)})
 
     # ------------------------------------------------------------------ codebook
     def activate(self, edit_id: int, key: np.ndarray | None, tensors: dict[str, Any], target: str = "") -> None:
@@ -231,7 +221,8 @@ class GraceEditor(Editor):
         value = tensors.get(f"grace.{self.layer_name}.value")
         if value is None:
             raise ValueError(f"grace edit {edit_id} has no value for {self.layer_name}")
-        self.edits[int(edit_id)] = (torch.as_tensor(np.asarray(key, dtype=np.float32)), value.float(), target)
+        key_t = torch.as_tensor(np.asarray(key, dtype=np.float32), device=self.device)
+        self.edits[int(edit_id)] = (key_t, value.float().to(self.device), target)
         self._replay()
 
     def deactivate(self, edit_ids: Sequence[int]) -> None:

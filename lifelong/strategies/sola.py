@@ -17,6 +17,8 @@ Where the paper is silent or where this module departs from it:
 - Routing is per sequence inside a batch (several edits in one batch, their LoRA weights gathered and applied in
   one batched product); during generation the decision taken on the prompt holds for the generated tokens.
 - Defaults (layer, module, rank, threshold, steps) were measured on SmolLM2-135M with ``bench/edit_sweep.py``.
+- Keys, the centre and the frozen LoRA weights live on the model's device; keys are computed under the session's
+  precision (the router sees queries computed the same way), and returned to the store as float32 numpy.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from lifelong.platform.config import ConfigError
-from lifelong.platform.editing import EditArtifact, Editor, join_ids
+from lifelong.platform.editing import EditArtifact, Editor
 from lifelong.platform.registry import Capabilities, register
 
 
@@ -113,7 +115,7 @@ class SoLAEditor(Editor):
         self.routed = RoutedLoRA(model, names, rank=self.config.rank, alpha=self.config.alpha,
                                  threshold=self.config.threshold)
         if self.config.center_keys:
-            self.routed.centre = torch.as_tensor(self._raw_keys(GENERIC_PROMPTS).mean(0))
+            self.routed.centre = self._raw_keys(GENERIC_PROMPTS).mean(0)
 
     def detach(self) -> None:
         if self.routed is not None:
@@ -121,8 +123,8 @@ class SoLAEditor(Editor):
             self.routed = None
 
     # ------------------------------------------------------------------ keys and training
-    def _raw_keys(self, prompts: Sequence[str]) -> np.ndarray:
-        """Router inputs at the last token of each prompt (one right-padded batch), shape (n, d)."""
+    def _raw_keys(self, prompts: Sequence[str]) -> Any:
+        """Router inputs at the last token of each prompt (one right-padded batch), float32 (n, d) on the device."""
         import torch
 
         enc = [self.tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
@@ -131,39 +133,30 @@ class SoLAEditor(Editor):
         mask = torch.zeros_like(ids)
         for i, e in enumerate(enc):
             ids[i, : len(e)], mask[i, : len(e)] = torch.tensor(e), 1
-        last = torch.tensor([len(e) - 1 for e in enc])
-        with torch.no_grad(), self.routed.capture_keys(last) as cap, self.routed.session(last):
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        last = torch.tensor([len(e) - 1 for e in enc], device=self.device)
+        with torch.no_grad(), self.autocast(), self.routed.capture_keys(last) as cap, self.routed.session(last):
             self.model(input_ids=ids, attention_mask=mask)
-        return cap[0].float().cpu().numpy()
+        return cap[0].float()
 
     def key_of(self, prompts: Sequence[str]) -> np.ndarray:
-        """The routing keys of prompts: router input at the last token, minus the centre (not normalised)."""
+        """The routing keys of prompts: router input at the last token, minus the centre (not normalised), as
+        float32 numpy on the CPU (what the store keeps)."""
         keys = self._raw_keys(prompts)
         if self.routed.centre is not None:
-            keys = keys - self.routed.centre.numpy()[None]
-        return keys
+            keys = keys - self.routed.centre[None]
+        return keys.cpu().numpy()
 
     def train_edit(self, prompt: str, target: str) -> EditArtifact:
         import torch
 
         cfg = self.config
         key = self.key_of([prompt])[0]
-        p_ids, t_ids = join_ids(self.tokenizer, prompt, target)
-        ids = torch.tensor([p_ids + t_ids])
-        tgt = torch.tensor(t_ids)
-        lo, hi = len(p_ids) - 1, len(p_ids) + len(t_ids) - 1
-        gen = torch.Generator().manual_seed(cfg.seed)
-        steps = 0
+        ids, tgt, lo = self.edit_ids(prompt, target)
+        gen = torch.Generator().manual_seed(cfg.seed)  # a CPU generator: the same initial LoRA on every device
         with self.routed.train_adapter(gen) as params:
             opt = torch.optim.Adam(params, lr=cfg.lr)
-            for steps in range(1, cfg.max_steps + 1):
-                logits = self.model(input_ids=ids).logits[0, lo:hi]
-                loss = torch.nn.functional.cross_entropy(logits, tgt)
-                if bool((logits.argmax(-1) == tgt).all()) and float(loss.detach()) < cfg.stop_loss:
-                    break
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+            steps, loss = self.fit(opt, ids, tgt, lo, cfg.max_steps, cfg.stop_loss)
             weights = self.routed.trained_weights()
         self.steps_used.append(steps)
         tensors = {}
@@ -171,7 +164,7 @@ class SoLAEditor(Editor):
             na, nb = lora_tensor_names(name)
             tensors[na], tensors[nb] = a, b
         return EditArtifact(tensors=tensors, key=key, layer=self.routed.names[0],
-                            extra={"steps": steps, "final_loss": round(float(loss.detach()), 5)})
+                            extra={"steps": steps, "final_loss": round(loss, 5)})
 
     # ------------------------------------------------------------------ switching edits
     def activate(self, edit_id: int, key: np.ndarray | None, tensors: dict[str, Any], target: str = "") -> None:
@@ -185,7 +178,7 @@ class SoLAEditor(Editor):
             if na not in tensors or nb not in tensors:
                 raise ValueError(f"sola edit {edit_id} has no LoRA for {name}")
             weights[name] = (tensors[na], tensors[nb])
-        self.routed.add(edit_id, torch.as_tensor(np.asarray(key, dtype=np.float32)), weights)
+        self.routed.add(edit_id, torch.as_tensor(np.asarray(key, dtype=np.float32)), weights)  # moved to the device
 
     def deactivate(self, edit_ids: Sequence[int]) -> None:
         self.routed.remove(list(edit_ids))
