@@ -1,7 +1,9 @@
 """``lifelong edit``: apply, roll back, list, generate with, evaluate and benchmark lifelong edits (DESIGN §6).
 
 Every command that needs the language model loads it once, whatever the number of prompts or edits. ``rollback``
-and ``list`` only touch the store, so they do not load the model at all.
+and ``list`` only touch the store, so they do not load the model at all. Those that load it take ``--device``
+(``auto``: CUDA when present) and ``--precision`` (``fp32``, ``bf16``, ``fp16``); both are checked before the store
+is opened, and neither is part of what a store fixes.
 """
 
 from __future__ import annotations
@@ -14,6 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from lifelong.platform.errors import UserError
+from lifelong.platform.precision import PRECISIONS
+
+
+def _add_device_options(parser: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--precision``, for the commands that load the model."""
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                        help="fp32 (default), bf16 or fp16 autocast; weights and stored edits stay float32")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -31,6 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     ap.add_argument("--target")
     ap.add_argument("--file", help="JSON Lines edit file (also ZsRE / CounterFact); validated before any edit")
     ap.add_argument("--json", action="store_true", help="print JSON only")
+    _add_device_options(ap)
     ap.set_defaults(handler=cmd_apply)
 
     rb = sub.add_parser("rollback", help="roll edits back by id (rolling back twice is a no-op)")
@@ -51,6 +62,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--file", help="one prompt per line; one JSON object per line out, same order")
     gen.add_argument("--max-new-tokens", type=int, default=16)
     gen.add_argument("--json", action="store_true")
+    _add_device_options(gen)
     gen.set_defaults(handler=cmd_generate)
 
     ev = sub.add_parser("eval", help="reliability, generalization and locality of the store's active edits")
@@ -58,6 +70,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--model", default=None)
     ev.add_argument("--file", required=True, help="edit file with the paraphrases and locality prompts")
     ev.add_argument("--json", action="store_true")
+    _add_device_options(ev)
     ev.set_defaults(handler=cmd_eval)
 
     be = sub.add_parser("bench", help="sequential editing benchmark on a fresh store, with rollback of half")
@@ -69,6 +82,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     be.add_argument("--model", default=None)
     be.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     be.add_argument("--json", action="store_true", help="print results.json instead of the summary")
+    _add_device_options(be)
     be.set_defaults(handler=cmd_bench)
 
 
@@ -77,7 +91,7 @@ def _session(args: argparse.Namespace, *, editor: str | None = None, overrides: 
     from lifelong.platform.editing import EditSession
 
     return EditSession(args.store, model=getattr(args, "model", None), editor=editor,
-                       editor_config=overrides, create=create)
+                       editor_config=overrides, create=create, device=args.device, precision=args.precision)
 
 
 def _require_store(path: str) -> None:
@@ -231,12 +245,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise UserError(f"--n must be between 1 and {len(requests)} (the edits in {path}), got {args.n}")
     out = Path(args.out or f"runs/edit-bench-{args.editor}-{args.seed}")
     res = run_edit_bench(args.editor, requests, n=args.n, seed=args.seed, out=out, model=args.model,
-                         editor_config=parse_overrides(args.overrides) or None, source=path)
+                         editor_config=parse_overrides(args.overrides) or None, source=path,
+                         device=args.device, precision=args.precision)
     if args.json:
         print(json.dumps(res, indent=1))
     else:
         s = res["after_stream"]
-        print(f"editor {res['editor']}, {res['n_edits']} sequential edits from {path} (seed {res['seed']})")
+        print(f"editor {res['editor']}, {res['n_edits']} sequential edits from {path} (seed {res['seed']}, "
+              f"{res['device']}, {res['precision']})")
         print(f"  right after each edit: reliability {res['right_after']['reliability']:.3f}  "
               f"generalization {_fmt(res['right_after']['generalization'])}  locality {_fmt(res['right_after']['locality'])}")
         print(f"  after the whole stream: reliability {s['reliability']:.3f}  generalization {_fmt(s['generalization'])}  "
