@@ -302,13 +302,19 @@ class TextEncoder(nn.Module):
         self.clip = clip_model
         self.tokenizer = tokenizer
 
+    @property
+    def device(self) -> torch.device:
+        """Where the text tower's weights are (the tokens must go there)."""
+        return next(self.clip.parameters()).device
+
     @torch.no_grad()
-    def encode(self, texts: Sequence[str], device: torch.device | str = "cpu") -> torch.Tensor:
-        tokens = self.tokenizer(list(texts)).to(device)
+    def encode(self, texts: Sequence[str], device: torch.device | str | None = None) -> torch.Tensor:
+        """Float32 normalised embeddings of ``texts``; tokens go to ``device`` (default: the tower's device)."""
+        tokens = self.tokenizer(list(texts)).to(self.device if device is None else device)
         return F.normalize(self.clip.encode_text(tokens).float(), dim=-1)
 
     def class_embeddings(
-        self, names: Sequence[str], templates: Sequence[str], device: torch.device | str = "cpu"
+        self, names: Sequence[str], templates: Sequence[str], device: torch.device | str | None = None
     ) -> torch.Tensor:
         """One embedding per class name: the normalised mean over the templates (CLIP's prompt ensembling)."""
         out = []
@@ -401,9 +407,10 @@ def attach_adapters(
         raise ConfigError(f"adapter_dim must be at least 1, got {bottleneck}")
     aset = AdapterSet()
     all_blocks = list(backbone.blocks)
+    device = next(backbone.parameters()).device  # drawn on the CPU (same values on every device), used beside it
     for b in blocks:
         for site in sites:
-            adapter = BottleneckAdapter(backbone.width, bottleneck, scale)
+            adapter = BottleneckAdapter(backbone.width, bottleneck, scale).to(device)
             aset.adapters[f"block{b}_{site}"] = adapter
             handle = _site_module(all_blocks[b], site).register_forward_hook(_hook_for(adapter), with_kwargs=True)
             aset._handles.append(handle)

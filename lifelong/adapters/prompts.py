@@ -37,11 +37,18 @@ class PromptBank(nn.Module):
         return len(self.prompts)
 
     def add_task(self, init: Literal["uniform", "normal", "previous", "zeros"] = "uniform",
-                 init_scale: float = 1.0, generator: torch.Generator | None = None) -> nn.Parameter:
+                 init_scale: float = 1.0, generator: torch.Generator | None = None,
+                 device: torch.device | str | None = None) -> nn.Parameter:
         """Append a new task prompt. ``uniform`` draws U(-s, s) as L2 does, ``normal`` N(0, s²) (s = init_scale),
-        ``previous`` warm-starts from the last task's prompt (a copy, so the old prompt stays frozen)."""
+        ``previous`` warm-starts from the last task's prompt (a copy, so the old prompt stays frozen).
+
+        Random values are drawn on the CPU (with ``generator``, itself a CPU generator), so a seed gives the same
+        prompt on every device; the parameter then lives on ``device`` (default: where the other prompts are,
+        or the CPU for the first one).
+        """
         shape = (self.length, self.width)
-        device = self.prompts[0].device if len(self.prompts) else torch.device("cpu")
+        if device is None:
+            device = self.prompts[0].device if len(self.prompts) else torch.device("cpu")
         if init == "previous" and len(self.prompts):
             value = self.prompts[-1].detach().clone()
         elif init in ("uniform", "previous"):
@@ -49,17 +56,17 @@ class PromptBank(nn.Module):
         elif init == "normal":
             value = torch.randn(shape, generator=generator) * init_scale
         elif init == "zeros":
-            value = torch.zeros(shape)
+            value = torch.zeros(shape, device=device)
         else:
             raise ConfigError(f"prompt_init: {init!r} is not allowed; allowed values: uniform, normal, previous, zeros")
         param = nn.Parameter(value.to(device))
         self.prompts.append(param)
         return param
 
-    def resize(self, n_tasks: int) -> None:
+    def resize(self, n_tasks: int, device: torch.device | str | None = None) -> None:
         """Rebuild the structure for ``n_tasks`` prompts (values come from a state dict afterwards, on resume)."""
         while len(self.prompts) < n_tasks:
-            self.add_task("zeros")
+            self.add_task("zeros", device=device)
         while len(self.prompts) > n_tasks:
             del self.prompts[len(self.prompts) - 1]
 

@@ -178,7 +178,8 @@ class LIF(nn.Module):
             self.alpha,
         )
         if self.recording:
-            self.spike_count += float(s.detach().sum())
+            # counted in float32: under fp16 autocast a sum above 65504 spikes would be inf (bf16: rounded)
+            self.spike_count += float(s.detach().sum(dtype=torch.float32))
             self.neuron_count += s.numel()
         return s
 

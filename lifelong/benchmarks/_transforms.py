@@ -25,6 +25,11 @@ IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
+def _stat(values: Sequence[float] | None) -> torch.Tensor | None:
+    """Per-channel statistics as a float32 ``(1, C, 1, 1)`` tensor that broadcasts over a batch."""
+    return None if values is None else torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1)
+
+
 class ImageFit(nn.Module):
     """Map a batch ``(B, C, H, W)`` to ``(B, channels, size, size)``, normalised with ``mean``/``std``."""
 
@@ -38,9 +43,10 @@ class ImageFit(nn.Module):
         input_std: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
-        # a stream that already normalised its images with its own statistics: undo that first
-        self.input_mean = None if input_mean is None else torch.tensor(input_mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self.input_std = None if input_std is None else torch.tensor(input_std, dtype=torch.float32).view(1, -1, 1, 1)
+        # a stream that already normalised its images with its own statistics: undo that first. Buffers (not
+        # saved), so ``.to(device)`` moves them with the module and no batch pays a host-to-device copy.
+        self.register_buffer("input_mean", _stat(input_mean), persistent=False)
+        self.register_buffer("input_std", _stat(input_std), persistent=False)
         self.size = (size, size) if isinstance(size, int) else tuple(size)
         self.channels = channels
         if (mean is None) != (std is None):
@@ -48,8 +54,8 @@ class ImageFit(nn.Module):
         if mean is not None:
             if len(mean) != channels or len(std) != channels:  # type: ignore[arg-type]
                 raise ValueError(f"mean/std need {channels} values, got {len(mean)} and {len(std)}")  # type: ignore[arg-type]
-            self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
-            self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+            self.register_buffer("mean", _stat(mean), persistent=False)
+            self.register_buffer("std", _stat(std), persistent=False)
         else:
             self.mean = None  # type: ignore[assignment]
             self.std = None  # type: ignore[assignment]
@@ -103,7 +109,8 @@ def iterate_batches(
     """
     from torch.utils.data import DataLoader
 
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    # a CPU generator on purpose: the sampler draws its permutation on the CPU, so the order is the same on any device
+    generator = torch.Generator(device="cpu").manual_seed(seed) if shuffle else None
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=0)
     for batch in loader:
         yield batch[0], torch.as_tensor(batch[1]).long()
