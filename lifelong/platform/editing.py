@@ -172,8 +172,7 @@ def resolve_edit_device(name: str) -> Any:
     try:
         return resolve_device(name)
     except ConfigError as exc:
-        hint = "" if "allowed" in str(exc) else "; allowed here: auto, cpu"  # the no-CUDA case lists none
-        raise UserError(f"--{exc}{hint}") from None
+        raise UserError(f"--{exc}") from None
 
 
 def check_edit_precision(name: str) -> str:

@@ -125,7 +125,10 @@ def resolve_device(name: str) -> Any:
     except RuntimeError:
         raise ConfigError(f"device: {name!r} is not a torch device; allowed: auto, cpu, cuda, cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: cuda was asked for but no CUDA device is available")
+        raise ConfigError("device: cuda was asked for but no CUDA device is available; allowed here: auto, cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device: {name!r} does not exist; allowed here: auto, cpu, "
+                          f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
     return device
 
 
