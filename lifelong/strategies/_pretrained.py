@@ -18,6 +18,7 @@ from torch import nn
 from lifelong.benchmarks._transforms import iterate_batches
 from lifelong.platform.errors import UserError
 from lifelong.platform.learner import Learner, RunContext, StrategyConfig
+from lifelong.platform.precision import LossScaler, autocast
 
 NEG = -1.0e4  # the logit of a class not seen yet: finite, so softmax and argmax stay well defined
 
@@ -56,7 +57,7 @@ class PretrainedLearner(Learner):
         from lifelong.benchmarks._transforms import stream_normalization
 
         fit = self.loaded.image_fit
-        fit.input_mean, fit.input_std = (
+        fit.input_mean, fit.input_std = (  # buffers of the fit: moved to the device with it just below
             None if v is None else torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1)
             for v in stream_normalization(context.stream.info)
         )
@@ -65,8 +66,11 @@ class PretrainedLearner(Learner):
         if self.loaded.text is not None:
             self.loaded.text.to(self.device)
         self.backbone.eval()
+        # kept on the CPU on purpose: a small mask that checkpoints as it is; callers move it to where they index
         self.seen = torch.zeros(self.n_classes, dtype=torch.bool)
         self.train_seconds: list[float] = []
+        # one scaler for the whole run: an fp16 loss scale found on one experience carries over to the next
+        self.scaler = LossScaler(config.precision, self.device)
 
     # -- data ---------------------------------------------------------------------------------------------
     def experience_classes(self, experience: Any) -> list[int]:
@@ -87,6 +91,10 @@ class PretrainedLearner(Learner):
             raise UserError(f"benchmark {self.context.stream.name} has no class names; text prompts need them")
         return names
 
+    def autocast(self) -> Any:
+        """The configured precision's autocast on this learner's device (a no-op for fp32)."""
+        return autocast(self.config.precision, self.device)
+
     # -- training -----------------------------------------------------------------------------------------
     def make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
         c = self.config
@@ -100,16 +108,22 @@ class PretrainedLearner(Learner):
         params: list[nn.Parameter],
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     ) -> float:
-        """Plain mini-batch training of ``params`` on one experience; returns the last epoch's mean loss."""
+        """Plain mini-batch training of ``params`` on one experience; returns the last epoch's mean loss.
+
+        Forward and loss run under the configured precision's autocast; ``params`` stay float32 and fp16
+        gradients go through a GradScaler, so small ones do not underflow.
+        """
         opt = self.make_optimizer(params)
+        scaler = self.scaler
         mean = 0.0
         for epoch in range(self.config.epochs):
             total, n = 0.0, 0
             for x, y in self.batches(experience, shuffle=True, epoch=epoch):
-                loss = loss_fn(x, y)
+                with self.autocast():
+                    loss = loss_fn(x, y).float()
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                scaler.backward(loss)
+                scaler.step(opt)
                 total += loss.detach().item() * len(y)
                 n += len(y)
             mean = total / max(n, 1)
@@ -140,17 +154,24 @@ def local_labels(y: torch.Tensor, classes: list[int]) -> torch.Tensor:
 
 @torch.no_grad()
 def class_means(features: Iterable[tuple[torch.Tensor, torch.Tensor]], classes: list[int], dim: int) -> torch.Tensor:
-    """Prototypes: for each class, the mean of its L2-normalised features, normalised again ``(len, dim)``."""
-    sums = torch.zeros(len(classes), dim)
-    counts = torch.zeros(len(classes))
-    index = {c: i for i, c in enumerate(classes)}
+    """Prototypes: for each class, the mean of its L2-normalised features, normalised again ``(len, dim)``.
+
+    Summed in float32 on the features' device (reduced-precision features are cast up first), so nothing
+    leaves the accelerator per batch; an empty ``features`` gives the "no training samples" error.
+    """
+    sums: torch.Tensor | None = None
+    counts: torch.Tensor | None = None
     for f, y in features:
-        f = F.normalize(f.float(), dim=-1).cpu()
-        rows = torch.tensor([index[int(c)] for c in y.tolist()])
+        f = F.normalize(f.float(), dim=-1)
+        if sums is None or counts is None:
+            sums = torch.zeros(len(classes), dim, device=f.device)
+            counts = torch.zeros(len(classes), device=f.device)
+        rows = local_labels(y.to(f.device), classes)
         sums.index_add_(0, rows, f)
-        counts.index_add_(0, rows, torch.ones(len(rows)))
-    if (counts == 0).any():
-        missing = [classes[i] for i in torch.nonzero(counts == 0).flatten().tolist()]
+        counts.index_add_(0, rows, torch.ones(len(rows), device=f.device))
+    if sums is None or counts is None or (counts == 0).any():
+        empty = torch.ones(len(classes), dtype=torch.bool) if counts is None else (counts == 0).cpu()
+        missing = [classes[i] for i in torch.nonzero(empty).flatten().tolist()]
         raise RuntimeError(f"no training samples for classes {missing}")
     return F.normalize(sums / counts.unsqueeze(1), dim=-1)
 
@@ -171,12 +192,12 @@ class PrototypeIndex:
         self._index, self._ids = index, ids.cpu().long()
 
     def scores(self, queries: torch.Tensor, n_classes: int) -> torch.Tensor:
-        """Cosine similarity of each query to every stored prototype, as logits over ``n_classes`` (NEG elsewhere)."""
-        out = torch.full((queries.shape[0], n_classes), NEG)
-        if self._index is None or self._ids is None or len(self._ids) == 0:
-            return out
-        q = F.normalize(queries.float(), dim=-1).cpu().numpy().astype("float32")
-        sims, rows = self._index.search(q, len(self._ids))
-        cls = self._ids[torch.from_numpy(rows).long()]
-        out.scatter_(1, cls, torch.from_numpy(sims).float())
-        return out
+        """Cosine similarity of each query to every stored prototype, as float32 logits over ``n_classes`` (NEG
+        elsewhere), on the queries' device; the search itself runs in faiss on the CPU."""
+        out = torch.full((queries.shape[0], n_classes), NEG, device="cpu")  # where faiss answers
+        if self._index is not None and self._ids is not None and len(self._ids) > 0:
+            q = F.normalize(queries.float(), dim=-1).cpu().numpy().astype("float32")
+            sims, rows = self._index.search(q, len(self._ids))
+            cls = self._ids[torch.from_numpy(rows).long()]
+            out.scatter_(1, cls, torch.from_numpy(sims).float())
+        return out.to(queries.device)

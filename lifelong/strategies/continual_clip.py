@@ -70,15 +70,20 @@ class ContinualClip(PretrainedLearner):
     def train_experience(self, experience: Any) -> None:
         assert self.loaded.text is not None
         classes = self.experience_classes(experience)
-        emb = self.loaded.text.class_embeddings([self.names[c] for c in classes], self.config.templates, self.device)
+        names = [self.names[c] for c in classes]
+        with self.autocast():  # the text tower's forward; the stored embeddings are float32
+            emb = self.loaded.text.class_embeddings(names, self.config.templates, self.device)
         idx = torch.tensor(classes, device=self.device)
-        self.model.text[idx] = emb.to(self.device)
+        self.model.text[idx] = emb.to(self.device, torch.float32)
         self.seen[idx.cpu()] = True
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Float32 logits: the image encoder runs under the configured precision, the similarities in float32."""
         self.backbone.eval()
         with torch.no_grad():
-            f = F.normalize(self.backbone(self.fit(x.to(self.device))).float(), dim=-1)
+            with self.autocast():
+                feats = self.backbone(self.fit(x.to(self.device)))
+            f = F.normalize(feats.float(), dim=-1)
             logits = self.config.logit_scale * f @ self.model.text.T
             logits[:, ~self.seen.to(self.device)] = NEG
         return logits.to(x.device)
@@ -88,7 +93,7 @@ class ContinualClip(PretrainedLearner):
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         if "seen" in state:
-            self.seen = state["seen"].clone().bool()
+            self.seen = state["seen"].clone().bool().cpu()
 
     def summary(self) -> dict[str, Any]:
         return {"backbone": self.loaded.name, "weights": self.loaded.weights, "trainable_parameters": 0}

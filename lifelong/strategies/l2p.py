@@ -33,6 +33,7 @@ from torch import nn
 
 from lifelong.platform.errors import UserError
 from lifelong.platform.learner import Learner, RunContext, StrategyConfig
+from lifelong.platform.precision import LossScaler, autocast
 from lifelong.platform.registry import Capabilities, register
 
 #: ViT sizes accepted as ``model`` (the ones Avalanche's L2P knows, plus the tiny offline default).
@@ -145,17 +146,22 @@ def _build_strategy(config: L2PConfig, context: RunContext) -> Any:
             self.use_vit = True
             self.original_vit = query
             self.fit = fit
+            # mixed precision: forward and loss under autocast, backward and step through the (fp16) scaler
+            self.scaler = LossScaler(config.precision, context.device)
 
         def _unpack_minibatch(self) -> None:
             super()._unpack_minibatch()
             self.mbatch[0] = self.fit(self.mbatch[0])  # any stream's images -> the ViT's size and channels
 
         def forward(self) -> torch.Tensor:
-            # Same as LearningToPrompt.forward, without reading a task label the stream may not have.
-            with torch.no_grad():
-                cls_features = self.original_vit(self.mb_x)["pre_logits"]
-            self.res = self.model(x=self.mb_x, task_id=-1, cls_features=cls_features, train=False)
-            logits = self.res["logits"]
+            # Same as LearningToPrompt.forward, without reading a task label the stream may not have, under the
+            # configured precision; logits and the key-query term come back float32 for the loss.
+            with autocast(config.precision, context.device):
+                with torch.no_grad():
+                    cls_features = self.original_vit(self.mb_x)["pre_logits"]
+                self.res = self.model(x=self.mb_x, task_id=-1, cls_features=cls_features, train=False)
+            self.res["reduce_sim"] = self.res["reduce_sim"].float()
+            logits = self.res["logits"].float()
             if self.use_mask and self.is_training:
                 exp = self.experience
                 classes = getattr(exp, "classes_in_this_experience", None)
@@ -166,6 +172,12 @@ def _build_strategy(config: L2PConfig, context: RunContext) -> Any:
                 keep[seen] = True
                 logits = logits.masked_fill(~keep, float("-inf"))
             return logits
+
+        def backward(self) -> None:
+            self.scaler.backward(self.loss, retain_graph=self.retain_graph)
+
+        def optimizer_step(self) -> None:
+            self.scaler.step(self.optimizer)
 
     name = "tiny" if config.model in ("auto", "") else config.model
     dims = VIT_SIZES[name]
@@ -226,11 +238,14 @@ class L2P(Learner):
         self.seen[self.context.stream.classes_per_experience[experience.current_experience]] = True
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Float32 logits over all classes (untrained ones masked); the ViTs run under the configured precision."""
         self.model.eval()
         with torch.no_grad():
-            x = self.fit(x.to(self.context.device))
-            cls_features = self.model.query(x)["pre_logits"]
-            logits = self.model.vit(x=x, task_id=-1, cls_features=cls_features, train=False)["logits"]
+            with autocast(self.config.precision, self.context.device):
+                x = self.fit(x.to(self.context.device))
+                cls_features = self.model.query(x)["pre_logits"]
+                logits = self.model.vit(x=x, task_id=-1, cls_features=cls_features, train=False)["logits"]
+            logits = logits.float()
             return logits.masked_fill(~self.seen.to(logits.device), -1.0e4)
 
     def extra_state(self) -> dict[str, Any]:
@@ -238,7 +253,7 @@ class L2P(Learner):
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         if "seen" in state:
-            self.seen = state["seen"].clone().bool()
+            self.seen = state["seen"].clone().bool().cpu()
 
     def optimizer_state(self) -> dict[str, Any] | None:
         return None  # L2P starts a fresh Adam at every experience

@@ -110,7 +110,8 @@ class ProP(PretrainedLearner):
         return self.backbone(self.fit(x), prompt)
 
     def _prototypes_of(self, experience: Any, classes: list[int], prompt: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
+        """Float32 class means under ``prompt``, the forward passes under the configured precision."""
+        with torch.no_grad(), self.autocast():
             feats = ((self._features(x, prompt), y) for x, y in self.batches(experience, shuffle=False))
             return class_means(feats, classes, self.backbone.out_dim)
 
@@ -122,10 +123,10 @@ class ProP(PretrainedLearner):
         classes = self.experience_classes(experience)
         for p in self.bank.prompts:
             p.requires_grad_(False)
-        # seeded by (run seed, task index): a resumed run draws the same prompt as an uninterrupted one
-        generator = torch.Generator().manual_seed(self.context.seed * 1000 + 7 + len(self.bank))
-        prompt = self.bank.add_task(c.prompt_init, c.prompt_init_scale, generator)
-        prompt.data = prompt.data.to(self.device)
+        # seeded by (run seed, task index): a resumed run draws the same prompt as an uninterrupted one; a CPU
+        # generator, so the prompt is also the same on every device
+        generator = torch.Generator(device="cpu").manual_seed(self.context.seed * 1000 + 7 + len(self.bank))
+        prompt = self.bank.add_task(c.prompt_init, c.prompt_init_scale, generator, device=self.device)
         head = CosineHead(self._prototypes_of(experience, classes, prompt), c.logit_scale).to(self.device)
         prompt.requires_grad_(True)
 
@@ -137,13 +138,16 @@ class ProP(PretrainedLearner):
         prompt.requires_grad_(False)
         task = len(self.bank) - 1
         idx = torch.tensor(classes, device=self.device)
-        self.model.prototypes[idx] = self._prototypes_of(experience, classes, prompt).to(self.device)
+        self.model.prototypes[idx] = self._prototypes_of(experience, classes, prompt).to(self.device, torch.float32)
         self.model.task_of_class[idx] = task
         self.seen[idx.cpu()] = True
         self.train_seconds.append(time.perf_counter() - start)
 
     def scores(self, x: torch.Tensor, batched: bool = True) -> torch.Tensor:
-        """Logits over all classes: cos(f(x; P_task(c)), μ_c) for seen classes, ``NEG`` for the others."""
+        """Float32 logits over all classes: cos(f(x; P_task(c)), μ_c) for seen classes, ``NEG`` for the others.
+
+        Only the backbone runs under the configured precision; similarities are float32.
+        """
         from lifelong.adapters.prompts import forward_all_prompts, forward_each_prompt
 
         x = x.to(self.device)
@@ -151,11 +155,12 @@ class ProP(PretrainedLearner):
         if len(self.bank) == 0:
             return out
         prompts = self.bank.stacked()
-        xf = self.fit(x)
-        if batched:
-            feats = forward_all_prompts(self.backbone, xf, prompts, self.config.max_batched_sequences)
-        else:
-            feats = forward_each_prompt(self.backbone, xf, prompts)
+        with self.autocast():
+            xf = self.fit(x)
+            if batched:
+                feats = forward_all_prompts(self.backbone, xf, prompts, self.config.max_batched_sequences)
+            else:
+                feats = forward_each_prompt(self.backbone, xf, prompts)
         feats = F.normalize(feats.float(), dim=-1)  # (T, B, F)
         seen = torch.nonzero(self.model.task_of_class >= 0).flatten()
         tasks = self.model.task_of_class[seen]
@@ -178,12 +183,11 @@ class ProP(PretrainedLearner):
         return {"n_tasks": len(self.bank), "seen": self.seen.clone(), "train_seconds": list(self.train_seconds)}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.bank.resize(int(state.get("n_tasks", 0)))
-        self.bank.to(self.device)
+        self.bank.resize(int(state.get("n_tasks", 0)), device=self.device)
         for p in self.bank.prompts:
             p.requires_grad_(False)
         if "seen" in state:
-            self.seen = state["seen"].clone().bool()
+            self.seen = state["seen"].clone().bool().cpu()
         self.train_seconds = [float(s) for s in state.get("train_seconds", [])]
 
     def summary(self) -> dict[str, Any]:

@@ -134,8 +134,9 @@ class SimE(PretrainedLearner):
         return self.backbone(self.fit(x))
 
     def _prototypes_of(self, experience: Any, classes: list[int]) -> torch.Tensor:
+        """Float32 class means of the (adapted) features, the forward passes under the configured precision."""
         self.backbone.eval()
-        with torch.no_grad():
+        with torch.no_grad(), self.autocast():
             feats = ((self.features(x), y) for x, y in self.batches(experience, shuffle=False))
             return class_means(feats, classes, self.backbone.out_dim)
 
@@ -155,9 +156,9 @@ class SimE(PretrainedLearner):
             self.backbone.eval()
             self._set_adapters_trainable(False)
         protos = self._prototypes_of(experience, classes)
-        idx = torch.tensor(classes)
-        self.model.prototypes[idx] = protos.to(self.device)
-        self.seen[idx] = True
+        idx = torch.tensor(classes, device=self.device)
+        self.model.prototypes[idx] = protos.to(self.device, torch.float32)
+        self.seen[idx.cpu()] = True
         self.tasks_done += 1
         self._rebuild_index()
         self.train_seconds.append(time.perf_counter() - start)
@@ -167,20 +168,25 @@ class SimE(PretrainedLearner):
         self.index.build(self.model.prototypes[ids.to(self.device)].detach().cpu(), ids)
 
     def _text_embeddings(self) -> torch.Tensor:
+        """The classes' text embeddings on the device, float32 (the text tower runs under the precision)."""
         if self._text is None:
             assert self.loaded.text is not None
-            self._text = self.loaded.text.class_embeddings(self.class_names(), self.config.templates, self.device)
+            with self.autocast():
+                text = self.loaded.text.class_embeddings(self.class_names(), self.config.templates, self.device)
+            self._text = text.float()
         return self._text
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Float32 logits: nearest-prototype cosine (and the text score); only the encoder runs under autocast."""
         self.backbone.eval()
         with torch.no_grad():
-            f = self.features(x.to(self.device))
+            with self.autocast():
+                f = self.features(x.to(self.device)).float()
             logits = self.index.scores(f, self.n_classes)
             w = self.config.text_weight
             if w > 0:
-                text = F.normalize(f.float(), dim=-1).cpu() @ self._text_embeddings().cpu().T
-                seen = self.seen
+                text = F.normalize(f, dim=-1) @ self._text_embeddings().T
+                seen = self.seen.to(self.device)
                 logits[:, seen] = (1 - w) * logits[:, seen] + w * text[:, seen]
         return logits.to(x.device)
 
@@ -189,7 +195,7 @@ class SimE(PretrainedLearner):
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         if "seen" in state:
-            self.seen = state["seen"].clone().bool()
+            self.seen = state["seen"].clone().bool().cpu()
         self.tasks_done = int(state.get("tasks_done", 0))
         self.train_seconds = [float(s) for s in state.get("train_seconds", [])]
 
