@@ -15,6 +15,10 @@ the reward model reads). Built-in branches:
 
 Outputs are cached on disk (SQLite) by SHA-256 of (branch fingerprint, prompt, response), so a pair is computed
 once per branch configuration; branches run in parallel threads (torch releases the GIL inside its kernels).
+
+Every branch that runs a model takes a ``device`` (default ``cpu``): its encoder or LM is loaded there (one copy
+per model and device per process) and its inputs are built there. The device is not part of a branch's
+fingerprint: the outputs are the same up to floating-point rounding, so the cache is shared across devices.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from typing import Any, Callable, Sequence
 from lifelong.platform.errors import UserError
 
 Item = tuple[str, str]  # (prompt, response)
+Device = Any  # a torch.device or its name ("cpu", "cuda:0"); torch is imported lazily here
 BRANCH_NAMES: tuple[str, ...] = ("semantic", "fact-check", "style", "fluency", "quality")
 ENCODER_ALIASES = ("all-minilm-l6-v2", "minilm")
 
@@ -80,10 +85,10 @@ _models_lock = threading.Lock()
 _use_locks: dict[Any, threading.Lock] = {}
 
 
-def use_lock(kind: str, name: str) -> threading.Lock:
+def use_lock(kind: str, name: str, device: Device = "cpu") -> threading.Lock:
     """The lock that serialises use of one shared model's tokenizer (``kind`` is ``enc`` or ``llm``)."""
     with _models_lock:
-        return _use_locks.setdefault((kind, name), threading.Lock())
+        return _use_locks.setdefault((kind, name, str(device)), threading.Lock())
 
 
 def encoder_path(name: str) -> str:
@@ -101,39 +106,42 @@ def encoder_path(name: str) -> str:
     return str(path)
 
 
-def get_encoder(name: str = "all-minilm-l6-v2") -> Any:
-    """The sentence-transformers model, loaded once per process (offline)."""
+def get_encoder(name: str = "all-minilm-l6-v2", device: Device = "cpu") -> Any:
+    """The sentence-transformers model on ``device``, loaded once per process and device (offline)."""
     path = encoder_path(name)
+    key = ("enc", path, str(device))
     with _models_lock:
-        if ("enc", path) not in _models:
+        if key not in _models:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             from sentence_transformers import SentenceTransformer
 
-            _models[("enc", path)] = SentenceTransformer(path, device="cpu")
-        return _models[("enc", path)]
+            _models[key] = SentenceTransformer(path, device=str(device))
+        return _models[key]
 
 
-def encode(texts: Sequence[str], name: str = "all-minilm-l6-v2", batch_size: int = 64) -> Any:
-    """L2-normalised sentence embeddings as a float32 numpy array of shape (len(texts), dim)."""
+def encode(texts: Sequence[str], name: str = "all-minilm-l6-v2", batch_size: int = 64, device: Device = "cpu") -> Any:
+    """L2-normalised sentence embeddings as a float32 numpy array of shape (len(texts), dim), computed on ``device``."""
     import numpy as np
 
-    model = get_encoder(name)
+    model = get_encoder(name, device)
     if not texts:
         dim_fn = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         return np.zeros((0, dim_fn()), dtype=np.float32)
-    with use_lock("enc", encoder_path(name)):
+    with use_lock("enc", encoder_path(name), device):
         return model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
                             show_progress_bar=False).astype(np.float32)
 
 
-def get_llm(name: str) -> tuple[Any, Any]:
-    """The local causal LM and tokenizer (``lifelong.adapters.llm``), loaded once per process."""
+def get_llm(name: str, device: Device = "cpu") -> tuple[Any, Any]:
+    """The local causal LM (on ``device``) and its tokenizer (``lifelong.adapters.llm``), loaded once per process
+    and device."""
+    key = ("llm", name, str(device))
     with _models_lock:
-        if ("llm", name) not in _models:
+        if key not in _models:
             from lifelong.adapters.llm import load_causal_lm
 
-            _models[("llm", name)] = load_causal_lm(name)
-        return _models[("llm", name)]
+            _models[key] = load_causal_lm(name, device=device)
+        return _models[key]
 
 
 # ---------------------------------------------------------------------------------------------- cache
@@ -245,8 +253,9 @@ class SemanticBranch(Branch):
     name = "semantic"
     feature_names = ("cosine", "best_sentence_cosine")
 
-    def __init__(self, encoder: str = "all-minilm-l6-v2") -> None:
+    def __init__(self, encoder: str = "all-minilm-l6-v2", *, device: Device = "cpu") -> None:
         self.encoder = encoder
+        self.device = device
 
     def fingerprint(self) -> str:
         return f"{super().fingerprint()}/{self.encoder}"
@@ -257,7 +266,7 @@ class SemanticBranch(Branch):
         sents = [_sentences(r) or [r] for _, r in items]
         texts = sorted({p for p, _ in items} | {r for _, r in items} | {s for ss in sents for s in ss})
         index = {t: i for i, t in enumerate(texts)}
-        emb = encode(texts, self.encoder)
+        emb = encode(texts, self.encoder, device=self.device)
         out = []
         for (p, r), ss in zip(items, sents):
             q = emb[index[p]]
@@ -340,11 +349,12 @@ class FactCheckBranch(Branch):
     feature_names = ("match_similarity", "states_target", "contradicts")
 
     def __init__(self, facts: Sequence[str] = (), store: str | None = None, encoder: str = "all-minilm-l6-v2",
-                 threshold: float = 0.6) -> None:
+                 threshold: float = 0.6, *, device: Device = "cpu") -> None:
         self.fact_files = [str(f) for f in facts]
         self.store = store
         self.encoder = encoder
         self.threshold = threshold
+        self.device = device
         self._kb: list[tuple[str, str, list[str]]] | None = None  # (prompt, target, match texts)
         self._kb_emb: Any = None
         self._kb_owner: list[int] = []
@@ -372,7 +382,7 @@ class FactCheckBranch(Branch):
                         store.close()
                 texts = [t for _, _, ts in kb for t in ts]
                 self._kb_owner = [i for i, (_, _, ts) in enumerate(kb) for _ in ts]
-                self._kb_emb = encode(texts, self.encoder)
+                self._kb_emb = encode(texts, self.encoder, device=self.device)
                 self._kb = kb
             return self._kb
 
@@ -388,7 +398,7 @@ class FactCheckBranch(Branch):
         if not kb:
             return [BranchOutput((0.0, 0.0, 0.0), "fact-check: no knowledge source") for _ in items]
         prompts = sorted({p for p, _ in items})
-        q = encode(prompts, self.encoder)
+        q = encode(prompts, self.encoder, device=self.device)
         sims = q @ self._kb_emb.T  # (prompts, texts)
         owner = np.asarray(self._kb_owner)
         best: dict[str, tuple[int, float]] = {}
@@ -411,9 +421,10 @@ class FactCheckBranch(Branch):
 
 
 class _LLMBranch(Branch):
-    def __init__(self, llm: str = "smollm2-135m", batch_size: int = 16) -> None:
+    def __init__(self, llm: str = "smollm2-135m", batch_size: int = 16, *, device: Device = "cpu") -> None:
         self.llm = llm
         self.batch_size = batch_size
+        self.device = device
 
     def fingerprint(self) -> str:
         return f"{super().fingerprint()}/{self.llm}"
@@ -432,9 +443,9 @@ class FluencyBranch(_LLMBranch):
     def compute(self, items: Sequence[Item]) -> list[BranchOutput]:
         import torch
 
-        model, tok = get_llm(self.llm)
+        model, tok = get_llm(self.llm, self.device)
         encoded = []
-        with use_lock("llm", self.llm):
+        with use_lock("llm", self.llm, self.device):
             for p, r in items:
                 ctx = tok(_context(p), add_special_tokens=False)["input_ids"][-192:]
                 resp = tok(" " + r.strip(), add_special_tokens=False)["input_ids"][:192] or [tok.eos_token_id]
@@ -448,11 +459,10 @@ class FluencyBranch(_LLMBranch):
             seqs = [encoded[i][0] + encoded[i][1] for i in idx]
             width = max(len(s) for s in seqs)
             pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-            ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(seqs), width), dtype=torch.long)
-            for row, s in enumerate(seqs):
-                ids[row, :len(s)] = torch.tensor(s)
-                mask[row, :len(s)] = 1
+            # built as lists and sent to the model's device in one copy each
+            ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], dtype=torch.long, device=self.device)
+            mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], dtype=torch.long,
+                                device=self.device)
             with torch.inference_mode():
                 hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state
                 for row, i in enumerate(idx):
@@ -478,8 +488,9 @@ class QualityBranch(_LLMBranch):
     name = "quality"
     feature_names = ("yes_minus_no_logit",)
 
-    def __init__(self, llm: str = "smollm2-135m", batch_size: int = 16, max_new_tokens: int = 8) -> None:
-        super().__init__(llm, batch_size)
+    def __init__(self, llm: str = "smollm2-135m", batch_size: int = 16, max_new_tokens: int = 8, *,
+                 device: Device = "cpu") -> None:
+        super().__init__(llm, batch_size, device=device)
         self.max_new_tokens = max_new_tokens
 
     def fingerprint(self) -> str:
@@ -497,8 +508,8 @@ class QualityBranch(_LLMBranch):
     def compute(self, items: Sequence[Item]) -> list[BranchOutput]:
         import torch
 
-        model, tok = get_llm(self.llm)
-        lock = use_lock("llm", self.llm)
+        model, tok = get_llm(self.llm, self.device)
+        lock = use_lock("llm", self.llm, self.device)
         with lock:
             yes = self._ids(tok, ["yes", "Yes", " yes", " Yes", "YES"])
             no = self._ids(tok, ["no", "No", " no", " No", "NO"])
@@ -517,7 +528,7 @@ class QualityBranch(_LLMBranch):
                 side = tok.padding_side
                 tok.padding_side = "left"
                 try:
-                    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+                    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
                 finally:
                     tok.padding_side = side
             with torch.inference_mode():
@@ -526,8 +537,9 @@ class QualityBranch(_LLMBranch):
                                      pad_token_id=tok.pad_token_id)
             first = gen.scores[0].float()
             margin = torch.logsumexp(first[:, yes], -1) - torch.logsumexp(first[:, no], -1)
+            new_tokens = gen.sequences[:, enc["input_ids"].shape[1]:].cpu()
             with lock:
-                answers = tok.batch_decode(gen.sequences[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                answers = tok.batch_decode(new_tokens, skip_special_tokens=True)
             for m, a in zip(margin.tolist(), answers):
                 a = " ".join(a.split())
                 out.append(BranchOutput((float(m),), f"quality judge: {a}"))
@@ -538,20 +550,21 @@ BranchFactory = Callable[..., Branch]
 
 
 def make_branches(names: Sequence[str], *, encoder: str, llm: str, facts: Sequence[str], store: str | None,
-                  fact_threshold: float, batch_size: int) -> list[Branch]:
-    """Build the named branches in order (names are checked by the caller's config validation)."""
+                  fact_threshold: float, batch_size: int, device: Device = "cpu") -> list[Branch]:
+    """Build the named branches in order (names are checked by the caller's config validation); the ones that
+    run a model run it on ``device``."""
     out: list[Branch] = []
     for name in names:
         if name == "semantic":
-            out.append(SemanticBranch(encoder))
+            out.append(SemanticBranch(encoder, device=device))
         elif name == "style":
             out.append(StyleBranch())
         elif name == "fact-check":
-            out.append(FactCheckBranch(facts, store, encoder, fact_threshold))
+            out.append(FactCheckBranch(facts, store, encoder, fact_threshold, device=device))
         elif name == "fluency":
-            out.append(FluencyBranch(llm, batch_size))
+            out.append(FluencyBranch(llm, batch_size, device=device))
         elif name == "quality":
-            out.append(QualityBranch(llm, batch_size))
+            out.append(QualityBranch(llm, batch_size, device=device))
         else:
             raise UserError(f"unknown branch {name!r}; allowed values: {', '.join(BRANCH_NAMES)}")
     return out

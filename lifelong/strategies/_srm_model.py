@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from lifelong.platform.errors import UserError
+from lifelong.platform.precision import LossScaler, autocast
 from lifelong.strategies import _srm_branches as sb
 
 FORMAT_VERSION = 1
@@ -96,18 +97,23 @@ class RewardModel:
     """A trainable, savable reward model; ``scorer`` is its registry name, ``config`` its typed config."""
 
     def __init__(self, scorer: str, config: Any) -> None:
+        from lifelong.platform.runner import resolve_device
+
         self.scorer = scorer
         self.config = config
+        #: where the encoder, the branch models, the features and the head live
+        self.device: torch.device = resolve_device(getattr(config, "device", "auto"))
         self.branch_names: list[str] = list(getattr(config, "branches", []))
         facts = [self._resolve_facts(f) for f in getattr(config, "facts", [])]
         self.branches = sb.make_branches(
             self.branch_names, encoder=config.encoder, llm=getattr(config, "llm", "smollm2-135m"), facts=facts,
             store=getattr(config, "store", None), fact_threshold=getattr(config, "fact_threshold", 0.6),
-            batch_size=getattr(config, "llm_batch_size", 16))
+            batch_size=getattr(config, "llm_batch_size", 16), device=self.device)
         cache_dir = config.cache_dir
         path = Path(cache_dir) / "srm-branches.sqlite" if cache_dir else default_cache_path()
         self.cache = sb.BranchCache(path if cache_dir != ":memory:" else None)
         self.head: RewardHead | None = None
+        self.scaler: LossScaler | None = None  # the last fit's loss scaler (its scale shows fp16 was used)
         self.training: dict[str, Any] = {}
 
     @staticmethod
@@ -135,26 +141,32 @@ class RewardModel:
                 parts += [texts[n][i] for n in self.branch_names]
             joined.append("\n".join(parts))
         emb = self._embed(joined)
-        feats = {n: torch.tensor([o.features for o in outs[n]], dtype=torch.float32).reshape(len(items), -1)
-                 for n in self.branch_names}
+        feats = {n: torch.tensor([o.features for o in outs[n]], dtype=torch.float32, device=self.device)
+                 .reshape(len(items), -1) for n in self.branch_names}
         return _Features(emb, feats, texts)
 
     def _embed(self, texts: Sequence[str]) -> torch.Tensor:
+        """Encoder embeddings of ``texts`` on the model's device, through the cache (rounded to 6 decimals)."""
         ns = f"encoder/{self.config.encoder}"
         keys = [sb.BranchCache.key(ns, t, "") for t in texts]
         hit = self.cache.get_many(keys)
         todo = sorted({k: i for i, k in reversed(list(enumerate(keys))) if k not in hit}.values())  # first of each
         fresh = {}
         if todo:
-            vecs = sb.encode([texts[i] for i in todo], self.config.encoder)
+            vecs = sb.encode([texts[i] for i in todo], self.config.encoder, device=self.device)
             fresh = {keys[i]: json.dumps([round(float(x), 6) for x in v]) for i, v in zip(todo, vecs)}
             self.cache.put_many(fresh)
         rows = [json.loads(fresh.get(k) or hit[k]) for k in keys]
-        return torch.tensor(np.asarray(rows, dtype=np.float32))
+        return torch.tensor(np.asarray(rows, dtype=np.float32), device=self.device)
 
     # ------------------------------------------------------------------ training
     def fit(self, pairs: Sequence[Any]) -> dict[str, Any]:
-        """Train the head with the Bradley-Terry loss on ``pairs`` (objects with prompt, chosen, rejected)."""
+        """Train the head with the Bradley-Terry loss on ``pairs`` (objects with prompt, chosen, rejected).
+
+        The head's forward and loss run under ``config.precision`` (autocast; fp16 through a GradScaler), its
+        weights stay float32. The head is initialised and the batches shuffled on the CPU's generator, so a seed
+        gives the same draws on every device.
+        """
         if not pairs:
             raise UserError("no preference pairs to train on")
         cfg = self.config
@@ -165,23 +177,27 @@ class RewardModel:
         feature_time = time.perf_counter() - start
         torch.manual_seed(cfg.seed)
         dims = {k: v.shape[1] for k, v in f.feats.items()}
-        head = RewardHead(f.emb.shape[1], dims, cfg.hidden, cfg.dropout)
+        head = RewardHead(f.emb.shape[1], dims, cfg.hidden, cfg.dropout).to(self.device)
         head.set_standardisation(f.feats)
         opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        gen = torch.Generator().manual_seed(cfg.seed)
+        precision = getattr(cfg, "precision", "fp32")
+        scaler = LossScaler(precision, self.device)
+        gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
         head.train()
         losses = []
         for _ in range(cfg.epochs):
-            perm = torch.randperm(n, generator=gen)
+            perm = torch.randperm(n, generator=gen).to(self.device)
             for s in range(0, n, cfg.batch_size):
                 idx = perm[s:s + cfg.batch_size]
                 both = torch.cat([idx, idx + n])
-                scores = head(f.emb[both], {k: v[both] for k, v in f.feats.items()})
-                loss = bradley_terry_loss(scores[: len(idx)], scores[len(idx):])
+                with autocast(precision, self.device):
+                    scores = head(f.emb[both], {k: v[both] for k, v in f.feats.items()}).float()
+                    loss = bradley_terry_loss(scores[: len(idx)], scores[len(idx):])
                 opt.zero_grad()
-                loss.backward()
-                opt.step()
+                scaler.backward(loss)
+                scaler.step(opt)
                 losses.append(float(loss.detach()))
+        self.scaler = scaler
         head.eval()
         self.head = head
         with torch.no_grad():
@@ -209,7 +225,7 @@ class RewardModel:
             return []
         f = self.featurize(items)
         with torch.no_grad():
-            terms = head.terms(f.emb, f.feats)
+            terms = head.terms(f.emb, f.feats).cpu()  # one copy to the host, not one per number
         names = [TEXT_TERM] + self.branch_names
         out = []
         for i in range(len(items)):
@@ -250,15 +266,17 @@ class RewardModel:
         if out.exists() and not out.is_dir():
             raise UserError(f"--out {out} exists and is not a directory")
         out.mkdir(parents=True, exist_ok=True)
+        config = to_dict(self.config)
+        config.pop("device", None)  # where it ran is not part of the model: it loads on any device
         meta = {
             "format_version": FORMAT_VERSION,
             "scorer": self.scorer,
-            "config": to_dict(self.config),
+            "config": config,
             "branches": {b.name: list(b.feature_names) for b in self.branches},
             "embed_dim": int(head.text[1].in_features),
             "training": self.training,
         }
-        state = {k: v.detach().contiguous() for k, v in head.state_dict().items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
         fd, tmp_w = tempfile.mkstemp(dir=out, prefix=".head-", suffix=".tmp")
         os.close(fd)
         fd, tmp_c = tempfile.mkstemp(dir=out, prefix=".config-", suffix=".tmp")
@@ -285,5 +303,5 @@ class RewardModel:
         except (OSError, RuntimeError, ValueError) as exc:
             raise UserError(f"{folder / 'head.safetensors'}: cannot load the reward head ({exc})") from None
         head.eval()
-        self.head = head
+        self.head = head.to(self.device)
         self.training = dict(meta.get("training", {}))

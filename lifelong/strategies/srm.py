@@ -32,6 +32,7 @@ Python API::
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,11 @@ DEFAULT_BRANCHES: tuple[str, ...] = ("semantic", "fact-check", "style", "fluency
 
 
 def _check_common(cfg: Any) -> None:
+    from lifelong.platform.precision import check_precision
+
+    check_precision(cfg.precision)
+    if not isinstance(cfg.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device):
+        raise ValueError(f"device must be one of auto, cpu, cuda, cuda:N, got {cfg.device!r}")
     if cfg.hidden < 1:
         raise ValueError(f"hidden must be >= 1, got {cfg.hidden}")
     if not 0.0 <= cfg.dropout < 1.0:
@@ -71,6 +77,12 @@ class ScalarRMConfig:
     batch_size: int = 32
     seed: int = 0
     cache_dir: str | None = None  # None: $LIFELONG_CACHE (default ~/.cache/lifelong); ":memory:" for no disk cache
+    #: where the encoder, the branch LMs and the head run: auto (CUDA when there is one), cpu, cuda, cuda:N.
+    #: A property of the run, not of the model: it is not saved, so a model trained on a GPU loads anywhere.
+    device: str = "auto"
+    #: mixed precision of the head's training: fp32, bf16 or fp16 (lifelong.platform.precision); the branches
+    #: and the encoder stay float32, so their cached outputs do not depend on it
+    precision: str = "fp32"
 
     def validate(self) -> None:
         _check_common(self)
