@@ -74,3 +74,50 @@ def test_training_shards_are_padded_to_equal_length_and_evaluation_shards_are_no
 def test_a_memory_budget_is_split_over_the_ranks():
     assert [local_share(200, DistributedInfo(rank=r, world_size=3)) for r in range(3)] == [67, 67, 66]
     assert local_share(200, DistributedInfo()) == 200
+
+
+COUNT_SAMPLES = '''
+import json, sys
+import torch
+from lifelong.benchmarks.split_digits import SplitDigitsConfig, split_digits
+from lifelong.platform import distributed, registry
+from lifelong.platform.learner import RunContext
+
+info = distributed.current_distributed_info()
+stream = split_digits(SplitDigitsConfig(n_experiences=2, train_per_class=30, seed=0))  # imports Avalanche first
+device = distributed.setup(info, torch.device("cpu"))
+spec = registry.get("strategy", "replay")
+learner = spec.factory(spec.config(epochs=1, batch_size=8, mem_size=20),
+                       RunContext(stream=stream, device=device, seed=0, distributed=info))
+counts, shards = [], []
+for i in range(2):
+    seen = [0]
+    def count(module, inputs, output):
+        if module is learner.model and torch.is_grad_enabled():
+            seen[0] += len(inputs[0])
+    handle = torch.nn.modules.module.register_module_forward_hook(count)
+    shard = distributed.shard_experience(stream.train_stream[i], info)
+    learner.train_experience(shard)
+    handle.remove()
+    counts.append(seen[0])
+    shards.append(len(shard.dataset))
+print(json.dumps({"rank": info.rank, "counts": counts, "shards": shards}))
+distributed.teardown(info)
+'''
+
+
+def test_each_rank_trains_on_its_whole_shard_plus_replay(tmp_path):
+    """Avalanche's replay loader adds its own DistributedSampler when a process group exists, which would
+    shard the shard (each rank seeing a quarter of the data); the bridge switches that off."""
+    script = tmp_path / "count_samples.py"
+    script.write_text(COUNT_SAMPLES)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
+        capture_output=True, text=True, cwd=REPO, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reports = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert sorted(r["rank"] for r in reports) == [0, 1]
+    for r in reports:
+        assert r["counts"][0] == r["shards"][0]  # first experience: every sample of the shard, once
+        assert r["counts"][1] > r["shards"][1]  # then the shard again, plus replayed memory

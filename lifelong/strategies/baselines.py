@@ -20,7 +20,6 @@ from torch import nn
 from lifelong.platform import distributed
 from lifelong.platform.distributed import OutsideModuleTree, shard_indices
 from lifelong.platform.learner import StrategyConfig
-from lifelong.platform.quiet import quiet_avalanche
 from lifelong.platform.registry import Capabilities, register
 from lifelong.adapters.backbones import build_backbone
 from lifelong.strategies._avalanche import (
@@ -249,5 +248,4 @@ class ICaRL(AvalancheLearner):
             n_classes_per_exp=[len(c) for c in stream.classes_per_experience],
             classes_order=list(range(stream.n_classes)),
         )
-        with quiet_avalanche():
-            self.strategy.train(patched, num_workers=0)
+        self.train_avalanche(patched)
