@@ -63,8 +63,8 @@ def compare_pair(strategies: str, seeds: str, sets: list[str], root: Path) -> di
     jobs = json.loads((root / "jobs" / "summary.json").read_text())
 
     def without_times(summary: dict) -> dict:
-        return {s: {k: v for k, v in m.items() if k != "wall_time_s"} if isinstance(m, dict) else m
-                for s, m in summary.items()}
+        return {s: {k: v for k, v in metrics.items() if k != "wall_time_s"}
+                for s, metrics in summary["strategies"].items()}
 
     return {"serial": t_serial, "jobs": t_jobs, "identical": without_times(serial) == without_times(jobs)}
 
