@@ -101,7 +101,9 @@ for i in range(2):
     handle.remove()
     counts.append(seen[0])
     shards.append(len(shard.dataset))
-print(json.dumps({"rank": info.rank, "counts": counts, "shards": shards}))
+# one file per rank: two ranks printing at once can interleave their lines
+with open(f"{sys.argv[1]}/rank{info.rank}.json", "w") as report:
+    json.dump({"rank": info.rank, "counts": counts, "shards": shards}, report)
 distributed.teardown(info)
 '''
 
@@ -112,11 +114,12 @@ def test_each_rank_trains_on_its_whole_shard_plus_replay(tmp_path):
     script = tmp_path / "count_samples.py"
     script.write_text(COUNT_SAMPLES)
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+         str(tmp_path)],
         capture_output=True, text=True, cwd=REPO, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    reports = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert sorted(r["rank"] for r in reports) == [0, 1]
     for r in reports:
         assert r["counts"][0] == r["shards"][0]  # first experience: every sample of the shard, once
