@@ -89,7 +89,7 @@ def gather_to_main(value: Any, info: DistributedInfo) -> list[Any] | None:
     import torch.distributed as dist
 
     parts: list[Any] | None = [None] * info.world_size if info.is_main else None
-    dist.gather_object(value, parts, dst=0)
+    dist.gather_object(value, parts, dst=0, weights_only=True)  # state trees only: tensors and plain values
     return parts
 
 
