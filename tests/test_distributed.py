@@ -15,14 +15,18 @@ from lifelong.platform.learner import DistributedInfo
 ARGS = ["--set", "n_experiences=2", "--set", "train_per_class=60", "--set", "epochs=5", "--set", "batch_size=32"]
 
 
-def _torchrun(*args):
+def _launch(*target):
+    """Two gloo processes of ``target`` (a script and its arguments, or ``-m module ...``), one thread each."""
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "lifelong", "run", *args],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *target],
         capture_output=True, text=True, cwd=REPO, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
+
+
+def _torchrun(*args):
+    return _launch("-m", "lifelong", "run", *args)
 
 
 @pytest.mark.parametrize("strategy", ["naive", "der", "icarl"])
@@ -113,12 +117,7 @@ def test_each_rank_trains_on_its_whole_shard_plus_replay(tmp_path):
     shard the shard (each rank seeing a quarter of the data); the bridge switches that off."""
     script = tmp_path / "count_samples.py"
     script.write_text(COUNT_SAMPLES)
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-         str(tmp_path)],
-        capture_output=True, text=True, cwd=REPO, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _launch(str(script), str(tmp_path))
     reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert sorted(r["rank"] for r in reports) == [0, 1]
     for r in reports:

@@ -81,3 +81,17 @@ def test_compare_in_parallel_processes_gives_the_serial_summary(tmp_path):
     for strategy in ("naive", "replay"):
         for key in ("average_incremental_accuracy", "last_accuracy", "forgetting", "bwt"):
             assert parallel[strategy][key] == serial[strategy][key], (strategy, key)
+
+
+def test_parallel_jobs_take_the_gpus_in_turn(monkeypatch):
+    """No GPU here: the count is faked, to check which device each job is given (explicit devices are kept)."""
+    import torch
+
+    from lifelong.platform.runner import _spread_over_gpus, resolve_config
+
+    configs = [resolve_config(strategy="naive", benchmark="split-digits", seed=s) for s in range(3)]
+    configs.append(resolve_config(strategy="naive", benchmark="split-digits", seed=3, device="cpu"))
+    assert _spread_over_gpus(configs) == configs  # no CUDA: nothing changes
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [c.device for c in _spread_over_gpus(configs)] == ["cuda:0", "cuda:1", "cuda:0", "cpu"]

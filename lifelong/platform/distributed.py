@@ -105,7 +105,7 @@ def sum_over_ranks(values: list[float], info: DistributedInfo, device: Any) -> l
     return tensor.tolist()
 
 
-def synchronise_replicas(module: Any, info: DistributedInfo) -> float:
+def synchronise_replicas(module: Any, info: DistributedInfo, device: Any) -> float:
     """Make every rank's copy of ``module`` rank 0's, and return how far apart they were (max abs difference).
 
     DDP keeps the parameters equal by averaging gradients, but buffers such as batch-norm running statistics
@@ -130,19 +130,9 @@ def synchronise_replicas(module: Any, info: DistributedInfo) -> float:
             elif not torch.equal(tensor, reference):
                 divergence = max(divergence, float("inf"))
             tensor.copy_(reference)
-    worst = torch.tensor([divergence], dtype=torch.float64, device=_collective_device(info))
+    worst = torch.tensor([divergence], dtype=torch.float64, device=device)
     dist.all_reduce(worst, op=dist.ReduceOp.MAX)
     return float(worst.item())
-
-
-def _collective_device(info: DistributedInfo) -> Any:
-    """Where small tensors for a collective must live: the rank's GPU under NCCL, else the CPU."""
-    import torch
-    import torch.distributed as dist
-
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
 
 
 def wrap(module: Any, info: DistributedInfo, device: Any) -> Any:

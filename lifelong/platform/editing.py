@@ -30,7 +30,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from lifelong.platform.errors import UserError
-from lifelong.platform.precision import PRECISIONS, LossScaler, autocast
+from lifelong.platform.precision import LossScaler, autocast, check_precision
 from lifelong.platform.store import CorruptEditError, EditRecord, EditStore
 
 DEFAULT_EDITOR = "sola"
@@ -177,9 +177,10 @@ def resolve_edit_device(name: str) -> Any:
 
 def check_edit_precision(name: str) -> str:
     """``name`` if it is a known precision, else a UserError naming ``--precision`` and the allowed values."""
-    if name not in PRECISIONS:
-        raise UserError(f"--precision: {name!r} is not a precision; allowed: {', '.join(PRECISIONS)}")
-    return name
+    try:
+        return check_precision(name)
+    except ValueError as exc:
+        raise UserError(f"--{exc}") from None
 
 
 class EditSession:

@@ -241,7 +241,7 @@ def run_experiment(
         t0 = time.perf_counter()
         seed_everything(step_seed(config.seed, i))
         learner.train_experience(distributed.shard_experience(stream.train_stream[i], dist))
-        divergence = max(divergence, distributed.synchronise_replicas(learner.model, dist))
+        divergence = max(divergence, distributed.synchronise_replicas(learner.model, dist, device))
         matrix[i] = [evaluate(learner, stream.test_stream[j], eval_batch, device, dist) for j in range(n)]
         elapsed += time.perf_counter() - t0
         learner_state = learner.state_dict()

@@ -57,7 +57,7 @@ def trainable_only(strategy_class: type) -> type:
 
     class TrainableOnly(strategy_class):  # type: ignore[misc, valid-type]
         precision: str = "fp32"
-        loss_scaler: LossScaler | None = None
+        loss_scaler: LossScaler  # set by use_precision, which AvalancheLearner calls right after construction
 
         def use_precision(self, precision: str) -> None:
             self.precision = precision
@@ -69,13 +69,9 @@ def trainable_only(strategy_class: type) -> type:
                 return super().forward().float()
 
         def backward(self) -> None:
-            if self.loss_scaler is None:
-                return super().backward()
             self.loss_scaler.backward(self.loss, retain_graph=self.retain_graph)
 
         def optimizer_step(self) -> None:
-            if self.loss_scaler is None:
-                return super().optimizer_step()
             self.loss_scaler.step(self.optimizer)
 
         def make_optimizer(self, reset_optimizer_state: bool = False, remove_params: bool = True, **kwargs: Any) -> None:

@@ -226,13 +226,12 @@ class ICaRL(AvalancheLearner):
             device=self.context.device,
             evaluator=silent_evaluator(),
         )
-        # Avalanche builds its own TrainEvalModel around the same modules; train ours, which can run under DDP
-        strategy.model = self._model
         if self.context.distributed.enabled:
             strategy.plugins.append(_ShardForTraining(self.context.distributed))
         return strategy
 
     def distributed_model(self) -> nn.Module:
+        """Our model in place of the TrainEvalModel Avalanche built around the same modules: it can run under DDP."""
         if self.context.distributed.enabled:
             train_path = nn.Sequential(self._model.feature_extractor, self._model.train_classifier)
             self._model.ddp.wrapper = distributed.wrap(train_path, self.context.distributed, self.context.device)

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
+from lifelong.platform import distributed
 from lifelong.platform.errors import UserError
 from lifelong.platform.learner import Learner, RunContext, StrategyConfig
 from lifelong.platform.precision import LossScaler, autocast
@@ -266,8 +267,6 @@ class DERLearner(Learner):
     # -- training ----------------------------------------------------------------------------------------
     def train_experience(self, experience: Any) -> None:
         task = self.model.n_tasks
-        from lifelong.platform import distributed
-
         info = self.context.distributed
         dataset = experience.dataset
         # under torchrun each rank trains on its shard; herding, batch-norm statistics and the fine-tuning set
