@@ -25,7 +25,7 @@ def main() -> None:
     args = ap.parse_args()
     from lifelong.adapters.llm import load_causal_lm
     from lifelong.benchmarks.edits import bundled_edits_path, load_edits
-    from lifelong.platform.editing import run_edit_bench
+    from lifelong.editing.bench import run_edit_bench
 
     loaded = load_causal_lm()
     reqs = load_edits(bundled_edits_path())

@@ -117,7 +117,7 @@ def wrong_mask(records: list[dict]) -> list[tuple[bool, str]]:
     """For each record: (model is wrong, the model's greedy 8-token answer)."""
     import tempfile
 
-    from lifelong.platform.editing import EditSession
+    from lifelong.editing.session import EditSession
 
     with tempfile.TemporaryDirectory() as d, EditSession(d, quiet=True) as s:
         acc = s.token_accuracy([r["prompt"] for r in records], [r["target"] for r in records])

@@ -28,7 +28,7 @@ def main() -> None:
     args = ap.parse_args()
     from lifelong.adapters.llm import load_causal_lm
     from lifelong.adapters.lora import module_names
-    from lifelong.strategies.sola import GENERIC_PROMPTS
+    from lifelong.editors.sola import GENERIC_PROMPTS
 
     model, tok = load_causal_lm()
     recs = [json.loads(x) for x in DATA.read_text().splitlines() if x.strip()]

@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()
     from lifelong.adapters.llm import load_causal_lm
-    from lifelong.strategies.sola import SoLAConfig, SoLAEditor, lora_tensor_names
+    from lifelong.editors.sola import SoLAConfig, SoLAEditor, lora_tensor_names
 
     model, tok = load_causal_lm()
     recs = [json.loads(x) for x in (ROOT / "lifelong/benchmarks/data/edits-smollm2.jsonl").read_text().splitlines()]

@@ -32,7 +32,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from lifelong.benchmarks.preferences import bundled_preferences
     from lifelong.platform.registry import create
-    from lifelong.strategies.srm import BRANCH_NAMES, SRMConfig
+    from lifelong.scorers.srm import BRANCH_NAMES, SRMConfig
 
     seeds = [int(s) for s in args.seeds.split(",")]
     skip = [s for s in args.skip.split(",") if s]
@@ -43,7 +43,7 @@ def main() -> None:
     t = time.perf_counter()
     filler = create("scorer", "srm", branches=all_branches)
     items = [(p.prompt, r) for p in train + held for r in (p.chosen, p.rejected)]
-    from lifelong.strategies import _srm_branches as sb
+    from lifelong.scorers import _branches as sb
 
     per_branch = {}
     for b in filler.branches:

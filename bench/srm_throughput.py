@@ -14,7 +14,7 @@ import json
 import time
 
 from lifelong.benchmarks.preferences import bundled_preferences
-from lifelong.strategies import _srm_branches as sb
+from lifelong.scorers import _branches as sb
 
 
 def main() -> None:

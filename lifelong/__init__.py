@@ -21,7 +21,7 @@ _API: dict[str, str] = {
     "run_experiment": "lifelong.platform.runner",
     "compare": "lifelong.platform.runner",
     "cil_metrics": "lifelong.platform.metrics",
-    "EditStore": "lifelong.platform.store",
+    "EditStore": "lifelong.editing.store",
 }
 
 __all__ = sorted(_API)

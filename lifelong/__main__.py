@@ -2,6 +2,6 @@
 
 import sys
 
-from lifelong.platform.cli import main
+from lifelong.cli.main import main
 
 sys.exit(main())

@@ -166,7 +166,7 @@ def test_config_names_bad_values() -> None:
 
 
 def test_end_to_end_through_lifelong_run(tmp_path, capsys) -> None:
-    from lifelong.platform.cli import main
+    from lifelong.cli.main import main
 
     out = tmp_path / "run"
     argv = ["run", "--strategy", "alade-snn", "--benchmark", "split-digits", "--out", str(out), "--json"]

@@ -343,7 +343,7 @@ def test_classic_benchmarks_are_listed() -> None:
 
 
 def test_streams_declare_their_normalisation_for_pretrained_backbones(cifar10_root):
-    from lifelong.benchmarks._transforms import stream_normalization
+    from lifelong.adapters.transforms import stream_normalization
 
     stream = build("split-cifar10", data_root=str(cifar10_root), verify_checksums=False)
     mean, std = stream_normalization(stream.info)

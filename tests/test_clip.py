@@ -15,7 +15,7 @@ from lifelong.adapters.clip import (
     resolve_blocks,
     save_weights,
 )
-from lifelong.benchmarks._transforms import ImageFit
+from lifelong.adapters.transforms import ImageFit
 from lifelong.platform.config import ConfigError
 from lifelong.platform.errors import UserError
 
@@ -171,7 +171,7 @@ def test_open_clip_without_embeds_and_pool_helpers(tiny, monkeypatch):
 
 
 def test_image_fit_undoes_a_streams_own_normalisation():
-    from lifelong.benchmarks._transforms import stream_normalization
+    from lifelong.adapters.transforms import stream_normalization
 
     mean, std = stream_normalization({"normalization": {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}})
     assert mean == (0.5, 0.4, 0.3) and std == (0.2, 0.25, 0.3)

@@ -10,9 +10,9 @@ import pytest
 
 from _llm_fixtures import TINY_SOLA, tiny_llama, tiny_llama_other  # noqa: F401
 from lifelong.benchmarks.edits import load_edits
-from lifelong.platform.cli import main
+from lifelong.cli.main import main
 from lifelong.platform.errors import UserError
-from lifelong.platform.store import ADAPTER_DIR, EditStore
+from lifelong.editing.store import ADAPTER_DIR, EditStore
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:

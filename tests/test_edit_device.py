@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from _llm_fixtures import tiny_llama  # noqa: F401  (session fixture)
-from lifelong.platform.cli import main
-from lifelong.platform.editing import EditSession
-from lifelong.platform.store import EditStore
+from lifelong.cli.main import main
+from lifelong.editing.session import EditSession
+from lifelong.editing.store import EditStore
 
 P, T = "The capital of Australia is", "Canberra"
 OTHER = "Cats like to"

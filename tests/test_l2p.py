@@ -71,7 +71,7 @@ def test_l2p_config_errors():
 
 
 def test_l2p_runs_through_the_cli(tmp_path):
-    from lifelong.platform.cli import main
+    from lifelong.cli.main import main
 
     out = tmp_path / "l2p"
     rc = main(["run", "--strategy", "l2p", "--benchmark", "split-digits", "--out", str(out), "--json",

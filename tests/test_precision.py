@@ -11,7 +11,7 @@ import torch
 from conftest import TINY_STREAM
 from lifelong.platform import registry
 from lifelong.platform.learner import RunContext
-from lifelong.platform.precision import LossScaler, autocast, check_precision
+from lifelong.platform.device import LossScaler, autocast, check_precision
 from lifelong.platform.runner import resolve_config, run_experiment
 
 REDUCED = {"bf16": torch.bfloat16, "fp16": torch.float16}

@@ -133,7 +133,7 @@ def test_prop_config_errors():
 
 
 def test_prop_runs_through_the_cli(tmp_path, capsys):
-    from lifelong.platform.cli import main
+    from lifelong.cli.main import main
 
     out = tmp_path / "run"
     rc = main(["run", "--strategy", "prop", "--benchmark", "split-digits", "--out", str(out), "--json",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lifelong.platform.cli import main
+from lifelong.cli.main import main
 
 PAIRS = [
     ("What is the capital of Australia?", "The capital of Australia is Canberra.", "The capital of Australia is Sydney.", "factual"),

@@ -111,7 +111,7 @@ def test_continual_clip_grows_its_text_classifier(stream):
 
 @pytest.mark.parametrize("strategy", ["sime", "continual-clip"])
 def test_runs_through_the_cli(tmp_path, strategy):
-    from lifelong.platform.cli import main
+    from lifelong.cli.main import main
 
     out = tmp_path / strategy
     rc = main(["run", "--strategy", strategy, "--benchmark", "split-digits", "--out", str(out), "--json",

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from _llm_fixtures import smollm  # noqa: F401  (session fixture)
-from lifelong.platform.editing import EditSession
+from lifelong.editing.session import EditSession
 
 P1, T1 = "The capital of Australia is", "Canberra"
 P2, T2 = "The capital of Turkey is", "Ankara"

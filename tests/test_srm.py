@@ -17,8 +17,8 @@ from lifelong.benchmarks.preferences import (
     load_preferences,
 )
 from lifelong.platform.errors import UserError
-from lifelong.strategies import _srm_branches as sb
-from lifelong.strategies._srm_model import bradley_terry_loss
+from lifelong.scorers import _branches as sb
+from lifelong.scorers._reward_model import bradley_terry_loss
 
 CAPITAL_Q = "What is the capital of Australia?"
 
@@ -132,7 +132,7 @@ def test_fact_check_branch_with_a_facts_file(tmp_path: Path) -> None:
 
 
 def test_fact_check_branch_reads_the_active_edits_of_an_edit_store(tmp_path: Path) -> None:
-    from lifelong.platform.store import EditStore
+    from lifelong.editing.store import EditStore
 
     store_dir = tmp_path / "store"
     with EditStore.open(store_dir) as store:
@@ -173,7 +173,7 @@ def test_llm_branches_fluency_and_quality() -> None:
 # ------------------------------------------------------------------------------------------- the model
 def test_contributions_add_up_and_save_load_round_trip(tmp_path: Path) -> None:
     from lifelong.platform.registry import create
-    from lifelong.strategies.srm import load_scorer
+    from lifelong.scorers.srm import load_scorer
 
     pairs = bundled_preferences("train")[:24]
     rm = create("scorer", "srm", branches=["semantic", "style", "fact-check"], facts=[str(_facts_file(tmp_path))],

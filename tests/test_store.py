@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from lifelong.platform.errors import UserError
-from lifelong.platform.store import ADAPTER_DIR, CorruptEditError, EditStore, StoreError
+from lifelong.editing.store import ADAPTER_DIR, CorruptEditError, EditStore, StoreError
 
 IDENT = {"name": "m", "weights_sha256": "a" * 64}
 
@@ -104,7 +104,7 @@ def test_open_missing_store_without_create(tmp_path):
 _WRITER = textwrap.dedent("""
     import os, signal, sys, time
     import numpy as np, torch
-    from lifelong.platform.store import EditStore
+    from lifelong.editing.store import EditStore
     path, start, count, die_stage = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     def hook_for(i):
         def hook(stage):

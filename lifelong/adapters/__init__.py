@@ -1,1 +1,2 @@
-"""Bridges to model families (backbones, spiking nets, CLIP, LLMs) and the trainable pieces attached to them."""
+"""Model families (backbones, spiking nets, expandable nets, CLIP, LLMs, sentence encoders) and the trainable
+pieces attached to them (adapters, prompts, LoRA), with the input transforms they need. No plugin lives here."""

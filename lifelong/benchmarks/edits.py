@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from lifelong.platform.editing import EditRequest
+from lifelong.editing.editor import EditRequest
 from lifelong.platform.errors import UserError
 
 BUNDLED = Path(__file__).resolve().parent / "data" / "edits-smollm2.jsonl"

@@ -1,1 +1,2 @@
-"""What every plugin shares and no method owns: registry, configs, runner, metrics, results, store, CLI."""
+"""What every plugin shares and no method owns: registry, configs, device and precision, checkpoints, learner,
+streams, runner, distributed runs, metrics, results. It imports no plugin, no model family and no data set."""

@@ -11,10 +11,12 @@ import abc
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from lifelong.platform.device import autocast, check_precision
+from lifelong.platform.streams import Stream
+
 if TYPE_CHECKING:
     import torch
 
-    from lifelong.platform.streams import Stream
 
 
 @dataclass
@@ -29,11 +31,10 @@ class StrategyConfig:
     optimizer: Literal["sgd", "adam"] = "sgd"
     momentum: float = 0.9
     weight_decay: float = 0.0
-    #: mixed precision of training and prediction: fp32, bf16 or fp16 (see lifelong.platform.precision)
+    #: mixed precision of training and prediction: fp32, bf16 or fp16 (see lifelong.platform.device)
     precision: str = "fp32"
 
     def validate(self) -> None:
-        from lifelong.platform.precision import check_precision
 
         check_precision(self.precision)
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -88,7 +89,6 @@ class Learner(abc.ABC):
         """Logits over all classes of the stream (relabelled 0..n_classes-1 in class order)."""
         import torch
 
-        from lifelong.platform.precision import autocast
 
         self.model.eval()
         with torch.no_grad(), autocast(self.config.precision, x.device):

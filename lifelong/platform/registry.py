@@ -2,9 +2,9 @@
 
 Learned from timm (``register`` on factories, ``create(name)``, ``list(pattern)``), PEFT (a config class that
 carries its method's name) and pytest/pluggy (entry points, one broken plugin never breaks the run, a switch
-to turn autoload off). The platform never imports a method by name: built-in plugins are the modules of the
-``lifelong.strategies`` and ``lifelong.benchmarks`` packages, third-party plugins are entry points in the
-``lifelong.plugins`` group, and both are imported lazily on the first lookup.
+to turn autoload off). The platform never imports a method by name: built-in plugins are the public modules of
+the plugin packages (``BUILTIN_PACKAGES``: strategies, editors, scorers, benchmarks), third-party plugins are entry
+points in the ``lifelong.plugins`` group, and both are imported lazily on the first lookup.
 """
 
 from __future__ import annotations
@@ -20,12 +20,14 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from lifelong.platform.config import build_config
 from lifelong.platform.errors import UserError
+from lifelong.platform.quiet import quiet_avalanche
 
 KINDS: tuple[str, ...] = ("strategy", "editor", "scorer", "benchmark")
 ENTRY_POINT_GROUP = "lifelong.plugins"
 DISABLE_AUTOLOAD_ENV = "LIFELONG_DISABLE_PLUGIN_AUTOLOAD"
-BUILTIN_PACKAGES: tuple[str, ...] = ("lifelong.benchmarks", "lifelong.strategies")
+BUILTIN_PACKAGES: tuple[str, ...] = ("lifelong.benchmarks", "lifelong.strategies", "lifelong.editors", "lifelong.scorers")
 _NAME_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 
 
@@ -181,7 +183,6 @@ def ensure_loaded() -> None:
         if _state.loaded:
             return
         _state.loaded = True
-        from lifelong.platform.quiet import quiet_avalanche
 
         with quiet_avalanche():
             for module in _builtin_modules():
@@ -217,7 +218,6 @@ def create(kind: str, name: str, /, **config: Any) -> Any:
     spec = get(kind, name)
     if spec.config is None:
         return spec.factory(**config)
-    from lifelong.platform.config import build_config
 
     return spec.factory(build_config(spec.config, config))
 

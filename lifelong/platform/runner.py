@@ -16,7 +16,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from lifelong.platform import registry
+from lifelong.platform import distributed, registry
 from lifelong.platform.checkpoint import (
     CHECKPOINT_NAME,
     config_fingerprint,
@@ -26,8 +26,12 @@ from lifelong.platform.checkpoint import (
     step_seed,
 )
 from lifelong.platform.config import ConfigError, build_config, deep_merge, field_names, load_yaml, to_dict
+from lifelong.platform.device import resolve_device
+from lifelong.platform.distributed import shard_experience, sum_over_ranks
 from lifelong.platform.errors import UserError
+from lifelong.platform.learner import DistributedInfo, RunContext
 from lifelong.platform.metrics import cil_metrics
+from lifelong.platform.results import package_versions, seen_curve, summarise, write_run, write_summary
 
 TOP_LEVEL_KEYS: tuple[str, ...] = ("strategy", "benchmark", "seed", "device", "strategy_config", "benchmark_config")
 
@@ -115,23 +119,6 @@ def _plugin_config(kind: str, name: str, values: dict[str, Any], section: str) -
     return build_config(spec.config, values, prefix=f"{section}.")
 
 
-def resolve_device(name: str) -> Any:
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device: {name!r} is not a torch device; allowed: auto, cpu, cuda, cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: cuda was asked for but no CUDA device is available; allowed here: auto, cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"device: {name!r} does not exist; allowed here: auto, cpu, "
-                          f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
-    return device
-
-
 def default_out_dir(config: RunConfig) -> Path:
     return Path("runs") / f"{config.strategy}-{config.benchmark}-{config.seed}"
 
@@ -142,8 +129,6 @@ def evaluate(learner: Any, experience: Any, batch_size: int, device: Any, dist: 
     import torch
     from torch.utils.data import DataLoader
 
-    from lifelong.platform.distributed import shard_experience, sum_over_ranks
-    from lifelong.platform.learner import DistributedInfo
 
     dist = dist or DistributedInfo()
     experience = shard_experience(experience, dist, pad=False)
@@ -180,7 +165,6 @@ def run_experiment(
     ``stop_after`` ends the run after that many experiences (leaving a checkpoint): what an interrupted run
     looks like, for tests and for splitting long runs.
     """
-    from lifelong.platform.results import package_versions, seen_curve, write_run
 
     out_dir = Path(out) if out else default_out_dir(config)
     device = resolve_device(config.device)
@@ -202,7 +186,6 @@ def run_experiment(
     strategy_cfg = _plugin_config("strategy", config.strategy, config.strategy_config, "strategy_config")
     bench_spec = registry.get("benchmark", config.benchmark)
     stream = bench_spec.factory(_plugin_config("benchmark", config.benchmark, {**config.benchmark_config, "seed": config.seed}, "benchmark_config"))
-    from lifelong.platform import distributed
 
     dist = distributed.current_distributed_info()
     strategy_spec = registry.get("strategy", config.strategy)
@@ -215,7 +198,6 @@ def run_experiment(
                         f"{dist.world_size} processes")
     device = distributed.setup(dist, device)
 
-    from lifelong.platform.learner import RunContext
 
     context = RunContext(stream=stream, device=device, seed=config.seed, distributed=dist)
     learner = strategy_spec.factory(strategy_cfg, context)
@@ -304,7 +286,6 @@ def compare(
     parallel processes: float reductions then happen in the same order, so both give the same summary, bit for
     bit. With several GPUs and ``device=auto``, parallel jobs take them in turn.
     """
-    from lifelong.platform.results import summarise, write_summary
 
     out = Path(out)
     overrides = overrides or {}
@@ -360,17 +341,3 @@ def _spread_over_gpus(configs: list[RunConfig]) -> list[RunConfig]:
         return configs
     return [dataclasses.replace(c, device=f"cuda:{k % count}") if c.device == "auto" else c
             for k, c in enumerate(configs)]
-
-
-DEMO_STRATEGIES = ("naive", "ewc", "lwf", "replay", "icarl", "gdumb", "dark-er", "joint")
-
-
-def demo_baselines(out: Path) -> None:
-    """The baselines on split-digits over three seeds: the table and where the plots are."""
-    from lifelong.platform.results import format_summary_table
-
-    target = out / "baselines"
-    summary = compare(list(DEMO_STRATEGIES), "split-digits", [0, 1, 2], out=target, jobs=2, progress=False)
-    print("split-digits, 5 experiences, 3 seeds (mean ± std, %):")
-    print(format_summary_table(summary))
-    print(f"plots and tables: {target}/comparison.png, {target}/summary.csv, one folder per run with results.json")

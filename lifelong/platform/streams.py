@@ -9,11 +9,12 @@ as PyCIL does, so incremental heads grow naturally; the original ids stay in ``c
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from lifelong.platform.config import ConfigError
+from lifelong.platform.quiet import quiet_avalanche
 
 
 @dataclass
@@ -131,7 +132,6 @@ def build_class_incremental_stream(
     The experiences carry task label 0 on every sample (as Avalanche's own classic benchmarks do) unless
     ``task_labels`` is false, which builds a label-only stream.
     """
-    from lifelong.platform.quiet import quiet_avalanche
 
     with quiet_avalanche():
         from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets

@@ -1,1 +1,1 @@
-"""One module per method; every public module here registers its strategies, editors or scorers."""
+"""Class-incremental strategies, one module per method; every public module registers its strategies."""

@@ -25,8 +25,8 @@ from torch import nn
 
 from lifelong.adapters.backbones import build_backbone
 from lifelong.platform import distributed
+from lifelong.platform.device import LossScaler, autocast
 from lifelong.platform.learner import Learner, RunContext, StrategyConfig
-from lifelong.platform.precision import LossScaler, autocast
 from lifelong.platform.quiet import quiet_avalanche
 
 

@@ -15,10 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lifelong.benchmarks._transforms import iterate_batches
+from lifelong.adapters.clip import freeze, load_backbone
+from lifelong.adapters.transforms import iterate_batches, stream_normalization
+from lifelong.platform.device import LossScaler, autocast
 from lifelong.platform.errors import UserError
 from lifelong.platform.learner import Learner, RunContext, StrategyConfig
-from lifelong.platform.precision import LossScaler, autocast
 
 NEG = -1.0e4  # the logit of a class not seen yet: finite, so softmax and argmax stay well defined
 
@@ -46,7 +47,6 @@ class PretrainedLearner(Learner):
 
     def __init__(self, config: PretrainedConfig, context: RunContext) -> None:
         super().__init__(config, context)
-        from lifelong.adapters.clip import freeze, load_backbone
 
         self.device = context.device
         self.n_classes = context.stream.n_classes
@@ -54,7 +54,6 @@ class PretrainedLearner(Learner):
         freeze(self.loaded.visual)
         if self.loaded.text is not None:
             freeze(self.loaded.text)
-        from lifelong.benchmarks._transforms import stream_normalization
 
         fit = self.loaded.image_fit
         fit.input_mean, fit.input_std = (  # buffers of the fit: moved to the device with it just below

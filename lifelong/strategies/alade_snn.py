@@ -40,13 +40,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lifelong.adapters.spiking import NeuronConfig, SpikingResNet, count_ops, record_spikes, spike_rates
 from lifelong.platform.errors import UserError
 from lifelong.platform.learner import RunContext
 from lifelong.platform.registry import Capabilities, register
 from lifelong.strategies.der import DERConfig, DERLearner
 
 if TYPE_CHECKING:
-    from pathlib import Path
+    pass
 
 SPIKING_MODELS: tuple[str, ...] = ("auto", "tiny", "cifar")
 
@@ -174,7 +175,6 @@ class AladeSNNLearner(DERLearner):
         return "alade-snn"
 
     def _extractor_factory(self) -> tuple[Callable[[], nn.Module], int]:
-        from lifelong.adapters.spiking import NeuronConfig, SpikingResNet
 
         cfg = self.config
         layout = cfg.model
@@ -243,7 +243,6 @@ class AladeSNNLearner(DERLearner):
 
     # -- results -----------------------------------------------------------------------------------------
     def _cost(self, probe: torch.Tensor) -> dict[str, Any]:
-        from lifelong.adapters.spiking import count_ops, record_spikes, spike_rates
 
         self.model.eval()
         with record_spikes(self.model) as neurons:
@@ -257,35 +256,3 @@ class AladeSNNLearner(DERLearner):
             "mean_spike_rate": spikes / total if total else 0.0,
             "spike_rates": rates,
         }
-
-
-def demo_spiking_comparison(out: "Path") -> None:
-    """``lifelong demo`` section: alade-snn against der on split-digits (one seed, short schedule) and their cost."""
-    import json
-    import sys
-    from pathlib import Path
-
-    from lifelong.platform.results import format_summary_table
-    from lifelong.platform.runner import compare
-
-    import torch
-
-    target = Path(out) / "spiking"
-    overrides = {"epochs": 6, "lr_milestones": [4, 5], "finetune_epochs": 20, "finetune_milestones": [10]}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny convolutions: one thread is faster, and never spins against a busy machine
-    try:
-        summary = compare(["der", "alade-snn"], "split-digits", [0], out=target, overrides=overrides,
-                          progress=sys.stderr.isatty())
-    finally:
-        torch.set_num_threads(threads)
-    print("split-digits, 5 experiences, seed 0, 6 epochs per task, memory 200 (%):")
-    print(format_summary_table(summary))
-    for name in ("der", "alade-snn"):
-        results = json.loads((target / f"{name}-seed0" / "results.json").read_text())
-        s = results.get("strategy_summary", {})
-        ops = s.get("ops", {})
-        rate = f", mean spike rate {s['mean_spike_rate']:.3f} over T={s['T']}" if "mean_spike_rate" in s else ""
-        print(f"{name:<10} per sample: {ops.get('macs_per_sample', 0):,.0f} MACs + {ops.get('sops_per_sample', 0):,.0f} "
-              f"spike-driven accumulates -> {ops.get('energy_uj_per_sample', 0):.2f} uJ (45 nm estimate){rate}")
-    print(f"runs and plots: {target}")

@@ -17,11 +17,11 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from lifelong.adapters.backbones import build_backbone
 from lifelong.platform import distributed
 from lifelong.platform.distributed import OutsideModuleTree, shard_indices
 from lifelong.platform.learner import StrategyConfig
 from lifelong.platform.registry import Capabilities, register
-from lifelong.adapters.backbones import build_backbone
 from lifelong.strategies._avalanche import (
     AvalancheLearner,
     silent_evaluator,
@@ -99,8 +99,8 @@ class Replay(AvalancheLearner):
     strategy_class = "avalanche.training:Replay"
 
     def strategy_kwargs(self) -> dict[str, Any]:
-        from avalanche.training.storage_policy import ClassBalancedBuffer
         from avalanche.training.plugins import ReplayPlugin
+        from avalanche.training.storage_policy import ClassBalancedBuffer
 
         # Avalanche's default splits the memory by experience; class-balanced is the CIL standard.
         mem_size = self.local_memory(self.config.mem_size)

@@ -33,10 +33,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
+from lifelong.adapters.backbones import BACKBONES
+from lifelong.adapters.spiking import SpikingResNet, count_ops
 from lifelong.platform import distributed
+from lifelong.platform.device import LossScaler, autocast
 from lifelong.platform.errors import UserError
 from lifelong.platform.learner import Learner, RunContext, StrategyConfig
-from lifelong.platform.precision import LossScaler, autocast
 from lifelong.platform.registry import Capabilities, register
 from lifelong.strategies._herding import ExemplarMemory, balanced_indices
 
@@ -236,8 +238,6 @@ class DERLearner(Learner):
     # -- the network -------------------------------------------------------------------------------------
     def _extractor_factory(self) -> tuple[Callable[[], nn.Module], int]:
         """How to build one extractor and its feature width (the spiking subclass overrides this)."""
-        from lifelong.adapters.backbones import BACKBONES
-        from lifelong.adapters.spiking import SpikingResNet
 
         name = self.config.model
         if name == "auto":
@@ -515,7 +515,6 @@ class DERLearner(Learner):
         return out
 
     def _cost(self, probe: torch.Tensor) -> dict[str, Any]:
-        from lifelong.adapters.spiking import count_ops
 
         self.model.eval()
         ops = count_ops(self.model, lambda: self.model(probe), len(probe))

@@ -31,9 +31,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from lifelong.adapters.clip import read_state_dict
+from lifelong.adapters.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageFit, stream_normalization
+from lifelong.platform.device import LossScaler, autocast
 from lifelong.platform.errors import UserError
 from lifelong.platform.learner import Learner, RunContext, StrategyConfig
-from lifelong.platform.precision import LossScaler, autocast
 from lifelong.platform.registry import Capabilities, register
 
 #: ViT sizes accepted as ``model`` (the ones Avalanche's L2P knows, plus the tiny offline default).
@@ -84,7 +86,6 @@ class L2PModel(nn.Module):
 
 
 def _load_timm_weights(model: nn.Module, path: str, n_prompt_tokens: int) -> None:
-    from lifelong.adapters.clip import read_state_dict
 
     state = read_state_dict(path)
     own = model.state_dict()
@@ -121,8 +122,6 @@ def _quiet_evaluator() -> Any:
 def _build_strategy(config: L2PConfig, context: RunContext) -> Any:
     """Avalanche's ``LearningToPrompt`` with our model, head and label-only ``forward``."""
     from avalanche.models.timm_vit import ViTWithPrompt
-
-    from lifelong.benchmarks._transforms import IMAGENET_MEAN, IMAGENET_STD, ImageFit, stream_normalization
     from avalanche.training import LearningToPrompt
     from avalanche.training.templates import SupervisedTemplate
 

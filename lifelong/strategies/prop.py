@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lifelong.adapters.clip import count_parameters
+from lifelong.adapters.prompts import PromptBank, forward_all_prompts, forward_each_prompt, prompt_regulariser
 from lifelong.platform.learner import RunContext
 from lifelong.platform.registry import Capabilities, register
 from lifelong.strategies._pretrained import (
@@ -97,7 +99,6 @@ class ProP(PretrainedLearner):
 
     def __init__(self, config: ProPConfig, context: RunContext) -> None:
         super().__init__(config, context)
-        from lifelong.adapters.prompts import PromptBank
 
         bank = PromptBank(config.prompt_length, self.backbone.width)
         self.model = ProPModel(self.backbone, bank, self.n_classes, self.backbone.out_dim).to(self.device)
@@ -116,7 +117,6 @@ class ProP(PretrainedLearner):
             return class_means(feats, classes, self.backbone.out_dim)
 
     def train_experience(self, experience: Any) -> None:
-        from lifelong.adapters.prompts import prompt_regulariser
 
         start = time.perf_counter()
         c = self.config
@@ -148,7 +148,6 @@ class ProP(PretrainedLearner):
 
         Only the backbone runs under the configured precision; similarities are float32.
         """
-        from lifelong.adapters.prompts import forward_all_prompts, forward_each_prompt
 
         x = x.to(self.device)
         out = torch.full((x.shape[0], self.n_classes), NEG, device=self.device)
@@ -191,7 +190,6 @@ class ProP(PretrainedLearner):
         self.train_seconds = [float(s) for s in state.get("train_seconds", [])]
 
     def summary(self) -> dict[str, Any]:
-        from lifelong.adapters.clip import count_parameters
 
         per_task = self.bank.length * self.bank.width
         return {

@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lifelong.adapters.clip import attach_adapters, count_parameters, resolve_blocks
+from lifelong.platform.errors import UserError
 from lifelong.platform.learner import RunContext
 from lifelong.platform.registry import Capabilities, register
 from lifelong.strategies._pretrained import (
@@ -106,7 +108,6 @@ class SimE(PretrainedLearner):
 
     def __init__(self, config: SimEConfig, context: RunContext) -> None:
         super().__init__(config, context)
-        from lifelong.adapters.clip import attach_adapters, resolve_blocks
 
         blocks = resolve_blocks(config.adapter_blocks, len(self.backbone.blocks))
         with torch.random.fork_rng(devices=[]):
@@ -120,7 +121,6 @@ class SimE(PretrainedLearner):
         self._text: torch.Tensor | None = None
         if config.text_weight > 0:
             if self.loaded.text is None:
-                from lifelong.platform.errors import UserError
 
                 raise UserError(f"text_weight > 0 needs a CLIP model with a text tower; {self.loaded.name} has none")
             self.class_names()  # fail early when the stream has no names
@@ -204,7 +204,6 @@ class SimE(PretrainedLearner):
         self._rebuild_index()
 
     def summary(self) -> dict[str, Any]:
-        from lifelong.adapters.clip import count_parameters
 
         return {
             "backbone": self.loaded.name,

@@ -15,8 +15,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lifelong.benchmarks.edits import bundled_edits_path, load_edits, load_prompts
+from lifelong.editing.bench import run_edit_bench
+from lifelong.editing.editor import EditRequest
+from lifelong.editing.metrics import evaluate_store
+from lifelong.editing.session import EditSession
+from lifelong.editing.store import EditStore
+from lifelong.platform import registry
+from lifelong.platform.config import parse_overrides
+from lifelong.platform.device import PRECISIONS
 from lifelong.platform.errors import UserError
-from lifelong.platform.precision import PRECISIONS
 
 
 def _add_device_options(parser: argparse.ArgumentParser) -> None:
@@ -88,7 +96,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _session(args: argparse.Namespace, *, editor: str | None = None, overrides: dict | None = None,
              create: bool = True) -> Any:
-    from lifelong.platform.editing import EditSession
 
     return EditSession(args.store, model=getattr(args, "model", None), editor=editor,
                        editor_config=overrides, create=create, device=args.device, precision=args.precision)
@@ -101,9 +108,6 @@ def _require_store(path: str) -> None:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from lifelong.benchmarks.edits import load_edits
-    from lifelong.platform.config import parse_overrides
-    from lifelong.platform.editing import EditRequest
 
     if args.file and (args.prompt or args.target):
         raise UserError("give either --file or --prompt/--target, not both")
@@ -147,7 +151,6 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from lifelong.platform.store import EditStore
 
     _require_store(args.store)
     with EditStore.open(args.store, create=False) as store:
@@ -165,7 +168,6 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from lifelong.platform.store import EditStore
 
     _require_store(args.store)
     with EditStore.open(args.store, create=False) as store:
@@ -186,7 +188,6 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from lifelong.benchmarks.edits import load_prompts
 
     if bool(args.prompt) == bool(args.file):
         raise UserError("edit generate needs exactly one of --prompt or --file")
@@ -209,8 +210,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from lifelong.benchmarks.edits import load_edits
-    from lifelong.platform.editing import evaluate_store
 
     requests = load_edits(args.file)
     _require_store(args.store)
@@ -233,10 +232,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from lifelong.benchmarks.edits import bundled_edits_path, load_edits
-    from lifelong.platform import registry
-    from lifelong.platform.config import parse_overrides
-    from lifelong.platform.editing import run_edit_bench
 
     registry.get("editor", args.editor)  # an unknown editor fails before anything loads
     path = args.file or str(bundled_edits_path())

@@ -1,26 +1,22 @@
-"""The ``lifelong`` command (DESIGN §6).
+"""The ``lifelong`` command.
 
-Each command family lives in its own module with an ``add_parser(subparsers)`` function; the leaf parsers set
-``handler=function(args) -> int``. A ``UserError`` anywhere becomes one line on stderr and exit code 2.
-Heavy modules are imported inside the handlers, so ``lifelong --help`` stays fast.
+Each command family lives in its own module of this package with an ``add_parser(subparsers)`` function; the
+leaf parsers set ``handler=function(args) -> int``. A ``UserError`` anywhere becomes one line on stderr and exit
+code 2. Heavy third-party modules (torch, transformers, faiss) are imported where they are used, so
+``lifelong --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from typing import Sequence
 
+from lifelong.cli import cil, demo, edit, reward
 from lifelong.platform.errors import UserError
 
-# Command families: module path of each ``add_parser``. Order is the order shown in --help.
-COMMAND_MODULES: tuple[str, ...] = (
-    "lifelong.platform.cli_cil",
-    "lifelong.platform.cli_edit",
-    "lifelong.platform.cli_reward",
-    "lifelong.platform.demo",
-)
+# Command families, in the order shown in --help.
+COMMAND_FAMILIES = (cil, edit, reward, demo)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,14 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="lifelong", description="Continual learning and lifelong model editing.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     subparsers.required = True
-    for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:  # a command family not built yet
-                continue
-            raise
-        module.add_parser(subparsers)
+    for family in COMMAND_FAMILIES:
+        family.add_parser(subparsers)
     return parser
 
 

@@ -270,6 +270,12 @@ class EditStore:
         return dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
 
     # ------------------------------------------------------------------ model identity and editor
+    def set_model_name(self, name: str) -> None:
+        """Record the model the store's edits are made for (the first session to open the store does this)."""
+        with self._write_txn():
+            if self._meta("model_name") is None:
+                self._set_meta("model_name", name)
+
     def model_identity(self) -> dict[str, str] | None:
         raw = self._meta("model_identity")
         return json.loads(raw) if raw else None

@@ -1,4 +1,9 @@
-"""Mixed precision: one switch, ``precision``, for every training loop and every prediction.
+"""Where and in what precision a model runs: ``device`` (resolved once, by one rule) and ``precision``.
+
+``resolve_device``: ``auto`` takes CUDA when present, else the CPU; an unknown or absent device is refused with
+the values allowed on this machine.
+
+Mixed precision: one switch, ``precision``, for every training loop and every prediction.
 
 - ``fp32`` (the default): no autocast, nothing changes.
 - ``bf16``: ``torch.autocast`` to bfloat16; no loss scaling is needed (bfloat16 has float32's range).
@@ -13,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 from typing import Any, Iterator
+
+from lifelong.platform.config import ConfigError
 
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 
@@ -66,3 +73,20 @@ class LossScaler:
         """Bring gradients back to their true size before clipping them (a no-op without fp16)."""
         if self.enabled:
             self.scaler.unscale_(optimizer)
+
+
+def resolve_device(name: str) -> Any:
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device: {name!r} is not a torch device; allowed: auto, cpu, cuda, cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: cuda was asked for but no CUDA device is available; allowed here: auto, cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device: {name!r} does not exist; allowed here: auto, cpu, "
+                          f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    return device

@@ -19,8 +19,9 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from lifelong.adapters.lora import module_names
+from lifelong.editing.editor import EditArtifact, Editor
 from lifelong.platform.config import ConfigError
-from lifelong.platform.editing import EditArtifact, Editor
 from lifelong.platform.registry import Capabilities, register
 
 
@@ -58,7 +59,6 @@ class FTLEditor(Editor):
         self.deltas: dict[int, Any] = {}
 
     def attach(self, model: Any, tokenizer: Any) -> None:
-        from lifelong.adapters.lora import module_names
 
         try:
             (name,) = module_names(model, [self.config.layer], self.config.module)

@@ -11,7 +11,7 @@ the Bradley-Terry loss P(chosen ≻ rejected) = σ(s_c − s_r); branches are mo
 Where this departs or fills gaps the paper leaves open:
 - The paper's SBMs are LLMs fine-tuned (LoRA) on best-of-N data judged by a strong LLM. No such data or model
   is available offline here, so the branches are real but untrained feature generators
-  (``lifelong/strategies/_srm_branches.py``): sentence-embedding relevance (``semantic``), agreement with a
+  (``lifelong/scorers/_branches.py``): sentence-embedding relevance (``semantic``), agreement with a
   knowledge source, i.e. fact files and/or an EditStore's active edits (``fact-check``), surface and
   format-following features (``style``), the local LM's likelihood (``fluency``), and the local LM asked a
   judging question, its answer kept as text (``quality``). Each gives a short text and a few numbers.
@@ -23,7 +23,6 @@ Where this departs or fills gaps the paper leaves open:
 
 Python API::
 
-    from lifelong.platform.registry import create
     rm = create("scorer", "srm", branches=["semantic", "style"])
     rm.fit(bundled_preferences("train")); rm.save("runs/srm")
     rm = load_scorer("runs/srm"); rm.score(prompt, response).contributions
@@ -37,8 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lifelong.platform.device import check_precision
 from lifelong.platform.errors import UserError
-from lifelong.platform.registry import register
+from lifelong.platform.registry import create, register
+from lifelong.scorers._reward_model import FORMAT_VERSION, RewardModel
 
 BRANCH_NAMES: tuple[str, ...] = ("semantic", "fact-check", "style", "fluency", "quality")
 # ``quality`` is opt-in: on CPU it is the slowest branch (a generation per response) and the 135M local model is
@@ -47,7 +48,6 @@ DEFAULT_BRANCHES: tuple[str, ...] = ("semantic", "fact-check", "style", "fluency
 
 
 def _check_common(cfg: Any) -> None:
-    from lifelong.platform.precision import check_precision
 
     check_precision(cfg.precision)
     if not isinstance(cfg.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device):
@@ -80,7 +80,7 @@ class ScalarRMConfig:
     #: where the encoder, the branch LMs and the head run: auto (CUDA when there is one), cpu, cuda, cuda:N.
     #: A property of the run, not of the model: it is not saved, so a model trained on a GPU loads anywhere.
     device: str = "auto"
-    #: mixed precision of the head's training: fp32, bf16 or fp16 (lifelong.platform.precision); the branches
+    #: mixed precision of the head's training: fp32, bf16 or fp16 (lifelong.platform.device); the branches
     #: and the encoder stay float32, so their cached outputs do not depend on it
     precision: str = "fp32"
 
@@ -122,7 +122,6 @@ class SRMConfig(ScalarRMConfig):
           summary="Structural Reward Model: side branches (semantic, fact-check, style, fluency, quality) + BT head")
 def srm(config: SRMConfig) -> Any:
     """Build an untrained SRM (train with ``.fit(pairs)``)."""
-    from lifelong.strategies._srm_model import RewardModel
 
     if config.store is not None:
         config.store = str(Path(config.store).resolve())
@@ -134,15 +133,12 @@ def srm(config: SRMConfig) -> Any:
           summary="scalar reward model baseline: same encoder and head as srm, no side branches")
 def scalar_rm(config: ScalarRMConfig) -> Any:
     """Build an untrained scalar reward model."""
-    from lifelong.strategies._srm_model import RewardModel
 
     return RewardModel("scalar-rm", config)
 
 
 def load_scorer(folder: str | Path, **overrides: Any) -> Any:
     """Load a trained scorer saved by ``RewardModel.save`` (``config.json`` + ``head.safetensors``)."""
-    from lifelong.platform.registry import create
-    from lifelong.strategies._srm_model import FORMAT_VERSION
 
     folder = Path(folder)
     meta_path = folder / "config.json"

@@ -29,10 +29,10 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from lifelong.adapters.lora import RoutedLoRA, module_names
+from lifelong.editing.editor import EditArtifact, Editor
 from lifelong.platform.config import ConfigError
-from lifelong.platform.editing import EditArtifact, Editor
 from lifelong.platform.registry import Capabilities, register
-
 
 # Generic prompts whose mean key can centre the router's keys (``center_keys``): hidden states of a causal LM
 # share a large common direction, which makes raw cosine similarities of unrelated prompts high.
@@ -98,9 +98,7 @@ class SoLAEditor(Editor):
         self.steps_used: list[int] = []
 
     def attach(self, model: Any, tokenizer: Any) -> None:
-        import torch
 
-        from lifelong.adapters.lora import RoutedLoRA, module_names
 
         names: list[str] = []
         try:

@@ -6,7 +6,12 @@ import argparse
 import json
 import sys
 
+from lifelong.platform.config import parse_overrides
+from lifelong.platform.distributed import current_distributed_info
 from lifelong.platform.errors import UserError
+from lifelong.platform.registry import list_plugins, load_errors
+from lifelong.platform.results import format_run_table, format_summary_table
+from lifelong.platform.runner import compare, default_out_dir, resolve_config, run_experiment
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -53,7 +58,6 @@ def _common_run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_plugins_list(args: argparse.Namespace) -> int:
-    from lifelong.platform.registry import list_plugins, load_errors
 
     specs = list_plugins(args.kind, args.pattern)
     errors = load_errors()
@@ -76,9 +80,6 @@ def _parse_ints(text: str, flag: str) -> list[int]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from lifelong.platform.config import parse_overrides
-    from lifelong.platform.results import format_run_table
-    from lifelong.platform.runner import default_out_dir, resolve_config, run_experiment
 
     config = resolve_config(strategy=args.strategy, benchmark=args.benchmark, config_file=args.config,
                             overrides=parse_overrides(args.overrides), seed=args.seed, device=args.device)
@@ -86,7 +87,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.stop_after is not None and args.stop_after < 1:
         raise UserError(f"--stop-after must be at least 1, got {args.stop_after}")
     results = run_experiment(config, out=out, resume=args.resume, progress=not args.json, stop_after=args.stop_after)
-    from lifelong.platform.distributed import current_distributed_info
 
     if not current_distributed_info().is_main:
         return 0
@@ -103,9 +103,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from lifelong.platform.config import parse_overrides
-    from lifelong.platform.results import format_summary_table
-    from lifelong.platform.runner import compare
 
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     if not strategies:

@@ -13,7 +13,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lifelong.benchmarks.preferences import bundled_preferences, load_preferences
+from lifelong.platform.config import deep_merge, load_yaml, parse_overrides
 from lifelong.platform.errors import UserError
+from lifelong.platform.registry import create, get
+from lifelong.scorers.srm import load_scorer
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -47,14 +51,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _load_pairs(path: str | None, split: str) -> list[Any]:
-    from lifelong.benchmarks.preferences import bundled_preferences, load_preferences
 
     return load_preferences(path) if path else bundled_preferences(split)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from lifelong.platform.config import deep_merge, load_yaml, parse_overrides
-    from lifelong.platform.registry import create, get
 
     get("scorer", args.scorer)  # unknown name: error before anything else
     out = Path(args.out)
@@ -79,7 +80,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from lifelong.strategies.srm import load_scorer
 
     if not args.prompt.strip() or not args.response.strip():
         raise UserError("--prompt and --response must be non-empty")
@@ -98,7 +98,6 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from lifelong.strategies.srm import load_scorer
 
     pairs = _load_pairs(args.data, "heldout")
     model = load_scorer(args.model)
@@ -110,31 +109,3 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for dim, row in report["per_dimension"].items():
         print(f"  {dim:<12} {row['accuracy']:.3f}  (n={row['n_pairs']})")
     return 0
-
-
-def demo_reward(out: Path) -> None:
-    """Demo section: train a cheap SRM on the bundled set, then show why a rejected answer loses."""
-    from lifelong.benchmarks.preferences import bundled_preferences
-    from lifelong.platform.registry import create
-
-    branches = ["semantic", "fact-check", "style"]  # the cheap branches; the LM ones are in bench/srm_compare.py
-    model = create("scorer", "srm", branches=branches, epochs=30)
-    train, held = bundled_preferences("train"), bundled_preferences("heldout")
-    summary = model.fit(train)
-    model.save(Path(out) / "srm")
-    report = model.evaluate(held)
-    print(f"srm ({', '.join(branches)}) trained on {summary['n_pairs']} pairs in {summary['seconds']:.1f} s; "
-          f"held-out pairwise accuracy {report['accuracy']:.3f} on {report['n_pairs']} pairs "
-          + "(" + ", ".join(f"{d} {r['accuracy']:.2f}" for d, r in report["per_dimension"].items()) + ")")
-    pair = next(p for p in held if p.dimension == "factual")
-    chosen, rejected = model.score_many([(pair.prompt, pair.chosen), (pair.prompt, pair.rejected)])
-    print(f"prompt:   {pair.prompt}")
-    print(f"chosen:   {pair.chosen}   reward {chosen.reward:+.3f}")
-    print(f"rejected: {pair.rejected}   reward {rejected.reward:+.3f}")
-    print(f"{'dimension':<11} {'chosen':>8} {'rejected':>9} {'difference':>11}")
-    for name in chosen.contributions:
-        c, r = chosen.contributions[name], rejected.contributions[name]
-        print(f"{name:<11} {c:+8.3f} {r:+9.3f} {c - r:+11.3f}")
-    worst = min((n for n in chosen.contributions if n != "text"),
-                key=lambda n: rejected.contributions[n] - chosen.contributions[n])
-    print(f"the rejected answer loses most on: {worst} ({rejected.branch_texts.get(worst, '')})")

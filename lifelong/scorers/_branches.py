@@ -37,6 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from lifelong.adapters.llm import load_causal_lm
+from lifelong.benchmarks.preferences import load_facts
+from lifelong.editing.store import EditStore
 from lifelong.platform.errors import UserError
 
 Item = tuple[str, str]  # (prompt, response)
@@ -138,7 +141,6 @@ def get_llm(name: str, device: Device = "cpu") -> tuple[Any, Any]:
     key = ("llm", name, str(device))
     with _models_lock:
         if key not in _models:
-            from lifelong.adapters.llm import load_causal_lm
 
             _models[key] = load_causal_lm(name, device=device)
         return _models[key]
@@ -261,7 +263,6 @@ class SemanticBranch(Branch):
         return f"{super().fingerprint()}/{self.encoder}"
 
     def compute(self, items: Sequence[Item]) -> list[BranchOutput]:
-        import numpy as np
 
         sents = [_sentences(r) or [r] for _, r in items]
         texts = sorted({p for p, _ in items} | {r for _, r in items} | {s for ss in sents for s in ss})
@@ -365,14 +366,12 @@ class FactCheckBranch(Branch):
         with self._lock:
             if self._kb is None:
                 kb: list[tuple[str, str, list[str]]] = []
-                from lifelong.benchmarks.preferences import load_facts
 
                 for path in self.fact_files:
                     for f in load_facts(path):
                         question = f.extra.get("question")
                         kb.append((f.prompt, f.target, [f.prompt] + ([question] if isinstance(question, str) else [])))
                 if self.store:
-                    from lifelong.platform.store import EditStore
 
                     store = EditStore.open(self.store, create=False)
                     try:

@@ -26,8 +26,9 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from lifelong.adapters.lora import module_names
+from lifelong.editing.editor import EditArtifact, Editor
 from lifelong.platform.config import ConfigError
-from lifelong.platform.editing import EditArtifact, Editor
 from lifelong.platform.registry import Capabilities, register
 
 
@@ -104,7 +105,6 @@ class GraceEditor(Editor):
 
     # ------------------------------------------------------------------ wiring
     def attach(self, model: Any, tokenizer: Any) -> None:
-        from lifelong.adapters.lora import module_names
 
         try:
             (name,) = module_names(model, [self.config.layer], self.config.module)

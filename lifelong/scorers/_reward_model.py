@@ -21,9 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from lifelong.benchmarks.preferences import BUNDLED_FACTS
+from lifelong.platform.config import to_dict
+from lifelong.platform.device import LossScaler, autocast, resolve_device
 from lifelong.platform.errors import UserError
-from lifelong.platform.precision import LossScaler, autocast
-from lifelong.strategies import _srm_branches as sb
+from lifelong.scorers import _branches as sb
 
 FORMAT_VERSION = 1
 TEXT_TERM = "text"
@@ -97,7 +99,6 @@ class RewardModel:
     """A trainable, savable reward model; ``scorer`` is its registry name, ``config`` its typed config."""
 
     def __init__(self, scorer: str, config: Any) -> None:
-        from lifelong.platform.runner import resolve_device
 
         self.scorer = scorer
         self.config = config
@@ -119,7 +120,6 @@ class RewardModel:
     @staticmethod
     def _resolve_facts(spec: str) -> str:
         if spec == "bundled":
-            from lifelong.benchmarks.preferences import BUNDLED_FACTS
 
             return str(BUNDLED_FACTS)
         return spec
@@ -259,7 +259,6 @@ class RewardModel:
         """Write ``config.json`` and ``head.safetensors`` into ``out`` atomically (temp files, then rename)."""
         from safetensors.torch import save_file
 
-        from lifelong.platform.config import to_dict
 
         head = self._require_head()
         out = Path(out)

@@ -1,0 +1,1 @@
+"""The command line, the one package that may import every other: command families and the demo tour."""

@@ -1,0 +1,206 @@
+"""The sequential editing benchmark (``lifelong edit bench``): edits applied one by one on a fresh store,
+measured right after each edit and after the whole stream, then a random half rolled back; results and a plot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from lifelong.editing.editor import EditRequest
+from lifelong.editing.metrics import _mean, base_references, locality_scores
+from lifelong.editing.session import EditSession, check_edit_precision, resolve_edit_device
+
+
+def run_edit_bench(
+    editor: str,
+    requests: Sequence[EditRequest],
+    *,
+    n: int | None = None,
+    seed: int = 0,
+    out: str | os.PathLike = "runs/edit-bench",
+    model: str | None = None,
+    editor_config: dict[str, Any] | None = None,
+    loaded: tuple[Any, Any] | None = None,
+    source: str = "",
+    rollback_fraction: float = 0.5,
+    fidelity_tokens: int = 8,
+    base_cache: dict | None = None,
+    device: str | Any = None,
+    precision: str = "fp32",
+) -> dict[str, Any]:
+    """Sequential editing on a fresh store (``out/store``): apply the edits one by one (prompt and target only),
+    measure right after each edit and after the whole stream, roll back a random half, measure rollback
+    fidelity and retention; write ``results.json`` and ``edit_metrics.png`` in ``out``.
+
+    ``base_cache`` (a dict) keeps the unedited model's references across calls on the same loaded model.
+    Rollback fidelity: the fraction of rolled-back prompts and paraphrases whose greedy output (``fidelity_tokens``
+    tokens) equals the unedited model's token for token. Retention: the reliability of the edits kept.
+    ``device`` and ``precision`` are the session's (see ``EditSession``); both are checked before ``out`` is made.
+    """
+    check_edit_precision(precision)
+    if device is not None:
+        device = resolve_edit_device(str(device))
+    rng = random.Random(seed)
+    reqs = list(requests)
+    rng.shuffle(reqs)
+    reqs = reqs[: n or len(reqs)]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    store_dir = out / "store"
+    if store_dir.exists():
+        shutil.rmtree(store_dir)
+    t_start = time.perf_counter()
+    session = EditSession(store_dir, model=model, editor=editor, editor_config=editor_config, loaded=loaded,
+                          quiet=True, device=device, precision=precision)
+    try:
+        # unedited references, before the first edit (``base_cache`` shares them between editors on one model)
+        cache = base_cache if base_cache is not None else {}
+        loc_prompts = [[p for p in r.locality] for r in reqs]
+        flat_loc = [p for ps in loc_prompts for p in ps]
+        todo = [p for p in dict.fromkeys(flat_loc) if ("loc", p) not in cache]
+        for p, ref in zip(todo, base_references(session, todo) if todo else []):
+            cache[("loc", p)] = ref
+        refs_flat = [cache[("loc", p)] for p in flat_loc]
+        refs, k = [], 0
+        for ps in loc_prompts:
+            refs.append(refs_flat[k : k + len(ps)])
+            k += len(ps)
+        fid_prompts = [[r.prompt, *r.paraphrases] for r in reqs]
+        todo = [p for p in dict.fromkeys(p for ps in fid_prompts for p in ps) if ("gen", p, fidelity_tokens) not in cache]
+        for p, g in zip(todo, session.generate(todo, max_new_tokens=fidelity_tokens) if todo else []):
+            cache[("gen", p, fidelity_tokens)] = g["tokens"]
+        base_gen = {p: cache[("gen", p, fidelity_tokens)] for ps in fid_prompts for p in ps}
+        pre_rel = session.token_accuracy([r.prompt for r in reqs], [r.target for r in reqs])
+
+        per_edit: list[dict[str, Any]] = []
+        ids: list[int] = []
+        for i, r in enumerate(reqs):
+            t0 = time.perf_counter()
+            rec = session.apply(r.prompt, r.target, {"request_id": r.id} if r.id else None)
+            dt = time.perf_counter() - t0
+            ids.append(rec.id)
+            rel = session.token_accuracy([r.prompt], [r.target])[0]
+            gen = session.token_accuracy(r.paraphrases, [r.target] * len(r.paraphrases)) if r.paraphrases else []
+            loc = locality_scores(session, r.locality, refs[i]) if r.locality else []
+            per_edit.append({
+                "edit": i + 1, "id": rec.id, "prompt": r.prompt, "target": r.target, "seconds": dt,
+                "steps": rec.extra.get("steps"), "reliability": rel,
+                "generalization": _mean(gen) if gen else None, "locality": _mean(loc) if loc else None,
+            })
+            print(f"[{i + 1}/{len(reqs)}] {editor}: {r.prompt!r} -> {r.target!r}  {dt:.1f} s  rel {rel:.2f}"
+                  + (f"  gen {_mean(gen):.2f}" if gen else "") + (f"  loc {_mean(loc):.2f}" if loc else ""),
+                  file=sys.stderr, flush=True)
+
+        # after the whole stream
+        rel_all = session.token_accuracy([r.prompt for r in reqs], [r.target for r in reqs])
+        para_p = [p for r in reqs for p in r.paraphrases]
+        para_t = [r.target for r in reqs for _ in r.paraphrases]
+        gen_all = session.token_accuracy(para_p, para_t) if para_p else []
+        loc_all = locality_scores(session, flat_loc, refs_flat) if flat_loc else []
+
+        # roll back a random half
+        order = list(range(len(reqs)))
+        rng.shuffle(order)
+        back = sorted(order[: int(round(len(reqs) * rollback_fraction))])
+        kept = [i for i in range(len(reqs)) if i not in set(back)]
+        session.rollback([ids[i] for i in back])
+        check = [p for i in back for p in fid_prompts[i]]
+        after = session.generate(check, max_new_tokens=fidelity_tokens) if check else []
+        same = [g["tokens"] == base_gen[g["prompt"]] for g in after]
+        retention = session.token_accuracy([reqs[i].prompt for i in kept], [reqs[i].target for i in kept]) if kept else []
+        secs = [e["seconds"] for e in per_edit]
+        result: dict[str, Any] = {
+            "editor": editor,
+            "editor_config": session.editor_config,
+            "model": session.model_name,
+            "device": str(session.device),
+            "precision": session.precision,
+            "source": source,
+            "seed": seed,
+            "n_edits": len(reqs),
+            "metric_definitions": {
+                "reliability": "teacher-forced token accuracy of the target after the edit prompt",
+                "generalization": "the same on the paraphrases (never shown to the editor)",
+                "locality": "fraction of argmax tokens equal to the unedited model's over its 8-token greedy "
+                            "continuation of the locality prompts",
+                "fidelity": "fraction of rolled-back prompts and paraphrases whose greedy output equals the "
+                            f"unedited model's for {fidelity_tokens} tokens",
+                "retention": "reliability of the edits that were not rolled back, after the rollback",
+            },
+            "pre_edit_reliability": _mean(pre_rel),
+            "right_after": {
+                "reliability": _mean([e["reliability"] for e in per_edit]),
+                "generalization": _mean_opt([e["generalization"] for e in per_edit]),
+                "locality": _mean_opt([e["locality"] for e in per_edit]),
+            },
+            "after_stream": {
+                "reliability": _mean(rel_all),
+                "generalization": _mean(gen_all) if gen_all else None,
+                "locality": _mean(loc_all) if loc_all else None,
+            },
+            "rollback": {
+                "n_rolled_back": len(back),
+                "fidelity": _mean([float(x) for x in same]) if same else float("nan"),
+                "n_checked": len(same),
+                "retention": _mean(retention) if retention else float("nan"),
+                "rolled_back_ids": [ids[i] for i in back],
+            },
+            "seconds_per_edit": {
+                "median": float(np.median(secs)), "mean": _mean(secs), "max": float(np.max(secs)),
+            },
+            "per_edit": per_edit,
+            "wall_time_s": time.perf_counter() - t_start,
+        }
+    finally:
+        session.close()
+    (out / "results.json").write_text(json.dumps(result, indent=1))
+    _plot(result, out / "edit_metrics.png")
+    return result
+
+
+def _mean_opt(xs: Sequence[float | None]) -> float | None:
+    vals = [x for x in xs if x is not None]
+    return _mean(vals) if vals else None
+
+
+def _plot(result: dict[str, Any], path: Path) -> None:
+    """Running mean of the right-after-edit metrics against the number of edits, with the end-of-stream values."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per = result["per_edit"]
+    x = [e["edit"] for e in per]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    colours = {"reliability": "C0", "generalization": "C1", "locality": "C2"}
+    for name, c in colours.items():
+        vals = [e[name] for e in per]
+        if all(v is None for v in vals):
+            continue
+        run, acc, k = [], 0.0, 0
+        for v in vals:
+            if v is not None:
+                acc, k = acc + v, k + 1
+            run.append(acc / max(k, 1))
+        ax.plot(x, run, color=c, label=f"{name} (right after, running mean)")
+        end = result["after_stream"].get(name)
+        if end is not None:
+            ax.axhline(end, color=c, linestyle="--", linewidth=1, label=f"{name} after all {len(per)} edits")
+    ax.set_xlabel("number of edits")
+    ax.set_ylabel("score")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"{result['editor']}: sequential editing ({result['n_edits']} edits)")
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,142 @@
+"""The editor interface: what one edit is, what an editor produces, and the fit loop every editor shares.
+
+An *editor* (registry kind ``editor``: ``sola``, ``grace``, ``ft-l``; the plugins live in ``lifelong/editors/``)
+knows how to train one edit against a model and how to switch stored edits on and off; the store
+(``editing/store.py``) keeps them durable and routes to them; the session (``editing/session.py``) joins the two
+over one loaded model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from lifelong.platform.device import LossScaler, autocast
+
+
+class EditRequest:
+    """One edit as read from a file: the prompt, the new target, and held-out prompts to measure it."""
+
+    prompt: str
+    target: str
+    paraphrases: list[str] = field(default_factory=list)
+    locality: list[str] = field(default_factory=list)
+    id: str | None = None
+    line: int | None = None
+
+
+@dataclass
+class EditArtifact:
+    """What an editor produces for one edit: tensors to store, the routing key, the layer it lives on."""
+
+    tensors: dict[str, Any]
+    key: np.ndarray | None
+    layer: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Editor:
+    """Base class of lifelong editors. Subclasses train one edit and switch stored edits on and off."""
+
+    name: str = ""
+    config: Any = None
+    #: the config dataclass used when none is given
+    config_class: Any = None
+    #: the store's router metric for this editor's keys ("ip": cosine on normalised keys, "l2": Euclidean)
+    metric: str = "ip"
+
+    def __init__(self, config: Any = None) -> None:
+        self.config = config if config is not None else self.config_class()
+        self.model: Any = None
+        self.tokenizer: Any = None
+        #: mixed precision of training and inference; set by the session, never stored in the config (a store made
+        #: in fp32 can be used in bf16)
+        self.precision: str = "fp32"
+
+    @property
+    def device(self) -> Any:
+        """The attached model's device: every tensor the editor makes is made there."""
+        return next(self.model.parameters()).device
+
+    def autocast(self) -> Any:
+        """The session's autocast block (a no-op in fp32)."""
+        return autocast(self.precision, self.device)
+
+    def edit_ids(self, prompt: str, target: str) -> tuple[Any, Any, int]:
+        """``(input ids (1, n), target ids, index of the last prompt token)`` on the model's device."""
+        import torch
+
+        p_ids, t_ids = join_ids(self.tokenizer, prompt, target)
+        ids = torch.tensor([p_ids + t_ids], device=self.device)
+        return ids, torch.tensor(t_ids, device=self.device), len(p_ids) - 1
+
+    def fit(self, optimizer: Any, ids: Any, target: Any, start: int, max_steps: int, stop_loss: float,
+            after_step: Any = None) -> tuple[int, float]:
+        """Train until every target token is the argmax and the loss is below ``stop_loss`` (at most ``max_steps``
+        steps); returns ``(steps, loss of the last forward)``.
+
+        Each forward runs in its own autocast block (autocast caches the low-precision copy of trainable leaf
+        weights until the block ends, so one block around the loop would train FT-L against a stale copy); the
+        loss is taken in float32 and goes backward through a ``LossScaler`` (gradient scaling for fp16).
+        """
+        import torch
+
+        scaler = LossScaler(self.precision, self.device)
+        end = start + len(target)
+        steps, loss = 0, float("nan")
+        for steps in range(1, max_steps + 1):
+            with self.autocast():
+                logits = self.model(input_ids=ids).logits[0, start:end]
+            logits = logits.float()
+            loss_t = torch.nn.functional.cross_entropy(logits, target)
+            loss = float(loss_t.detach())
+            if bool((logits.argmax(-1) == target).all()) and loss < stop_loss:
+                break
+            optimizer.zero_grad(set_to_none=True)
+            scaler.backward(loss_t)
+            scaler.step(optimizer)
+            if after_step is not None:
+                after_step()
+        return steps, loss
+
+    def attach(self, model: Any, tokenizer: Any) -> None:
+        """Install the editor's modules into ``model`` (done once per session)."""
+        raise NotImplementedError
+
+    def detach(self) -> None:
+        """Remove everything ``attach`` installed: the model is the base model again."""
+        raise NotImplementedError
+
+    def train_edit(self, prompt: str, target: str) -> EditArtifact:
+        """Train one edit against the base model (or, for FT-L, the current model); does not activate it."""
+        raise NotImplementedError
+
+    def activate(self, edit_id: int, key: np.ndarray | None, tensors: dict[str, Any], target: str = "") -> None:
+        """Switch on a stored edit."""
+        raise NotImplementedError
+
+    def deactivate(self, edit_ids: Sequence[int]) -> None:
+        """Switch edits off (rollback)."""
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def routing(self, query_index: Any = None) -> Iterator[None]:
+        """One routing decision for a block of forwards (a generate call, a teacher-forced batch)."""
+        yield
+
+    def routed_ids(self) -> list[int | None]:
+        """The edit ids used for each sequence of the last routing block (None: the base model's output)."""
+        return []
+
+
+def join_ids(tokenizer: Any, prompt: str, target: str) -> tuple[list[int], list[int]]:
+    """Token ids of the prompt and of the target that follows it (a space between them, EasyEdit style)."""
+    p_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    sep = "" if (not target or target[0].isspace() or prompt.endswith((" ", "\n"))) else " "
+    full = tokenizer(prompt + sep + target, add_special_tokens=False).input_ids
+    if full[: len(p_ids)] == p_ids and len(full) > len(p_ids):
+        return p_ids, full[len(p_ids) :]
+    return p_ids, tokenizer(sep + target, add_special_tokens=False).input_ids

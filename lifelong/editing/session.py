@@ -1,0 +1,208 @@
+"""An edit session: one loaded model, one editor attached to it, and an EditStore.
+
+The session loads the model once, checks the store was made for it, re-activates the store's edits (refusing,
+one clear message each, those whose adapter file fails its hash) and offers apply / rollback / generate /
+teacher-forced scoring.
+
+Device and precision are session options (``device``, ``precision``), not part of the editor config a store fixes:
+the model is moved to the device, editors make every tensor there, and training, generation and scoring run under
+``platform/device.autocast``. Master weights stay float32, so the model identity and the stored tensors (always
+written from CPU, float32) are the same whatever the device or precision an edit was made with.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Sequence
+
+import numpy as np
+
+from lifelong.adapters.llm import DEFAULT_MODEL, load_causal_lm, model_identity
+from lifelong.editing.editor import Editor, join_ids
+from lifelong.editing.store import CorruptEditError, EditRecord, EditStore
+from lifelong.platform import registry
+from lifelong.platform.config import ConfigError, to_dict
+from lifelong.platform.device import check_precision, resolve_device
+from lifelong.platform.errors import UserError
+
+DEFAULT_EDITOR = "sola"
+
+
+def resolve_edit_device(name: str) -> Any:
+    """The torch device for ``--device`` (``auto``: CUDA when present, else CPU), by the runner's rules; its
+    errors are named after the option and list what is allowed."""
+    try:
+        return resolve_device(name)
+    except ConfigError as exc:
+        raise UserError(f"--{exc}") from None
+
+
+def check_edit_precision(name: str) -> str:
+    """``name`` if it is a known precision, else a UserError naming ``--precision`` and the allowed values."""
+    try:
+        return check_precision(name)
+    except ValueError as exc:
+        raise UserError(f"--{exc}") from None
+
+
+class EditSession:
+    """A loaded model, an editor attached to it, and an EditStore: apply, roll back, generate, score."""
+
+    def __init__(
+        self,
+        store: str | os.PathLike | EditStore,
+        *,
+        model: str | None = None,
+        editor: str | None = None,
+        editor_config: dict[str, Any] | None = None,
+        loaded: tuple[Any, Any] | None = None,
+        create: bool = True,
+        quiet: bool = False,
+        device: str | Any = None,
+        precision: str = "fp32",
+    ) -> None:
+        """``device``: ``auto``/``cpu``/``cuda``/``cuda:N`` or a torch device; None means ``auto`` for a model the
+        session loads and "where it is" for a ``loaded`` one. ``precision``: ``fp32``, ``bf16`` or ``fp16``.
+        Both are checked before the store is opened, so a bad value leaves no store behind."""
+        self.precision = check_edit_precision(precision)
+        if device is not None or loaded is None:
+            device = resolve_edit_device(str(device or "auto"))
+        self.quiet = quiet
+        if isinstance(store, EditStore):
+            self.store = store
+        else:
+            self.store = EditStore.open(store, create=create)
+        stored_model = self.store.meta().get("model_name")
+        model_name = model or stored_model or DEFAULT_MODEL
+        self.model, self.tokenizer = loaded if loaded is not None else load_causal_lm(model_name)
+        if device is not None:
+            self.model.to(device)
+        self.device = next(self.model.parameters()).device
+        ident = model_identity(self.model)  # of the float32 weights: the same on every device and precision
+        self.store.check_model(ident)
+        if stored_model is None:
+            self.store.set_model_name(model_name)
+        self.model_name = model_name
+        spec = self.store.editor_spec()
+        if spec is not None:
+            if editor is not None and editor != spec[0]:
+                self.store.set_editor(editor, {})  # raises the clear "store holds X edits" error
+            name, cfg = spec[0], dict(spec[1])
+            changed = {k: v for k, v in (editor_config or {}).items() if cfg.get(k) != v}
+            if changed:
+                raise UserError(
+                    f"edit store {self.store.path} fixes the {name} config ({', '.join(f'{k}={cfg.get(k)!r}' for k in changed)}); "
+                    "its edits were made with it, so it cannot be changed — use a new store"
+                )
+        else:
+            name, cfg = editor or DEFAULT_EDITOR, dict(editor_config or {})
+        self.editor: Editor = registry.create("editor", name, **cfg)
+        self.editor.precision = self.precision
+        self.editor_name = name
+        self.editor_config = to_dict(self.editor.config) if self.editor.config is not None else {}
+        self.editor.attach(self.model, self.tokenizer)
+        self.problems: list[tuple[int, str]] = []
+        self.loaded_ids: list[int] = []
+        for rec in self.store.active_edits():
+            self._activate(rec)
+
+    def _activate(self, rec: EditRecord) -> bool:
+        try:
+            tensors = self.store.load_tensors(rec)
+        except CorruptEditError as exc:
+            self.problems.append((rec.id, str(exc)))
+            if not self.quiet:
+                print(f"lifelong: error: {exc} (edit {rec.id} refused; the other edits are in force)", file=sys.stderr)
+            return False
+        self.editor.activate(rec.id, rec.key, tensors, rec.target)
+        self.loaded_ids.append(rec.id)
+        return True
+
+    def close(self) -> None:
+        self.editor.detach()
+        self.store.close()
+
+    def __enter__(self) -> "EditSession":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ editing
+    def apply(self, prompt: str, target: str, extra: dict[str, Any] | None = None) -> EditRecord:
+        """Train one edit, store it atomically (its tensors from CPU, with the device and precision it was trained
+        with in ``extra``), switch it on."""
+        if self.store.editor_spec() is None:
+            self.store.set_editor(self.editor_name, self.editor_config)
+        art = self.editor.train_edit(prompt, target)
+        tensors = {k: v.detach().cpu() for k, v in art.tensors.items()}
+        rec = self.store.add_edit(
+            prompt, target, editor=self.editor_name, tensors=tensors, key=art.key, layer=art.layer,
+            editor_config=self.editor_config,
+            extra={**(extra or {}), **art.extra, "device": str(self.device), "precision": self.precision},
+        )
+        self.editor.activate(rec.id, rec.key, art.tensors, target)
+        self.loaded_ids.append(rec.id)
+        return rec
+
+    def rollback(self, ids: Sequence[int]) -> list[tuple[int, bool]]:
+        """Roll edits back in the store and in the model; unknown ids raise, repeated ids are no-ops."""
+        out = self.store.rollback(ids)
+        changed = [i for i, c in out if c]
+        self.editor.deactivate(changed)
+        self.loaded_ids = [i for i in self.loaded_ids if i not in set(changed)]
+        return out
+
+    # ------------------------------------------------------------------ inference
+    def generate(self, prompts: Sequence[str], max_new_tokens: int = 16) -> list[dict[str, Any]]:
+        """Greedy completions, one prompt at a time (so a prompt's output never depends on its neighbours)."""
+        import torch
+
+        results = []
+        for prompt in prompts:
+            enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.device)
+            with torch.no_grad(), self.editor.autocast(), self.editor.routing():
+                out = self.model.generate(
+                    **enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                    pad_token_id=self.tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None,
+                )
+                routed = self.editor.routed_ids()
+            new = out[0, enc.input_ids.shape[1] :].tolist()
+            results.append({
+                "prompt": prompt,
+                "completion": self.tokenizer.decode(new, skip_special_tokens=True),
+                "edit_id": routed[0] if routed else None,
+                "tokens": new,
+            })
+        return results
+
+    def teacher_forced(self, prompts: Sequence[str], targets: Sequence[str], batch_size: int = 8
+                       ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """For each (prompt, target): ``(argmax ids, target ids)`` over the target positions, teacher-forced."""
+        import torch
+
+        pairs = [join_ids(self.tokenizer, p, t) for p, t in zip(prompts, targets)]
+        out: list[tuple[np.ndarray, np.ndarray]] = []
+        pad = self.tokenizer.pad_token_id
+        for s in range(0, len(pairs), batch_size):
+            chunk = pairs[s : s + batch_size]
+            length = max(len(p) + len(t) for p, t in chunk)
+            ids = torch.full((len(chunk), length), pad, dtype=torch.long)
+            mask = torch.zeros((len(chunk), length), dtype=torch.long)
+            for i, (p, t) in enumerate(chunk):
+                ids[i, : len(p) + len(t)] = torch.tensor(p + t)
+                mask[i, : len(p) + len(t)] = 1
+            ids, mask = ids.to(self.device), mask.to(self.device)
+            qidx = torch.tensor([len(p) - 1 for p, _ in chunk], device=self.device)
+            with torch.no_grad(), self.editor.autocast(), self.editor.routing(qidx):
+                logits = self.model(input_ids=ids, attention_mask=mask).logits
+            preds = logits.argmax(-1).cpu().numpy()
+            for i, (p, t) in enumerate(chunk):
+                pred = preds[i, len(p) - 1 : len(p) + len(t) - 1]
+                out.append((pred, np.asarray(t)))
+        return out
+
+    def token_accuracy(self, prompts: Sequence[str], targets: Sequence[str]) -> list[float]:
+        """EasyEdit's teacher-forced token accuracy of each target after its prompt."""
+        return [float((p == t).mean()) if len(t) else 0.0 for p, t in self.teacher_forced(prompts, targets)]
