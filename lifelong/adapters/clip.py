@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lifelong.adapters.transforms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, ImageFit
+from lifelong.platform.atomic import atomic_write_with
 from lifelong.platform.config import ConfigError
 from lifelong.platform.errors import UserError
 
@@ -199,10 +200,8 @@ def save_weights(model: nn.Module, path: str | Path) -> None:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp))
-    os.replace(tmp, path)
+    atomic_write_with(path, lambda tmp: save_file(state, str(tmp)))
 
 
 class VisionBackbone(nn.Module):

@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from lifelong.platform.atomic import atomic_write_text, fsync_dir, fsync_tree
 from lifelong.platform.errors import UserError
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -223,19 +224,10 @@ def _gguf_sha(gguf: Path, root: Path) -> str:
     table[memo_key] = sha
     try:
         root.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(memo, json.dumps(table, indent=1))
+        atomic_write_text(memo, json.dumps(table, indent=1))
     except OSError:
         pass  # a read-only cache folder only costs a re-hash next time
     return sha
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _build_gguf_cache(gguf: Path, gguf_sha: str, entry: Path, name: str, dtype: Any) -> tuple[Any, Any]:
@@ -285,7 +277,9 @@ def _build_gguf_cache(gguf: Path, gguf_sha: str, entry: Path, name: str, dtype: 
             if entry.exists():
                 shutil.rmtree(entry, ignore_errors=True)
             try:
+                fsync_tree(tmp)
                 os.replace(tmp, entry)
+                fsync_dir(entry.parent)
             except OSError:  # another process won the race: its entry is as good as ours
                 shutil.rmtree(tmp, ignore_errors=True)
         finally:

@@ -1,40 +1,21 @@
 """State-dict checkpoints, written atomically, loaded with ``weights_only=True``.
 
 A checkpoint is a tree of dicts, lists, tensors and plain values (never a pickled object), so it loads on the
-next torch without the code that wrote it. Writing goes to a temporary file in the same folder, is fsynced and
-renamed over the old one: a crash leaves the previous checkpoint or the new one, never half of one.
+next torch without the code that wrote it. Writing goes through ``platform/atomic.py`` (temporary file, fsync,
+rename): a crash leaves the previous checkpoint or the new one, never half of one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from lifelong.platform.atomic import atomic_write_bytes
+
 CHECKPOINT_NAME = "checkpoint.pt"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a fsynced temporary file and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lifelong.platform.checkpoint import atomic_write_bytes, atomic_write_text
+from lifelong.platform.atomic import atomic_write_bytes, atomic_write_text
 from lifelong.platform.metrics import METRIC_DEFINITIONS, mean_std, seen_accuracy
 
 SCALAR_METRICS: tuple[str, ...] = ("average_incremental_accuracy", "last_accuracy", "forgetting", "bwt")
