@@ -8,7 +8,7 @@ Hugging Face folder (config, tokenizer, one safetensors file) under ``$LIFELONG_
 safetensors file on every load; a mismatch (a truncated or edited cache) rebuilds the entry.
 
 ``model_identity`` names a model and hashes its weights, so that an edit store made for one model is refused
-by another (DESIGN §5).
+by another (docs/editing.md, "The EditStore").
 """
 
 from __future__ import annotations

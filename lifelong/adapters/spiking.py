@@ -1,7 +1,7 @@
 """Spiking building blocks in plain torch: LIF neurons, direct encoding, a spiking ResNet, spike/op counters.
 
 Follows the neuron and backbone of ALADE-SNN (Ni et al., AAAI 2025, whose code is the first commits of
-HOOKke/PS-SNN) as summarised in ``methods/ALADE-SNN.md``:
+HOOKke/PS-SNN; docs/alade-snn.md):
 
 - multi-step LIF, ``u_t = u_{t-1} - (u_{t-1} - v_reset)/tau + x_t`` (``tau=2``, ``v_reset=0`` gives the paper's
   ``u_t = 0.5 u_{t-1} + x_t``), spike ``s_t = H(u_t - v_threshold)``, hard reset ``u <- (1 - s) u + s v_reset``

@@ -1,6 +1,6 @@
 """Edit data sets: the platform's JSON Lines format, ZsRE (MEND style) and CounterFact (ROME style).
 
-Native format, one edit a line (DESIGN §5)::
+Native format, one edit a line (docs/editing.md)::
 
     {"prompt": str, "target": str, "paraphrases": [str, ...], "locality": [str, ...], "id": str|int}
 

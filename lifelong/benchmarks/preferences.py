@@ -1,6 +1,6 @@
 """Preference pairs for reward models: the bundled set with its fixed split, and JSON Lines loaders.
 
-A preference file holds one pair a line. Three shapes are read (DESIGN §6):
+A preference file holds one pair a line. Three shapes are read (docs/reward.md):
 
 - plain: ``{"prompt": str, "chosen": str, "rejected": str}`` with optional ``dimension`` (what separates the
   pair) and ``id``;
@@ -171,7 +171,7 @@ class PreferencesConfig:
     path: str | None = None
 
 
-@register("benchmark", "preferences", config=PreferencesConfig,
+@register("benchmark", "preferences", config=PreferencesConfig, produces="preference-pairs",
           summary="preference pairs for reward models: bundled set (446 pairs, 4 dimensions) or a JSONL file")
 def preferences(config: PreferencesConfig) -> list[PreferencePair]:
     return load_preferences(config.path) if config.path else bundled_preferences(config.split)

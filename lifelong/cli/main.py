@@ -48,6 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lifelong: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (``lifelong plugins list | head``): nothing left to say
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -25,6 +25,9 @@ from lifelong.platform.errors import UserError
 from lifelong.platform.quiet import quiet_avalanche
 
 KINDS: tuple[str, ...] = ("strategy", "editor", "scorer", "benchmark")
+#: what a benchmark's factory returns: a class-incremental stream (``run``, ``compare``) or preference pairs
+#: (``reward train|eval``); the runner refuses a benchmark of the wrong kind by name
+BENCHMARK_KINDS: tuple[str, ...] = ("stream", "preference-pairs")
 ENTRY_POINT_GROUP = "lifelong.plugins"
 DISABLE_AUTOLOAD_ENV = "LIFELONG_DISABLE_PLUGIN_AUTOLOAD"
 BUILTIN_PACKAGES: tuple[str, ...] = ("lifelong.benchmarks", "lifelong.strategies", "lifelong.editors", "lifelong.scorers")
@@ -60,6 +63,8 @@ class PluginSpec:
     capabilities: Capabilities
     source: str = "builtin"
     module: str = ""
+    #: for benchmarks, one of ``BENCHMARK_KINDS``; empty for other kinds
+    produces: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -70,6 +75,7 @@ class PluginSpec:
             "module": self.module,
             "capabilities": self.capabilities.as_dict(),
             "config": self.config.__name__ if self.config else None,
+            **({"produces": self.produces} if self.produces else {}),
         }
 
 
@@ -101,11 +107,13 @@ def register(
     config: type | None = None,
     summary: str = "",
     capabilities: Capabilities | dict[str, bool] | None = None,
+    produces: str | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator that registers a factory or class under ``(kind, name)``.
 
     ``config`` is the dataclass the factory takes as its only argument; ``create`` builds it from keyword
-    arguments so bad keys fail before any work starts.
+    arguments so bad keys fail before any work starts. ``produces`` (benchmarks only) says what the factory
+    returns, one of ``BENCHMARK_KINDS`` (default ``stream``).
     """
     if kind not in KINDS:
         raise RegistryError(f"unknown plugin kind {kind!r}; allowed kinds: {', '.join(KINDS)}")
@@ -113,6 +121,12 @@ def register(
         raise RegistryError(f"plugin name {name!r} is not kebab-case (lowercase letters, digits, '-')")
     if isinstance(capabilities, dict):
         capabilities = Capabilities(**capabilities)
+    if kind == "benchmark":
+        produces = produces or "stream"
+        if produces not in BENCHMARK_KINDS:
+            raise RegistryError(f"benchmark {name!r}: produces={produces!r} is not allowed; allowed: {', '.join(BENCHMARK_KINDS)}")
+    elif produces:
+        raise RegistryError(f"{kind} {name!r}: only benchmarks declare what they produce")
 
     def decorator(factory: Callable[..., Any]) -> Callable[..., Any]:
         spec = PluginSpec(
@@ -124,6 +138,7 @@ def register(
             capabilities=capabilities or Capabilities(),
             source=_state.loading_source,
             module=getattr(factory, "__module__", ""),
+            produces=produces or "",
         )
         with _lock:
             existing = _state.specs.get((kind, name))

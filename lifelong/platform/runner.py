@@ -1,4 +1,4 @@
-"""Runs a class-incremental strategy over a stream and fills the accuracy matrix (DESIGN §4).
+"""Runs a class-incremental strategy over a stream and fills the accuracy matrix (docs/architecture.md, "a run").
 
 The runner owns the loop: train on experience i, evaluate on every test experience, write an atomic
 checkpoint, repeat. Every step is reseeded from the run seed, so a run resumed from its checkpoint gives the
@@ -8,6 +8,7 @@ so every strategy is measured the same way.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass, field
@@ -38,18 +39,50 @@ TOP_LEVEL_KEYS: tuple[str, ...] = ("strategy", "benchmark", "seed", "device", "s
 
 @dataclass
 class RunConfig:
-    """One run, fully resolved: what results.json records under ``config``."""
+    """One run, fully resolved: what results.json records under ``config``.
+
+    ``resolve_config`` builds and validates the two plugin configs once, as the plugins' own dataclasses (every
+    default filled in; the benchmark's ``seed`` is the run's); the runner hands those objects to the plugins as
+    they are. A plain dict is accepted too and is built (and validated) when the run starts.
+    """
 
     strategy: str
     benchmark: str
     seed: int = 0
     device: str = "auto"
-    strategy_config: dict[str, Any] = field(default_factory=dict)
-    benchmark_config: dict[str, Any] = field(default_factory=dict)
+    strategy_config: Any = field(default_factory=dict)
+    benchmark_config: Any = field(default_factory=dict)
 
     def identity(self) -> dict[str, Any]:
         """What must match for a checkpoint to be resumed (the device may change)."""
         return {k: v for k, v in to_dict(self).items() if k not in ("device",)}
+
+    def typed(self) -> "RunConfig":
+        """This config with both plugin configs as their typed dataclasses (built and validated here if needed)."""
+        strategy_spec = registry.get("strategy", self.strategy)
+        bench_spec = _stream_benchmark(self.benchmark)
+        strategy_cfg = self.strategy_config
+        if strategy_spec.config is not None and not isinstance(strategy_cfg, strategy_spec.config):
+            strategy_cfg = build_config(strategy_spec.config, strategy_cfg or {}, prefix="strategy_config.")
+        bench_cfg = self.benchmark_config
+        if bench_spec.config is not None and not isinstance(bench_cfg, bench_spec.config):
+            bench_cfg = build_config(bench_spec.config, {**(bench_cfg or {}), "seed": self.seed},
+                                     prefix="benchmark_config.")
+        if getattr(bench_cfg, "seed", self.seed) != self.seed:
+            bench_cfg = dataclasses.replace(bench_cfg, seed=self.seed)
+        return dataclasses.replace(self, strategy_config=strategy_cfg, benchmark_config=bench_cfg)
+
+
+def _stream_benchmark(name: str) -> registry.PluginSpec:
+    """The benchmark ``name``, refused by kind when it is not a class-incremental stream."""
+    spec = registry.get("benchmark", name)
+    if spec.produces != "stream":
+        streams = [s.name for s in registry.list_plugins("benchmark") if s.produces == "stream"]
+        raise ConfigError(f"benchmark {name!r} produces {spec.produces}, not a class-incremental stream; "
+                          f"`run` and `compare` take one of: {', '.join(streams)}"
+                          + (" (preference pairs are for `lifelong reward train|eval`)"
+                             if spec.produces == "preference-pairs" else ""))
+    return spec
 
 
 def route_overrides(flat: dict[str, Any], strategy: str, benchmark: str) -> dict[str, Any]:
@@ -94,7 +127,7 @@ def resolve_config(
     if not strategy:
         raise ConfigError("no strategy given: use --strategy NAME or a config file with 'strategy:'")
     registry.get("strategy", strategy)
-    registry.get("benchmark", benchmark)
+    _stream_benchmark(benchmark)
     if unknown:  # flat keys in a file are routed like --set keys
         data = deep_merge({k: v for k, v in data.items() if k in TOP_LEVEL_KEYS},
                           route_overrides({k: data[k] for k in unknown}, strategy, benchmark))
@@ -105,18 +138,11 @@ def resolve_config(
         data["seed"] = seed
     if device is not None:
         data["device"] = device
-    config = build_config(RunConfig, data)
-    # validate both plugin configs now, before any work starts
-    _plugin_config("strategy", strategy, config.strategy_config, "strategy_config")
-    _plugin_config("benchmark", benchmark, {**config.benchmark_config, "seed": config.seed}, "benchmark_config")
-    return config
-
-
-def _plugin_config(kind: str, name: str, values: dict[str, Any], section: str) -> Any:
-    spec = registry.get(kind, name)
-    if spec.config is None:
-        return values
-    return build_config(spec.config, values, prefix=f"{section}.")
+    for section in ("strategy_config", "benchmark_config"):
+        if section in data and not isinstance(data[section], dict):
+            raise ConfigError(f"{section}: expected a mapping of keys and values, got {data[section]!r}")
+    # both plugin configs are built and validated now, once, before any work starts
+    return build_config(RunConfig, data).typed()
 
 
 def default_out_dir(config: RunConfig) -> Path:
@@ -166,6 +192,7 @@ def run_experiment(
     looks like, for tests and for splitting long runs.
     """
 
+    config = config.typed()
     out_dir = Path(out) if out else default_out_dir(config)
     device = resolve_device(config.device)
     fingerprint = config_fingerprint(config.identity())
@@ -183,9 +210,8 @@ def run_experiment(
             )
 
     seed_everything(config.seed)
-    strategy_cfg = _plugin_config("strategy", config.strategy, config.strategy_config, "strategy_config")
-    bench_spec = registry.get("benchmark", config.benchmark)
-    stream = bench_spec.factory(_plugin_config("benchmark", config.benchmark, {**config.benchmark_config, "seed": config.seed}, "benchmark_config"))
+    strategy_cfg = config.strategy_config
+    stream = registry.get("benchmark", config.benchmark).factory(config.benchmark_config)
 
     dist = distributed.current_distributed_info()
     strategy_spec = registry.get("strategy", config.strategy)
@@ -258,7 +284,7 @@ def run_experiment(
         "device": str(device),
         "world_size": dist.world_size,
         **({"replica_divergence": divergence} if dist.enabled else {}),
-        "config": {**to_dict(config), "strategy_config": to_dict(strategy_cfg)},
+        "config": to_dict(config),
         "strategy_summary": learner.summary(),
         "versions": package_versions(),
     }
