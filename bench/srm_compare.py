@@ -32,7 +32,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from lifelong.benchmarks.preferences import bundled_preferences
     from lifelong.platform.registry import create
-    from lifelong.scorers.srm import BRANCH_NAMES, SRMConfig
+    from lifelong.scorers.srm import BRANCH_NAMES, SRMConfig, run_branches
 
     seeds = [int(s) for s in args.seeds.split(",")]
     skip = [s for s in args.skip.split(",") if s]
@@ -43,13 +43,11 @@ def main() -> None:
     t = time.perf_counter()
     filler = create("scorer", "srm", branches=all_branches)
     items = [(p.prompt, r) for p in train + held for r in (p.chosen, p.rejected)]
-    from lifelong.scorers import _branches as sb
-
     per_branch = {}
     for b in filler.branches:
         tb = time.perf_counter()
         for s in range(0, len(items), 64):  # in chunks, so an interrupted run keeps what it computed
-            sb.run_branches([b], items[s:s + 64], filler.cache, parallel=False)
+            run_branches([b], items[s:s + 64], filler.cache, parallel=False)
         per_branch[b.name] = round(time.perf_counter() - tb, 1)
         print(f"  {b.name}: {per_branch[b.name]} s", flush=True)
     print(f"branch cache filled for {len(items)} responses in {time.perf_counter() - t:.0f} s: {per_branch}", flush=True)

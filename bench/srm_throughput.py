@@ -14,27 +14,25 @@ import json
 import time
 
 from lifelong.benchmarks.preferences import bundled_preferences
-from lifelong.scorers import _branches as sb
+from lifelong.scorers.srm import BRANCH_NAMES, Branch, FactCheckBranch, make_branches, run_branches
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", type=int, default=32)
-    ap.add_argument("--branches", default=",".join(sb.BRANCH_NAMES))
+    ap.add_argument("--branches", default=",".join(BRANCH_NAMES))
     ap.add_argument("--repeats", type=int, default=1)
     args = ap.parse_args()
     names = args.branches.split(",")
     pairs = bundled_preferences("heldout")[: args.pairs]
     items = [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs]
 
-    from lifelong.benchmarks.preferences import BUNDLED_FACTS
-
-    def build() -> list[sb.Branch]:
-        return sb.make_branches(names, encoder="all-minilm-l6-v2", llm="smollm2-135m", facts=[str(BUNDLED_FACTS)],
-                                store=None, fact_threshold=0.6, batch_size=16)
+    def build() -> list[Branch]:
+        return make_branches(names, encoder="all-minilm-l6-v2", llm="smollm2-135m", facts=["bundled"],
+                             store=None, fact_threshold=0.6, batch_size=16)
 
     warm = build()
-    sb.run_branches(warm, items[:4], None, parallel=False)  # load and warm every model
+    run_branches(warm, items[:4], None, parallel=False)  # load and warm every model
     import torch
 
     print(f"torch threads: {torch.get_num_threads()}; {len(pairs)} pairs = {len(items)} responses; branches {names}")
@@ -49,10 +47,10 @@ def main() -> None:
         for _ in range(args.repeats):
             branches = build()
             for b in branches:
-                if isinstance(b, sb.FactCheckBranch):
+                if isinstance(b, FactCheckBranch):
                     b.knowledge()  # reading the fact file is set-up, not scoring
             t = time.perf_counter()
-            sb.run_branches(branches, items, None, parallel=parallel)
+            run_branches(branches, items, None, parallel=parallel)
             times.append(time.perf_counter() - t)
         best = min(times)
         rows[mode] = {"seconds": round(best, 2), "pairs_per_s": round(len(pairs) / best, 3)}

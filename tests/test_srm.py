@@ -1,9 +1,13 @@
-"""The structural reward model: Bradley-Terry loss, each side branch, the cache, contributions, save/load."""
+"""The structural reward model: Bradley-Terry loss, each side branch, the cache, contributions, save/load.
+
+The branch internals are tested through the private ``_branches`` package; code outside the scorers uses the
+names ``lifelong.scorers.srm`` re-exports."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -17,8 +21,10 @@ from lifelong.benchmarks.preferences import (
     load_preferences,
 )
 from lifelong.platform.errors import UserError
+from lifelong.platform.registry import create, get
 from lifelong.scorers import _branches as sb
-from lifelong.scorers._reward_model import bradley_terry_loss
+from lifelong.scorers import srm
+from lifelong.scorers._reward_model import RewardHead, RewardModel, bradley_terry_loss
 
 CAPITAL_Q = "What is the capital of Australia?"
 
@@ -172,9 +178,6 @@ def test_llm_branches_fluency_and_quality() -> None:
 
 # ------------------------------------------------------------------------------------------- the model
 def test_contributions_add_up_and_save_load_round_trip(tmp_path: Path) -> None:
-    from lifelong.platform.registry import create
-    from lifelong.scorers.srm import load_scorer
-
     pairs = bundled_preferences("train")[:24]
     rm = create("scorer", "srm", branches=["semantic", "style", "fact-check"], facts=[str(_facts_file(tmp_path))],
                 epochs=5, cache_dir=str(tmp_path))
@@ -186,7 +189,8 @@ def test_contributions_add_up_and_save_load_round_trip(tmp_path: Path) -> None:
         assert sum(r.contributions.values()) == pytest.approx(r.reward, abs=1e-4)
         assert set(r.branch_texts) == {"semantic", "style", "fact-check"}
     rm.save(tmp_path / "model")
-    again = load_scorer(tmp_path / "model")
+    again = srm.load_scorer(tmp_path / "model")
+    assert type(get("scorer", "srm").factory.load(tmp_path / "model")) is type(again)  # the registry's loader
     assert [x.reward for x in again.score_many([(p.prompt, p.chosen) for p in pairs[:5]])] == pytest.approx(
         [r.reward for r in results], abs=1e-5)
     report = again.evaluate(bundled_preferences("heldout")[:16])
@@ -195,8 +199,6 @@ def test_contributions_add_up_and_save_load_round_trip(tmp_path: Path) -> None:
 
 
 def test_scalar_rm_has_only_the_text_term(tmp_path: Path) -> None:
-    from lifelong.platform.registry import create
-
     rm = create("scorer", "scalar-rm", epochs=3, cache_dir=str(tmp_path))
     pairs = bundled_preferences("train")[:20]
     rm.fit(pairs)
@@ -207,14 +209,71 @@ def test_scalar_rm_has_only_the_text_term(tmp_path: Path) -> None:
 
 
 def test_srm_config_errors_name_the_field() -> None:
-    from lifelong.platform.registry import create
-
     with pytest.raises(UserError, match="unknown branch 'nope'; allowed values: semantic"):
         create("scorer", "srm", branches=["nope"])
     with pytest.raises(UserError, match="facts: file /no/such.jsonl not found"):
         create("scorer", "srm", facts=["/no/such.jsonl"])
     with pytest.raises(UserError, match="hidden"):
         create("scorer", "srm", hidden=0)
+
+
+def _model_with_a_head() -> RewardModel:
+    """A scalar-rm with a fresh (untrained) head: enough to save and load without running the encoder."""
+    rm = create("scorer", "scalar-rm", cache_dir=":memory:", device="cpu", hidden=4)
+    rm.head = RewardHead(8, {}, 4, 0.0)
+    return rm
+
+
+def test_save_is_atomic_and_fsynced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import safetensors.torch
+
+    rm = _model_with_a_head()
+    out = tmp_path / "model"
+
+    def disk_full(*args, **kwargs):
+        raise OSError("disk full")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(safetensors.torch, "save_file", disk_full)
+        with pytest.raises(OSError, match="disk full"):
+            rm.save(out)
+    assert list(tmp_path.iterdir()) == []  # no model folder and no temporary one
+
+    synced: list[int] = []
+    real_fsync = os.fsync
+    with monkeypatch.context() as mp:
+        mp.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+        rm.save(out)
+    assert len(synced) >= 3  # both files and the folders they were renamed in
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "head.safetensors"]
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    with monkeypatch.context() as mp:  # into an existing folder: a failed save leaves the previous model whole
+        mp.setattr(safetensors.torch, "save_file", disk_full)
+        with pytest.raises(OSError, match="disk full"):
+            rm.save(out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+    again = srm.ScalarRewardModel.load(out)
+    assert again.scorer == "scalar-rm" and again.head is not None
+    assert all(torch.equal(v, again.head.state_dict()[k]) for k, v in rm.head.state_dict().items())
+    with pytest.raises(UserError, match="a saved 'scalar-rm' scorer, not a StructuralRewardModel"):
+        srm.StructuralRewardModel.load(out)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="exists and is not a directory"):
+        rm.save(tmp_path / "file")
+
+
+def test_branch_names_are_defined_once_and_built_from_settings() -> None:
+    assert srm.BRANCH_NAMES == sb.BRANCH_NAMES == tuple(t.name for t in sb.BRANCH_TYPES)
+    assert srm.BRANCH_NAMES == ("semantic", "fact-check", "style", "fluency", "quality")
+    built = sb.make_branches(["style", "quality", "fact-check"], llm="some-lm", batch_size=3, facts=["bundled"],
+                             fact_threshold=0.7)
+    assert [b.name for b in built] == ["style", "quality", "fact-check"]
+    assert (built[1].llm, built[1].batch_size) == ("some-lm", 3)
+    assert built[2].fact_files == [str(BUNDLED_FACTS)] and built[2].threshold == 0.7  # nothing loaded yet
+    with pytest.raises(UserError, match="unknown branch 'smell'; allowed values: semantic, fact-check"):
+        sb.make_branches(["smell"])
 
 
 # ------------------------------------------------------------------------------------------- data

@@ -4,15 +4,23 @@ The text part embeds ``prompt / response / branch texts`` joined into one string
 (all-MiniLM-L6-v2) and scores it with a small MLP; each branch's standardised features get their own linear
 term. The reward is the sum of these terms, so every dimension's contribution is reported and they add up to
 the reward exactly. ``scalar-rm`` is the same model with no branches (only the text term over prompt and
-response). Kept private (underscore module) so that importing the plugin module stays light.
+response). The side branches that produce the branch texts and features are in ``lifelong.scorers._branches``;
+docs/reward.md describes the model and its saved folder.
+
+Saved folder (``save`` / ``load``): ``config.json`` (format version, the registered scorer name, its config,
+the branches and their feature names, training summary) and ``head.safetensors`` (the head's weights). A new
+folder is written as a whole under a temporary name and renamed into place; into an existing folder each file is
+replaced atomically, the weights first and ``config.json`` last. Every write goes through
+``lifelong.platform.atomic`` (fsync of files and folders), so a failed save leaves no half-written model.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import shutil
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,14 +29,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from lifelong.benchmarks.preferences import BUNDLED_FACTS
+from lifelong.adapters.encoders import encode
+from lifelong.platform.atomic import atomic_write_text, atomic_write_with, fsync_dir
 from lifelong.platform.config import to_dict
 from lifelong.platform.device import LossScaler, autocast, resolve_device
 from lifelong.platform.errors import UserError
-from lifelong.scorers import _branches as sb
+from lifelong.platform.registry import create
+from lifelong.scorers._branches import CACHE_FILE, BranchCache, default_cache_path, make_branches, run_branches
 
 FORMAT_VERSION = 1
 TEXT_TERM = "text"
+CONFIG_FILE = "config.json"
+HEAD_FILE = "head.safetensors"
 
 
 def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
@@ -88,41 +100,29 @@ class _Features:
     texts: dict[str, list[str]]
 
 
-def default_cache_path() -> Path:
-    """``$LIFELONG_CACHE/srm-branches.sqlite`` (default ``~/.cache/lifelong``), shared by every SRM."""
-    env = os.environ.get("LIFELONG_CACHE")
-    base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lifelong"
-    return base / "srm-branches.sqlite"
-
-
 class RewardModel:
-    """A trainable, savable reward model; ``scorer`` is its registry name, ``config`` its typed config."""
+    """A trainable, savable reward model; ``scorer`` is its registry name, ``config`` its typed config.
+
+    ``RewardModel.load(folder)`` reads back a folder written by ``save``.
+    """
 
     def __init__(self, scorer: str, config: Any) -> None:
-
         self.scorer = scorer
         self.config = config
         #: where the encoder, the branch models, the features and the head live
         self.device: torch.device = resolve_device(getattr(config, "device", "auto"))
         self.branch_names: list[str] = list(getattr(config, "branches", []))
-        facts = [self._resolve_facts(f) for f in getattr(config, "facts", [])]
-        self.branches = sb.make_branches(
-            self.branch_names, encoder=config.encoder, llm=getattr(config, "llm", "smollm2-135m"), facts=facts,
-            store=getattr(config, "store", None), fact_threshold=getattr(config, "fact_threshold", 0.6),
-            batch_size=getattr(config, "llm_batch_size", 16), device=self.device)
+        self.branches = make_branches(
+            self.branch_names, encoder=config.encoder, llm=getattr(config, "llm", "smollm2-135m"),
+            facts=list(getattr(config, "facts", [])), store=getattr(config, "store", None),
+            fact_threshold=getattr(config, "fact_threshold", 0.6), batch_size=getattr(config, "llm_batch_size", 16),
+            device=self.device)
         cache_dir = config.cache_dir
-        path = Path(cache_dir) / "srm-branches.sqlite" if cache_dir else default_cache_path()
-        self.cache = sb.BranchCache(path if cache_dir != ":memory:" else None)
+        path = Path(cache_dir) / CACHE_FILE if cache_dir else default_cache_path()
+        self.cache = BranchCache(path if cache_dir != ":memory:" else None)
         self.head: RewardHead | None = None
         self.scaler: LossScaler | None = None  # the last fit's loss scaler (its scale shows fp16 was used)
         self.training: dict[str, Any] = {}
-
-    @staticmethod
-    def _resolve_facts(spec: str) -> str:
-        if spec == "bundled":
-
-            return str(BUNDLED_FACTS)
-        return spec
 
     @property
     def join_texts(self) -> bool:
@@ -132,7 +132,7 @@ class RewardModel:
     def featurize(self, items: Sequence[tuple[str, str]], parallel: bool | None = None) -> _Features:
         """Branch outputs (cached) and the encoder embedding of the joined text, for each (prompt, response)."""
         parallel = getattr(self.config, "parallel", True) if parallel is None else parallel
-        outs = sb.run_branches(self.branches, items, self.cache, parallel=parallel)
+        outs = run_branches(self.branches, items, self.cache, parallel=parallel)
         texts = {n: [o.text for o in outs[n]] for n in self.branch_names}
         joined = []
         for i, (p, r) in enumerate(items):
@@ -148,12 +148,12 @@ class RewardModel:
     def _embed(self, texts: Sequence[str]) -> torch.Tensor:
         """Encoder embeddings of ``texts`` on the model's device, through the cache (rounded to 6 decimals)."""
         ns = f"encoder/{self.config.encoder}"
-        keys = [sb.BranchCache.key(ns, t, "") for t in texts]
+        keys = [BranchCache.key(ns, t, "") for t in texts]
         hit = self.cache.get_many(keys)
         todo = sorted({k: i for i, k in reversed(list(enumerate(keys))) if k not in hit}.values())  # first of each
         fresh = {}
         if todo:
-            vecs = sb.encode([texts[i] for i in todo], self.config.encoder, device=self.device)
+            vecs = encode([texts[i] for i in todo], self.config.encoder, device=self.device)
             fresh = {keys[i]: json.dumps([round(float(x), 6) for x in v]) for i, v in zip(todo, vecs)}
             self.cache.put_many(fresh)
         rows = [json.loads(fresh.get(k) or hit[k]) for k in keys]
@@ -256,15 +256,13 @@ class RewardModel:
 
     # ------------------------------------------------------------------ saving
     def save(self, out: str | os.PathLike) -> Path:
-        """Write ``config.json`` and ``head.safetensors`` into ``out`` atomically (temp files, then rename)."""
+        """Write ``config.json`` and ``head.safetensors`` into ``out`` atomically (see the module docstring)."""
         from safetensors.torch import save_file
-
 
         head = self._require_head()
         out = Path(out)
         if out.exists() and not out.is_dir():
             raise UserError(f"--out {out} exists and is not a directory")
-        out.mkdir(parents=True, exist_ok=True)
         config = to_dict(self.config)
         config.pop("device", None)  # where it ran is not part of the model: it loads on any device
         meta = {
@@ -276,20 +274,61 @@ class RewardModel:
             "training": self.training,
         }
         state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
-        fd, tmp_w = tempfile.mkstemp(dir=out, prefix=".head-", suffix=".tmp")
-        os.close(fd)
-        fd, tmp_c = tempfile.mkstemp(dir=out, prefix=".config-", suffix=".tmp")
-        os.close(fd)
+
+        def write_into(folder: Path) -> None:
+            # the weights first: config.json, which names the scorer, is what makes the folder a model
+            atomic_write_with(folder / HEAD_FILE, lambda tmp: save_file(state, str(tmp), metadata={"scorer": self.scorer}))
+            atomic_write_text(folder / CONFIG_FILE, json.dumps(meta, indent=2))
+
+        if out.is_dir():
+            write_into(out)
+            return out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:12]}.tmp"
+        tmp.mkdir()
         try:
-            save_file(state, tmp_w, metadata={"scorer": self.scorer})
-            Path(tmp_c).write_text(json.dumps(meta, indent=2))
-            os.replace(tmp_w, out / "head.safetensors")
-            os.replace(tmp_c, out / "config.json")
+            write_into(tmp)  # each file fsynced, and the temporary folder's entries
+            os.replace(tmp, out)
+            fsync_dir(out.parent)
         finally:
-            for t in (tmp_w, tmp_c):
-                if os.path.exists(t):
-                    os.unlink(t)
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
         return out
+
+    @classmethod
+    def read_meta(cls, folder: str | os.PathLike) -> dict[str, Any]:
+        """The ``config.json`` of a saved reward model; a folder that is not one raises a one-line UserError."""
+        folder = Path(folder)
+        meta_path = folder / CONFIG_FILE
+        if not meta_path.is_file() or not (folder / HEAD_FILE).is_file():
+            raise UserError(f"{folder}: not a trained reward model (needs {CONFIG_FILE} and {HEAD_FILE}; "
+                            "make one with `lifelong reward train`)")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"{meta_path}: cannot read ({exc})") from None
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{meta_path}: not valid JSON ({exc.msg})") from None
+        if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION or "scorer" not in meta:
+            raise UserError(f"{meta_path}: not a reward model config of format version {FORMAT_VERSION}")
+        return meta
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike, **overrides: Any) -> "RewardModel":
+        """A trained model read back from a folder written by ``save``; ``overrides`` replace config keys (e.g.
+        ``device``). The model is rebuilt through the registry under the scorer name the folder records."""
+        folder = Path(folder)
+        meta = cls.read_meta(folder)
+        config = dict(meta.get("config", {}))
+        config.update(overrides)
+        model = create("scorer", meta["scorer"], **config)
+        if not isinstance(model, cls):
+            raise UserError(f"{folder}: a saved {meta['scorer']!r} scorer, not a {cls.__name__}")
+        if list(meta.get("branches", {})) != list(getattr(model.config, "branches", [])):
+            raise UserError(f"{folder / CONFIG_FILE}: the saved branches {list(meta.get('branches', {}))} "
+                            "do not match the config")
+        model.load_weights(folder, meta)
+        return model
 
     def load_weights(self, folder: Path, meta: dict[str, Any]) -> None:
         from safetensors.torch import load_file
@@ -297,10 +336,10 @@ class RewardModel:
         dims = {n: len(v) for n, v in meta.get("branches", {}).items()}
         head = RewardHead(int(meta["embed_dim"]), dims, self.config.hidden, self.config.dropout)
         try:
-            state = load_file(str(folder / "head.safetensors"))
+            state = load_file(str(folder / HEAD_FILE))
             head.load_state_dict(state)
         except (OSError, RuntimeError, ValueError) as exc:
-            raise UserError(f"{folder / 'head.safetensors'}: cannot load the reward head ({exc})") from None
+            raise UserError(f"{folder / HEAD_FILE}: cannot load the reward head ({exc})") from None
         head.eval()
         self.head = head.to(self.device)
         self.training = dict(meta.get("training", {}))

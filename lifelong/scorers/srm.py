@@ -11,7 +11,7 @@ the Bradley-Terry loss P(chosen ≻ rejected) = σ(s_c − s_r); branches are mo
 Where this departs or fills gaps the paper leaves open:
 - The paper's SBMs are LLMs fine-tuned (LoRA) on best-of-N data judged by a strong LLM. No such data or model
   is available offline here, so the branches are real but untrained feature generators
-  (``lifelong/scorers/_branches.py``): sentence-embedding relevance (``semantic``), agreement with a
+  (``lifelong/scorers/_branches/``): sentence-embedding relevance (``semantic``), agreement with a
   knowledge source, i.e. fact files and/or an EditStore's active edits (``fact-check``), surface and
   format-following features (``style``), the local LM's likelihood (``fluency``), and the local LM asked a
   judging question, its answer kept as text (``quality``). Each gives a short text and a few numbers.
@@ -21,34 +21,56 @@ Where this departs or fills gaps the paper leaves open:
 - The paper's "entity background" branch is not built (no offline entity source beyond the fact files).
 - ``scalar-rm`` is the same encoder and head with no branches, trained on the same pairs the same way.
 
-Python API::
+Python API (docs/reward.md)::
 
     rm = create("scorer", "srm", branches=["semantic", "style"])
     rm.fit(bundled_preferences("train")); rm.save("runs/srm")
     rm = load_scorer("runs/srm"); rm.score(prompt, response).contributions
+
+The registered factories are classes with a ``load(folder)`` classmethod: ``lifelong reward score|eval`` read
+the scorer name a saved folder records and call ``registry.get("scorer", name).factory.load(folder)``. This
+module also re-exports the side-branch API (``Branch``, ``BranchOutput``, ``BranchCache``, ``run_branches``,
+``make_branches``, ``BRANCH_NAMES`` and the branch classes) for code outside the scorers package.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lifelong.platform.device import check_precision
-from lifelong.platform.errors import UserError
-from lifelong.platform.registry import create, register
-from lifelong.scorers._reward_model import FORMAT_VERSION, RewardModel
+from lifelong.platform.registry import register
+from lifelong.scorers._branches import (
+    BRANCH_NAMES,
+    Branch,
+    BranchCache,
+    BranchOutput,
+    BranchSettings,
+    FactCheckBranch,
+    FluencyBranch,
+    QualityBranch,
+    SemanticBranch,
+    StyleBranch,
+    make_branches,
+    run_branches,
+)
+from lifelong.scorers._reward_model import RewardModel, RewardResult
 
-BRANCH_NAMES: tuple[str, ...] = ("semantic", "fact-check", "style", "fluency", "quality")
+__all__ = [
+    "BRANCH_NAMES", "DEFAULT_BRANCHES", "Branch", "BranchCache", "BranchOutput", "BranchSettings", "FactCheckBranch",
+    "FluencyBranch", "QualityBranch", "RewardModel", "RewardResult", "SRMConfig", "ScalarRMConfig", "SemanticBranch",
+    "StructuralRewardModel", "ScalarRewardModel", "StyleBranch", "load_scorer", "make_branches", "run_branches",
+]
+
 # ``quality`` is opt-in: on CPU it is the slowest branch (a generation per response) and the 135M local model is
 # a weak judge (bench/srm_compare.py measures what it adds); turn it on with branches=[..., quality].
 DEFAULT_BRANCHES: tuple[str, ...] = ("semantic", "fact-check", "style", "fluency")
 
 
 def _check_common(cfg: Any) -> None:
-
+    """The checks both configs share; like every config's ``validate``, a bad value raises ValueError."""
     check_precision(cfg.precision)
     if not isinstance(cfg.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device):
         raise ValueError(f"device must be one of auto, cpu, cuda, cuda:N, got {cfg.device!r}")
@@ -60,6 +82,8 @@ def _check_common(cfg: Any) -> None:
         raise ValueError(f"epochs must be >= 1, got {cfg.epochs}")
     if cfg.lr <= 0:
         raise ValueError(f"lr must be > 0, got {cfg.lr}")
+    if cfg.weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {cfg.weight_decay}")
     if cfg.batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
 
@@ -108,6 +132,8 @@ class SRMConfig(ScalarRMConfig):
                 raise ValueError(f"branches: unknown branch {b!r}; allowed values: {', '.join(BRANCH_NAMES)}")
         if len(set(self.branches)) != len(self.branches):
             raise ValueError(f"branches: each branch may appear once, got {self.branches}")
+        if self.llm_batch_size < 1:
+            raise ValueError(f"llm_batch_size must be >= 1, got {self.llm_batch_size}")
         if not 0.0 <= self.fact_threshold <= 1.0:
             raise ValueError(f"fact_threshold must be in [0, 1], got {self.fact_threshold}")
         if "fact-check" in self.branches:
@@ -120,41 +146,26 @@ class SRMConfig(ScalarRMConfig):
 
 @register("scorer", "srm", config=SRMConfig,
           summary="Structural Reward Model: side branches (semantic, fact-check, style, fluency, quality) + BT head")
-def srm(config: SRMConfig) -> Any:
-    """Build an untrained SRM (train with ``.fit(pairs)``)."""
+class StructuralRewardModel(RewardModel):
+    """An untrained SRM (train with ``.fit(pairs)``); ``StructuralRewardModel.load(folder)`` reads a saved one."""
 
-    if config.store is not None:
-        config.store = str(Path(config.store).resolve())
-    config.facts = [f if f == "bundled" else str(Path(f).resolve()) for f in config.facts]
-    return RewardModel("srm", config)
+    def __init__(self, config: SRMConfig) -> None:
+        if config.store is not None:
+            config.store = str(Path(config.store).resolve())
+        config.facts = [f if f == "bundled" else str(Path(f).resolve()) for f in config.facts]
+        super().__init__("srm", config)
 
 
 @register("scorer", "scalar-rm", config=ScalarRMConfig,
           summary="scalar reward model baseline: same encoder and head as srm, no side branches")
-def scalar_rm(config: ScalarRMConfig) -> Any:
-    """Build an untrained scalar reward model."""
+class ScalarRewardModel(RewardModel):
+    """An untrained scalar reward model; ``ScalarRewardModel.load(folder)`` reads a saved one."""
 
-    return RewardModel("scalar-rm", config)
+    def __init__(self, config: ScalarRMConfig) -> None:
+        super().__init__("scalar-rm", config)
 
 
-def load_scorer(folder: str | Path, **overrides: Any) -> Any:
-    """Load a trained scorer saved by ``RewardModel.save`` (``config.json`` + ``head.safetensors``)."""
-
-    folder = Path(folder)
-    meta_path = folder / "config.json"
-    if not meta_path.is_file() or not (folder / "head.safetensors").is_file():
-        raise UserError(f"{folder}: not a trained reward model (needs config.json and head.safetensors; "
-                        "make one with `lifelong reward train`)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{meta_path}: not valid JSON ({exc.msg})") from None
-    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION or "scorer" not in meta:
-        raise UserError(f"{meta_path}: not a reward model config of format version {FORMAT_VERSION}")
-    config = dict(meta.get("config", {}))
-    config.update(overrides)
-    model = create("scorer", meta["scorer"], **config)
-    if list(meta.get("branches", {})) != list(getattr(model.config, "branches", [])):
-        raise UserError(f"{meta_path}: the saved branches {list(meta.get('branches', {}))} do not match the config")
-    model.load_weights(folder, meta)
-    return model
+def load_scorer(folder: str | Path, **overrides: Any) -> RewardModel:
+    """Load a trained ``srm`` or ``scalar-rm`` saved by ``RewardModel.save`` (``config.json`` + ``head.safetensors``);
+    ``overrides`` replace config keys (e.g. ``device="cpu"``)."""
+    return RewardModel.load(folder, **overrides)

@@ -1,0 +1,34 @@
+"""Side branches of the structural reward model (SRM): one feature generator per dimension, cached, parallel.
+
+- ``base``: the ``Branch`` interface and ``BranchOutput``, the on-disk ``BranchCache``, ``run_branches`` (only
+  uncached pairs are computed; branches run in parallel threads) and the text helpers;
+- ``text``: ``semantic``, ``style``, ``fact-check`` (sentence encoder and rules);
+- ``llm``: ``fluency``, ``quality`` (the local causal LM);
+- ``factory``: ``BRANCH_NAMES`` and ``make_branches`` (names to branch objects).
+
+The shared models (sentence encoder, LM) live in ``lifelong.adapters.encoders``. Users outside the scorers
+import these names from ``lifelong.scorers.srm``; docs/reward.md describes each branch.
+"""
+
+from lifelong.scorers._branches.base import (
+    CACHE_FILE,
+    Branch,
+    BranchCache,
+    BranchOutput,
+    BranchSettings,
+    Item,
+    default_cache_path,
+    run_branches,
+    sentences,
+    states,
+    words,
+)
+from lifelong.scorers._branches.factory import BRANCH_NAMES, BRANCH_TYPES, make_branches
+from lifelong.scorers._branches.llm import FluencyBranch, LLMBranch, QualityBranch
+from lifelong.scorers._branches.text import FactCheckBranch, SemanticBranch, StyleBranch, fact_file
+
+__all__ = [
+    "BRANCH_NAMES", "BRANCH_TYPES", "CACHE_FILE", "Branch", "BranchCache", "BranchOutput", "BranchSettings", "FactCheckBranch",
+    "FluencyBranch", "Item", "LLMBranch", "QualityBranch", "SemanticBranch", "StyleBranch", "default_cache_path",
+    "fact_file", "make_branches", "run_branches", "sentences", "states", "words",
+]
