@@ -78,3 +78,84 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Capture
     assert rc == 2
     assert message in err and err.count("\n") == 1 and err.startswith("lifelong: error:")
     assert not (tmp_path / "o").exists()  # nothing half-written
+
+
+@pytest.mark.parametrize("setup, message", [
+    ({}, "no config.json"),
+    ({"config.json": "{not json"}, "config.json is not valid JSON"),
+    ({"config.json": '{"format_version": 1}'}, "config.json names no scorer"),
+    ({"config.json": '["srm"]'}, "config.json names no scorer"),
+    ({"config.json": '{"scorer": "no-such-rm"}'}, "saved by a scorer that is not installed: unknown scorer 'no-such-rm'"),
+    ({"config.json": '{"format_version": 1, "scorer": "srm", "config": {}}'}, "needs config.json and head.safetensors"),
+    ({"config.json": '{"format_version": 7, "scorer": "srm"}', "head.safetensors": ""}, "not a reward model config of format version 1"),
+])
+def test_a_folder_that_is_not_a_saved_scorer_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                setup: dict, message: str) -> None:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for name, text in setup.items():
+        (folder / name).write_text(text)
+    rc = main(["reward", "score", "--model", str(folder), "--prompt", "p", "--response", "r"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("lifelong: error:") and err.count("\n") == 1
+    assert str(folder) in err and message in err, err
+
+
+THIRD_PARTY = """
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from lifelong.platform.registry import register
+
+
+@dataclass
+class ConstantConfig:
+    value: float = 0.0
+
+    def validate(self):
+        if self.value != self.value:
+            raise ValueError("value must be a number")
+
+
+@dataclass
+class Result:
+    reward: float
+    contributions: dict
+    branch_texts: dict
+
+    def as_dict(self):
+        return {"reward": self.reward, "contributions": self.contributions, "branch_texts": self.branch_texts}
+
+
+@register("scorer", "constant-rm", config=ConstantConfig, summary="a third-party scorer: a constant plus the length")
+class ConstantScorer:
+    def __init__(self, config):
+        self.config = config
+
+    @classmethod
+    def load(cls, folder):
+        return cls(ConstantConfig(**json.loads((Path(folder) / "config.json").read_text())["config"]))
+
+    def score(self, prompt, response):
+        length = 0.01 * len(response)
+        return Result(self.config.value + length, {"bias": self.config.value, "length": length}, {"length": "long"})
+"""
+
+
+def test_a_third_party_scorer_is_loaded_through_the_registry(tmp_path: Path, cli) -> None:
+    """A scorer registered by an installed distribution's entry point, not imported by the CLI, scores a saved folder."""
+    site = tmp_path / "site"
+    (site / "constant_rm-0.1.dist-info").mkdir(parents=True)
+    (site / "constant_rm-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: constant-rm\nVersion: 0.1\n")
+    (site / "constant_rm-0.1.dist-info" / "entry_points.txt").write_text("[lifelong.plugins]\nconstant-rm = constant_rm\n")
+    (site / "constant_rm.py").write_text(THIRD_PARTY)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"scorer": "constant-rm", "config": {"value": 0.5}}))
+    env = {"PYTHONPATH": str(site), "LIFELONG_DISABLE_PLUGIN_AUTOLOAD": ""}
+
+    result = cli("reward", "score", "--model", str(model), "--prompt", "p", "--response", "x" * 30, env=env)
+    assert result.code == 0, result.stderr
+    assert "reward: +0.8000  (constant-rm)" in result.stdout and "[length] long" in result.stdout

@@ -1,8 +1,15 @@
-"""``lifelong reward train | score | eval``: reward scorers (``srm``, ``scalar-rm``) from the command line (DESIGN §6).
+"""``lifelong reward train | score | eval``: reward scorers (``srm``, ``scalar-rm``) from the command line (docs/reward.md).
 
 Without ``--data``, ``train`` uses the bundled preference set's training split and ``eval`` its held-out split.
 Every input is checked before any work starts; a trained model is written atomically at the end, so a failed
 run leaves no half-written model folder.
+
+Scorers are reached only through the registry, never imported by name: ``train`` builds one with
+``create("scorer", NAME, ...)`` and calls its ``fit(pairs)`` and ``save(folder)``; ``score`` and ``eval`` read the
+scorer name that the saved folder's ``config.json`` records (key ``scorer``) and call ``load(folder)`` on that
+scorer's registered factory (a classmethod when the factory is a class). The loaded scorer needs ``score(prompt,
+response)`` (a result with ``reward``, ``contributions``, ``branch_texts`` and ``as_dict()``) and
+``evaluate(pairs)``.
 """
 
 from __future__ import annotations
@@ -16,8 +23,9 @@ from typing import Any
 from lifelong.benchmarks.preferences import bundled_preferences, load_preferences
 from lifelong.platform.config import deep_merge, load_yaml, parse_overrides
 from lifelong.platform.errors import UserError
-from lifelong.platform.registry import create, get
-from lifelong.scorers.srm import load_scorer
+from lifelong.platform.registry import RegistryError, create, get
+
+SAVED_CONFIG = "config.json"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -51,12 +59,42 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _load_pairs(path: str | None, split: str) -> list[Any]:
-
     return load_preferences(path) if path else bundled_preferences(split)
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def load_saved_scorer(folder: str | Path) -> tuple[str, Any]:
+    """The name and the scorer saved in ``folder``, loaded by the registered scorer its ``config.json`` names.
 
+    A folder that is not a saved scorer raises a one-line UserError naming the folder and what is wrong.
+    """
+    folder = Path(folder)
+    hint = "make one with `lifelong reward train`"
+    if not folder.is_dir():
+        problem = "it does not exist" if not folder.exists() else "it is not a folder"
+        raise UserError(f"{folder}: not a trained reward model ({problem}; {hint})")
+    meta_path = folder / SAVED_CONFIG
+    if not meta_path.is_file():
+        raise UserError(f"{folder}: not a trained reward model (no {SAVED_CONFIG}; {hint})")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{folder}: not a trained reward model ({SAVED_CONFIG} cannot be read: {exc})") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{folder}: not a trained reward model ({SAVED_CONFIG} is not valid JSON: {exc.msg})") from None
+    name = meta.get("scorer") if isinstance(meta, dict) else None
+    if not isinstance(name, str) or not name:
+        raise UserError(f"{folder}: not a trained reward model ({SAVED_CONFIG} names no scorer; {hint})")
+    try:
+        spec = get("scorer", name)
+    except RegistryError as exc:
+        raise UserError(f"{folder}: saved by a scorer that is not installed: {exc}") from None
+    load = getattr(spec.factory, "load", None)
+    if not callable(load):
+        raise UserError(f"{folder}: scorer {name!r} ({spec.module}) has no load(folder), so it cannot be read back")
+    return name, load(folder)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
     get("scorer", args.scorer)  # unknown name: error before anything else
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -80,32 +118,31 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-
     if not args.prompt.strip() or not args.response.strip():
         raise UserError("--prompt and --response must be non-empty")
-    model = load_scorer(args.model)
+    name, model = load_saved_scorer(args.model)
     result = model.score(args.prompt, args.response)
     if args.json:
         print(json.dumps(result.as_dict()))
         return 0
-    print(f"reward: {result.reward:+.4f}  ({model.scorer})")
+    print(f"reward: {result.reward:+.4f}  ({name})")
     print("contributions (they sum to the reward):")
-    for name, value in sorted(result.contributions.items(), key=lambda kv: -abs(kv[1])):
-        print(f"  {name:<11} {value:+.4f}")
-    for name, text in result.branch_texts.items():
-        print(f"  [{name}] {text}")
+    for term, value in sorted(result.contributions.items(), key=lambda kv: -abs(kv[1])):
+        print(f"  {term:<11} {value:+.4f}")
+    for branch, text in result.branch_texts.items():
+        print(f"  [{branch}] {text}")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-
     pairs = _load_pairs(args.data, "heldout")
-    model = load_scorer(args.model)
+    name, model = load_saved_scorer(args.model)
     report = model.evaluate(pairs)
     if args.json:
         print(json.dumps(report))
         return 0
-    print(f"{model.scorer}: pairwise accuracy {report['accuracy']:.3f} on {report['n_pairs']} pairs")
+    print(f"{name}: pairwise accuracy {report['accuracy']:.3f} on {report['n_pairs']} pairs")
     for dim, row in report["per_dimension"].items():
         print(f"  {dim:<12} {row['accuracy']:.3f}  (n={row['n_pairs']})")
     return 0
+
