@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Iterable, Literal
 
 from lifelong.platform.device import autocast, check_precision
 from lifelong.platform.streams import Stream
 
 if TYPE_CHECKING:
     import torch
-
 
 
 @dataclass
@@ -42,6 +41,23 @@ class StrategyConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+
+
+def make_optimizer(parameters: Iterable["torch.nn.Parameter"], config: StrategyConfig) -> "torch.optim.Optimizer":
+    """The optimizer ``config`` names, over those of ``parameters`` that require gradients.
+
+    ``sgd``: ``SGD(lr, momentum, weight_decay)``; ``adam``: ``Adam(lr, weight_decay)`` (torch's other defaults).
+    Every strategy builds its optimizers here; a stage with settings of its own (a classifier re-training at
+    another learning rate, say) passes a ``StrategyConfig`` that holds them.
+    """
+    import torch
+
+    params = [p for p in parameters if p.requires_grad]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    raise ValueError(f"optimizer: {config.optimizer!r} is not allowed; allowed values: sgd, adam")
 
 
 @dataclass

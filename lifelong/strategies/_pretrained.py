@@ -19,7 +19,7 @@ from lifelong.adapters.clip import freeze, load_backbone
 from lifelong.adapters.transforms import iterate_batches, stream_normalization
 from lifelong.platform.device import LossScaler, autocast
 from lifelong.platform.errors import UserError
-from lifelong.platform.learner import Learner, RunContext, StrategyConfig
+from lifelong.platform.learner import Learner, RunContext, StrategyConfig, make_optimizer
 
 NEG = -1.0e4  # the logit of a class not seen yet: finite, so softmax and argmax stay well defined
 
@@ -95,12 +95,6 @@ class PretrainedLearner(Learner):
         return autocast(self.config.precision, self.device)
 
     # -- training -----------------------------------------------------------------------------------------
-    def make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-        c = self.config
-        if c.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
-        return torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
-
     def fit_loop(
         self,
         experience: Any,
@@ -112,7 +106,7 @@ class PretrainedLearner(Learner):
         Forward and loss run under the configured precision's autocast; ``params`` stay float32 and fp16
         gradients go through a GradScaler, so small ones do not underflow.
         """
-        opt = self.make_optimizer(params)
+        opt = make_optimizer(params, self.config)
         scaler = self.scaler
         mean = 0.0
         for epoch in range(self.config.epochs):

@@ -26,7 +26,7 @@ token's position embedding; the class and patch positions are loaded as they are
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -35,8 +35,9 @@ from lifelong.adapters.clip import read_state_dict
 from lifelong.adapters.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageFit, stream_normalization
 from lifelong.platform.device import LossScaler, autocast
 from lifelong.platform.errors import UserError
-from lifelong.platform.learner import Learner, RunContext, StrategyConfig
+from lifelong.platform.learner import Learner, RunContext, StrategyConfig, make_optimizer
 from lifelong.platform.registry import Capabilities, register
+from lifelong.strategies._avalanche import silent_evaluator
 
 #: ViT sizes accepted as ``model`` (the ones Avalanche's L2P knows, plus the tiny offline default).
 VIT_SIZES: dict[str, dict[str, int]] = {
@@ -57,6 +58,9 @@ class L2PConfig(StrategyConfig):
     pretrained: str = ""
     epochs: int = 3
     batch_size: int = 32
+    # Avalanche's LearningToPrompt trains with a fresh Adam(lr, betas 0.9/0.999) at every experience, whatever
+    # optimizer it was built with: the default says so
+    optimizer: Literal["sgd", "adam"] = "adam"
     lr: float = 0.03
     pool_size: int = 10
     prompt_length: int = 4
@@ -108,17 +112,6 @@ def _load_timm_weights(model: nn.Module, path: str, n_prompt_tokens: int) -> Non
     model.load_state_dict({k: state[k] for k in backbone_keys}, strict=False)
 
 
-def _quiet_evaluator() -> Any:
-    """An evaluator without metrics or loggers (the runner does the evaluation), without its warning."""
-    import warnings
-
-    from avalanche.training.plugins import EvaluationPlugin
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return EvaluationPlugin(loggers=[])
-
-
 def _build_strategy(config: L2PConfig, context: RunContext) -> Any:
     """Avalanche's ``LearningToPrompt`` with our model, head and label-only ``forward``."""
     from avalanche.models.timm_vit import ViTWithPrompt
@@ -131,12 +124,13 @@ def _build_strategy(config: L2PConfig, context: RunContext) -> Any:
             self.num_classes = context.stream.n_classes
             self.lr = config.lr
             self.sim_coefficient = config.sim_coefficient
-            optimizer = torch.optim.Adam(model.parameters(), betas=(0.9, 0.999), lr=config.lr)
+            # LearningToPrompt replaces this by a fresh Adam(lr) at every experience (see L2PConfig.optimizer)
+            optimizer = make_optimizer(model.parameters(), config)
             SupervisedTemplate.__init__(
                 self, model=model, optimizer=optimizer, criterion=nn.CrossEntropyLoss(),
                 train_mb_size=config.batch_size, train_epochs=config.epochs,
                 eval_mb_size=config.eval_batch_size, device=context.device,
-                evaluator=_quiet_evaluator(), eval_every=-1,
+                evaluator=silent_evaluator(), eval_every=-1,
             )
             self._criterion = nn.CrossEntropyLoss()
             self.use_cls_features = True
