@@ -12,7 +12,7 @@ import torch
 from lifelong.benchmarks.split_digits import SplitDigitsConfig, split_digits
 from lifelong.platform.config import ConfigError, build_config
 from lifelong.platform.learner import RunContext
-from lifelong.strategies.alade_snn import AladeSNNConfig, AladeSNNLearner, LogitAlignmentController
+from lifelong.strategies.alade_snn import AladeSNNConfig, AladeSNNLearner, AlignedLogits, LogitAlignmentController
 
 TINY = {"epochs": 3, "finetune_epochs": 6, "finetune_milestones": [3], "batch_size": 32, "width_mult": 0.5,
         "T": 2, "mem_size": 40}
@@ -57,6 +57,18 @@ def test_controller_moves_b_the_right_way_and_settles(g0: float) -> None:
     assert abs(gaps[-1]) < abs(g0) / 2  # damped: a residual gap may stay, but most of it is gone
     tail = bs[-10:]
     assert max(abs(a - b) for a, b in zip(tail, tail[1:])) < 1e-6 * abs(g0)  # settled: b no longer moves
+
+
+def test_aligned_logits_shift_only_the_new_classes_from_the_start_epoch() -> None:
+    ctrl = LogitAlignmentController()
+    aligned = AlignedLogits(ctrl, known=2, start=3)
+    logits = torch.arange(8.0).reshape(2, 4)
+    assert aligned.end_epoch(2, (5.0, 1.0)) == {"b": 0.0}  # before the start epoch the controller is not fed
+    assert aligned.end_epoch(3, None) == {"b": 0.0}  # nor when one side had no samples
+    assert aligned.end_epoch(3, (5.0, 1.0)) == {"b": 4.0}  # new classes' target logits 4 above the old ones
+    assert torch.equal(aligned(logits, 2), logits)
+    shifted = aligned(logits, 3)
+    assert torch.equal(shifted[:, :2], logits[:, :2]) and torch.equal(shifted[:, 2:], logits[:, 2:] + 4.0)
 
 
 @pytest.fixture(scope="module")

@@ -1,19 +1,24 @@
 """``der`` and the shared herding memory: herding on a constructed example, frozen extractors stay bit-identical,
-state round-trips through torch.save / weights_only loading, bad input is named."""
+state round-trips through torch.save / weights_only loading, the classifier stage is plain cross-entropy
+training, the ``model`` vocabulary shared with ``alade-snn``, bad input is named."""
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from lifelong.benchmarks.split_digits import SplitDigitsConfig, split_digits
 from lifelong.platform.config import ConfigError, build_config
 from lifelong.platform.errors import UserError
-from lifelong.platform.learner import RunContext
+from lifelong.platform.learner import RunContext, StrategyConfig, make_optimizer
 from lifelong.strategies._herding import ExemplarMemory, balanced_indices, herding_select
+from lifelong.strategies._samples import materialise
+from lifelong.strategies.alade_snn import AladeSNNConfig
 from lifelong.strategies.der import DERConfig, DERLearner, lr_at
 
 TINY = {"epochs": 1, "finetune_epochs": 2, "batch_size": 64, "width_mult": 0.5, "mem_size": 40}
@@ -124,3 +129,75 @@ def test_bad_input_is_named(stream) -> None:
         learner.train_experience(stream.train_stream[1])  # classes 2, 3 before 0, 1
     with pytest.raises(ConfigError, match="mem_size"):
         build_config(DERConfig, {"mem_size": -1})
+
+
+def _reference_finetune(learner: DERLearner, x_cur, y_cur, known: int, gen: torch.Generator) -> None:
+    """DER's classifier stage written out: the classifier alone, SGD (momentum 0.9), step schedule, plain
+    cross-entropy of its own logits over a class-balanced subset of current data + memory."""
+    cfg = learner.config
+    x_all, y_all = torch.cat([x_cur, learner.memory.x]), torch.cat([y_cur, learner.memory.y])
+    idx = balanced_indices(y_all, generator=gen)
+    feats, targets = learner._frozen_features(x_all[idx]), y_all[idx]
+    clf = learner.model.classifier
+    opt = torch.optim.SGD(clf.parameters(), lr=cfg.finetune_lr, momentum=0.9, weight_decay=cfg.finetune_weight_decay)
+    for epoch in range(cfg.finetune_epochs):
+        for group in opt.param_groups:
+            group["lr"] = cfg.finetune_lr * 0.1 ** sum(1 for m in cfg.finetune_milestones if epoch >= m)
+        perm = torch.randperm(len(targets), generator=gen)
+        for i in range(0, len(perm), cfg.batch_size):
+            sel = perm[i : i + cfg.batch_size]
+            loss = F.cross_entropy(clf(feats[sel]) / cfg.finetune_temperature, targets[sel])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+
+def test_finetuning_trains_the_classifier_on_its_own_logits(stream, trained) -> None:
+    """DER's classifier stage adds nothing to the logits: it gives bit-identical weights and logits to plain
+    cross-entropy training written out by hand, and its log has the gap per epoch and nothing else per epoch."""
+    learner, _ = trained
+    clf = learner.model.classifier
+    saved = copy.deepcopy(clf.state_dict())
+    data = stream.train_stream[1].dataset
+    x_cur, y_cur = materialise(data.eval() if hasattr(data, "eval") else data)
+    probe = learner._frozen_features(x_cur[:32])
+    try:
+        log = learner._finetune_classifier(x_cur, y_cur, 2, torch.Generator().manual_seed(7))
+        ours = clf(probe).detach().clone()
+        clf.load_state_dict(saved)
+        clf.requires_grad_(True)
+        _reference_finetune(learner, x_cur, y_cur, 2, torch.Generator().manual_seed(7))
+        reference = clf(probe).detach().clone()
+    finally:
+        clf.load_state_dict(saved)
+    assert torch.equal(ours, reference)
+    assert not torch.equal(ours, clf(probe).detach())  # and the stage did train
+    assert set(log) == {"samples", "per_class", "gap"} and len(log["gap"]) == learner.config.finetune_epochs
+
+
+def test_optimizer_factory_takes_only_trainable_parameters() -> None:
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    net[0].requires_grad_(False)
+    sgd = make_optimizer(net.parameters(), StrategyConfig(lr=0.5, momentum=0.8, weight_decay=0.1))
+    assert isinstance(sgd, torch.optim.SGD) and len(sgd.param_groups[0]["params"]) == 2
+    assert (sgd.defaults["lr"], sgd.defaults["momentum"], sgd.defaults["weight_decay"]) == (0.5, 0.8, 0.1)
+    adam = make_optimizer(net.parameters(), StrategyConfig(optimizer="adam", lr=0.01))
+    assert isinstance(adam, torch.optim.Adam) and adam.defaults["lr"] == 0.01
+
+
+def test_model_names_the_same_architectures_for_der_and_alade_snn() -> None:
+    # der: the ReLU ResNets or a platform backbone; alade-snn: the spiking version of the same ResNets
+    for name in ("auto", "resnet-tiny", "resnet-cifar", "mlp", "cnn-small"):
+        assert build_config(DERConfig, {"model": name}).model == name
+    for name in ("auto", "resnet-tiny", "resnet-cifar"):
+        assert build_config(AladeSNNConfig, {"model": name}).model == name
+    # the old spiking layout names are refused with the allowed values and the new name
+    with pytest.raises(ConfigError, match=r"model: 'tiny' is not allowed; allowed values: auto, resnet-tiny, "
+                                          r"resnet-cifar \('tiny' is now 'resnet-tiny'\)"):
+        build_config(AladeSNNConfig, {"model": "tiny"})
+    with pytest.raises(ConfigError, match="'cifar' is now 'resnet-cifar'"):
+        build_config(AladeSNNConfig, {"model": "cifar"})
+    with pytest.raises(ConfigError, match="allowed values: auto, resnet-tiny, resnet-cifar$"):
+        build_config(AladeSNNConfig, {"model": "mlp"})  # no spiking version
+    with pytest.raises(ConfigError, match="allowed values: auto, resnet-tiny, resnet-cifar, mlp, cnn-small"):
+        build_config(DERConfig, {"model": "vgg"})

@@ -1,10 +1,11 @@
 """``alade-snn``: Adaptive Logit Alignment in Dynamically Expandable Spiking Neural Networks.
 
 Paper: Ni, Shen, Xu et al., AAAI 2025 (arXiv 2412.12696); the authors' code is the first commits of
-HOOKke/PS-SNN. This module follows ``methods/ALADE-SNN.md`` and that code:
+HOOKke/PS-SNN. This module follows the paper and that code (usage, settings and results: docs/alade-snn.md):
 
-- the network is ``der``'s expandable representation with spiking extractors (``adapters/spiking.py``: LIF with
-  tau 2, hard reset, triangle surrogate with gamma 1, direct encoding over T steps); a new bias-free classifier
+- the network is ``der``'s expandable representation (``adapters/expandable.py``) with spiking extractors: the
+  spiking version of the ResNet ``model`` names (``adapters/spiking.py``: LIF with tau 2, hard reset, triangle
+  surrogate with gamma 1, direct encoding over T steps); a new bias-free classifier
   over the concatenated features is built at every task (old weights not copied) and applied at every step;
   prediction is the argmax of the logits averaged over time;
 - representation stage, task t >= 1: loss = CE(time-averaged logits) + KD + auxiliary CE (weight 1), where
@@ -20,7 +21,9 @@ HOOKke/PS-SNN. This module follows ``methods/ALADE-SNN.md`` and that code:
   current data and the memory; with ``logit_alignment`` a scalar b is added to the new classes' logits inside
   the training loss from epoch ``alignment_start`` (15) on, and b is driven by the damped controller of the
   authors' ``finetune_clf_step_logits_ctrl`` (constants 8 and 4) on the gap between the mean target logit of
-  new-class and old-class samples. Test time uses the raw logits.
+  new-class and old-class samples. Test time uses the raw logits. The learner is ``der``'s; everything above
+  that ``der`` lacks is here: the spiking extractor, distillation (``_extra_loss``), OtoN
+  (``_after_optimizer_step``) and the alignment (``AlignedLogits``, what ``_finetune_logits`` returns).
 
 Where it departs or fills gaps:
 - the teacher is not a deep copy: the old extractors are frozen (bit-identical, batch norm in eval mode), so the
@@ -34,22 +37,17 @@ Where it departs or fills gaps:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lifelong.adapters.spiking import NeuronConfig, SpikingResNet, count_ops, record_spikes, spike_rates
-from lifelong.platform.errors import UserError
+from lifelong.adapters.expandable import RESNET_ARCHITECTURES, extractor_factory
+from lifelong.adapters.spiking import NeuronConfig, count_ops, record_spikes, spike_rates
 from lifelong.platform.learner import RunContext
 from lifelong.platform.registry import Capabilities, register
-from lifelong.strategies.der import DERConfig, DERLearner
-
-if TYPE_CHECKING:
-    pass
-
-SPIKING_MODELS: tuple[str, ...] = ("auto", "tiny", "cifar")
+from lifelong.strategies.der import DERConfig, DERLearner, FinetuneLogits
 
 
 @dataclass
@@ -57,7 +55,10 @@ class AladeSNNConfig(DERConfig):
     """Settings of ``alade-snn``; every ALADE component is one switch (``oton``, ``logit_alignment``,
     ``aux_loss``, ``distillation``) so an ablation is one ``--set``."""
 
-    model: str = "auto"  # spiking ResNet layout: tiny (8x8 inputs), cifar, or auto by input size
+    #: the architectures with a spiking version (``adapters/expandable.py``); ``model`` may also be ``auto``
+    MODELS: ClassVar[tuple[str, ...]] = tuple(RESNET_ARCHITECTURES)
+
+    model: str = "auto"  # the extractor, built spiking: resnet-tiny (8x8 inputs) | resnet-cifar; auto by input size
     T: int = 4
     surrogate: Literal["triangle", "sigmoid", "arctan"] = "triangle"
     surrogate_alpha: float = 0.0  # gamma of the triangle (alpha of the others); 0 = the surrogate's default
@@ -83,9 +84,7 @@ class AladeSNNConfig(DERConfig):
     finetune_milestones: list[int] = field(default_factory=lambda: [15])
 
     def validate(self) -> None:
-        super().validate()
-        if self.model not in SPIKING_MODELS:
-            raise ValueError(f"model: {self.model!r} is not allowed; allowed values: {', '.join(SPIKING_MODELS)}")
+        super().validate()  # checks model against MODELS
         if self.T < 1:
             raise ValueError(f"T must be at least 1, got {self.T}")
         if self.tau <= 1.0:
@@ -156,6 +155,29 @@ class LogitAlignmentController:
         return self.b
 
 
+class AlignedLogits(FinetuneLogits):
+    """Adaptive logit alignment in the classifier stage: from epoch ``start`` on, the controller's offset b is
+    added to the new classes' logits (classes ``known`` and up) inside the training loss, and the controller
+    is fed each epoch's mean target logits; b is logged per epoch."""
+
+    def __init__(self, controller: LogitAlignmentController, known: int, start: int) -> None:
+        self.controller = controller
+        self.known = known
+        self.start = start
+
+    def __call__(self, logits: torch.Tensor, epoch: int) -> torch.Tensor:
+        if epoch < self.start or self.controller.b == 0.0:
+            return logits
+        offset = torch.zeros_like(logits)
+        offset[:, self.known :] = self.controller.b
+        return logits + offset
+
+    def end_epoch(self, epoch: int, averages: tuple[float, float] | None) -> dict[str, float]:
+        if averages is not None and epoch >= self.start:
+            self.controller.update(*averages)
+        return {"b": self.controller.b}
+
+
 @register(
     "strategy",
     "alade-snn",
@@ -170,19 +192,12 @@ class AladeSNNLearner(DERLearner):
 
     def __init__(self, config: AladeSNNConfig, context: RunContext) -> None:
         super().__init__(config, context)
-
-    def _name(self) -> str:
-        return "alade-snn"
+        #: the previous model's classifier, the distillation teacher (None during the first task)
+        self._teacher: dict[str, torch.Tensor] | None = None
 
     def _extractor_factory(self) -> tuple[Callable[[], nn.Module], int]:
-
+        """The spiking version of the ResNet ``model`` names."""
         cfg = self.config
-        layout = cfg.model
-        if layout == "auto":
-            side = max(self.input_shape[1:]) if len(self.input_shape) > 1 else 0
-            layout = "tiny" if side <= 8 else "cifar"
-        if len(self.input_shape) != 3:
-            raise UserError(f"alade-snn needs image inputs (C, H, W); the stream's inputs are {self.input_shape}")
         neuron = NeuronConfig(
             tau=cfg.tau,
             v_threshold=cfg.v_threshold,
@@ -191,16 +206,21 @@ class AladeSNNLearner(DERLearner):
             alpha=cfg.surrogate_alpha or None,
             compile=cfg.compile,
         )
-
-        def make() -> nn.Module:
-            return SpikingResNet(self.input_shape[0], layout=layout, width_mult=cfg.width_mult, T=cfg.T, neuron=neuron)
-
-        return make, make().feature_dim
+        return extractor_factory(cfg.model, self.input_shape, width_mult=cfg.width_mult, neuron=neuron, T=cfg.T)
 
     # -- the representation stage -------------------------------------------------------------------------
     def _add_task(self, n_new: int) -> None:
+        self._teacher = self._snapshot_classifier() if self.model.n_tasks > 0 else None
         super()._add_task(n_new)
         self._suppress_old_to_new(self.model.n_classes - n_new)
+
+    def _snapshot_classifier(self) -> dict[str, torch.Tensor]:
+        """The previous model's classifier: with the frozen old extractors, it *is* the previous model."""
+        assert self.model.classifier is not None
+        snap = {"weight": self.model.classifier.weight.detach().clone()}
+        if self.model.classifier.bias is not None:
+            snap["bias"] = self.model.classifier.bias.detach().clone()
+        return snap
 
     def _reset_heads(self) -> None:
         super()._reset_heads()
@@ -231,19 +251,22 @@ class AladeSNNLearner(DERLearner):
             self.model.classifier.weight[known:, :old_dim] = 0.0
 
     # -- fine-tuning -------------------------------------------------------------------------------------
-    def _finetune_controller(self) -> LogitAlignmentController | None:
-        if not self.config.logit_alignment:
-            return None
-        return LogitAlignmentController(self.config.effect_factor, self.config.change_factor)
+    def _finetune_logits(self, known: int) -> FinetuneLogits:
+        """With ``logit_alignment``, a fresh controller per task whose offset shifts the new classes' logits."""
+        cfg = self.config
+        if not cfg.logit_alignment:
+            return FinetuneLogits()
+        controller = LogitAlignmentController(cfg.effect_factor, cfg.change_factor)
+        return AlignedLogits(controller, known, self._alignment_start())
 
     def _alignment_start(self) -> int:
+        """The first fine-tuning epoch with the offset: ``alignment_start``, or -1 = the last milestone."""
         if self.config.alignment_start >= 0:
             return self.config.alignment_start
         return self.config.finetune_milestones[-1] if self.config.finetune_milestones else 0
 
     # -- results -----------------------------------------------------------------------------------------
     def _cost(self, probe: torch.Tensor) -> dict[str, Any]:
-
         self.model.eval()
         with record_spikes(self.model) as neurons:
             ops = count_ops(self.model, lambda: self.model(probe), len(probe))

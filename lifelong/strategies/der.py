@@ -1,6 +1,6 @@
 """``der``: Dynamically Expandable Representation (Yan, Xie and He, CVPR 2021) for ordinary networks.
 
-What it takes from the paper (and from PyCIL's ``DER`` learner, which the ALADE-SNN authors built on):
+What it takes from the paper (and from PyCIL's ``DER`` learner):
 - each task adds a feature extractor initialised as a copy of the previous one; earlier extractors are frozen
   (no gradients, batch norm in eval mode), so their parameters never change again;
 - features of all extractors are concatenated and a classifier over every seen class is rebuilt each task; the
@@ -10,23 +10,28 @@ What it takes from the paper (and from PyCIL's ``DER`` learner, which the ALADE-
 - iCaRL herding memory with a fixed total budget (``mem_size``, the same default as the other replay baselines);
 - the paper's classifier-learning stage: after each task t >= 1 the classifier is retrained for
   ``finetune_epochs`` on a class-balanced subset (every class cut to the smallest class's count) of the current
-  data and the memory, with the representation frozen.
+  data and the memory, with the representation frozen (SGD with momentum 0.9, as PyCIL).
 
-Where it departs or fills gaps: no channel-pruning (the "DER w/o P" row of the papers); the extractor is the
-ResNet of ``adapters/spiking.py`` with ReLU neurons (``resnet-tiny`` for 8x8 digits, ``resnet-cifar`` otherwise)
-so that ``der`` and ``alade-snn`` share one architecture, or any platform backbone by name; the balanced
-fine-tuning set is drawn once per task from non-augmented samples and the classifier is trained on their cached
-(frozen) features, which is exact because the representation is frozen and in eval mode.
+Where it departs or fills gaps: no channel-pruning (the "DER w/o P" row of the papers); the extractor
+(``model``) is a ResNet of ``adapters/expandable.py`` with ReLU neurons (``resnet-tiny`` for 8x8 digits,
+``resnet-cifar`` otherwise; ``auto`` picks by input size), an architecture that also exists as a spiking
+network so that a spiking method can be compared on the same one, or any platform backbone by name; the
+balanced fine-tuning set is drawn once per task from non-augmented samples and the classifier is trained on
+their cached (frozen) features, which is exact because the representation is frozen and in eval mode; the
+step learning rate is computed in closed form (``lr_at``), not by ``MultiStepLR``.
 
 The learner is a plain PyTorch loop over a DataLoader of the experience's dataset plus the memory, with the
-network in ``self.model``, so that DDP wrapping stays possible. ``alade-snn`` subclasses it.
+network (``adapters/expandable.py``'s ``ExpandableNet``) in ``self.model``, so that DDP wrapping stays possible.
+A learner built on it may change the extractor (``_extractor_factory``), add a loss term (``_extra_loss``), act
+after every optimizer step (``_after_optimizer_step``) and change the logits the classifier stage trains on
+(``_finetune_logits``); DER itself does none of these.
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -34,22 +39,30 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from lifelong.adapters.backbones import BACKBONES
-from lifelong.adapters.spiking import SpikingResNet, count_ops
+from lifelong.adapters.expandable import (
+    RESNET_ARCHITECTURES,
+    ExpandableNet,
+    check_architecture,
+    extractor_factory,
+)
+from lifelong.adapters.spiking import count_ops
 from lifelong.platform import distributed
 from lifelong.platform.device import LossScaler, autocast
 from lifelong.platform.errors import UserError
-from lifelong.platform.learner import Learner, RunContext, StrategyConfig
-from lifelong.platform.registry import Capabilities, register
+from lifelong.platform.learner import Learner, RunContext, StrategyConfig, make_optimizer
+from lifelong.platform.registry import Capabilities, list_plugins, register
 from lifelong.strategies._herding import ExemplarMemory, balanced_indices
-
-RESNET_MODELS: tuple[str, ...] = ("resnet-tiny", "resnet-cifar")
+from lifelong.strategies._samples import MemoryDataset, collate, materialise
 
 
 @dataclass
 class DERConfig(StrategyConfig):
     """Settings of ``der``; the defaults finish a 5-experience split-digits run in well under a minute."""
 
-    model: str = "auto"  # resnet-tiny | resnet-cifar | a platform backbone (mlp, cnn-small, ...); auto by input size
+    #: the extractor architectures ``model`` may name besides ``auto`` (see ``adapters/expandable.py``)
+    MODELS: ClassVar[tuple[str, ...]] = (*RESNET_ARCHITECTURES, *BACKBONES)
+
+    model: str = "auto"  # the extractor: resnet-tiny | resnet-cifar | a platform backbone (mlp, ...); auto by input size
     width_mult: float = 1.0
     epochs: int = 12
     first_epochs: int = 0  # epochs of the first task; 0 = epochs
@@ -76,6 +89,7 @@ class DERConfig(StrategyConfig):
 
     def validate(self) -> None:
         super().validate()
+        check_architecture(self.model, self.MODELS)
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"optimizer: {self.optimizer!r} is not allowed; allowed values: 'sgd', 'adam'")
         for name in ("first_epochs", "warmup_epochs", "mem_size", "finetune_epochs"):
@@ -89,125 +103,40 @@ class DERConfig(StrategyConfig):
             raise ValueError(f"finetune_lr must be positive, got {self.finetune_lr}")
 
 
-class _TimeMajor(nn.Module):
-    """Give a ``[B, F]`` extractor the time-major output ``[1, B, F]`` the expandable network expects."""
-
-    def __init__(self, features: nn.Module) -> None:
-        super().__init__()
-        self.features = features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x).unsqueeze(0)
-
-
-class ExpandableNet(nn.Module):
-    """DER's network: one extractor per task, concatenated features, a classifier over all seen classes.
-
-    Extractors return time-major features ``[T, B, F]`` (T = 1 for an ordinary network), so the same class
-    serves the spiking and the non-spiking method; logits are ``[T, B, classes]`` (the classifier is applied at
-    every time step) and the prediction averages them over time.
-    """
-
-    def __init__(self, make_extractor: Callable[[], nn.Module], feature_dim: int, bias: bool = True) -> None:
-        super().__init__()
-        self.make_extractor = make_extractor
-        self.feature_dim = feature_dim
-        self.bias = bias
-        self.extractors = nn.ModuleList()
-        self.classifier: nn.Linear | None = None
-        self.aux_classifier: nn.Linear | None = None
-        self.task_sizes: list[int] = []
-
-    @property
-    def n_classes(self) -> int:
-        return sum(self.task_sizes)
-
-    @property
-    def n_tasks(self) -> int:
-        return len(self.task_sizes)
-
-    def add_task(self, n_new: int, *, copy_previous: bool = True, reuse_old_classifier: bool = False) -> None:
-        """Grow by one extractor (a copy of the last one) and ``n_new`` classes; freeze the older extractors."""
-        device = next(self.parameters()).device if any(True for _ in self.parameters()) else torch.device("cpu")
-        extractor = self.make_extractor().to(device)
-        if copy_previous and len(self.extractors):
-            extractor.load_state_dict(self.extractors[-1].state_dict())
-        for old in self.extractors:
-            old.requires_grad_(False)
-            old.eval()
-        self.extractors.append(extractor)
-        old_classes, old_dim = self.n_classes, self.feature_dim * (len(self.extractors) - 1)
-        self.task_sizes.append(n_new)
-        classifier = nn.Linear(self.feature_dim * len(self.extractors), self.n_classes, bias=self.bias).to(device)
-        if reuse_old_classifier and self.classifier is not None:
-            with torch.no_grad():
-                classifier.weight[:old_classes, :old_dim] = self.classifier.weight
-                if self.bias:
-                    classifier.bias[:old_classes] = self.classifier.bias
-        self.classifier = classifier
-        self.aux_classifier = (
-            nn.Linear(self.feature_dim, n_new + 1, bias=self.bias).to(device) if len(self.extractors) > 1 else None
-        )
-
-    def train(self, mode: bool = True) -> "ExpandableNet":
-        super().train(mode)
-        for old in list(self.extractors)[:-1]:
-            old.eval()  # frozen extractors keep their batch-norm statistics
-        return self
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Concatenated time-major features ``[T, B, F * n_tasks]``."""
-        feats = []
-        for i, extractor in enumerate(self.extractors):
-            if i < len(self.extractors) - 1:
-                with torch.no_grad():
-                    feats.append(extractor(x))
-            else:
-                feats.append(extractor(x))
-        return torch.cat(feats, dim=-1)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        if self.classifier is None:
-            raise RuntimeError("the network has no task yet; train an experience first")
-        feats = self.features(x)
-        out = {"features": feats, "logits": self.classifier(feats)}
-        if self.aux_classifier is not None:
-            out["aux_logits"] = self.aux_classifier(feats[..., -self.feature_dim :])
-        return out
-
-
-class _MemoryDataset(Dataset):
-    """Exemplars as ``(x, y, task_label)`` like the experience datasets."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.x, self.y = x, y
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        return self.x[i], self.y[i], 0
-
-
-def _collate(batch: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack ``(x, y, ...)`` samples whatever the type of y (int or 0-d tensor): memory and stream mix."""
-    return torch.stack([torch.as_tensor(b[0]) for b in batch]), torch.tensor([int(b[1]) for b in batch])
-
-
-def _materialise(dataset: Any, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """All samples of a dataset as ``(x, y)`` tensors on the CPU."""
-    xs, ys = [], []
-    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=_collate):
-        xs.append(batch[0])
-        ys.append(torch.as_tensor(batch[1]).long())
-    return torch.cat(xs), torch.cat(ys)
-
-
 def lr_at(epoch: int, base: float, milestones: list[int], gamma: float, warmup: int = 0) -> float:
-    """Learning rate of ``epoch``: linear warm-up, then multiplied by ``gamma`` at each milestone passed."""
+    """Learning rate of ``epoch``: linear warm-up, then multiplied by ``gamma`` at each milestone passed.
+
+    PyCIL steps ``torch.optim.lr_scheduler.MultiStepLR`` instead; that multiplies the current rate at each
+    milestone, which differs in the last bits from ``base * gamma ** k`` (e.g. lr 0.01, milestones [8, 11]:
+    1e-4 against 1.0000000000000002e-4 from epoch 11 on) and has no warm-up, so the closed form stays.
+    """
     if warmup and epoch < warmup:
         return base * (epoch + 1) / warmup
     return base * gamma ** sum(1 for m in milestones if epoch >= m)
+
+
+def finetune_optimizer(config: DERConfig) -> StrategyConfig:
+    """The classifier stage's optimizer settings: SGD with momentum 0.9 at ``finetune_lr`` and
+    ``finetune_weight_decay``, whatever the representation stage uses (as PyCIL)."""
+    return StrategyConfig(
+        optimizer="sgd", lr=config.finetune_lr, momentum=0.9, weight_decay=config.finetune_weight_decay
+    )
+
+
+class FinetuneLogits:
+    """The logits the classifier stage trains on; DER's are the classifier's own (the identity).
+
+    A learner built on DER may return a subclass from ``DERLearner._finetune_logits`` to change them: it is
+    called on every batch's logits with the epoch, and told once per epoch the mean target-class logit of
+    new-class and of old-class samples (``None`` when one side had no samples); what ``end_epoch`` returns is
+    appended to the fine-tuning log, key by key.
+    """
+
+    def __call__(self, logits: torch.Tensor, epoch: int) -> torch.Tensor:
+        return logits
+
+    def end_epoch(self, epoch: int, averages: tuple[float, float] | None) -> dict[str, float]:
+        return {}
 
 
 @register(
@@ -232,34 +161,12 @@ class DERLearner(Learner):
         self.memory = ExemplarMemory(config.mem_size)
         self.history: list[dict[str, Any]] = []
         self._probe: torch.Tensor | None = None
-        self._teacher: dict[str, torch.Tensor] | None = None
         self._net: nn.Module = self.model  # the model, DDP-wrapped while a task trains under torchrun
 
     # -- the network -------------------------------------------------------------------------------------
     def _extractor_factory(self) -> tuple[Callable[[], nn.Module], int]:
-        """How to build one extractor and its feature width (the spiking subclass overrides this)."""
-
-        name = self.config.model
-        if name == "auto":
-            side = max(self.input_shape[1:]) if len(self.input_shape) > 1 else 0
-            name = "resnet-tiny" if side <= 8 else "resnet-cifar"
-        if name in RESNET_MODELS:
-            layout = name.split("-", 1)[1]
-
-            def make() -> nn.Module:
-                return SpikingResNet(self.input_shape[0], layout=layout, width_mult=self.config.width_mult, spiking=False)
-
-            return make, make().feature_dim
-        if name not in BACKBONES:
-            raise UserError(
-                f"model: unknown extractor {name!r} for der; allowed values: auto, {', '.join(RESNET_MODELS)}, "
-                f"{', '.join(BACKBONES)}"
-            )
-
-        def make_backbone() -> nn.Module:
-            return _TimeMajor(BACKBONES[name](self.input_shape)[0])
-
-        return make_backbone, BACKBONES[name](self.input_shape)[1]
+        """How to build one extractor and its feature width: the ordinary network ``model`` names."""
+        return extractor_factory(self.config.model, self.input_shape, width_mult=self.config.width_mult)
 
     def _add_task(self, n_new: int) -> None:
         self.model.add_task(n_new, copy_previous=True, reuse_old_classifier=self.config.reuse_old_classifier)
@@ -272,36 +179,34 @@ class DERLearner(Learner):
         # under torchrun each rank trains on its shard; herding, batch-norm statistics and the fine-tuning set
         # use the whole experience (every rank holds it), so every rank keeps the same model and memory
         whole = distributed.whole_experience(experience).dataset
-        x_eval, y_eval = _materialise(whole.eval() if hasattr(whole, "eval") else whole)
+        x_eval, y_eval = materialise(whole.eval() if hasattr(whole, "eval") else whole)
         known = self.model.n_classes
         classes = sorted(int(c) for c in torch.unique(y_eval))
         if not classes or classes[0] < known or classes != list(range(known, known + len(classes))):
             raise UserError(
-                f"{self._name()} needs a class-incremental stream whose experience {task} brings the new classes "
+                f"{self._strategy_name()} needs a class-incremental stream whose experience {task} brings the new classes "
                 f"{known}..{known + len(classes) - 1}; it holds classes {classes}"
             )
-        self._teacher = self._snapshot_classifier() if task > 0 else None
         self._add_task(len(classes))
         gen = torch.Generator().manual_seed(int(self.context.seed) * 1009 + task)
 
         parts: list[Dataset] = [dataset]
         if len(self.memory):  # each rank replays its shard of the memory, as it trains on its shard of the data
             mine = torch.as_tensor(distributed.shard_indices(len(self.memory), info), dtype=torch.long)
-            parts.append(_MemoryDataset(self.memory.x[mine], self.memory.y[mine]))
+            parts.append(MemoryDataset(self.memory.x[mine], self.memory.y[mine]))
         loader = DataLoader(
             ConcatDataset(parts),
             batch_size=self.config.batch_size // info.world_size,  # batch_size is the global batch
             shuffle=True,
             generator=gen,
             drop_last=False,
-            collate_fn=_collate,
+            collate_fn=collate,
         )
         epochs = self.config.first_epochs if (task == 0 and self.config.first_epochs) else self.config.epochs
         if self.model.aux_classifier is not None and not self.config.aux_loss:
             self.model.aux_classifier.requires_grad_(False)  # unused: DDP needs every trainable parameter used
         self._net = distributed.wrap(self.model, info, self.device)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = self._make_optimizer(params, self.config.lr, self.config.weight_decay)
+        optimizer = make_optimizer(self.model.parameters(), self.config)
         scaler = LossScaler(self.config.precision, self.device)
         log: dict[str, Any] = {"task": task, "classes": classes, "epochs": epochs, "loss": []}
         for epoch in range(epochs):
@@ -334,8 +239,9 @@ class DERLearner(Learner):
         self._probe = x_eval[:256]
         self.history.append(log)
 
-    def _name(self) -> str:
-        return "der"
+    def _strategy_name(self) -> str:
+        """The name this learner's class is registered under (for messages)."""
+        return next((s.name for s in list_plugins("strategy") if s.factory is type(self)), type(self).__name__)
 
     @torch.no_grad()
     def _recalibrate_batch_norm(self, x: torch.Tensor) -> None:
@@ -360,27 +266,14 @@ class DERLearner(Learner):
             m.momentum = momentum
         extractor.eval()
 
-    def _make_optimizer(self, params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
-        if self.config.optimizer == "adam":
-            return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-        return torch.optim.SGD(params, lr=lr, momentum=self.config.momentum, weight_decay=weight_decay)
-
     def _reset_heads(self) -> None:
         assert self.model.classifier is not None
         self.model.classifier.reset_parameters()
         if self.model.aux_classifier is not None:
             self.model.aux_classifier.reset_parameters()
 
-    def _snapshot_classifier(self) -> dict[str, torch.Tensor]:
-        """The previous model's classifier: with the frozen old extractors, it *is* the previous model."""
-        assert self.model.classifier is not None
-        snap = {"weight": self.model.classifier.weight.detach().clone()}
-        if self.model.classifier.bias is not None:
-            snap["bias"] = self.model.classifier.bias.detach().clone()
-        return snap
-
     def _loss(self, xb: torch.Tensor, yb: torch.Tensor, known: int) -> torch.Tensor:
-        """Cross-entropy of the time-averaged logits plus the auxiliary loss (subclasses add distillation)."""
+        """Cross-entropy of the time-averaged logits plus the auxiliary loss (and ``_extra_loss``)."""
         out = self._net(xb)
         logits = out["logits"].mean(0)
         loss = F.cross_entropy(logits, yb)
@@ -390,10 +283,11 @@ class DERLearner(Learner):
         return loss + self._extra_loss(out, logits, yb, known)
 
     def _extra_loss(self, out: dict[str, torch.Tensor], logits: torch.Tensor, yb: torch.Tensor, known: int) -> torch.Tensor:
+        """A loss term added to the representation stage's loss; none in DER."""
         return logits.new_zeros(())
 
     def _after_optimizer_step(self, known: int) -> None:
-        """Called after every optimizer step of the representation stage (OtoN lives here in alade-snn)."""
+        """Called after every optimizer step of the representation stage; nothing in DER."""
 
     # -- classifier fine-tuning ------------------------------------------------------------------------
     @torch.no_grad()
@@ -404,14 +298,18 @@ class DERLearner(Learner):
             out = [self.model.features(x[i : i + 256].to(self.device)).mean(0).float() for i in range(0, len(x), 256)]
         return torch.cat(out)
 
-    def _finetune_controller(self) -> Any:
-        """The logit-alignment controller, if any (``alade-snn``); DER has none."""
-        return None
+    def _finetune_logits(self, known: int) -> FinetuneLogits:
+        """What the classifier stage trains on, for a task whose first new class is ``known``: in DER the
+        classifier's logits as they are."""
+        return FinetuneLogits()
 
     def _finetune_classifier(
         self, x_cur: torch.Tensor, y_cur: torch.Tensor, known: int, gen: torch.Generator
     ) -> dict[str, Any]:
-        """Retrain the classifier alone on a class-balanced subset of current data + memory."""
+        """Retrain the classifier alone on a class-balanced subset of current data + memory.
+
+        Logs per epoch the gap between the mean target-class logit of new-class and of old-class samples.
+        """
         cfg = self.config
         xs, ys = [x_cur], [y_cur]
         if len(self.memory):
@@ -426,10 +324,9 @@ class DERLearner(Learner):
         if cfg.finetune_reinit:
             clf.reset_parameters()
         clf.requires_grad_(True)
-        optimizer = torch.optim.SGD(clf.parameters(), lr=cfg.finetune_lr, momentum=0.9, weight_decay=cfg.finetune_weight_decay)
-        controller = self._finetune_controller()
-        start = self._alignment_start()
-        log: dict[str, Any] = {"samples": len(idx), "per_class": len(idx) // max(1, len(torch.unique(y_all))), "b": [], "gap": []}
+        optimizer = make_optimizer(clf.parameters(), finetune_optimizer(cfg))
+        train_logits = self._finetune_logits(known)
+        log: dict[str, Any] = {"samples": len(idx), "per_class": len(idx) // max(1, len(torch.unique(y_all))), "gap": []}
         for epoch in range(cfg.finetune_epochs):
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(epoch, cfg.finetune_lr, cfg.finetune_milestones, 0.1)
@@ -445,25 +342,17 @@ class DERLearner(Learner):
                 counts[0] += int(old.sum())
                 sums[1] += float(target_logit[~old].sum())
                 counts[1] += int((~old).sum())
-                if controller is not None and epoch >= start and controller.b != 0.0:
-                    offset = torch.zeros_like(logits)
-                    offset[:, known:] = controller.b
-                    logits = logits + offset
-                loss = F.cross_entropy(logits / cfg.finetune_temperature, y)
+                loss = F.cross_entropy(train_logits(logits, epoch) / cfg.finetune_temperature, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+            averages = None
             if counts[0] and counts[1]:
-                avg_old, avg_new = sums[0] / counts[0], sums[1] / counts[1]
-                log["gap"].append(avg_new - avg_old)
-                if controller is not None and epoch >= start:
-                    controller.update(avg_new, avg_old)
-            if controller is not None:
-                log["b"].append(controller.b)
+                averages = (sums[1] / counts[1], sums[0] / counts[0])
+                log["gap"].append(averages[0] - averages[1])
+            for key, value in train_logits.end_epoch(epoch, averages).items():
+                log.setdefault(key, []).append(value)
         return log
-
-    def _alignment_start(self) -> int:
-        return self.config.finetune_epochs
 
     # -- memory ----------------------------------------------------------------------------------------
     def _update_memory(self, x_cur: torch.Tensor, y_cur: torch.Tensor) -> None:
@@ -515,7 +404,6 @@ class DERLearner(Learner):
         return out
 
     def _cost(self, probe: torch.Tensor) -> dict[str, Any]:
-
         self.model.eval()
         ops = count_ops(self.model, lambda: self.model(probe), len(probe))
         return {"ops": ops.as_dict()}
