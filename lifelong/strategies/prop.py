@@ -2,7 +2,8 @@
 
 Follows Luo, Ran, Li et al., "ProP: a key-value-pair-free continual learner with task-specific
 prompt-prototypes" (arXiv 2601.04864, Neural Networks). Only the abstract could be read and no official code
-exists, so this is a RECONSTRUCTION (``methods/ProP.md``), closest in spirit to CPP (Li et al., WACV 2024):
+exists, so this is a RECONSTRUCTION from the abstract, closest in spirit to CPP (Li et al., WACV 2024); usage,
+settings and measurements are in docs/pretrained.md:
 
 1. A frozen ViT (open_clip visual tower by default, or a timm ViT). For task t a prompt P_t (``prompt_length``
    tokens, inserted after the class token at the input: shallow prompt tuning) is learned on task t's data

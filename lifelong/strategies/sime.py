@@ -1,8 +1,8 @@
 """``sime``: SimE — a frozen CLIP image encoder with nonlinear multi-adapters and class prototypes.
 
 Follows Luo, Ran, Shen et al., "SimE: simple, efficient incremental learning with a vision-language model and
-nonlinear multi-adapters" (arXiv 2603.11211; ICLR 2025 submission). No official code exists; see
-``methods/SimE.md``. What is taken from the paper and its reviews:
+nonlinear multi-adapters" (arXiv 2603.11211; ICLR 2025 submission). No official code exists (usage, settings
+and measurements: docs/pretrained.md). What is taken from the paper and its reviews:
 
 - a frozen CLIP image encoder (open_clip; a timm ViT also works) with AdaptFormer-style parallel bottleneck
   adapters (down, ReLU, zero-initialised up, scale) beside the MLP ("AdaptMLP", site ``mlp``) and/or the
