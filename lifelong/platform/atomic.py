@@ -13,6 +13,9 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 def fsync_dir(path: str | os.PathLike) -> None:
     """Flush a folder's entries (a rename inside it) to disk; a no-op where folders cannot be opened."""
@@ -53,6 +56,7 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[Path], None],
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)  # the mode an ordinary open() would give, not mkstemp's 0600
     os.close(fd)
     tmp = Path(tmp_name)
     try:
