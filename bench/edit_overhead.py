@@ -17,6 +17,7 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,8 +61,9 @@ def main() -> None:
                 t[a] = torch.randn(ed.config.rank, w.in_features, generator=g) * 0.01
                 t[b] = torch.randn(w.out_features, ed.config.rank, generator=g) * 0.01
             ed.activate(i + 1, k, t)
-        if extra:
-            ed.routed.add_keys(torch.randn(extra, keys.shape[1], generator=g), 1)
+        if extra:  # synthetic keys in the editor's router (ids with no LoRA here: a hit would mean the base output)
+            ed.router.add(np.arange(1_000_000, 1_000_000 + extra),
+                          torch.randn(extra, keys.shape[1], generator=g).numpy())
 
     results = {}
     for label, extra in ((f"{args.edits} edits", 0), (f"{args.edits} edits + {args.extra_keys} keys", args.extra_keys)):

@@ -114,11 +114,12 @@ def test_ftl_edit_and_rollback_restores_weights(tmp_path, smollm, base_refs):  #
 
 
 def test_routed_lora_per_sequence_newest_wins_and_exact_fallback():
-    """RoutedLoRA on a toy module: rows route independently, a re-edited key goes to the newest edit, removing it
-    falls back to the older one, and unmatched rows are the base output bit for bit."""
+    """RoutedLoRA on a toy module, routing through a faiss Router: rows route independently, a re-edited key goes to
+    the newest edit, removing it falls back to the older one, and unmatched rows are the base output bit for bit."""
     from torch import nn
 
     from lifelong.adapters.lora import RoutedLoRA
+    from lifelong.editing.router import Router
 
     class Toy(nn.Module):
         def __init__(self) -> None:
@@ -132,11 +133,13 @@ def test_routed_lora_per_sequence_newest_wins_and_exact_fallback():
 
     torch.manual_seed(0)
     m = Toy()
-    r = RoutedLoRA(m, ["model.layers.0.lin"], rank=2, alpha=2, threshold=0.1)
+    router = Router("ip")  # what the store hands the editor; here the test owns the keys
+    r = RoutedLoRA(m, ["model.layers.0.lin"], rank=2, alpha=2, threshold=0.1, router=router)
     k = torch.tensor([1.0, 0, 0, 0])
-    r.add(1, k, {"model.layers.0.lin": (torch.ones(2, 4), torch.ones(3, 2))})
-    r.add(2, k * 3, {"model.layers.0.lin": (torch.ones(2, 4), -torch.ones(3, 2))})  # same direction: a re-edit
-    r.add(3, torch.tensor([0, 0, 1.0, 0]), {"model.layers.0.lin": (torch.ones(2, 4), 2 * torch.ones(3, 2))})
+    for eid, key, b in ((1, k, torch.ones(3, 2)), (2, k * 3, -torch.ones(3, 2)),  # same direction: a re-edit
+                        (3, torch.tensor([0, 0, 1.0, 0]), 2 * torch.ones(3, 2))):
+        router.add([eid], key.numpy()[None])
+        r.add(eid, {"model.layers.0.lin": (torch.ones(2, 4), b)})
     x = torch.tensor([[[1.0, 0, 0, 0]], [[0, 1.0, 0, 0]], [[0, 0, 2.0, 0]]])
     base = m.model.layers[0].lin.base(x)
     with torch.no_grad(), r.session():
@@ -145,11 +148,19 @@ def test_routed_lora_per_sequence_newest_wins_and_exact_fallback():
     assert torch.equal(y[1], base[1])
     assert torch.allclose(y[0] - base[0], torch.full((1, 3), -2.0))
     assert torch.allclose(y[2] - base[2], torch.full((1, 3), 8.0))
+    router.remove([2])
     r.remove([2])
     with torch.no_grad(), r.session():
         y = m(x)
         assert r.last_decision.ids == [1, None, 3]
     assert torch.allclose(y[0] - base[0], torch.full((1, 3), 2.0))
-    r.remove([1, 3])
+    # a key in the router whose LoRA is not loaded here (e.g. a corrupted adapter): the base output, not another edit
+    r.remove([1])
+    with torch.no_grad(), r.session():
+        y = m(x)
+        assert r.last_decision.ids == [None, None, 3]
+    assert torch.equal(y[0], base[0])
+    router.remove([1, 3])
+    r.remove([3])
     with torch.no_grad(), r.session():
         assert torch.equal(m(x), base)

@@ -49,8 +49,7 @@ def test_add_list_rollback_and_router(tmp_path):
         assert [r.status for r in s.all_edits()] == ["active", "rolled_back", "active"]
         t = s.load_tensors(recs[2])
         assert torch.equal(t["lora_A"], _tensors(2)["lora_A"])
-        best = s.nearest("which is prompt 3?", k=1)
-        assert best[0][0].prompt == "prompt 2" or best[0][0].id in (1, 3)
+        assert s.router().ids() == {1, 3}
 
 
 def test_router_rebuilt_when_checksum_differs(tmp_path):
@@ -59,7 +58,7 @@ def test_router_rebuilt_when_checksum_differs(tmp_path):
         for i in range(4):
             s.add_edit(f"p{i}", f"t{i}", editor="sola", tensors=_tensors(i), key=_key(i))
         s.router()
-    assert (d / "router.faiss").is_file()
+    (index_file,) = d.glob("router-*.faiss")
     # another writer changes the rows behind the saved index: the index must be rebuilt from the database
     with EditStore.open(d) as s2:
         s2.rollback([1])
@@ -69,8 +68,8 @@ def test_router_rebuilt_when_checksum_differs(tmp_path):
         assert 1 not in ids[0].tolist()
         assert s3.router().ntotal == 3
     assert json.loads((d / "router.json").read_text())["checksum"] != meta_before["checksum"]
-    (d / "router.faiss").write_bytes(b"garbage")  # a damaged index file is also rebuilt
-    (d / "router.json").write_text("{}")
+    (index_file,) = d.glob("router-*.faiss")
+    index_file.write_bytes(b"garbage")  # a damaged index file is also rebuilt
     with EditStore.open(d) as s4:
         assert s4.router().ntotal == 3
 

@@ -1,10 +1,13 @@
 """Routed LoRA: many frozen per-edit LoRA modules on the same layers, switched on per sequence by key look-up.
 
-This is the model side of SoLA (``strategies/sola.py``). A ``RoutedLoRA`` wraps chosen ``nn.Linear`` modules
-of a causal LM. The first wrapped module in forward order is the *router*: at the query token of each sequence
-(the last prompt token) it L2-normalises its input, compares it with the stored keys (cosine) and picks the
-nearest edit if ``1 - cos <= threshold``. The decision (one slot per sequence, or none) is shared by every
-wrapped module in that forward pass and, during generation with a KV cache, by the following one-token steps.
+This is the model side of SoLA (``editors/sola.py``). A ``RoutedLoRA`` wraps chosen ``nn.Linear`` modules
+of a causal LM. The first wrapped module in forward order takes the routing decision: at the query token of each
+sequence (the last prompt token) it subtracts the centre from its input and asks ``router`` for the nearest key
+(``router.nearest(queries) -> (cosine distance, edit id)`` per row, float32 numpy on the CPU; in ``lifelong``
+this is the edit store's faiss index, ``editing/router.py``, which normalises the queries), and picks that edit
+if ``1 - cos <= threshold`` and the edit's LoRA is loaded here. The decision (one slot per sequence, or none) is
+shared by every wrapped module in that forward pass and, during generation with a KV cache, by the following
+one-token steps. The keys live in the router, not here: ``add`` and ``remove`` only handle LoRA weights.
 
 Sequences that route to an edit get ``base(x) + scale * B_i A_i x`` for their own edit ``i``: the LoRA weights of
 all routed sequences are gathered and applied in one batched product, never in a loop over edits. Sequences
@@ -12,8 +15,9 @@ that route nowhere keep ``base(x)`` untouched, so with no match the logits are t
 
 Training mode (``train_adapter``) applies one fresh trainable LoRA to every sequence, against the frozen base.
 
-Keys, the centre and the stacked LoRA weights are float32 on the wrapped model's device (``add`` moves what it is
-given there), so a forward never copies them between devices; ``trained_weights`` hands back CPU copies for storage.
+The centre and the stacked LoRA weights are float32 on the wrapped model's device (``add`` moves what it is
+given there); the query vectors of a decision (one per sequence) go to the CPU for the look-up, once per
+``generate`` call or teacher-forced batch. ``trained_weights`` hands back CPU copies for storage.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -110,10 +115,10 @@ class _LoRALinear(nn.Module):
 
 
 class RoutedLoRA:
-    """Wraps ``module_names`` of ``model`` with routed LoRA; holds keys, slots and the routing decision."""
+    """Wraps ``module_names`` of ``model`` with routed LoRA; holds the LoRA slots, the router and the decision."""
 
     def __init__(self, model: nn.Module, names: Sequence[str], *, rank: int, alpha: float, threshold: float,
-                 centre: torch.Tensor | None = None) -> None:
+                 centre: torch.Tensor | None = None, router: Any = None) -> None:
         if not names:
             raise ValueError("RoutedLoRA needs at least one module to wrap")
         self.model = model
@@ -134,11 +139,12 @@ class RoutedLoRA:
             setattr(parent, child, w)
             self.wrappers.append(w)
         self.device = self.wrappers[0].base.weight.device
-        self.keys = torch.zeros(0, self.wrappers[0].in_features, device=self.device)  # (K, d) L2-normalised
-        # subtracted from every query before normalising (the stored keys were centred the same way)
+        # subtracted from every query before the look-up (the stored keys were centred the same way)
         self.centre = centre
-        self.key_slot = torch.zeros(0, dtype=torch.long, device=self.device)  # key -> slot of the stacked LoRA weights
+        #: the key index (``nearest(queries) -> (distances, ids)``); None routes nothing
+        self.router = router
         self.slot_ids: list[int] = []  # slot -> edit id
+        self.slot_of: dict[int, int] = {}  # edit id -> slot of the stacked LoRA weights
         self._decision: Decision | None = None
         self._query_index: torch.Tensor | None = None
         self._held = False
@@ -174,21 +180,18 @@ class RoutedLoRA:
 
     def _decide(self, x: torch.Tensor) -> Decision:
         bsz = x.shape[0]
-        if len(self.keys) == 0 or self.wrappers[0].train_A is not None:
+        router = self.router
+        if not self.slot_ids or router is None or len(router) == 0 or self.wrappers[0].train_A is not None:
             return Decision(torch.full((bsz,), -1, dtype=torch.long, device=x.device), [None] * bsz,
                             torch.full((bsz,), float("nan")))
         q = self._query(x).float()
         if self.centre is not None:
             q = q - self.centre
-        q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        sims = q @ self.keys.t()  # (b, K)
-        # ties (the same prompt edited again) go to the newest edit: search the keys from the end
-        best, ridx = sims.flip(-1).max(dim=-1)
-        kidx = sims.shape[1] - 1 - ridx
-        hit = (1.0 - best) <= self.threshold
-        slots = torch.where(hit, self.key_slot[kidx], torch.full_like(kidx, -1))
-        ids = [self.slot_ids[s] if s >= 0 else None for s in slots.tolist()]
-        return Decision(slots, ids, best.detach().cpu())
+        dist, ids = router.nearest(q.detach().cpu().numpy())  # ties go to the newest edit (the router's rule)
+        slots_l = [self.slot_of.get(int(i), -1) if d <= self.threshold else -1 for d, i in zip(dist.tolist(), ids.tolist())]
+        slots = torch.tensor(slots_l, dtype=torch.long, device=x.device)
+        ids_l = [self.slot_ids[s] if s >= 0 else None for s in slots_l]
+        return Decision(slots, ids_l, torch.from_numpy(1.0 - np.asarray(dist, dtype=np.float32)))
 
     @contextlib.contextmanager
     def session(self, query_index: torch.Tensor | None = None) -> Iterator["RoutedLoRA"]:
@@ -215,43 +218,31 @@ class RoutedLoRA:
             self._capture, self._query_index = None, prev
 
     # ------------------------------------------------------------------ edits
-    def add(self, edit_id: int, key: torch.Tensor | Sequence[torch.Tensor], weights: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Add one frozen edit: its key(s) and, for each wrapped module name, its ``(A, B)``."""
+    def add(self, edit_id: int, weights: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Add one frozen edit's LoRA: for each wrapped module name, its ``(A, B)`` (its key goes to the router)."""
+        if int(edit_id) in self.slot_of:
+            raise ValueError(f"edit {edit_id} is already loaded")
         for w in self.wrappers:
             if w.name not in weights:
                 raise ValueError(f"edit {edit_id} has no LoRA weights for {w.name}")
+        for w in self.wrappers:
             a, b = weights[w.name]
             w.A = torch.cat([w.A, a.detach().float().to(self.device)[None]])
             w.B = torch.cat([w.B, b.detach().float().to(self.device)[None]])
-        slot = len(self.slot_ids)
+        self.slot_of[int(edit_id)] = len(self.slot_ids)
         self.slot_ids.append(int(edit_id))
-        keys = torch.stack(list(key)) if isinstance(key, (list, tuple)) else key.reshape(-1, self.keys.shape[1])
-        self._add_keys(keys, slot)
-
-    def add_keys(self, keys: torch.Tensor, edit_id: int) -> None:
-        """Extra keys for an existing edit (used to load many keys for the router benchmark)."""
-        self._add_keys(keys, self.slot_ids.index(int(edit_id)))
-
-    def _add_keys(self, keys: torch.Tensor, slot: int) -> None:
-        keys = keys.detach().float().to(self.device)
-        keys = keys / keys.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        self.keys = torch.cat([self.keys, keys])
-        self.key_slot = torch.cat([self.key_slot, torch.full((len(keys),), slot, dtype=torch.long, device=self.device)])
+        self._decision = None
 
     def remove(self, edit_ids: Sequence[int]) -> None:
-        """Drop edits (their keys and weights); inputs they captured get the base model's outputs back."""
+        """Drop edits' LoRA weights; inputs routed to them get the base model's outputs back."""
         gone = {int(i) for i in edit_ids}
         keep_slots = [s for s, eid in enumerate(self.slot_ids) if eid not in gone]
         if len(keep_slots) == len(self.slot_ids):
             return
-        remap = torch.full((len(self.slot_ids),), -1, dtype=torch.long, device=self.device)
-        remap[keep_slots] = torch.arange(len(keep_slots), device=self.device)
-        keep_keys = remap[self.key_slot] >= 0
-        self.keys = self.keys[keep_keys]
-        self.key_slot = remap[self.key_slot[keep_keys]]
         for w in self.wrappers:
             w.A, w.B = w.A[keep_slots], w.B[keep_slots]
         self.slot_ids = [self.slot_ids[s] for s in keep_slots]
+        self.slot_of = {eid: s for s, eid in enumerate(self.slot_ids)}
         self._decision = None
 
     def clear(self) -> None:

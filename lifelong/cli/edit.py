@@ -1,9 +1,11 @@
-"""``lifelong edit``: apply, roll back, list, generate with, evaluate and benchmark lifelong edits (DESIGN §6).
+"""``lifelong edit``: apply, roll back, list, generate with, evaluate and benchmark lifelong edits
+(user guide: ``docs/editing.md``).
 
 Every command that needs the language model loads it once, whatever the number of prompts or edits. ``rollback``
 and ``list`` only touch the store, so they do not load the model at all. Those that load it take ``--device``
 (``auto``: CUDA when present) and ``--precision`` (``fp32``, ``bf16``, ``fp16``); both are checked before the store
-is opened, and neither is part of what a store fixes.
+is opened, and neither is part of what a store fixes. ``generate`` and ``eval`` without ``--store`` use the
+unedited base model (no store is read or made).
 """
 
 from __future__ import annotations
@@ -63,8 +65,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(handler=cmd_list)
 
-    gen = sub.add_parser("generate", help="greedy generation with the store's edits in force")
-    gen.add_argument("--store", required=True)
+    gen = sub.add_parser("generate", help="greedy generation with the store's edits in force (no --store: base model)")
+    gen.add_argument("--store", default=None, help="edit store directory (default: none, the unedited base model)")
     gen.add_argument("--model", default=None)
     gen.add_argument("--prompt")
     gen.add_argument("--file", help="one prompt per line; one JSON object per line out, same order")
@@ -73,8 +75,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     _add_device_options(gen)
     gen.set_defaults(handler=cmd_generate)
 
-    ev = sub.add_parser("eval", help="reliability, generalization and locality of the store's active edits")
-    ev.add_argument("--store", required=True)
+    ev = sub.add_parser("eval", help="reliability, generalization and locality of the store's active edits "
+                                     "(no --store: of the unedited base model on every record)")
+    ev.add_argument("--store", default=None, help="edit store directory (default: none, the unedited base model)")
     ev.add_argument("--model", default=None)
     ev.add_argument("--file", required=True, help="edit file with the paraphrases and locality prompts")
     ev.add_argument("--json", action="store_true")
@@ -96,7 +99,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _session(args: argparse.Namespace, *, editor: str | None = None, overrides: dict | None = None,
              create: bool = True) -> Any:
-
+    """The session of a command; ``args.store`` None: the unedited base model."""
     return EditSession(args.store, model=getattr(args, "model", None), editor=editor,
                        editor_config=overrides, create=create, device=args.device, precision=args.precision)
 
@@ -108,7 +111,6 @@ def _require_store(path: str) -> None:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-
     if args.file and (args.prompt or args.target):
         raise UserError("give either --file or --prompt/--target, not both")
     if not args.file:
@@ -151,7 +153,6 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-
     _require_store(args.store)
     with EditStore.open(args.store, create=False) as store:
         out = store.rollback(args.ids)
@@ -168,7 +169,6 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-
     _require_store(args.store)
     with EditStore.open(args.store, create=False) as store:
         rows = [r.as_dict() for r in store.all_edits()]
@@ -188,13 +188,13 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-
     if bool(args.prompt) == bool(args.file):
         raise UserError("edit generate needs exactly one of --prompt or --file")
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     prompts = load_prompts(args.file) if args.file else [args.prompt]
-    _require_store(args.store)
+    if args.store is not None:
+        _require_store(args.store)
     session = _session(args, create=False)
     try:
         for res in session.generate(prompts, max_new_tokens=args.max_new_tokens):
@@ -210,17 +210,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-
     requests = load_edits(args.file)
-    _require_store(args.store)
+    if args.store is not None:
+        _require_store(args.store)
     session = _session(args, create=False)
     try:
-        active = {r.prompt for r in session.store.active_edits() if r.id in set(session.loaded_ids)}
-        matched = [r for r in requests if r.prompt in active]
-        if not matched:
-            raise UserError(f"none of the {len(requests)} records of {args.file} is an active edit of store {args.store}")
+        if session.store is None:  # the unedited base model on every record (a baseline for a store's numbers)
+            matched = list(requests)
+        else:
+            active = {r.prompt for r in session.store.active_edits() if r.id in set(session.loaded_ids)}
+            matched = [r for r in requests if r.prompt in active]
+            if not matched:
+                raise UserError(f"none of the {len(requests)} records of {args.file} is an active edit of store "
+                                f"{args.store}")
         res = evaluate_store(session, matched)
         res["n_not_in_store"] = len(requests) - len(matched)
+        res["store"] = args.store
     finally:
         session.close()
     if args.json:
@@ -232,7 +237,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-
     registry.get("editor", args.editor)  # an unknown editor fails before anything loads
     path = args.file or str(bundled_edits_path())
     requests = load_edits(path)

@@ -2,8 +2,14 @@
 
 An *editor* (registry kind ``editor``: ``sola``, ``grace``, ``ft-l``; the plugins live in ``lifelong/editors/``)
 knows how to train one edit against a model and how to switch stored edits on and off; the store
-(``editing/store.py``) keeps them durable and routes to them; the session (``editing/session.py``) joins the two
-over one loaded model.
+(``editing/store.py``) keeps them durable; its router (``editing/router.py``) is the index the routing editors
+(SoLA, GRACE) search for each sequence; the session (``editing/session.py``) joins them over one loaded model and
+hands the editor the store's router (``bind_router``). An editor used without a store routes over a router of
+its own (made at ``attach``), so it can be tested alone.
+
+An editor's config class is the one it is registered with (``registry.get("editor", name).config``); configs
+validate themselves in ``validate()`` (raising ``ValueError``), which ``platform.config.build_config`` turns into a
+``ConfigError`` naming the field.
 """
 
 from __future__ import annotations
@@ -14,9 +20,13 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from lifelong.editing.router import Router
+from lifelong.platform import registry
+from lifelong.platform.config import ConfigError, build_config
 from lifelong.platform.device import LossScaler, autocast
 
 
+@dataclass
 class EditRequest:
     """One edit as read from a file: the prompt, the new target, and held-out prompts to measure it."""
 
@@ -41,20 +51,73 @@ class EditArtifact:
 class Editor:
     """Base class of lifelong editors. Subclasses train one edit and switch stored edits on and off."""
 
-    name: str = ""
     config: Any = None
-    #: the config dataclass used when none is given
-    config_class: Any = None
     #: the store's router metric for this editor's keys ("ip": cosine on normalised keys, "l2": Euclidean)
     metric: str = "ip"
 
     def __init__(self, config: Any = None) -> None:
-        self.config = config if config is not None else self.config_class()
+        self.config = self._validated(config)
         self.model: Any = None
         self.tokenizer: Any = None
         #: mixed precision of training and inference; set by the session, never stored in the config (a store made
         #: in fp32 can be used in bf16)
         self.precision: str = "fp32"
+        #: the index the editor routes over (the store's, see ``bind_router``); None until attached or bound
+        self.router: Router | None = None
+        self._owns_router = False
+
+    @classmethod
+    def spec(cls) -> registry.PluginSpec:
+        """The registry entry of this editor class (its name and config class)."""
+        for spec in registry.list_plugins("editor"):
+            if spec.factory is cls:
+                return spec
+        raise ConfigError(f"{cls.__name__} is not a registered editor")
+
+    @classmethod
+    def _validated(cls, config: Any) -> Any:
+        """The config, validated; without one, the registered config class's defaults through ``build_config``."""
+        if config is None:
+            spec = next((sp for sp in registry.list_plugins("editor") if sp.factory is cls), None)
+            return build_config(spec.config, {}) if spec is not None and spec.config is not None else None
+        validate = getattr(config, "validate", None)
+        if callable(validate):
+            try:
+                validate()
+            except ConfigError:
+                raise
+            except ValueError as exc:
+                raise ConfigError(f"{type(config).__name__}: {exc}") from None
+        return config
+
+    def bind_router(self, router: Router) -> None:
+        """Route over ``router`` (the session binds the store's). Its metric must be the editor's. The editor never
+        changes a bound router: its owner (the store) adds and removes the keys, in the same transaction as the rows.
+        """
+        if router.metric != self.metric:
+            raise ValueError(f"the router routes by {router.metric!r}; this editor needs {self.metric!r}")
+        self.router, self._owns_router = router, False
+
+    def _ensure_router(self) -> Router:
+        """The bound router, or (an editor used without a store) one of its own, made on first use."""
+        if self.router is None:
+            self.router, self._owns_router = Router(self.metric), True
+        return self.router
+
+    def _own_router_add(self, edit_id: int, key: np.ndarray) -> None:
+        """Add an activated edit's key, if the router is the editor's own (a bound one has it from its owner)."""
+        router = self._ensure_router()
+        if self._owns_router and edit_id not in router:
+            router.add([edit_id], np.asarray(key, dtype=np.float32).reshape(1, -1))
+
+    def _release_router(self) -> None:
+        """At ``detach``: forget a router of the editor's own (a bound one stays bound)."""
+        if self._owns_router:
+            self.router, self._owns_router = None, False
+
+    def _own_router_remove(self, edit_ids: Sequence[int]) -> None:
+        if self._owns_router and self.router is not None:
+            self.router.remove(edit_ids)
 
     @property
     def device(self) -> Any:

@@ -73,6 +73,9 @@ def evaluate_store(session: EditSession, requests: Sequence[EditRequest]) -> dic
 
 @contextlib.contextmanager
 def _edits_off(session: EditSession, ids: Sequence[int]) -> Iterator[None]:
+    if not ids or session.store is None:  # nothing is switched on: the model is the base model already
+        yield
+        return
     recs = {r.id: r for r in session.store.active_edits()}
     session.editor.deactivate(ids)
     try:

@@ -1,8 +1,11 @@
 """An edit session: one loaded model, one editor attached to it, and an EditStore.
 
-The session loads the model once, checks the store was made for it, re-activates the store's edits (refusing,
-one clear message each, those whose adapter file fails its hash) and offers apply / rollback / generate /
-teacher-forced scoring.
+The session loads the model once, checks the store was made for it, hands the editor the store's router (the
+faiss index the routing editors search, ``editing/router.py``), re-activates the store's edits (refusing, one
+clear message each, those whose adapter file fails its hash) and offers apply / rollback / generate /
+teacher-forced scoring. It uses the store through its public methods only.
+
+Without a store (``store=None``) the session is the unedited base model: generate and score, nothing to apply.
 
 Device and precision are session options (``device``, ``precision``), not part of the editor config a store fixes:
 the model is moved to the device, editors make every tensor there, and training, generation and scoring run under
@@ -46,12 +49,24 @@ def check_edit_precision(name: str) -> str:
         raise UserError(f"--{exc}") from None
 
 
+class _BaseModel(Editor):
+    """The editor of a session without a store: attaches nothing, routes nothing (the unedited base model)."""
+
+    metric = "ip"
+
+    def attach(self, model: Any, tokenizer: Any) -> None:
+        self.model, self.tokenizer = model, tokenizer
+
+    def detach(self) -> None:
+        pass
+
+
 class EditSession:
     """A loaded model, an editor attached to it, and an EditStore: apply, roll back, generate, score."""
 
     def __init__(
         self,
-        store: str | os.PathLike | EditStore,
+        store: str | os.PathLike | EditStore | None,
         *,
         model: str | None = None,
         editor: str | None = None,
@@ -69,6 +84,20 @@ class EditSession:
         if device is not None or loaded is None:
             device = resolve_edit_device(str(device or "auto"))
         self.quiet = quiet
+        self.problems: list[tuple[int, str]] = []
+        self.loaded_ids: list[int] = []
+        if store is None:
+            self.store: EditStore | None = None
+            self.model_name = model or DEFAULT_MODEL
+            self.model, self.tokenizer = loaded if loaded is not None else load_causal_lm(self.model_name)
+            if device is not None:
+                self.model.to(device)
+            self.device = next(self.model.parameters()).device
+            self.editor: Editor = _BaseModel(None)
+            self.editor.precision = self.precision
+            self.editor_name, self.editor_config = "", {}
+            self.editor.attach(self.model, self.tokenizer)
+            return
         if isinstance(store, EditStore):
             self.store = store
         else:
@@ -97,13 +126,12 @@ class EditSession:
                 )
         else:
             name, cfg = editor or DEFAULT_EDITOR, dict(editor_config or {})
-        self.editor: Editor = registry.create("editor", name, **cfg)
+        self.editor = registry.create("editor", name, **cfg)
         self.editor.precision = self.precision
         self.editor_name = name
         self.editor_config = to_dict(self.editor.config) if self.editor.config is not None else {}
+        self.editor.bind_router(self.store.router(metric=self.editor.metric))
         self.editor.attach(self.model, self.tokenizer)
-        self.problems: list[tuple[int, str]] = []
-        self.loaded_ids: list[int] = []
         for rec in self.store.active_edits():
             self._activate(rec)
 
@@ -121,7 +149,8 @@ class EditSession:
 
     def close(self) -> None:
         self.editor.detach()
-        self.store.close()
+        if self.store is not None:
+            self.store.close()
 
     def __enter__(self) -> "EditSession":
         return self
@@ -133,26 +162,35 @@ class EditSession:
     def apply(self, prompt: str, target: str, extra: dict[str, Any] | None = None) -> EditRecord:
         """Train one edit, store it atomically (its tensors from CPU, with the device and precision it was trained
         with in ``extra``), switch it on."""
-        if self.store.editor_spec() is None:
-            self.store.set_editor(self.editor_name, self.editor_config)
+        store = self._require_store("apply")
+        if store.editor_spec() is None:
+            store.set_editor(self.editor_name, self.editor_config, metric=self.editor.metric)
         art = self.editor.train_edit(prompt, target)
         tensors = {k: v.detach().cpu() for k, v in art.tensors.items()}
-        rec = self.store.add_edit(
+        rec = store.add_edit(
             prompt, target, editor=self.editor_name, tensors=tensors, key=art.key, layer=art.layer,
             editor_config=self.editor_config,
             extra={**(extra or {}), **art.extra, "device": str(self.device), "precision": self.precision},
         )
+        store.router()  # in step with the rows (the key went in with the row unless another writer got between)
         self.editor.activate(rec.id, rec.key, art.tensors, target)
         self.loaded_ids.append(rec.id)
         return rec
 
     def rollback(self, ids: Sequence[int]) -> list[tuple[int, bool]]:
         """Roll edits back in the store and in the model; unknown ids raise, repeated ids are no-ops."""
-        out = self.store.rollback(ids)
+        store = self._require_store("rollback")
+        out = store.rollback(ids)  # the keys leave the router in the same transaction as the rows
+        store.router()
         changed = [i for i, c in out if c]
         self.editor.deactivate(changed)
         self.loaded_ids = [i for i in self.loaded_ids if i not in set(changed)]
         return out
+
+    def _require_store(self, what: str) -> EditStore:
+        if self.store is None:
+            raise UserError(f"{what} needs an edit store; this session is the unedited base model")
+        return self.store
 
     # ------------------------------------------------------------------ inference
     def generate(self, prompts: Sequence[str], max_new_tokens: int = 16) -> list[dict[str, Any]]:

@@ -1,11 +1,13 @@
-"""The EditStore (DESIGN §5): a durable, revocable registry of model edits in one directory.
+"""The EditStore: a durable, revocable registry of model edits in one directory (user guide: ``docs/editing.md``).
 
 Layout of a store directory::
 
     edits.sqlite          the single source of truth: one row per edit, the store's meta data (WAL mode)
     adapters/<uid>.safetensors   one file per edit (its LoRA / codebook value / weight delta)
-    router.faiss, router.json    the faiss router over the active edits' keys, with the checksum of the rows
-                                 it was built from; rebuilt on open whenever that checksum does not match
+    router.json, router-<checksum>.faiss
+                                 the router of record (``editing/router.py``): a faiss index over the active edits'
+                                 keys with the editor's metric, and the checksum of the rows it was built from;
+                                 loaded when that checksum is the store's, else rebuilt from the rows
     .lock                        advisory lock that serialises the "write file, commit row" step
 
 Applying an edit is atomic: its tensors are written to a temporary file, fsynced and renamed to their final
@@ -13,6 +15,18 @@ name, and only then is the row committed. A crash before the commit leaves at mo
 opening the store removes such orphans (under the lock, so a concurrent writer's file in flight is never
 taken). Rollback marks the row ``rolled_back`` and drops its key from the router; rolling back twice is a no-op.
 Concurrent writers are serialised by SQLite's busy timeout and the lock; no edit is lost.
+
+The router is kept in step with the rows inside the same SQLite transaction: every add and rollback updates the
+``keys_checksum`` meta value (an XOR, over the active keyed rows, of a hash of each row's id and key) and, before
+the commit, the in-memory index of this process. The index file is only a cache: it is written after a rebuild,
+by ``save_router`` and on ``close``, and a crash anywhere leaves either the old file (its checksum no longer the
+store's after a committed change, so it is rebuilt) or a file that matches. Another process's writes are seen
+the same way: ``router()`` compares one meta value and rebuilds when it moved.
+
+The router's metric is the editor's (``Editor.metric``), written to the meta data by ``set_editor`` (or given
+when the store is created for use without an editor). Stores made before the metric was recorded (schema 1,
+whose meta said ``ip`` whatever the editor) get it from their editor's name: ``l2`` for ``grace`` and ``ft-l``,
+``ip`` for ``sola`` and any other name; the migration is written on open.
 
 The store also records the identity of the base model (name and weight hash, see ``adapters/llm.py``) and
 refuses to be used with another model.
@@ -25,7 +39,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import sqlite3
 import tempfile
 import time
@@ -36,15 +49,17 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from lifelong.editing.router import METRICS, ROUTER_META, ROUTER_PREFIX, Router
+from lifelong.platform.atomic import fsync_dir
 from lifelong.platform.errors import UserError
 
 DB_NAME = "edits.sqlite"
 ADAPTER_DIR = "adapters"
-ROUTER_INDEX = "router.faiss"
-ROUTER_META = "router.json"
 LOCK_NAME = ".lock"
-SCHEMA_VERSION = 1
-_METRICS = ("ip", "l2")
+SCHEMA_VERSION = 2
+#: metric of stores made before the editor's metric was recorded (schema 1), by editor name; others: "ip"
+LEGACY_METRICS = {"sola": "ip", "grace": "l2", "ft-l": "l2"}
+_ZERO = "0" * 64
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -121,19 +136,6 @@ class EditRecord:
         }
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -142,24 +144,8 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _normalise(keys: np.ndarray) -> np.ndarray:
-    keys = np.asarray(keys, dtype=np.float32)
-    norms = np.linalg.norm(keys, axis=1, keepdims=True)
-    return keys / np.maximum(norms, 1e-12)
-
-
-def text_features(texts: Sequence[str], dim: int = 2048) -> np.ndarray:
-    """Hashed character-trigram vectors (L2-normalised): a model-free similarity for ``nearest``.
-
-    Good enough to find which stored fact a sentence is about; callers with a sentence encoder pass ``embed``.
-    """
-    out = np.zeros((len(texts), dim), dtype=np.float32)
-    for row, text in enumerate(texts):
-        t = "  " + re.sub(r"\s+", " ", text.lower().strip()) + "  "
-        for i in range(len(t) - 2):
-            h = int.from_bytes(hashlib.blake2b(t[i : i + 3].encode(), digest_size=4).digest(), "little")
-            out[row, h % dim] += 1.0
-    return _normalise(out) if len(texts) else out
+def _row_hash(edit_id: int, key: bytes) -> int:
+    return int.from_bytes(hashlib.sha256(int(edit_id).to_bytes(8, "little") + key).digest(), "little")
 
 
 class EditStore:
@@ -171,12 +157,14 @@ class EditStore:
         *,
         model_identity: dict[str, str] | None = None,
         create: bool = True,
-        metric: str = "ip",
+        metric: str | None = None,
         busy_timeout_s: float = 60.0,
     ) -> None:
+        """``metric``: the router metric of a new store used without an editor (``set_editor`` fixes the
+        editor's); ignored for a store that already has one."""
         self.path = Path(path)
-        if metric not in _METRICS:
-            raise StoreError(f"router metric {metric!r} is not allowed; allowed values: {', '.join(_METRICS)}")
+        if metric is not None and metric not in METRICS:
+            raise StoreError(f"router metric {metric!r} is not allowed; allowed values: {', '.join(METRICS)}")
         if not self.path.exists():
             if not create:
                 raise StoreError(f"edit store {self.path} does not exist")
@@ -197,16 +185,29 @@ class EditStore:
             for stmt in _SCHEMA.strip().split(";"):
                 if stmt.strip():
                     self._conn.execute(stmt)
-            if self._meta("schema_version") is None:
+            version = self._meta("schema_version")
+            if version is None:
                 self._set_meta("schema_version", str(SCHEMA_VERSION))
-                self._set_meta("metric", metric)
                 self._set_meta("created_at", repr(time.time()))
-        self.metric = self._meta("metric") or metric
+                if metric is not None:
+                    self._set_meta("metric", metric)
+            elif int(version) < 2:  # schema 1: "metric" was always "ip"; take the editor's (module docstring)
+                raw = self._meta("editor")
+                name = json.loads(raw)["name"] if raw else None
+                if name is not None:
+                    self._set_meta("metric", LEGACY_METRICS.get(name, "ip"))
+                else:
+                    self._conn.execute("DELETE FROM meta WHERE key = 'metric'")
+                self._set_meta("schema_version", str(SCHEMA_VERSION))
+            if self._meta("keys_checksum") is None:
+                self._set_meta("keys_checksum", self._compute_keys_checksum())
         if model_identity is not None:
             self.check_model(model_identity)
         self.reconcile()
-        self._index: Any = None
-        self._index_checksum: str | None = None
+        self._metric_hint: str | None = None  # the editor's metric before set_editor records it (router(metric=))
+        self._router = Router(self.metric)
+        self._router_checksum: str | None = None  # the keys_checksum the in-memory router holds
+        self._router_saved: str | None = None  # the checksum of the index file on disk, as far as we know
 
     # ------------------------------------------------------------------ opening and closing
     @classmethod
@@ -215,7 +216,12 @@ class EditStore:
         return cls(path, **kwargs)
 
     def close(self) -> None:
+        """Close the database; the router's index file is written first if this process changed it."""
         if self._conn is not None:
+            if self._router_checksum is not None and self._router_checksum != self._router_saved:
+                with contextlib.suppress(sqlite3.Error):
+                    if self._router_checksum == self._meta("keys_checksum"):
+                        self.save_router()
             self._conn.close()
             self._conn = None  # type: ignore[assignment]
 
@@ -269,6 +275,12 @@ class EditStore:
         """All meta data of the store (schema version, metric, model identity, editor)."""
         return dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
 
+    @property
+    def metric(self) -> str:
+        """The router metric: the recorded one (meta ``metric``); for a store that has none yet, the one asked for
+        by ``router(metric=...)``, else ``ip``."""
+        return self._meta("metric") or self._metric_hint or "ip"
+
     # ------------------------------------------------------------------ model identity and editor
     def set_model_name(self, name: str) -> None:
         """Record the model the store's edits are made for (the first session to open the store does this)."""
@@ -303,13 +315,28 @@ class EditStore:
         d = json.loads(raw)
         return d["name"], d.get("config", {})
 
-    def set_editor(self, name: str, config: dict[str, Any]) -> None:
-        """Fix the editor of the store (first apply); a different editor or config later is refused."""
+    def set_editor(self, name: str, config: dict[str, Any], metric: str | None = None) -> None:
+        """Fix the editor of the store (first apply) and its router ``metric``; a different editor later is refused.
+
+        The metric may change only while no edit has a key (then the router is rebuilt with it)."""
+        if metric is not None and metric not in METRICS:
+            raise StoreError(f"router metric {metric!r} is not allowed; allowed values: {', '.join(METRICS)}")
         with self._write_txn():
             raw = self._meta("editor")
             if raw is None:
                 self._set_meta("editor", json.dumps({"name": name, "config": config}, sort_keys=True))
-                return
+            if metric is not None and raw is None and self._meta("metric") != metric:
+                keyed = self._conn.execute("SELECT COUNT(*) FROM edits WHERE key IS NOT NULL").fetchone()[0]
+                if keyed and self._meta("metric") is not None:
+                    raise StoreError(f"edit store {self.path} routes its keys by {self._meta('metric')!r}; "
+                                     f"a {name!r} editor routes by {metric!r} (use a new store)")
+                self._set_meta("metric", metric)
+        if raw is None:
+            if self._router.metric != self.metric:  # in place: editors hold this object
+                self._router.build([], np.zeros((0, 1), np.float32))
+                self._router.metric = self.metric
+                self._router_checksum = None
+            return
         have = json.loads(raw)
         if have["name"] != name:
             raise StoreError(
@@ -433,7 +460,7 @@ class EditStore:
                     asha = _file_sha256(Path(tmp))
                     hook("fsynced")
                     os.replace(tmp, adir / afile)
-                    _fsync_dir(adir)
+                    fsync_dir(adir)
                 except BaseException:
                     with contextlib.suppress(OSError):
                         os.unlink(tmp)
@@ -449,43 +476,71 @@ class EditStore:
                 )
                 new_id = int(cur.lastrowid)
                 hook("inserted")
+                if key_blob is not None:
+                    self._router_update(added=[(new_id, key_blob)])
+                    hook("routed")
             hook("committed")
-        rec = self.get(new_id)
-        if self._index is not None and rec.key is not None:
-            self._index_add([rec])
-        return rec
+        return self.get(new_id)
 
-    def rollback(self, ids: Sequence[int]) -> list[tuple[int, bool]]:
-        """Mark edits rolled back and drop their keys; ``(id, changed)`` per id (False: was already rolled back).
+    def add_keys(self, keys: np.ndarray, *, editor: str, prompts: Sequence[str] | None = None,
+                 layer: str = "") -> list[int]:
+        """Bulk-insert key-only edits (no tensors) in one transaction; returns their ids.
 
-        Unknown ids are refused before anything changes.
+        For benchmarks and imports that need many keys in the router (``bench/edit_router.py``); an editor has no
+        weights for such edits, so a query routed to one gets the base model's output."""
+        keys = np.ascontiguousarray(np.asarray(keys, dtype=np.float32).reshape(len(keys), -1))
+        now = time.time()
+        with self._file_lock(), self._write_txn():
+            first = int(self._conn.execute("SELECT COALESCE(MAX(id), 0) FROM edits").fetchone()[0]) + 1
+            ids = list(range(first, first + len(keys)))
+            blobs = [k.tobytes() for k in keys]
+            dim = int(keys.shape[1]) if len(keys) else 0
+            self._conn.executemany(
+                "INSERT INTO edits(id, uid, prompt, target, editor, layer, key, key_dim, status, created_at) "
+                "VALUES (?,?,?,?,?,?,?,?, 'active', ?)",
+                ((i, uuid.uuid4().hex, prompts[j] if prompts is not None else f"key {i}", "", editor, layer,
+                  blobs[j], dim, now) for j, i in enumerate(ids)),
+            )
+            self._router_update(added=list(zip(ids, blobs)))
+        return ids
+
+    def rollback(self, ids: Sequence[int], *, _crash_hook: Callable[[str], None] | None = None
+                 ) -> list[tuple[int, bool]]:
+        """Mark edits rolled back and drop their keys from the router, in one transaction; ``(id, changed)`` per id
+        (False: was already rolled back). Unknown ids are refused before anything changes.
+
+        ``_crash_hook`` is called with ``routed`` (keys dropped, not committed) and ``committed``.
         """
         ids = [int(i) for i in ids]
+        hook = _crash_hook or (lambda stage: None)
         with self._write_txn():
             known = {
-                int(r[0]): r[1]
+                int(r[0]): (r[1], r[2])
                 for r in self._conn.execute(
-                    f"SELECT id, status FROM edits WHERE id IN ({','.join('?' * len(ids))})", ids
+                    f"SELECT id, status, key FROM edits WHERE id IN ({','.join('?' * len(ids))})", ids
                 ).fetchall()
             } if ids else {}
             unknown = [i for i in ids if i not in known]
             if unknown:
                 raise StoreError(f"no edit with id {', '.join(map(str, unknown))} in store {self.path}")
             out = []
+            removed: list[tuple[int, bytes]] = []
             now = time.time()
             for i in ids:
-                changed = known[i] == "active"
+                status, key = known[i]
+                changed = status == "active"
                 if changed:
                     self._conn.execute(
                         "UPDATE edits SET status = 'rolled_back', rolled_back_at = ? WHERE id = ?", (now, i)
                     )
-                    known[i] = "rolled_back"
+                    known[i] = ("rolled_back", key)
+                    if key is not None:
+                        removed.append((i, key))
                 out.append((i, changed))
-        if self._index is not None:
-            gone = [i for i, changed in out if changed]
-            if gone:
-                self._index.remove_ids(np.asarray(gone, dtype=np.int64))
-                self._index_checksum = self._keys_checksum()
+            if removed:
+                self._router_update(removed=removed)
+                hook("routed")
+        hook("committed")
         return out
 
     def reconcile(self) -> list[str]:
@@ -499,121 +554,110 @@ class EditStore:
                     with contextlib.suppress(OSError):
                         p.unlink()
                         removed.append(p.name)
-            for p in self.path.glob(".router-*.tmp"):
+            for p in self.path.glob(f".{ROUTER_PREFIX}*.tmp"):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    removed.append(p.name)
+            for p in self.path.glob(f".{ROUTER_META}.*.tmp"):
                 with contextlib.suppress(OSError):
                     p.unlink()
                     removed.append(p.name)
         return removed
 
     # ------------------------------------------------------------------ router
-    def _keys_checksum(self) -> str:
-        h = hashlib.sha256(self.metric.encode())
-        for id_, key in self._conn.execute(
-            "SELECT id, key FROM edits WHERE status = 'active' AND key IS NOT NULL ORDER BY id"
-        ):
-            h.update(int(id_).to_bytes(8, "little"))
-            h.update(hashlib.sha256(key).digest())
-        return h.hexdigest()
+    def _compute_keys_checksum(self) -> str:
+        """The keys checksum from the rows themselves (a full scan; used once per store, for old stores)."""
+        acc = 0
+        for id_, key in self._conn.execute("SELECT id, key FROM edits WHERE status = 'active' AND key IS NOT NULL"):
+            acc ^= _row_hash(id_, key)
+        return f"{acc:064x}"
 
-    def _prepare(self, keys: np.ndarray) -> np.ndarray:
-        keys = np.ascontiguousarray(np.asarray(keys, dtype=np.float32).reshape(len(keys), -1))
-        return _normalise(keys) if self.metric == "ip" else keys
+    def keys_checksum(self) -> str:
+        """Checksum of the active edits' ids and keys (one meta value; moves with every add and rollback)."""
+        return self._meta("keys_checksum") or _ZERO
 
-    def _new_index(self, dim: int) -> Any:
-        import faiss
-
-        flat = faiss.IndexFlatIP(dim) if self.metric == "ip" else faiss.IndexFlatL2(dim)
-        return faiss.IndexIDMap2(flat)
-
-    def _index_add(self, records: Sequence[EditRecord]) -> None:
-        keyed = [r for r in records if r.key is not None]
-        if not keyed:
+    def _router_update(self, added: Sequence[tuple[int, bytes]] = (), removed: Sequence[tuple[int, bytes]] = ()
+                       ) -> None:
+        """Inside the write transaction: move the keys checksum and, if it was in step, the in-memory router."""
+        before = self.keys_checksum()
+        acc = int(before, 16)
+        for id_, key in (*added, *removed):
+            acc ^= _row_hash(id_, key)
+        after = f"{acc:064x}"
+        self._set_meta("keys_checksum", after)
+        if self._router_checksum != before:
+            self._router_checksum = None  # out of step already (another writer): rebuilt on the next router()
             return
-        if self._index is None:
-            self._index = self._new_index(keyed[0].key.size)
-        if keyed[0].key.size != self._index.d:
-            raise StoreError(
-                f"edit {keyed[0].id} has a key of size {keyed[0].key.size}; the router holds keys of size "
-                f"{self._index.d}"
-            )
-        self._index.add_with_ids(self._prepare(np.stack([r.key for r in keyed])),
-                                 np.asarray([r.id for r in keyed], dtype=np.int64))
-        self._index_checksum = self._keys_checksum()
-
-    def router(self) -> Any:
-        """The faiss ``IndexIDMap2`` over the active keys (loaded if its checksum matches, else rebuilt)."""
-        import faiss
-
-        checksum = self._keys_checksum()
-        if self._index is not None and self._index_checksum == checksum:
-            return self._index
-        meta_path, index_path = self.path / ROUTER_META, self.path / ROUTER_INDEX
-        index = None
         try:
-            meta = json.loads(meta_path.read_text())
-            if meta.get("checksum") == checksum and index_path.is_file():
-                index = faiss.read_index(str(index_path))
-        except (OSError, ValueError, RuntimeError):
-            index = None
-        if index is None:
-            recs = [r for r in self.active_edits() if r.key is not None]
-            self._index = None
-            if recs:
-                self._index_add(recs)
-                index = self._index
-            self._save_router(index, checksum)
-        self._index, self._index_checksum = index, checksum
-        return index
+            if removed:
+                self._router.remove(i for i, _ in removed)
+            if added:
+                keys = np.stack([np.frombuffer(k, dtype=np.float32) for _, k in added])
+                self._router.add([i for i, _ in added], keys)
+        except (ValueError, RuntimeError):
+            self._router_checksum = None  # e.g. a key of another size: the rebuild reports it
+            return
+        self._router_checksum = after
 
-    def _save_router(self, index: Any, checksum: str) -> None:
-        import faiss
+    def router(self, metric: str | None = None) -> Router:
+        """The router of record (always the same object for this store; editors hold it), in step with the rows.
 
+        Loaded from the index file when its checksum is the store's, else rebuilt from the active rows (and saved).
+        ``metric``: the editor's, used while the store has not recorded one (a new store before ``set_editor``).
+        """
+        if metric is not None:
+            if metric not in METRICS:
+                raise StoreError(f"router metric {metric!r} is not allowed; allowed values: {', '.join(METRICS)}")
+            self._metric_hint = metric
+        checksum = self.keys_checksum()
+        if self._router.metric != self.metric:
+            self._router.build([], np.zeros((0, 1), np.float32))
+            self._router.metric = self.metric
+            self._router_checksum = None
+        if self._router_checksum == checksum and not self._router.needs_rebuild():
+            return self._router
+        if self._router_checksum != checksum and self._router.read(self.path, checksum):
+            self._router_checksum = self._router_saved = checksum
+            if not self._router.needs_rebuild():
+                return self._router
+        self._rebuild_router()
+        return self._router
+
+    def _rebuild_router(self) -> None:
+        self._conn.execute("BEGIN")  # one read snapshot of the rows and of their checksum (WAL)
         try:
-            if index is not None:
-                fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".router-", suffix=".tmp")
-                os.close(fd)
-                faiss.write_index(index, tmp)
-                os.replace(tmp, self.path / ROUTER_INDEX)
-            else:
-                with contextlib.suppress(OSError):
-                    (self.path / ROUTER_INDEX).unlink()
-            fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".router-", suffix=".tmp")
-            with os.fdopen(fd, "w") as f:
-                json.dump({"checksum": checksum, "metric": self.metric}, f)
-            os.replace(tmp, self.path / ROUTER_META)
+            checksum = self.keys_checksum()
+            rows = self._conn.execute(
+                "SELECT id, key, key_dim FROM edits WHERE status = 'active' AND key IS NOT NULL ORDER BY id"
+            ).fetchall()
+        finally:
+            self._conn.execute("COMMIT")
+        dims = {int(d) for _, _, d in rows}
+        if len(dims) > 1:
+            raise StoreError(f"edit store {self.path} holds keys of sizes {sorted(dims)}; the router needs one size")
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        keys = (np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
+                if rows else np.zeros((0, 1), np.float32))
+        del rows
+        self._router.build(ids, keys)
+        self._router_checksum = checksum
+        self.save_router()
+
+    def save_router(self) -> None:
+        """Write the in-memory router beside the store, under the store's lock (a no-op on a read-only store: the
+        index is rebuilt next time)."""
+        if self._router_checksum is None:
+            return
+        try:
+            with self._file_lock():
+                self._router.write(self.path, self._router_checksum)
+            self._router_saved = self._router_checksum
         except OSError:
-            pass  # a read-only store still routes; the index is simply rebuilt next time
+            pass
 
     def search(self, keys: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Nearest active edits to ``keys`` (n, d): ``(scores, ids)``; ids are -1 where there is none.
 
         Scores are cosine similarities for the ``ip`` metric and squared L2 distances for ``l2``.
         """
-        keys = np.asarray(keys, dtype=np.float32).reshape(len(keys), -1)
-        index = self.router()
-        if index is None or index.ntotal == 0:
-            return (np.full((len(keys), k), -np.inf if self.metric == "ip" else np.inf, dtype=np.float32),
-                    np.full((len(keys), k), -1, dtype=np.int64))
-        return index.search(self._prepare(keys), k)
-
-    def nearest(
-        self,
-        prompt: str,
-        *,
-        k: int = 1,
-        embed: Callable[[list[str]], np.ndarray] | None = None,
-    ) -> list[tuple[EditRecord, float]]:
-        """The ``k`` active edits whose prompts are most similar to ``prompt``, with cosine similarity.
-
-        Works without the language model: ``embed`` (texts -> vectors) defaults to hashed character trigrams;
-        pass a sentence encoder for semantic matching. Used to fact-check a response against the store.
-        """
-        recs = self.active_edits()
-        if not recs:
-            return []
-        fn = embed or text_features
-        mat = _normalise(np.asarray(fn([r.prompt for r in recs]), dtype=np.float32))
-        q = _normalise(np.asarray(fn([prompt]), dtype=np.float32))[0]
-        sims = mat @ q
-        order = np.argsort(-sims, kind="stable")[:k]
-        return [(recs[i], float(sims[i])) for i in order]
+        return self.router().search(np.asarray(keys, dtype=np.float32).reshape(len(keys), -1), k)

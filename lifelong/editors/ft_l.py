@@ -9,6 +9,9 @@ saved slice minus that delta — and rolling all of them back restores the base 
 trained sequentially on the current weights (later edits see earlier ones), so rolling back an early edit does
 not undo its influence on later ones: that is the honest cost of FT-L that the bench measures. The weight stays
 float32 under every precision (autocast only changes the computation), so rollback is exact in bf16 and fp16 too.
+
+FT-L does not route: its edits change the weight for every input, so it stores no key, nothing of it is in the
+store's router, and ``routing`` is a no-op. Its ``metric`` (``l2``) only names the store's router metric.
 """
 
 from __future__ import annotations
@@ -36,11 +39,13 @@ class FTLConfig:
     stop_loss: float = 0.1
     norm_constraint: float = 0.0
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         if self.lr <= 0:
-            raise ConfigError(f"lr: must be > 0, got {self.lr}")
+            raise ValueError(f"lr: must be > 0, got {self.lr}")
         if self.max_steps < 1:
-            raise ConfigError(f"max_steps: must be >= 1, got {self.max_steps}")
+            raise ValueError(f"max_steps: must be >= 1, got {self.max_steps}")
+        if self.norm_constraint < 0:
+            raise ValueError(f"norm_constraint: must be >= 0 (0 = off), got {self.norm_constraint}")
 
 
 @register("editor", "ft-l", config=FTLConfig, capabilities=Capabilities(supports_rollback=True),
@@ -48,9 +53,7 @@ class FTLConfig:
 class FTLEditor(Editor):
     """Fine-tunes one weight matrix; the stored delta of each edit makes rollback possible."""
 
-    name = "ft-l"
     metric = "l2"
-    config_class = FTLConfig
 
     def __init__(self, config: FTLConfig | None = None) -> None:
         super().__init__(config)
@@ -59,7 +62,6 @@ class FTLEditor(Editor):
         self.deltas: dict[int, Any] = {}
 
     def attach(self, model: Any, tokenizer: Any) -> None:
-
         try:
             (name,) = module_names(model, [self.config.layer], self.config.module)
             mod = model.get_submodule(name)

@@ -14,8 +14,19 @@ store's active edits in the order they were applied, so rolling an edit back rem
 radius expansion) and leaves the codebook as if it had never been applied — the bookkeeping EasyEdit's port
 gets wrong; (2) the decision is taken once per sequence at the last prompt token and the value replaces the
 layer output from that token on, including generated tokens (the original decides per forward); (3) training
-stops as soon as the target is reproduced; (4) keys and values are float32 on the model's device (the session's
-precision only changes the computation, and the value is cast to the layer output's dtype where it replaces it).
+stops as soon as the target is reproduced; (4) values are float32 on the model's device (the session's
+precision only changes the computation, and the value is cast to the layer output's dtype where it replaces it);
+(5) the keys are searched in the edit store's faiss index (``editing/router.py``, metric ``l2``, exact below
+20,000 keys), not in a tensor the layer holds.
+
+How the codebook maps onto the store's index: the index holds one key per active edit (faiss id = edit id), the
+store's invariant. A codebook entry is named by the edit that opened it and its key *is* that edit's key; an
+edit that only grew an entry's radius (same label, within reach) keeps its key in the index but is not an entry.
+So the nearest entry is the nearest key among the entry ids: when some active edits are not entries, the search
+is restricted to the entry ids (a faiss ``IDSelectorBatch``), otherwise it is a plain search. The radius check
+(distance <= the entry's ε) and the value stay here, in the replayed codebook. Ties go to the oldest entry, as
+in the reference code. The replay measures distances with the same faiss kernel as the routing, so an edit whose
+key set a radius is inside it.
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ import numpy as np
 
 from lifelong.adapters.lora import module_names
 from lifelong.editing.editor import EditArtifact, Editor
+from lifelong.editing.router import Router
 from lifelong.platform.config import ConfigError
 from lifelong.platform.registry import Capabilities, register
 
@@ -43,16 +55,18 @@ class GraceConfig:
     max_steps: int = 100
     stop_loss: float = 0.1
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         if self.eps_init <= 0:
-            raise ConfigError(f"eps_init: must be > 0, got {self.eps_init}")
+            raise ValueError(f"eps_init: must be > 0, got {self.eps_init}")
         if self.max_steps < 1:
-            raise ConfigError(f"max_steps: must be >= 1, got {self.max_steps}")
+            raise ValueError(f"max_steps: must be >= 1, got {self.max_steps}")
+        if self.lr <= 0:
+            raise ValueError(f"lr: must be > 0, got {self.lr}")
 
 
 @dataclass
 class _Entry:
-    key: Any
+    key: np.ndarray  # float32 (d,): the key of the edit that opened the entry (edit_ids[0])
     value: Any
     eps: float
     label: str
@@ -86,16 +100,16 @@ def _make_layer(base: Any, owner: "GraceEditor") -> Any:
 class GraceEditor(Editor):
     """A codebook at one layer; rollback replays the remaining edits."""
 
-    name = "grace"
     metric = "l2"
-    config_class = GraceConfig
 
     def __init__(self, config: GraceConfig | None = None) -> None:
         super().__init__(config)
         self.layer_name = ""
         self._wrapped: Any = None
-        self.edits: dict[int, tuple[Any, Any, str]] = {}  # id -> (key, value, label), replayed in id order
+        self.edits: dict[int, tuple[np.ndarray, Any, str]] = {}  # id -> (key, value, label), replayed in id order
         self.codebook: list[_Entry] = []
+        self._entry_of: dict[int, int] = {}  # opening edit id -> codebook index
+        self._entry_ids = np.zeros(0, dtype=np.int64)
         self._decision: list[int] | None = None
         self._qidx: Any = None
         self._held = False
@@ -105,7 +119,7 @@ class GraceEditor(Editor):
 
     # ------------------------------------------------------------------ wiring
     def attach(self, model: Any, tokenizer: Any) -> None:
-
+        self._ensure_router()
         try:
             (name,) = module_names(model, [self.config.layer], self.config.module)
             base = model.get_submodule(name)
@@ -121,6 +135,7 @@ class GraceEditor(Editor):
             parent, _, child = self.layer_name.rpartition(".")
             setattr(self.model.get_submodule(parent), child, self._wrapped.base)
             self._wrapped = None
+        self._release_router()
 
     def _query(self, x: Any) -> Any:
         import torch
@@ -161,16 +176,17 @@ class GraceEditor(Editor):
         return out
 
     def _decide(self, x: Any) -> list[int]:
-        import torch
-
-        if not self.codebook:
+        router = self.router
+        if not self.codebook or router is None or len(router) == 0:
             return [-1] * x.shape[0]
-        q = self._query(x).float()
-        keys = torch.stack([e.key for e in self.codebook])
-        d = torch.cdist(q, keys)
-        best, j = d.min(dim=1)
-        eps = torch.tensor([e.eps for e in self.codebook], device=q.device)
-        return torch.where(best <= eps[j], j, -1).tolist()
+        q = self._query(x).float().detach().cpu().numpy()
+        allowed = None if len(self._entry_ids) == len(router) else self._entry_ids
+        dist, ids = router.nearest(q, allowed=allowed, newest=False)
+        out = []
+        for d, i in zip(dist.tolist(), ids.tolist()):
+            j = self._entry_of.get(int(i), -1)
+            out.append(j if j >= 0 and d <= self.codebook[j].eps else -1)
+        return out
 
     @contextlib.contextmanager
     def routing(self, query_index: Any = None) -> Iterator[None]:
@@ -214,44 +230,48 @@ class GraceEditor(Editor):
 
     # ------------------------------------------------------------------ codebook
     def activate(self, edit_id: int, key: np.ndarray | None, tensors: dict[str, Any], target: str = "") -> None:
-        import torch
-
         if key is None:
             raise ValueError(f"grace edit {edit_id} has no key")
         value = tensors.get(f"grace.{self.layer_name}.value")
         if value is None:
             raise ValueError(f"grace edit {edit_id} has no value for {self.layer_name}")
-        key_t = torch.as_tensor(np.asarray(key, dtype=np.float32), device=self.device)
-        self.edits[int(edit_id)] = (key_t, value.float().to(self.device), target)
+        key = np.asarray(key, dtype=np.float32).reshape(-1)
+        self._own_router_add(int(edit_id), key)  # a store's router holds the key already
+        self.edits[int(edit_id)] = (key, value.float().to(self.device), target)
         self._replay()
 
     def deactivate(self, edit_ids: Sequence[int]) -> None:
         for i in edit_ids:
             self.edits.pop(int(i), None)
+        self._own_router_remove(edit_ids)  # a store's rollback removed the keys from its router
         self._replay()
 
     def _replay(self) -> None:
         """Rebuild the codebook from the active edits in the order they were applied (GRACE's update rules)."""
-        import torch
-
         book: list[_Entry] = []
         e0 = self.config.eps_init
+        entries = Router("l2")  # the entry keys so far, searched with the routing's kernel
+        pos: dict[int, int] = {}  # opening edit id -> index in book
         for eid in sorted(self.edits):
             key, value, label = self.edits[eid]
             if not book:
-                book.append(_Entry(key, value, e0, label, [eid]))
-                continue
-            d = torch.cdist(key[None], torch.stack([e.key for e in book]))[0]
-            j = int(d.argmin())
-            dist = float(d[j])
-            near = book[j]
-            if dist > e0 + near.eps:
-                book.append(_Entry(key, value, e0, label, [eid]))
-            elif label == near.label:
-                near.eps = max(near.eps, dist)
-                near.edit_ids.append(eid)
+                eps = e0
             else:
-                near.eps = dist / 2
-                book.append(_Entry(key, value, dist / 2, label, [eid]))
+                d, near_id = entries.nearest(key[None], newest=False)
+                dist = float(d[0])
+                near = book[pos[int(near_id[0])]]
+                if dist > e0 + near.eps:
+                    eps = e0
+                elif label == near.label:
+                    near.eps = max(near.eps, dist)
+                    near.edit_ids.append(eid)
+                    continue
+                else:
+                    near.eps = eps = dist / 2
+            pos[eid] = len(book)
+            book.append(_Entry(key, value, eps, label, [eid]))
+            entries.add([eid], key[None])
         self.codebook = book
+        self._entry_of = {e.edit_ids[0]: j for j, e in enumerate(book)}
+        self._entry_ids = np.asarray(sorted(self._entry_of), dtype=np.int64)
         self._decision = None

@@ -1,5 +1,5 @@
 """SoLA: reversible lifelong model editing with semantically routed LoRA (Luo, Ran, Kärkkäinen et al.,
-arXiv 2603.11239; no official code exists, see ``methods/SoLA.md``).
+arXiv 2603.11239; no official code exists; user guide and measurements in ``docs/editing.md``).
 
 Taken from the paper: one independent LoRA per edit, trained against the frozen base model (``h = h0 + LoRA_i(x)``,
 never through earlier edits) and frozen afterwards; the key of an edit is the hidden representation of the last
@@ -16,7 +16,13 @@ Where the paper is silent or where this module departs from it:
   because on CPU the paper's schedule would take minutes per edit.
 - Routing is per sequence inside a batch (several edits in one batch, their LoRA weights gathered and applied in
   one batched product); during generation the decision taken on the prompt holds for the generated tokens.
-- Defaults (layer, module, rank, threshold, steps) were measured on SmolLM2-135M with ``bench/edit_sweep.py``.
+- The keys are searched in the edit store's faiss index (``editing/router.py``, metric ``ip``), the router of
+  record, not in a copy held by the model: exact below 20,000 keys, IVF above (approximate for paraphrases).
+  Ties (the same prompt edited twice) go to the newest edit. A key whose edit this session could not load (a
+  corrupted adapter file) routes to the base model rather than to the next-nearest edit.
+- Defaults: the key site and the threshold were measured on SmolLM2-135M with ``bench/edit_keys.py`` (see the
+  table in ``docs/editing.md``); rank, modules and the training schedule were chosen so every bundled edit
+  converges in a few steps (``bench/edit_bench.py``).
 - Keys, the centre and the frozen LoRA weights live on the model's device; keys are computed under the session's
   precision (the router sees queries computed the same way), and returned to the store as float32 numpy.
 """
@@ -31,6 +37,7 @@ import numpy as np
 
 from lifelong.adapters.lora import RoutedLoRA, module_names
 from lifelong.editing.editor import EditArtifact, Editor
+from lifelong.editing.router import Router
 from lifelong.platform.config import ConfigError
 from lifelong.platform.registry import Capabilities, register
 
@@ -63,19 +70,19 @@ class SoLAConfig:
     stop_loss: float = 0.1
     seed: int = 0
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         if not self.layers:
-            raise ConfigError("layers: give at least one layer index")
+            raise ValueError("layers: give at least one layer index")
         if not self.modules:
-            raise ConfigError("modules: give at least one module name (e.g. self_attn.o_proj)")
+            raise ValueError("modules: give at least one module name (e.g. self_attn.o_proj)")
         if self.rank < 1:
-            raise ConfigError(f"rank: must be >= 1, got {self.rank}")
+            raise ValueError(f"rank: must be >= 1, got {self.rank}")
         if not 0.0 <= self.threshold <= 2.0:
-            raise ConfigError(f"threshold: cosine distance in [0, 2], got {self.threshold}")
+            raise ValueError(f"threshold: cosine distance in [0, 2], got {self.threshold}")
         if self.max_steps < 1:
-            raise ConfigError(f"max_steps: must be >= 1, got {self.max_steps}")
+            raise ValueError(f"max_steps: must be >= 1, got {self.max_steps}")
         if self.lr <= 0:
-            raise ConfigError(f"lr: must be > 0, got {self.lr}")
+            raise ValueError(f"lr: must be > 0, got {self.lr}")
 
 
 def lora_tensor_names(module_name: str) -> tuple[str, str]:
@@ -88,18 +95,19 @@ def lora_tensor_names(module_name: str) -> tuple[str, str]:
 class SoLAEditor(Editor):
     """One LoRA per edit, routed by the cosine distance of the last prompt token's input at the first edited layer."""
 
-    name = "sola"
     metric = "ip"
-    config_class = SoLAConfig
 
     def __init__(self, config: SoLAConfig | None = None) -> None:
         super().__init__(config)
         self.routed: Any = None
         self.steps_used: list[int] = []
 
+    def bind_router(self, router: Router) -> None:
+        super().bind_router(router)
+        if self.routed is not None:
+            self.routed.router = router
+
     def attach(self, model: Any, tokenizer: Any) -> None:
-
-
         names: list[str] = []
         try:
             for layer in sorted(self.config.layers):  # forward order: by layer, then modules as listed
@@ -111,7 +119,7 @@ class SoLAEditor(Editor):
             raise ConfigError(f"sola layers/modules: {exc}") from exc
         self.model, self.tokenizer = model, tokenizer
         self.routed = RoutedLoRA(model, names, rank=self.config.rank, alpha=self.config.alpha,
-                                 threshold=self.config.threshold)
+                                 threshold=self.config.threshold, router=self._ensure_router())
         if self.config.center_keys:
             self.routed.centre = self._raw_keys(GENERIC_PROMPTS).mean(0)
 
@@ -119,6 +127,7 @@ class SoLAEditor(Editor):
         if self.routed is not None:
             self.routed.unwrap()
             self.routed = None
+        self._release_router()
 
     # ------------------------------------------------------------------ keys and training
     def _raw_keys(self, prompts: Sequence[str]) -> Any:
@@ -166,8 +175,6 @@ class SoLAEditor(Editor):
 
     # ------------------------------------------------------------------ switching edits
     def activate(self, edit_id: int, key: np.ndarray | None, tensors: dict[str, Any], target: str = "") -> None:
-        import torch
-
         if key is None:
             raise ValueError(f"sola edit {edit_id} has no key")
         weights = {}
@@ -176,10 +183,12 @@ class SoLAEditor(Editor):
             if na not in tensors or nb not in tensors:
                 raise ValueError(f"sola edit {edit_id} has no LoRA for {name}")
             weights[name] = (tensors[na], tensors[nb])
-        self.routed.add(edit_id, torch.as_tensor(np.asarray(key, dtype=np.float32)), weights)  # moved to the device
+        self._own_router_add(edit_id, key)  # a store's router holds the key already
+        self.routed.add(edit_id, weights)  # moved to the device
 
     def deactivate(self, edit_ids: Sequence[int]) -> None:
         self.routed.remove(list(edit_ids))
+        self._own_router_remove(edit_ids)  # a store's rollback removed the keys from its router
 
     @contextlib.contextmanager
     def routing(self, query_index: Any = None) -> Iterator[None]:
