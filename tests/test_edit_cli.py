@@ -168,3 +168,20 @@ def test_edit_bench_writes_results_and_plot(tmp_path, capsys, tiny_llama):  # no
     assert code == 2 and "nope" in err
     code, _, err = run(capsys, "edit", "bench", "--editor", "sola", "--file", str(edits), "--n", "5")
     assert code == 2 and "--n must be between 1 and 2" in err
+
+
+def test_generate_and_eval_without_store_use_the_base_model(tmp_path, capsys, tiny_llama, monkeypatch):  # noqa: F811
+    monkeypatch.chdir(tmp_path)
+    edits = _write(tmp_path / "edits.jsonl", EDITS)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, out, err = run(capsys, "edit", "generate", "--model", str(tiny_llama), "--prompt", EDITS[0]["prompt"],
+                         "--max-new-tokens", "3", "--json")
+    assert code == 0, err
+    row = json.loads(out)
+    assert row["edit_id"] is None and row["prompt"] == EDITS[0]["prompt"]
+    code, out, err = run(capsys, "edit", "eval", "--model", str(tiny_llama), "--file", str(edits), "--json")
+    assert code == 0, err
+    ev = json.loads(out)
+    assert ev["store"] is None and ev["n_edits"] == 2 and ev["n_not_in_store"] == 0
+    assert ev["locality"] == 1.0  # the base model against itself
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no store was made

@@ -19,14 +19,21 @@ Index type, by the number of keys when the index is (re)built:
   index is rebuilt as IVF once it reaches the threshold.
 
 Why 20,000: measured with ``python bench/edit_router.py --scan`` (dimension 576, SmolLM2's key size, a batch of
-8 queries, 2 CPU threads; the table is in ``docs/editing.md``). Exact search costs about 1 ms per 10,000 keys for
-such a batch and grows linearly; IVF costs ~1 ms from 10,000 keys up to 1e5 keys and needs a k-means training
-(seconds at 2e4 keys, a minute at 1e6). At 2e4 keys the flat search (~2 ms) is still under 0.2% of one routed
-generation of SmolLM2 but starts to dominate IVF's look-up, while IVF's training is still a few seconds; below
-that exact search is both cheap and free of approximation, above it the flat cost keeps growing (~0.1 s at 1e6).
-A stored key's own query is always found by IVF (it lies in the cell it was assigned to), so the recall of the
-stored prompts is 1.0; a paraphrase may fall into a cell that is not probed (measured recall of noisy queries
-in the bench).
+8 queries, ``Router.nearest``, 2 threads on a 2-core machine shared with other jobs, load ~6.6):
+
+    keys     flat ms   IVF ms   IVF build s   IVF recall of stored keys
+    5,000      20.8      8.0        0.22          1.0000
+    10,000     26.1      8.0        0.37          1.0000
+    20,000     36.1      8.1        0.51          1.0000
+    50,000     70.0      8.0        1.12          1.0000
+    100,000   116.0      8.0        1.95          1.0000
+
+Exact search grows by ~1 ms per 1,000 keys; IVF stays at the cost of probing 16 cells. Below 20,000 keys the
+flat look-up (< ~36 ms per batch) is about 1% of one routed generation of a batch of 8 (2-3 s for 16 tokens on
+this machine) and it is exact, so paraphrases route exactly as measured in ``docs/editing.md``; above it the flat
+cost keeps growing (5% of a generation at 1e5 keys) while IVF's does not, and IVF's training is still cheap.
+A stored key's own query is always found by IVF (it lies in the cell it was assigned to); a paraphrase may fall
+into a cell that is not probed, so past the threshold paraphrase routing is approximate.
 
 Ties (several keys at the same distance, e.g. the same prompt edited twice): among the ``TIE_CANDIDATES``
 nearest keys, those within ``TIE_TOLERANCE`` of the best one are ties and the newest (largest id) wins for SoLA;
