@@ -39,7 +39,7 @@ def test_exact_recall_of_every_stored_key(metric):
 
 
 @pytest.mark.parametrize("metric", ["ip", "l2"])
-def test_ivf_past_the_threshold_recalls_stored_keys(metric):
+def test_ivf_past_the_threshold_recalls_stored_keys(metric, tmp_path):
     keys = _keys(3000, seed=1)
     r = Router(metric, ivf_min_keys=1000)
     r.build(np.arange(3000), keys)
@@ -50,6 +50,11 @@ def test_ivf_past_the_threshold_recalls_stored_keys(metric):
     r.add([5000], keys[:1] * 2)
     assert 5 not in r and 5000 in r and r.ntotal == 2999
     assert not r.needs_rebuild()
+    r.write(tmp_path, "c" * 64)  # saved and loaded back: same ids, same answers
+    back = Router(metric, ivf_min_keys=1000)
+    assert back.read(tmp_path, "c" * 64) and back.kind == "ivf" and back.ids() == r.ids()
+    assert (back.nearest(keys[:200])[1] == r.nearest(keys[:200])[1]).all()
+    assert not Router(metric).read(tmp_path, "d" * 64)  # another checksum: not loaded
 
 
 def test_ties_newest_or_oldest_and_restricted_search():
