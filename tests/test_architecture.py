@@ -88,7 +88,7 @@ _REPO_PATH = re.compile(r"(?<![\w/.-])((?:bench|docs|lifelong|tests|configs|exam
 
 
 def _sources() -> list[Path]:
-    files = [*PACKAGE.rglob("*.py"), *(REPO / "docs").glob("*.md"), REPO / "README.md", *(REPO / "bench").glob("*.py")]
+    files = [*PACKAGE.rglob("*.py"), *(REPO / "docs").glob("*.md"), REPO / "README.md", *(REPO / "bench").glob("*.py"), *(REPO / "configs").rglob("*.yaml")]
     return [f for f in files if "__pycache__" not in f.parts]
 
 
