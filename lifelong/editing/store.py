@@ -40,7 +40,6 @@ import hashlib
 import json
 import os
 import sqlite3
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -50,7 +49,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from lifelong.editing.router import METRICS, ROUTER_META, ROUTER_PREFIX, Router
-from lifelong.platform.atomic import fsync_dir
+from lifelong.platform.atomic import atomic_write_with
 from lifelong.platform.errors import UserError
 
 DB_NAME = "edits.sqlite"
@@ -449,23 +448,10 @@ class EditStore:
             afile = asha = None
             if tensors:
                 afile = f"{uid}.safetensors"
-                fd, tmp = tempfile.mkstemp(dir=adir, prefix=f".{uid}-", suffix=".tmp")
-                os.close(fd)
-                try:
-                    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp,
-                              metadata={"edit_uid": uid, "editor": editor, "layer": layer})
-                    hook("written")
-                    with open(tmp, "rb+") as f:
-                        os.fsync(f.fileno())
-                    asha = _file_sha256(Path(tmp))
-                    hook("fsynced")
-                    os.replace(tmp, adir / afile)
-                    fsync_dir(adir)
-                except BaseException:
-                    with contextlib.suppress(OSError):
-                        os.unlink(tmp)
-                    raise
-                hook("renamed")
+                state = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+                atomic_write_with(adir / afile, lambda tmp: save_file(
+                    state, str(tmp), metadata={"edit_uid": uid, "editor": editor, "layer": layer}), hook=hook)
+                asha = _file_sha256(adir / afile)
             with self._write_txn():
                 cur = self._conn.execute(
                     "INSERT INTO edits(uid, prompt, target, extra, editor, editor_config, layer, key, key_dim, "
