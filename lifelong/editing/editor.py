@@ -22,7 +22,7 @@ import numpy as np
 
 from lifelong.editing.router import Router
 from lifelong.platform import registry
-from lifelong.platform.config import ConfigError, build_config
+from lifelong.platform.config import ConfigError, build_config, validate_config
 from lifelong.platform.device import LossScaler, autocast
 
 
@@ -80,15 +80,7 @@ class Editor:
         if config is None:
             spec = next((sp for sp in registry.list_plugins("editor") if sp.factory is cls), None)
             return build_config(spec.config, {}) if spec is not None and spec.config is not None else None
-        validate = getattr(config, "validate", None)
-        if callable(validate):
-            try:
-                validate()
-            except ConfigError:
-                raise
-            except ValueError as exc:
-                raise ConfigError(f"{type(config).__name__}: {exc}") from None
-        return config
+        return validate_config(config)
 
     def bind_router(self, router: Router) -> None:
         """Route over ``router`` (the session binds the store's). Its metric must be the editor's. The editor never

@@ -106,15 +106,21 @@ def build_config(cls: type[T], values: Mapping[str, Any] | None = None, *, prefi
         obj = cls(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"{cls.__name__}: {exc}") from None
-    validate = getattr(obj, "validate", None)
+    return validate_config(obj, prefix.rstrip(".") or cls.__name__)
+
+
+def validate_config(config: T, where: str = "") -> T:
+    """Run the config's ``validate()`` (the one validation convention: it raises ``ValueError`` for a value it
+    cannot use); the error becomes a ``ConfigError`` prefixed with ``where`` (default: the class name)."""
+    validate = getattr(config, "validate", None)
     if callable(validate):
         try:
             validate()
         except ConfigError:
             raise
         except ValueError as exc:
-            raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {exc}") from None
-    return obj
+            raise ConfigError(f"{where or type(config).__name__}: {exc}") from None
+    return config
 
 
 def to_dict(config: Any) -> dict[str, Any]:
