@@ -1,5 +1,5 @@
-"""``lifelong edit``: apply, roll back, list, generate with, evaluate and benchmark lifelong edits
-(user guide: ``docs/editing.md``).
+"""``lifelong edit``: apply, roll back, list, generate with, evaluate, benchmark, export and import lifelong
+edits (user guide: ``docs/editing.md``; export/import: ``docs/serving.md``).
 
 Every command that needs the language model loads it once, whatever the number of prompts or edits. ``rollback``
 and ``list`` only touch the store, so they do not load the model at all. Those that load it take ``--device``
@@ -20,6 +20,7 @@ from typing import Any
 from lifelong.benchmarks.edits import bundled_edits_path, load_edits, load_prompts
 from lifelong.editing.bench import run_edit_bench
 from lifelong.editing.editor import EditRequest
+from lifelong.editing.export import check_import, export_peft, import_peft
 from lifelong.editing.metrics import evaluate_store
 from lifelong.editing.session import EditSession
 from lifelong.editing.store import EditStore
@@ -83,6 +84,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--json", action="store_true")
     _add_device_options(ev)
     ev.set_defaults(handler=cmd_eval)
+
+    ex = sub.add_parser("export", help="write one SoLA edit as a PEFT LoRA adapter folder")
+    ex.add_argument("--store", required=True)
+    ex.add_argument("--id", type=int, required=True, help="the edit's id (`lifelong edit list`)")
+    ex.add_argument("--out", required=True, help="new folder (adapter_config.json, adapter_model.safetensors)")
+    ex.add_argument("--json", action="store_true")
+    ex.set_defaults(handler=cmd_export)
+
+    im = sub.add_parser("import", help="add a PEFT LoRA adapter to a SoLA store as one edit routed by --prompt")
+    im.add_argument("--store", required=True, help="edit store directory (created if missing)")
+    im.add_argument("--adapter", required=True, help="PEFT adapter folder")
+    im.add_argument("--prompt", required=True, help="the prompt whose key routes to the adapter")
+    im.add_argument("--target", required=True, help="what the adapter makes the model say (recorded in the store)")
+    im.add_argument("--model", default=None)
+    im.add_argument("--json", action="store_true")
+    _add_device_options(im)
+    im.set_defaults(handler=cmd_import)
 
     be = sub.add_parser("bench", help="sequential editing benchmark on a fresh store, with rollback of half")
     be.add_argument("--editor", required=True)
@@ -184,6 +202,29 @@ def cmd_list(args: argparse.Namespace) -> int:
         for r in rows:
             flag = f"  !! {r['problem']}" if "problem" in r else ""
             print(f"{r['id']:>5}  {r['status']:<11}  {r['editor']:<6}  {r['prompt']!r} -> {r['target']!r}{flag}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    out = export_peft(args.store, args.id, args.out)
+    if args.json:
+        print(json.dumps({"exported": args.id, "out": str(out)}))
+    else:
+        print(f"exported edit {args.id} to {out} (PEFT LoRA adapter)")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    check_import(args.store, args.adapter)  # a bad folder or a store that cannot take it fails before the model loads
+    session = _session(args, editor="sola" if not Path(args.store, "edits.sqlite").is_file() else None)
+    try:
+        rec = import_peft(session, args.adapter, args.prompt, args.target)
+    finally:
+        session.close()
+    if args.json:
+        print(json.dumps({"imported": rec.id, "prompt": rec.prompt, "target": rec.target}))
+    else:
+        print(f"imported {args.adapter} as edit {rec.id}: {rec.prompt!r} -> {rec.target!r}")
     return 0
 
 

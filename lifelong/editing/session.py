@@ -5,6 +5,15 @@ faiss index the routing editors search, ``editing/router.py``), re-activates the
 clear message each, those whose adapter file fails its hash) and offers apply / rollback / generate /
 teacher-forced scoring. It uses the store through its public methods only.
 
+Concurrency (for a long-lived user such as the server, ``lifelong/serving/``): ``lock`` (a re-entrant mutex) is
+held by every method that touches the model's edit state or runs the model (apply, rollback, sync, generate,
+teacher-forced scoring); a caller that runs the model itself holds it too. One mutex rather than a reader-writer
+lock: the routed LoRA keeps its routing decision on the model between forwards, and training an edit puts a
+trainable LoRA on every input, so two forwards of one model can never overlap anyway. A generation therefore
+sees the edits as they were before an apply or after it, never half of one. ``sync`` picks up other writers'
+changes (another server, the CLI): it compares the store's change counter (``EditStore.version``) and only
+when it moved switches edits on and off to match the store's active rows.
+
 Without a store (``store=None``) the session is the unedited base model: generate and score, nothing to apply.
 
 Device and precision are session options (``device``, ``precision``), not part of the editor config a store fixes:
@@ -17,6 +26,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from typing import Any, Sequence
 
 import numpy as np
@@ -84,6 +94,8 @@ class EditSession:
         if device is not None or loaded is None:
             device = resolve_edit_device(str(device or "auto"))
         self.quiet = quiet
+        self.lock = threading.RLock()
+        self._seen_version: int | None = None
         self.problems: list[tuple[int, str]] = []
         self.loaded_ids: list[int] = []
         if store is None:
@@ -132,8 +144,33 @@ class EditSession:
         self.editor_config = to_dict(self.editor.config) if self.editor.config is not None else {}
         self.editor.bind_router(self.store.router(metric=self.editor.metric))
         self.editor.attach(self.model, self.tokenizer)
+        self._seen_version = self.store.version()
         for rec in self.store.active_edits():
             self._activate(rec)
+
+    def sync(self) -> bool:
+        """Match the model's edits to the store's active rows if another writer changed them since the last look
+        (one meta read when nothing changed); returns whether anything was re-read. Idempotent: the version is read
+        before the rows, so a write that lands in between is picked up by the next call."""
+        if self.store is None:
+            return False
+        with self.lock:
+            version = self.store.version()
+            if version == self._seen_version:
+                return False
+            active = self.store.active_edits()
+            self.store.router()  # rebuilt in place (the editor holds this object) when the keys moved
+            active_ids = {r.id for r in active}
+            gone = [i for i in self.loaded_ids if i not in active_ids]
+            if gone:
+                self.editor.deactivate(gone)
+                self.loaded_ids = [i for i in self.loaded_ids if i in active_ids]
+            loaded, refused = set(self.loaded_ids), {i for i, _ in self.problems}
+            for rec in active:
+                if rec.id not in loaded and rec.id not in refused:
+                    self._activate(rec)
+            self._seen_version = version
+            return True
 
     def _activate(self, rec: EditRecord) -> bool:
         try:
@@ -163,29 +200,53 @@ class EditSession:
         """Train one edit, store it atomically (its tensors from CPU, with the device and precision it was trained
         with in ``extra``), switch it on."""
         store = self._require_store("apply")
-        if store.editor_spec() is None:
-            store.set_editor(self.editor_name, self.editor_config, metric=self.editor.metric)
-        art = self.editor.train_edit(prompt, target)
-        tensors = {k: v.detach().cpu() for k, v in art.tensors.items()}
-        rec = store.add_edit(
-            prompt, target, editor=self.editor_name, tensors=tensors, key=art.key, layer=art.layer,
-            editor_config=self.editor_config,
-            extra={**(extra or {}), **art.extra, "device": str(self.device), "precision": self.precision},
-        )
-        store.router()  # in step with the rows (the key went in with the row unless another writer got between)
-        self.editor.activate(rec.id, rec.key, art.tensors, target)
-        self.loaded_ids.append(rec.id)
-        return rec
+        with self.lock:
+            self.sync()  # FT-L trains on top of the edits in force: have the other writers' ones
+            if store.editor_spec() is None:
+                store.set_editor(self.editor_name, self.editor_config, metric=self.editor.metric)
+            art = self.editor.train_edit(prompt, target)
+            return self.add_trained(prompt, target, art.tensors, art.key, art.layer,
+                                    {**(extra or {}), **art.extra, "device": str(self.device),
+                                     "precision": self.precision})
+
+    def add_trained(self, prompt: str, target: str, tensors: dict[str, Any], key: Any, layer: str,
+                    extra: dict[str, Any] | None = None) -> EditRecord:
+        """Store an edit trained elsewhere (``apply``'s second half; ``editing/export.py`` imports a PEFT adapter
+        with it) and switch it on."""
+        store = self._require_store("add an edit")
+        with self.lock:
+            if store.editor_spec() is None:
+                store.set_editor(self.editor_name, self.editor_config, metric=self.editor.metric)
+            cpu = {k: v.detach().cpu() for k, v in tensors.items()}
+            before = store.version()
+            rec = store.add_edit(prompt, target, editor=self.editor_name, tensors=cpu, key=key, layer=layer,
+                                 editor_config=self.editor_config, extra=extra or {})
+            store.router()  # in step with the rows (the key went in with the row unless another writer got between)
+            self.editor.activate(rec.id, rec.key, tensors, target)
+            self.loaded_ids.append(rec.id)
+            self._after_own_write(before, 1)
+            return rec
 
     def rollback(self, ids: Sequence[int]) -> list[tuple[int, bool]]:
         """Roll edits back in the store and in the model; unknown ids raise, repeated ids are no-ops."""
         store = self._require_store("rollback")
-        out = store.rollback(ids)  # the keys leave the router in the same transaction as the rows
-        store.router()
-        changed = [i for i, c in out if c]
-        self.editor.deactivate(changed)
-        self.loaded_ids = [i for i in self.loaded_ids if i not in set(changed)]
-        return out
+        with self.lock:
+            before = store.version()
+            out = store.rollback(ids)  # the keys leave the router in the same transaction as the rows
+            store.router()
+            changed = [i for i, c in out if c]
+            self.editor.deactivate([i for i in changed if i in set(self.loaded_ids)])
+            self.loaded_ids = [i for i in self.loaded_ids if i not in set(changed)]
+            self._after_own_write(before, 1 if changed else 0)
+            return out
+
+    def _after_own_write(self, before: int, bumps: int) -> None:
+        """After this session's own write: if the counter moved by exactly that write and we were in step
+        before it, we still are (no re-read); otherwise another writer got in between, so ``sync``."""
+        if self._seen_version == before and self.store.version() == before + bumps:
+            self._seen_version = before + bumps
+        else:
+            self.sync()
 
     def _require_store(self, what: str) -> EditStore:
         if self.store is None:
@@ -200,7 +261,7 @@ class EditSession:
         results = []
         for prompt in prompts:
             enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.device)
-            with torch.no_grad(), self.editor.autocast(), self.editor.routing():
+            with self.lock, torch.no_grad(), self.editor.autocast(), self.editor.routing():
                 out = self.model.generate(
                     **enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                     pad_token_id=self.tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None,
@@ -233,7 +294,7 @@ class EditSession:
                 mask[i, : len(p) + len(t)] = 1
             ids, mask = ids.to(self.device), mask.to(self.device)
             qidx = torch.tensor([len(p) - 1 for p, _ in chunk], device=self.device)
-            with torch.no_grad(), self.editor.autocast(), self.editor.routing(qidx):
+            with self.lock, torch.no_grad(), self.editor.autocast(), self.editor.routing(qidx):
                 logits = self.model(input_ids=ids, attention_mask=mask).logits
             preds = logits.argmax(-1).cpu().numpy()
             for i, (p, t) in enumerate(chunk):

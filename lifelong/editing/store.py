@@ -21,7 +21,9 @@ The router is kept in step with the rows inside the same SQLite transaction: eve
 the commit, the in-memory index of this process. The index file is only a cache: it is written after a rebuild,
 by ``save_router`` and on ``close``, and a crash anywhere leaves either the old file (its checksum no longer the
 store's after a committed change, so it is rebuilt) or a file that matches. Another process's writes are seen
-the same way: ``router()`` compares one meta value and rebuilds when it moved.
+the same way: ``router()`` compares one meta value and rebuilds when it moved. A second meta value, ``version``
+(``EditStore.version()``), counts every add and every rollback that changed a row, keyed or not, in the same
+transaction; a long-lived reader (the server) compares it to know when to re-read the active edits.
 
 The router's metric is the editor's (``Editor.metric``), written to the meta data by ``set_editor`` (or given
 when the store is created for use without an editor). Stores made before the metric was recorded (schema 1,
@@ -270,6 +272,16 @@ class EditStore:
     def _set_meta(self, key: str, value: str) -> None:
         self._conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
 
+    def _bump_version(self) -> None:
+        """Inside a write transaction: move the store's change counter (see ``version``)."""
+        self._set_meta("version", str(int(self._meta("version") or 0) + 1))
+
+    def version(self) -> int:
+        """The store's change counter: moves in the same transaction as every add and every rollback that changed
+        a row, whoever the writer (this process or another). One indexed read, so a long-lived reader (the server,
+        ``lifelong/serving/``) can compare it before each generation and reload only when it moved."""
+        return int(self._meta("version") or 0)
+
     def meta(self) -> dict[str, str]:
         """All meta data of the store (schema version, metric, model identity, editor)."""
         return dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
@@ -461,6 +473,7 @@ class EditStore:
                      time.time()),
                 )
                 new_id = int(cur.lastrowid)
+                self._bump_version()
                 hook("inserted")
                 if key_blob is not None:
                     self._router_update(added=[(new_id, key_blob)])
@@ -488,6 +501,7 @@ class EditStore:
                   blobs[j], dim, now) for j, i in enumerate(ids)),
             )
             self._router_update(added=list(zip(ids, blobs)))
+            self._bump_version()
         return ids
 
     def rollback(self, ids: Sequence[int], *, _crash_hook: Callable[[str], None] | None = None
@@ -523,6 +537,8 @@ class EditStore:
                     if key is not None:
                         removed.append((i, key))
                 out.append((i, changed))
+            if any(c for _, c in out):
+                self._bump_version()
             if removed:
                 self._router_update(removed=removed)
                 hook("routed")

@@ -23,6 +23,11 @@ Where the paper is silent or where this module departs from it:
 - Defaults: the key site and the threshold were measured on SmolLM2-135M with ``bench/edit_keys.py`` (see the
   table in ``docs/editing.md``); rank, modules and the training schedule were chosen so every bundled edit
   converges in a few steps (``bench/edit_bench.py``).
+- PEFT export (``editing/export.py``, ``lifelong edit export|import``): an edit's tensors already carry PEFT's
+  names (``lora_tensor_names``) and shapes (A ``(r, in)``, B ``(out, r)``, scale ``alpha / r``), so an edit is a
+  standard LoRA adapter (``peft_adapter``); what PEFT cannot express is the routing: the adapter is on for every
+  input, so it reproduces SoLA only on inputs SoLA routes to that edit. ``from_peft`` takes one back, refusing
+  an adapter whose rank, alpha or target modules are not this editor's.
 - Keys, the centre and the frozen LoRA weights live on the model's device; keys are computed under the session's
   precision (the router sees queries computed the same way), and returned to the store as float32 numpy.
 """
@@ -172,6 +177,62 @@ class SoLAEditor(Editor):
             tensors[na], tensors[nb] = a, b
         return EditArtifact(tensors=tensors, key=key, layer=self.routed.names[0],
                             extra={"steps": steps, "final_loss": round(loss, 5)})
+
+    # ------------------------------------------------------------------ PEFT adapters (editing/export.py)
+    @classmethod
+    def peft_adapter(cls, config: SoLAConfig, tensors: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``(LoraConfig keyword arguments, state dict in PEFT's names)`` of one stored edit: the same rank, scale
+        and modules, the tensors as they are (their names are PEFT's already)."""
+        suffix = ".lora_A.weight"
+        modules = sorted(k[len("base_model.model."):-len(suffix)] for k in tensors if k.endswith(suffix))
+        if not modules:
+            raise ValueError("the edit holds no LoRA tensors")
+        for m in modules:
+            na, nb = lora_tensor_names(m)
+            if nb not in tensors:
+                raise ValueError(f"the edit has lora_A but no lora_B for {m}")
+        kwargs = {"r": int(config.rank), "lora_alpha": config.alpha, "target_modules": modules, "lora_dropout": 0.0,
+                  "bias": "none", "task_type": "CAUSAL_LM", "use_rslora": False, "fan_in_fan_out": False}
+        return kwargs, dict(tensors)
+
+    @classmethod
+    def check_peft_config(cls, config: SoLAConfig, adapter_config: dict[str, Any]) -> None:
+        """Refuse (ValueError) an adapter config that is not a plain LoRA of this config's rank and scale (checked
+        before any model is loaded)."""
+        if str(adapter_config.get("peft_type", "LORA")).upper() != "LORA":
+            raise ValueError(f"peft_type is {adapter_config.get('peft_type')!r}; only LORA adapters can be imported")
+        for flag in ("use_dora", "use_rslora", "fan_in_fan_out"):
+            if adapter_config.get(flag):
+                raise ValueError(f"{flag} is set; SoLA's LoRA is a plain one (B A x, scale alpha / r)")
+        if adapter_config.get("bias", "none") != "none" or adapter_config.get("modules_to_save"):
+            raise ValueError("the adapter trains biases or whole modules; SoLA stores only LoRA matrices")
+        r, alpha = int(adapter_config.get("r", 0)), float(adapter_config.get("lora_alpha", 0))
+        if r != config.rank or abs(alpha / r - config.alpha / config.rank) > 1e-9:
+            raise ValueError(f"rank {r}, alpha {alpha}: this store's SoLA uses rank {config.rank}, "
+                             f"alpha {config.alpha}")
+
+    def from_peft(self, adapter_config: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+        """The store tensors of a PEFT LoRA adapter made for this editor's modules, rank and scale (an adapter saved
+        by ``peft_adapter`` or trained with PEFT on the same modules); anything else is refused with the reason."""
+        self.check_peft_config(self.config, adapter_config)
+        r = int(adapter_config["r"])
+        tensors: dict[str, Any] = {}
+        for name in self.routed.names:
+            na, nb = lora_tensor_names(name)
+            for want in (na, nb):
+                hit = [k for k in state if k == want or k == want.replace(".weight", ".default.weight")]
+                if not hit:
+                    raise ValueError(f"the adapter has no {want} (this store's SoLA edits {', '.join(self.routed.names)})")
+                tensors[want] = state[hit[0]].detach().float().cpu()
+            mod = self.model.get_submodule(name)
+            if tuple(tensors[na].shape) != (r, mod.in_features) or tuple(tensors[nb].shape) != (mod.out_features, r):
+                raise ValueError(f"{name}: LoRA shapes {tuple(tensors[na].shape)}, {tuple(tensors[nb].shape)} do not "
+                                 f"fit the module ({mod.out_features} x {mod.in_features}, rank {r})")
+        extra = sorted(k for k in state if not any(k in (n, n.replace(".weight", ".default.weight"))
+                                                   for name in self.routed.names for n in lora_tensor_names(name)))
+        if extra:
+            raise ValueError(f"the adapter holds tensors on modules this store's SoLA does not edit: {extra[:3]}")
+        return tensors
 
     # ------------------------------------------------------------------ switching edits
     def activate(self, edit_id: int, key: np.ndarray | None, tensors: dict[str, Any], target: str = "") -> None:

@@ -1,0 +1,210 @@
+"""Load on ``lifelong serve``: N concurrent clients send a fixed number of completions while edits are applied and
+rolled back over HTTP; throughput, latency percentiles, errors, partial edits, and the store checked afterwards.
+
+    python bench/serve_load.py [--clients 4] [--requests 40] [--max-tokens 16] [--cycles 2] [--model NAME]
+
+The server is the real command (``python -m lifelong serve``) in a subprocess on a free 127.0.0.1 port with a
+fresh store and a random token; the clients are threads with the official ``openai`` client. Prompts alternate
+between edit prompts of the bundled set (which a writer thread edits and rolls back ``--cycles`` times during the
+run) and their locality prompts. Before the run each edit prompt's greedy output is recorded unedited and edited
+(apply, generate, roll back); during the run every answer to an edit prompt must be exactly one of the two, and
+carry the matching ``edit_id`` (an answer that is neither is a *partial edit*). Afterwards the store's active
+keyed rows must be exactly the ids in its faiss index, and every adapter file must pass its hash.
+
+The server generates one request at a time (batch 1): there is no dynamic batching, so none is measured.
+Bounded: every request has a timeout, the run stops after ``--max-seconds``, the server is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))] if xs else float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--requests", type=int, default=40, help="completions in all (spread over the clients)")
+    ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument("--edits", type=int, default=2, help="bundled edits the writer applies and rolls back")
+    ap.add_argument("--cycles", type=int, default=2, help="apply + rollback rounds of all --edits during the run")
+    ap.add_argument("--model", default=None, help="default: smollm2-135m")
+    ap.add_argument("--max-seconds", type=float, default=600)
+    ap.add_argument("--workdir", default=None)
+    args = ap.parse_args()
+    import httpx
+    import openai
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="serve-load-"))
+    work.mkdir(parents=True, exist_ok=True)
+    store = work / "store"
+    recs = [json.loads(x) for x in (ROOT / "lifelong/benchmarks/data/edits-smollm2.jsonl").read_text().splitlines()]
+    recs = recs[: args.edits]
+    token, port = secrets.token_hex(16), _free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "lifelong", "serve", "--store", str(store), "--host", "127.0.0.1", "--port", str(port),
+           "--max-tokens", str(max(64, args.max_tokens))]
+    if args.model:
+        cmd += ["--model", args.model]
+    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", **os.environ, "LIFELONG_TOKEN": token}
+    if (ROOT / ".cache" / "lifelong").is_dir():  # the weight cache the tests use, when there is one
+        env.setdefault("LIFELONG_CACHE", str(ROOT / ".cache" / "lifelong"))
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(work / "server.log", "w"))
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the server did not start; see {work / 'server.log'}")
+            time.sleep(0.5)
+        model = httpx.get(url + "/v1/models").json()["data"][0]["id"]
+        print(f"server up in {time.perf_counter() - t0:.1f} s: {model}, store {store}")
+        auth = {"Authorization": f"Bearer {token}"}
+        client = openai.OpenAI(base_url=url + "/v1", api_key=token, timeout=300, max_retries=0)
+
+        def complete(c: openai.OpenAI, prompt: str) -> tuple[str, int | None]:
+            ch = c.completions.create(model=model, prompt=prompt, max_tokens=args.max_tokens, temperature=0).choices[0]
+            return ch.text, ch.model_extra.get("edit_id")
+
+        # reference answers of every edit prompt, unedited and edited
+        base, edited = {}, {}
+        for r in recs:
+            base[r["prompt"]] = complete(client, r["prompt"])[0]
+        t = time.perf_counter()
+        ids = [e["id"] for e in httpx.post(url + "/v1/edits", json=[{"prompt": r["prompt"], "target": r["target"]}
+                                                                    for r in recs], headers=auth, timeout=300).json()["data"]]
+        print(f"reference edits applied in {time.perf_counter() - t:.1f} s")
+        for r in recs:
+            edited[r["prompt"]] = complete(client, r["prompt"])[0]
+        for i in ids:
+            httpx.delete(f"{url}/v1/edits/{i}", headers=auth, timeout=60)
+        for r in recs:
+            assert complete(client, r["prompt"])[0] == base[r["prompt"]], "rollback did not restore the output"
+        prompts = [p for r in recs for p in (r["prompt"], r["locality"][0])]
+
+        lat: list[float] = []
+        errors: list[str] = []
+        partial: list[tuple[str, str, int | None]] = []
+        checked = [0]
+        writes: list[tuple[str, float]] = []
+        done = threading.Event()
+        lock = threading.Lock()
+        counter = iter(range(args.requests))
+        stop_at = time.monotonic() + args.max_seconds
+
+        def worker() -> None:
+            c = openai.OpenAI(base_url=url + "/v1", api_key=token, timeout=300, max_retries=0)
+            while time.monotonic() < stop_at:
+                with lock:
+                    n = next(counter, None)
+                if n is None:
+                    return
+                p = prompts[n % len(prompts)]
+                t = time.perf_counter()
+                try:
+                    text, eid = complete(c, p)
+                except Exception as exc:  # counted, the run goes on
+                    with lock:
+                        errors.append(f"{type(exc).__name__}: {exc}")
+                    continue
+                with lock:
+                    lat.append(time.perf_counter() - t)
+                    if p in base:
+                        checked[0] += 1
+                        if (text, eid is None) not in {(base[p], True), (edited[p], False)}:
+                            partial.append((p, text, eid))
+
+        def writer() -> None:
+            for _ in range(args.cycles):
+                if done.is_set():
+                    return
+                t = time.perf_counter()
+                r = httpx.post(url + "/v1/edits", json=[{"prompt": x["prompt"], "target": x["target"]} for x in recs],
+                               headers=auth, timeout=300)
+                writes.append(("apply", time.perf_counter() - t))
+                if r.status_code != 201:
+                    errors.append(f"apply: HTTP {r.status_code} {r.text[:200]}")
+                    return
+                time.sleep(0.5)
+                for e in r.json()["data"]:
+                    t = time.perf_counter()
+                    d = httpx.delete(f"{url}/v1/edits/{e['id']}", headers=auth, timeout=60)
+                    writes.append(("rollback", time.perf_counter() - t))
+                    if d.status_code != 200:
+                        errors.append(f"rollback: HTTP {d.status_code}")
+                time.sleep(0.5)
+
+        threads = [threading.Thread(target=worker) for _ in range(args.clients)]
+        wt = threading.Thread(target=writer)
+        t_run = time.perf_counter()
+        for th in threads:
+            th.start()
+        wt.start()
+        for th in threads:
+            th.join()
+        wall = time.perf_counter() - t_run
+        done.set()
+        wt.join()
+        health = httpx.get(url + "/healthz").json()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+    from lifelong.editing.store import EditStore
+
+    with EditStore.open(store, create=False) as st:
+        active = {r.id for r in st.active_edits() if r.key is not None}
+        indexed = st.router().ids()
+        bad = st.verify()
+        n_rows = len(st.all_edits())
+    applies = [s for k, s in writes if k == "apply"]
+    rollbacks = [s for k, s in writes if k == "rollback"]
+    print(f"clients {args.clients}, requests {len(lat) + len(errors)} (max_tokens {args.max_tokens}, greedy), "
+          f"batch 1 (no dynamic batching), wall {wall:.1f} s")
+    print(f"throughput {len(lat) / wall:.2f} req/s; latency p50 {_pct(lat, 0.5):.3f} s, p99 {_pct(lat, 0.99):.3f} s, "
+          f"max {max(lat) if lat else float('nan'):.3f} s")
+    print(f"errors {len(errors)}; partial edits seen {len(partial)}; "
+          f"answers to edit prompts checked {checked[0]}")
+    print(f"writes during the run: {len(applies)} applies of {len(recs)} edits (median {statistics.median(applies) if applies else 0:.2f} s), "
+          f"{len(rollbacks)} rollbacks (median {statistics.median(rollbacks) if rollbacks else 0:.3f} s)")
+    print(f"store afterwards: {n_rows} rows, {len(active)} active keyed, index holds {len(indexed)}, "
+          f"rows == index: {active == indexed}, corrupt files: {len(bad)}; server generations {health['generations']}")
+    for e in errors[:5]:
+        print("  error:", e)
+    for p in partial[:5]:
+        print("  partial:", p)
+
+
+if __name__ == "__main__":
+    main()

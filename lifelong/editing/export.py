@@ -1,0 +1,151 @@
+"""One stored edit as a standard PEFT LoRA adapter folder, and back (``lifelong edit export|import``).
+
+Export writes ``adapter_config.json`` (a ``peft.LoraConfig``) and ``adapter_model.safetensors`` (PEFT's tensor
+names) into a new folder, built beside the destination and renamed into place, so ``PeftModel.from_pretrained(base,
+folder)`` loads it. Only editors whose class offers ``peft_adapter(config, tensors)`` can export (SoLA, whose edits
+are plain LoRAs); GRACE's codebook values and FT-L's weight deltas are refused with a clear error. The editor is
+found through the registry by the name the store recorded, so this module imports no editor.
+
+What PEFT cannot express is SoLA's routing: the exported adapter is on for every input, so it gives SoLA's output
+on the inputs SoLA routes to that edit (the edit's prompt, close paraphrases) and changes the others too.
+
+Import is the reverse for a store whose editor offers ``from_peft`` (SoLA): the adapter's rank, scale and modules
+must be the store's; the routing key is computed from ``--prompt`` exactly as SoLA computes it when it trains an
+edit (``key_of``: the first edited module's input at the last prompt token, minus the centre), and the edit goes
+into the store through the session (one transaction, like an applied edit).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from lifelong.editing.session import EditSession
+from lifelong.editing.store import EditStore
+from lifelong.platform import registry
+from lifelong.platform.atomic import fsync_dir, fsync_tree
+from lifelong.platform.config import build_config
+from lifelong.platform.errors import UserError
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+#: what the edit was (prompt, target, store, id); PEFT ignores it
+EDIT_INFO = "lifelong_edit.json"
+
+
+def export_peft(store: str | os.PathLike, edit_id: int, out: str | os.PathLike) -> Path:
+    """Write edit ``edit_id`` of ``store`` as a PEFT LoRA adapter folder ``out`` (which must not exist or be empty)."""
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"--out {out} exists and is not an empty folder")
+    store_path = Path(store)
+    if not (store_path / "edits.sqlite").is_file():
+        raise UserError(f"{store_path} is not an edit store (no edits.sqlite)")
+    with EditStore.open(store_path, create=False) as st:
+        rec = st.get(edit_id)
+        spec = registry.get("editor", rec.editor)
+        to_peft = getattr(spec.factory, "peft_adapter", None)
+        if to_peft is None:
+            raise UserError(f"edit {rec.id} was made by {rec.editor}, which does not store a LoRA; only SoLA edits "
+                            "can be exported as PEFT adapters")
+        if not rec.adapter_file:
+            raise UserError(f"edit {rec.id} has no stored weights (a key-only row) and cannot be exported")
+        tensors = st.load_tensors(rec)  # checks the file's hash
+        stored_config = rec.editor_config or (st.editor_spec() or ("", {}))[1]
+        model_name = st.meta().get("model_name")
+    config = build_config(spec.config, stored_config) if spec.config is not None else None
+    try:
+        kwargs, state = to_peft(config, tensors)
+    except ValueError as exc:
+        raise UserError(f"edit {rec.id}: {exc}") from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        LoraConfig(base_model_name_or_path=model_name, **kwargs).save_pretrained(str(tmp))
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+        (tmp / EDIT_INFO).write_text(json.dumps({
+            "edit_id": rec.id, "prompt": rec.prompt, "target": rec.target, "status": rec.status,
+            "editor": rec.editor, "store": str(store_path), "model_name": model_name,
+        }, indent=1) + "\n")
+        fsync_tree(tmp)
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        os.replace(tmp, out)
+        fsync_dir(out.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def read_peft(adapter: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(adapter_config, state dict)`` of a PEFT adapter folder; one clear error for anything missing."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(adapter)
+    if not (folder / ADAPTER_CONFIG).is_file():
+        raise UserError(f"--adapter {folder} is not a PEFT adapter folder (no {ADAPTER_CONFIG})")
+    if not (folder / ADAPTER_WEIGHTS).is_file():
+        raise UserError(f"--adapter {folder} has no {ADAPTER_WEIGHTS} (only safetensors adapters are read)")
+    try:
+        config = json.loads((folder / ADAPTER_CONFIG).read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{folder / ADAPTER_CONFIG}: not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{folder / ADAPTER_CONFIG}: not a JSON object")
+    try:
+        state = load_file(str(folder / ADAPTER_WEIGHTS))
+    except (OSError, SafetensorError) as exc:
+        raise UserError(f"{folder / ADAPTER_WEIGHTS}: cannot be read ({exc})") from None
+    return config, state
+
+
+def check_import(store: str | os.PathLike, adapter: str | os.PathLike) -> None:
+    """What can be checked before the model loads: the adapter folder reads, and an existing store's editor can
+    import it (``from_peft``) with the store's config (``check_peft_config``: type, rank, scale)."""
+    config, _ = read_peft(adapter)
+    if not (Path(store) / "edits.sqlite").is_file():
+        return
+    with EditStore.open(store, create=False) as st:
+        spec = st.editor_spec()
+    if spec is None:
+        return
+    factory = registry.get("editor", spec[0])
+    if not hasattr(factory.factory, "from_peft"):
+        raise UserError(f"store {store} holds {spec[0]} edits; only a SoLA store can import a PEFT LoRA adapter")
+    check = getattr(factory.factory, "check_peft_config", None)
+    if check is not None and factory.config is not None:
+        try:
+            check(build_config(factory.config, spec[1]), config)
+        except ValueError as exc:
+            raise UserError(f"--adapter {adapter}: {exc}") from None
+
+
+def import_peft(session: EditSession, adapter: str | os.PathLike, prompt: str, target: str) -> Any:
+    """Add a PEFT LoRA adapter to the session's store as one edit routed by ``prompt``; returns its record."""
+    if not prompt.strip():
+        raise UserError("--prompt is empty")
+    if not target.strip():
+        raise UserError("--target is empty")
+    editor = session.editor
+    from_peft, key_of = getattr(editor, "from_peft", None), getattr(editor, "key_of", None)
+    if from_peft is None or key_of is None:
+        raise UserError(f"store {session.store.path} holds {session.editor_name} edits; only a SoLA store can "
+                        "import a PEFT LoRA adapter")
+    config, state = read_peft(adapter)
+    try:
+        tensors = from_peft(config, state)
+    except ValueError as exc:
+        raise UserError(f"--adapter {adapter}: {exc}") from None
+    with session.lock:
+        key = key_of([prompt])[0]
+        return session.add_trained(prompt, target, tensors, key, editor.routed.names[0],
+                                   {"imported_from": str(Path(adapter).resolve())})

@@ -1,0 +1,268 @@
+"""The HTTP API (FastAPI): OpenAI-compatible completions, chat completions and models, plus the edit endpoints.
+
+- ``POST /v1/completions``, ``POST /v1/chat/completions``: ``model`` (must be the served model's name),
+  ``prompt`` (a string, or a list of one) / ``messages``, ``max_tokens``, ``temperature`` (0: greedy; OpenAI's
+  default 1), ``top_p``, ``stop`` (a string or up to 4), ``n`` (only 1), ``seed``, ``stream`` (server-sent events,
+  ``data: {chunk}`` lines ending with ``data: [DONE]``). Each choice also says which edit, if any, routed it
+  (``edit_id``, an extension OpenAI clients ignore).
+- ``GET /v1/models``; ``GET /healthz``.
+- ``POST /v1/edits`` (one edit, a list, or ``{"edits": [...]}``: the JSON Lines edit file's fields),
+  ``GET /v1/edits``, ``DELETE /v1/edits/{id}`` (rollback).
+
+Security: the write endpoints (``POST /v1/edits``, ``DELETE /v1/edits/{id}``) need ``Authorization: Bearer
+TOKEN`` when the app has a token (``--token``/``LIFELONG_TOKEN``; compared in constant time); without one they are
+open, which ``server.check_security`` allows only on a loopback host with ``--insecure-no-auth``. Request bodies
+over ``max_body_bytes`` are refused (413) before they are read whole. Every error is OpenAI's JSON
+(``{"error": {"message", "type", "param", "code"}}``) with a 4xx status; an unexpected failure is a 500 with a
+generic message and no traceback.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+import uuid
+from typing import Any, Literal, Optional, Union
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from lifelong.serving.engine import Engine, GenParams, Generation, RequestError, validate_edits
+
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+
+
+class _Sampling(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    max_tokens: Optional[int] = Field(default=16, ge=1)
+    temperature: Optional[float] = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: Optional[float] = Field(default=1.0, gt=0.0, le=1.0)
+    n: Optional[int] = 1
+    stop: Optional[Union[str, list[str]]] = None
+    seed: Optional[int] = None
+    stream: Optional[bool] = False
+
+
+class CompletionRequest(_Sampling):
+    prompt: Union[str, list[str]]
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ChatRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: Optional[int] = Field(default=None, ge=1)
+
+
+def _error(status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
+           code: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": type, "param": param, "code": code}},
+                        status_code=status, headers=headers)
+
+
+class _BodyLimit:
+    """ASGI middleware: refuse a body over ``limit`` bytes (by Content-Length, or while it streams in)."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        too_big = _error(413, f"request body larger than {self.limit} bytes", code="body_too_large")
+        if length is not None:
+            try:
+                if int(length) > self.limit:
+                    return await too_big(scope, receive, send)
+            except ValueError:
+                return await _error(400, "bad Content-Length header")(scope, receive, send)
+            return await self.app(scope, receive, send)
+        chunks, size = [], 0  # chunked: read it here, up to the limit, then replay it
+        while True:
+            msg = await receive()
+            if msg["type"] != "http.request":
+                return
+            size += len(msg.get("body", b""))
+            if size > self.limit:
+                return await too_big(scope, receive, send)
+            chunks.append(msg.get("body", b""))
+            if not msg.get("more_body"):
+                break
+        body, sent = b"".join(chunks), False
+
+        async def replay() -> Any:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+
+def create_app(engine: Engine, *, token: str | None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+    """The API over ``engine``; ``token`` None leaves the write endpoints open (see ``server.check_security``)."""
+    app = FastAPI(title="lifelong serve", docs_url=None, redoc_url=None, openapi_url=None)
+    created = int(time.time())
+
+    @app.exception_handler(RequestError)
+    async def _request_error(request: Request, exc: RequestError) -> JSONResponse:
+        return _error(exc.status, exc.message, type=exc.type, param=exc.param, code=exc.code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errs = exc.errors()
+        first = errs[0] if errs else {}
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        param = ".".join(loc) or None
+        if first.get("type") == "json_invalid":
+            return _error(400, "the request body is not valid JSON", code="invalid_json")
+        msg = f"{param}: {first.get('msg', 'invalid value')}" if param else first.get("msg", "invalid request")
+        return _error(400, msg, param=param, code="invalid_value")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "not_found" if exc.status_code == 404 else "method_not_allowed" if exc.status_code == 405 else None
+        return _error(exc.status_code, str(exc.detail), code=kind)
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        return _error(500, "internal server error", type="server_error")
+
+    def _check_token(request: Request) -> None:
+        if token is None:
+            return
+        auth = request.headers.get("authorization", "")
+        scheme, _, given = auth.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise RequestError("a valid bearer token is needed to change the edits (Authorization: Bearer TOKEN)",
+                               type="authentication_error", code="invalid_api_key", status=401)
+
+    def _params(req: _Sampling, max_tokens: int | None) -> GenParams:
+        if req.model != engine.model_name:
+            raise RequestError(f"the model {req.model!r} does not exist; this server serves {engine.model_name!r}",
+                               param="model", code="model_not_found", status=404)
+        if (req.n or 1) != 1:
+            raise RequestError("only n=1 is supported", param="n", code="unsupported_value")
+        stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+        if len(stop) > 4 or any(not s for s in stop):
+            raise RequestError("stop: at most 4 non-empty strings", param="stop")
+        return GenParams(max_tokens=int(max_tokens or 16),
+                         temperature=float(1.0 if req.temperature is None else req.temperature),
+                         top_p=float(1.0 if req.top_p is None else req.top_p), stop=stop, seed=req.seed)
+
+    def _usage(g: Generation) -> dict[str, int]:
+        n = len(g.tokens)
+        return {"prompt_tokens": g.prompt_tokens, "completion_tokens": n, "total_tokens": g.prompt_tokens + n}
+
+    def _sse(ids: list[int], params: GenParams, chunk: Any) -> StreamingResponse:
+        def events() -> Any:
+            try:
+                for item in engine.stream(ids, params):
+                    if isinstance(item, Generation):
+                        yield f"data: {json.dumps(chunk(None, item))}\n\n"
+                    else:
+                        yield f"data: {json.dumps(chunk(item, None))}\n\n"
+            except RequestError as exc:
+                yield f"data: {json.dumps({'error': {'message': exc.message, 'type': exc.type, 'param': exc.param, 'code': exc.code}})}\n\n"
+            except Exception:
+                yield f"data: {json.dumps({'error': {'message': 'internal server error', 'type': 'server_error', 'param': None, 'code': None}})}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest) -> Any:
+        params = _params(req, req.max_tokens)
+        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+        if len(prompts) != 1 or not isinstance(prompts[0], str):
+            raise RequestError("prompt: give one string (batches of prompts are not supported)", param="prompt")
+        ids = engine.encode(prompts[0], params)
+        cid, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        if req.stream:
+            def chunk(delta: str | None, g: Generation | None) -> dict[str, Any]:
+                choice = {"index": 0, "text": delta or "", "logprobs": None,
+                          "finish_reason": g.finish_reason if g else None}
+                if g is not None:
+                    choice["edit_id"] = g.edit_id
+                return {"id": cid, "object": "text_completion", "created": now, "model": engine.model_name,
+                        "choices": [choice]}
+            return _sse(ids, params, chunk)
+        g = await run_in_threadpool(engine.generate, ids, params)
+        return {"id": cid, "object": "text_completion", "created": now, "model": engine.model_name,
+                "choices": [{"index": 0, "text": g.text, "logprobs": None, "finish_reason": g.finish_reason,
+                             "edit_id": g.edit_id}], "usage": _usage(g)}
+
+    @app.post("/v1/chat/completions")
+    async def chat(req: ChatRequest) -> Any:
+        params = _params(req, req.max_completion_tokens or req.max_tokens)
+        prompt = engine.chat_prompt([m.model_dump() for m in req.messages])
+        ids = engine.encode(prompt, params)
+        cid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        if req.stream:
+            first = [True]
+
+            def chunk(delta: str | None, g: Generation | None) -> dict[str, Any]:
+                d: dict[str, Any] = {}
+                if first[0]:
+                    d["role"], first[0] = "assistant", False
+                if delta:
+                    d["content"] = delta
+                choice = {"index": 0, "delta": d, "logprobs": None, "finish_reason": g.finish_reason if g else None}
+                if g is not None:
+                    choice["edit_id"] = g.edit_id
+                return {"id": cid, "object": "chat.completion.chunk", "created": now, "model": engine.model_name,
+                        "choices": [choice]}
+            return _sse(ids, params, chunk)
+        g = await run_in_threadpool(engine.generate, ids, params)
+        return {"id": cid, "object": "chat.completion", "created": now, "model": engine.model_name,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": g.text},
+                             "logprobs": None, "finish_reason": g.finish_reason, "edit_id": g.edit_id}],
+                "usage": _usage(g)}
+
+    @app.get("/v1/models")
+    async def models() -> Any:
+        return {"object": "list", "data": [{"id": engine.model_name, "object": "model", "created": created,
+                                            "owned_by": "lifelong"}]}
+
+    @app.post("/v1/edits", status_code=201)
+    async def post_edits(request: Request) -> Any:
+        _check_token(request)
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            raise RequestError("the request body is not valid JSON", code="invalid_json") from None
+        edits = validate_edits(body, engine.max_edits_per_request)
+        rows = await run_in_threadpool(engine.apply, edits)
+        return {"object": "list", "data": rows}
+
+    @app.get("/v1/edits")
+    async def get_edits() -> Any:
+        return {"object": "list", "data": await run_in_threadpool(engine.list_edits)}
+
+    @app.delete("/v1/edits/{edit_id}")
+    async def delete_edit(edit_id: str, request: Request) -> Any:
+        _check_token(request)
+        if not edit_id.isdigit():
+            raise RequestError(f"edit id must be a positive integer, got {edit_id!r}", param="id")
+        return await run_in_threadpool(engine.rollback, int(edit_id))
+
+    @app.get("/healthz")
+    async def healthz() -> Any:
+        return await run_in_threadpool(engine.health)
+
+    app.add_middleware(_BodyLimit, limit=max_body_bytes)
+    return app

@@ -1,0 +1,222 @@
+"""``lifelong serve`` end to end: a real uvicorn server on a free loopback port, the official ``openai`` client and
+httpx, on a tiny random Llama with SoLA (the plumbing, not the model's knowledge). One model and one server per
+module; every test leaves the store with no edit in force."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import httpx
+import openai
+import pytest
+
+from _llm_fixtures import tiny_llama  # noqa: F401
+from lifelong.cli.main import main
+from lifelong.editing.session import EditSession
+from lifelong.serving.server import BackgroundServer, ServerOptions, build_app, check_security
+from lifelong.platform.errors import UserError
+
+TOKEN = "test-token-123"
+SOLA = {"layers": [1], "modules": ["self_attn.o_proj", "mlp.down_proj"], "max_steps": 30, "lr": 0.05}
+PROMPT, TARGET = "The capital of Australia is", "Canberra"
+TINY_SET = ["--set", "layers=[1]", "--set", "modules=[self_attn.o_proj,mlp.down_proj]", "--set", "max_steps=30",
+            "--set", "lr=0.05"]
+
+
+@pytest.fixture(scope="module")
+def served(tiny_llama, tmp_path_factory):  # noqa: F811
+    store = tmp_path_factory.mktemp("serve") / "store"
+    session = EditSession(store, model=str(tiny_llama), editor="sola", editor_config=SOLA, quiet=True)
+    app = build_app(session, ServerOptions(token=TOKEN, max_tokens_limit=64, max_body_bytes=4096))
+    server = BackgroundServer(app).start()
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=TOKEN, timeout=120, max_retries=0)
+    yield {"server": server, "session": session, "client": client, "url": server.url, "store": store,
+           "model": session.model_name, "tiny": tiny_llama}
+    server.stop()
+    session.close()
+
+
+def _complete(s, prompt=PROMPT, **kw):
+    kw = {"max_tokens": 6, "temperature": 0, **kw}
+    return s["client"].completions.create(model=s["model"], prompt=prompt, **kw).choices[0]
+
+
+def _auth(token=TOKEN):
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _rollback_all(s):
+    for row in httpx.get(s["url"] + "/v1/edits").json()["data"]:
+        if row["status"] == "active":
+            httpx.delete(f"{s['url']}/v1/edits/{row['id']}", headers=_auth(), timeout=60)
+
+
+def test_completions_chat_stream_and_models(served):
+    s = served
+    assert [m.id for m in s["client"].models.list().data] == [s["model"]]
+    c = _complete(s)
+    assert c.finish_reason == "length" and c.text
+    streamed = list(s["client"].completions.create(model=s["model"], prompt=PROMPT, max_tokens=6, temperature=0,
+                                                   stream=True))
+    assert "".join(ch.choices[0].text for ch in streamed) == c.text
+    assert streamed[-1].choices[0].finish_reason == "length"
+    chat = s["client"].chat.completions.create(model=s["model"], messages=[{"role": "user", "content": "Hi"}],
+                                               max_tokens=5, temperature=0)
+    text = chat.choices[0].message.content
+    assert chat.choices[0].message.role == "assistant" and chat.usage.completion_tokens >= 1
+    chunks = list(s["client"].chat.completions.create(model=s["model"], messages=[{"role": "user", "content": "Hi"}],
+                                                      max_tokens=5, temperature=0, stream=True))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks) == text
+    # stop strings end the text before them; sampling with a seed is reproducible
+    stop_at = c.text.strip()[:2]
+    assert stop_at not in _complete(s, stop=[stop_at]).text
+    a, b = (_complete(s, temperature=0.9, seed=7).text for _ in range(2))
+    assert a == b
+
+
+def test_edit_over_http_changes_then_rollback_restores_exactly(served):
+    s = served
+    before = _complete(s, max_tokens=8)
+    r = httpx.post(s["url"] + "/v1/edits", json={"prompt": PROMPT, "target": TARGET}, headers=_auth(), timeout=120)
+    assert r.status_code == 201, r.text
+    edit_id = r.json()["data"][0]["id"]
+    after = _complete(s, max_tokens=8)
+    assert after.text.startswith(" " + TARGET) and after.model_extra["edit_id"] == edit_id
+    listed = {e["id"]: e for e in httpx.get(s["url"] + "/v1/edits").json()["data"]}
+    assert listed[edit_id]["status"] == "active" and listed[edit_id]["in_force"]
+    r = httpx.delete(f"{s['url']}/v1/edits/{edit_id}", headers=_auth(), timeout=60)
+    assert r.status_code == 200 and r.json()["rolled_back"] is True
+    restored = _complete(s, max_tokens=8)
+    assert restored.text == before.text and restored.model_extra["edit_id"] is None
+    again = httpx.delete(f"{s['url']}/v1/edits/{edit_id}", headers=_auth())
+    assert again.json()["already_rolled_back"] is True
+
+
+def test_wrong_or_missing_token_is_401_and_writes_nothing(served):
+    s = served
+    version = s["session"].store.version()
+    n = len(s["session"].store.all_edits())
+    for headers in ({}, _auth("wrong-token-xyz"), {"Authorization": "Basic abc"}):
+        r = httpx.post(s["url"] + "/v1/edits", json={"prompt": PROMPT, "target": TARGET}, headers=headers)
+        assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+        assert httpx.delete(s["url"] + "/v1/edits/1", headers=headers).status_code == 401
+    assert s["session"].store.version() == version and len(s["session"].store.all_edits()) == n
+
+
+@pytest.mark.parametrize("path, body, status, param", [
+    ("/v1/completions", b"{not json", 400, None),
+    ("/v1/completions", {"model": "other", "prompt": "x"}, 404, "model"),
+    ("/v1/completions", {"prompt": "x"}, 400, "model"),
+    ("/v1/completions", {"model": None, "prompt": "x", "n": 2}, 400, "n"),
+    ("/v1/completions", {"model": None, "prompt": "x", "max_tokens": 65}, 400, "max_tokens"),
+    ("/v1/completions", {"model": None, "prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
+    ("/v1/completions", {"model": None, "prompt": "x", "temperature": -1}, 400, "temperature"),
+    ("/v1/completions", {"model": None, "prompt": ["a", "b"]}, 400, "prompt"),
+    ("/v1/completions", {"model": None, "prompt": "x" * 5000}, 413, None),
+    ("/v1/chat/completions", {"model": None, "messages": []}, 400, "messages"),
+    ("/v1/chat/completions", {"model": None, "messages": [{"role": "robot", "content": "x"}]}, 400, None),
+    ("/v1/edits", {"prompt": "x"}, 400, "body.target"),
+    ("/v1/edits", [{"prompt": "x", "target": "y"}, {"prompt": "x", "target": " "}], 400, "edits[1].target"),
+    ("/v1/edits", {"prompt": "x", "target": "y", "colour": "red"}, 400, "body.colour"),
+    ("/v1/edits", b"[", 400, None),
+])
+def test_bad_requests_get_openai_errors_and_change_nothing(served, path, body, status, param):
+    s = served
+    if isinstance(body, dict) and body.get("model", "") is None:
+        body = {**body, "model": s["model"]}
+    version = s["session"].store.version()
+    kw = {"content": body} if isinstance(body, bytes) else {"json": body}
+    r = httpx.post(s["url"] + path, headers={**_auth(), "Content-Type": "application/json"}, timeout=60, **kw)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    if param is not None:
+        assert err["param"] is not None and err["param"].startswith(param.split(".")[0]), err
+    assert s["session"].store.version() == version
+
+
+def test_unknown_edit_and_routes(served):
+    s = served
+    assert httpx.delete(s["url"] + "/v1/edits/999", headers=_auth()).status_code == 404
+    assert httpx.delete(s["url"] + "/v1/edits/abc", headers=_auth()).status_code == 400
+    r = httpx.get(s["url"] + "/v1/nothing")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    assert httpx.get(s["url"] + "/healthz").json()["status"] == "ok"
+
+
+def test_generations_during_an_apply_see_before_or_after_never_a_mix(served):
+    s = served
+    before = _complete(s, max_tokens=8).text
+    results, stop = [], threading.Event()
+
+    def worker():
+        client = openai.OpenAI(base_url=s["url"] + "/v1", api_key=TOKEN, timeout=120, max_retries=0)
+        while not stop.is_set():
+            c = client.completions.create(model=s["model"], prompt=PROMPT, max_tokens=8, temperature=0).choices[0]
+            results.append((c.text, c.model_extra["edit_id"]))
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    r = httpx.post(s["url"] + "/v1/edits", json=[{"prompt": PROMPT, "target": TARGET}], headers=_auth(), timeout=120)
+    edit_id = r.json()["data"][0]["id"]
+    after = _complete(s, max_tokens=8).text
+    stop.set()
+    for t in threads:
+        t.join(60)
+    _rollback_all(s)
+    assert after != before and results
+    for text, eid in results:
+        assert (text, eid) in {(before, None), (after, edit_id)}, (text, eid)
+
+
+def test_other_writers_are_seen_before_the_next_generation(served, capsys):
+    """The CLI and a second server on the same store: one history, each server in step before it generates."""
+    s = served
+    before = _complete(s, max_tokens=8).text
+    store = str(s["store"])
+    assert main(["edit", "apply", "--store", store, "--model", str(s["tiny"]), "--prompt", PROMPT,
+                 "--target", TARGET, "--json", *TINY_SET]) == 0
+    edit_id = json.loads(capsys.readouterr().out)["applied"][0]["id"]
+    edited = _complete(s, max_tokens=8)
+    assert edited.model_extra["edit_id"] == edit_id and edited.text.startswith(" " + TARGET)
+    # a second server on the same store rolls it back; the first one follows
+    other = EditSession(store, model=str(s["tiny"]), quiet=True)
+    with BackgroundServer(build_app(other, ServerOptions(token=TOKEN))) as srv2:
+        assert httpx.delete(f"{srv2.url}/v1/edits/{edit_id}", headers=_auth(), timeout=60).status_code == 200
+        assert _complete(s, max_tokens=8).text == before
+        r = httpx.post(srv2.url + "/v1/edits", json={"prompt": PROMPT, "target": TARGET}, headers=_auth(), timeout=120)
+        eid2 = r.json()["data"][0]["id"]
+        assert _complete(s, max_tokens=8).model_extra["edit_id"] == eid2
+    other.close()
+    assert main(["edit", "rollback", "--store", store, str(eid2)]) == 0
+    assert _complete(s, max_tokens=8).text == before
+    rows = {r["id"]: r["status"] for r in httpx.get(s["url"] + "/v1/edits").json()["data"]}
+    assert rows[edit_id] == rows[eid2] == "rolled_back"
+
+
+def test_security_rules():
+    assert check_security("127.0.0.1", "a-long-token", False) == "a-long-token"
+    assert check_security("::1", None, True) is None
+    with pytest.raises(UserError, match="needs a token"):
+        check_security("127.0.0.1", None, False)
+    with pytest.raises(UserError, match="loopback"):
+        check_security("0.0.0.0", None, True)
+    with pytest.raises(UserError, match="at least 8"):
+        check_security("127.0.0.1", "short", False)
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "needs a token"),
+    (["--insecure-no-auth", "--host", "0.0.0.0"], "loopback"),
+    (["--token", "long-enough-token", "--port", "0"], "--port"),
+    (["--token", "long-enough-token", "--max-tokens", "0"], "--max-tokens"),
+])
+def test_serve_cli_refuses_bad_input_with_one_line(tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.delenv("LIFELONG_TOKEN", raising=False)
+    assert main(["serve", "--store", str(tmp_path / "st"), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "st").exists()
