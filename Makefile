@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install clean
+.PHONY: run test install clean data
 
 install: $(STAMP)
 
@@ -20,6 +20,21 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Fashion-MNIST, the benchmark of docs/fashion-mnist.md: Debian's dataset-fashion-mnist package (the four IDX
+# files in /usr/share/datasets/fashion-mnist, where split-fashion-mnist looks without data_root).
+data:
+	@if [ -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ]; then \
+		echo "Fashion-MNIST is installed in /usr/share/datasets/fashion-mnist"; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update && $$SUDO apt-get install -y dataset-fashion-mnist; \
+	else \
+		echo "no apt-get here: fetch train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz,"; \
+		echo "t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz from"; \
+		echo "https://github.com/zalandoresearch/fashion-mnist into a folder DIR and run with --set data_root=DIR"; \
+		exit 1; \
+	fi
 
 clean:
 	rm -rf $(VENV)

@@ -48,6 +48,20 @@ def _cnn_small(input_shape: tuple[int, ...]) -> tuple[nn.Module, int]:
     return net, 128
 
 
+def _cnn_28(input_shape: tuple[int, ...]) -> tuple[nn.Module, int]:
+    """A small CNN sized for 28x28 inputs (MNIST, Fashion-MNIST) on CPUs: three conv-BN-ReLU at 16/32/64
+    channels with a 2x2 max pool after the first two (28 -> 14 -> 7), then global average pooling: about 1.9 M
+    multiply-accumulates per image, against 29 M for ``cnn-small`` at 28x28."""
+    channels = input_shape[0]
+    net = nn.Sequential(
+        nn.Conv2d(channels, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+    )
+    return net, 64
+
+
 class _BasicBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, stride: int) -> None:
         super().__init__()
@@ -81,16 +95,18 @@ BACKBONES: dict[str, Callable[[tuple[int, ...]], tuple[nn.Module, int]]] = {
     "mlp": _mlp,
     "cnn-small": _cnn_small,
     "resnet-reduced": _resnet_reduced,
+    "cnn-28": _cnn_28,
 }
 
 
 def default_backbone(input_shape: tuple[int, ...]) -> str:
-    """The backbone ``model=auto`` picks: an MLP for tiny images, a small CNN up to 28x28, else the ResNet."""
+    """The backbone ``model=auto`` picks: an MLP for tiny images (8x8 digits), up to 28x28 the CNN sized for
+    MNIST-like images (``cnn-28``; ``cnn-small`` was the choice before, 15x the cost at 28x28), else the ResNet."""
     side = max(input_shape[1:]) if len(input_shape) > 1 else 0
     if side <= 8:
         return "mlp"
     if side <= 28:
-        return "cnn-small"
+        return "cnn-28"
     return "resnet-reduced"
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal
 
 from lifelong.platform.device import autocast, check_precision
 from lifelong.platform.streams import Stream
@@ -85,6 +85,16 @@ class RunContext:
     device: "torch.device"
     seed: int = 0
     distributed: DistributedInfo = field(default_factory=DistributedInfo)
+    #: where ``log_metric`` sends its reports; the runner sets it when the run has loggers (``loggers=[...]``)
+    metric_sink: Callable[[str, float, "int | None"], None] | None = None
+
+    def log_metric(self, name: str, value: float, *, epoch: int | None = None) -> None:
+        """Report a training metric of the experience being trained, e.g. ``log_metric("train_loss", mean_loss,
+        epoch=e)`` at the end of each epoch; the run's loggers record it (``platform/loggers.py``). A no-op when
+        the run has no loggers, so a learner may always call it; call it on every rank or on rank 0, only rank
+        0 records."""
+        if self.metric_sink is not None:
+            self.metric_sink(name, float(value), epoch)
 
 
 class Learner(abc.ABC):

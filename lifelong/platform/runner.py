@@ -31,10 +31,12 @@ from lifelong.platform.device import resolve_device
 from lifelong.platform.distributed import shard_experience, sum_over_ranks
 from lifelong.platform.errors import UserError
 from lifelong.platform.learner import DistributedInfo, RunContext
-from lifelong.platform.metrics import cil_metrics
+from lifelong.platform.loggers import LoggerSet, check_loggers, create_loggers
+from lifelong.platform.metrics import cil_metrics, seen_accuracy
 from lifelong.platform.results import package_versions, seen_curve, summarise, write_run, write_summary
 
-TOP_LEVEL_KEYS: tuple[str, ...] = ("strategy", "benchmark", "seed", "device", "strategy_config", "benchmark_config")
+TOP_LEVEL_KEYS: tuple[str, ...] = ("strategy", "benchmark", "seed", "device", "loggers", "strategy_config",
+                                   "benchmark_config")
 
 
 @dataclass
@@ -43,19 +45,25 @@ class RunConfig:
 
     ``resolve_config`` builds and validates the two plugin configs once, as the plugins' own dataclasses (every
     default filled in; the benchmark's ``seed`` is the run's); the runner hands those objects to the plugins as
-    they are. A plain dict is accepted too and is built (and validated) when the run starts.
+    they are. A plain dict is accepted too and is built (and validated) when the run starts. ``loggers`` names
+    the run loggers beyond results.json / CSV / plots (``csv``, ``tensorboard``, ``wandb``;
+    ``platform/loggers.py``).
     """
 
     strategy: str
     benchmark: str
     seed: int = 0
     device: str = "auto"
+    loggers: list[str] = field(default_factory=list)
     strategy_config: Any = field(default_factory=dict)
     benchmark_config: Any = field(default_factory=dict)
 
+    def validate(self) -> None:
+        self.loggers = check_loggers(self.loggers)
+
     def identity(self) -> dict[str, Any]:
-        """What must match for a checkpoint to be resumed (the device may change)."""
-        return {k: v for k, v in to_dict(self).items() if k not in ("device",)}
+        """What must match for a checkpoint to be resumed (the device and the loggers may change)."""
+        return {k: v for k, v in to_dict(self).items() if k not in ("device", "loggers")}
 
     def typed(self) -> "RunConfig":
         """This config with both plugin configs as their typed dataclasses (built and validated here if needed)."""
@@ -138,6 +146,10 @@ def resolve_config(
         data["seed"] = seed
     if device is not None:
         data["device"] = device
+    if isinstance(data.get("loggers"), str):  # --set loggers=tensorboard or loggers=tensorboard,csv
+        data["loggers"] = [name.strip() for name in data["loggers"].split(",") if name.strip()]
+    elif data.get("loggers") is None and "loggers" in data:  # --set loggers=null, loggers: (empty in YAML)
+        data["loggers"] = []
     for section in ("strategy_config", "benchmark_config"):
         if section in data and not isinstance(data[section], dict):
             raise ConfigError(f"{section}: expected a mapping of keys and values, got {data[section]!r}")
@@ -170,6 +182,27 @@ def evaluate(learner: Any, experience: Any, batch_size: int, device: Any, dist: 
     return correct / max(total, 1)
 
 
+def training_loss(learner: Any, experience: Any, batch_size: int, device: Any, dist: Any = None) -> float:
+    """Mean cross-entropy of ``learner.predict`` on a training experience (eval transforms, every rank its
+    shard, summed): what the loggers record as ``loss_after_experience``. For learners whose ``predict`` gives
+    scores other than logits (iCaRL's nearest mean of exemplars) it is the cross-entropy of those scores."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader
+
+    dist = dist or DistributedInfo()
+    experience = shard_experience(experience, dist, pad=False)
+    dataset = experience.dataset.eval() if hasattr(experience.dataset, "eval") else experience.dataset
+    loss_sum, count = 0.0, 0
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0):
+        x, y = batch[0].to(device), batch[1].to(device)
+        with torch.no_grad():
+            loss_sum += float(F.cross_entropy(learner.predict(x).float(), y, reduction="sum"))
+        count += int(y.numel())
+    loss_sum, count = sum_over_ranks([loss_sum, count], dist, device)
+    return loss_sum / max(count, 1)
+
+
 def _progress(iterable: Iterable[int], total: int, desc: str, enabled: bool) -> Iterable[int]:
     if not enabled:
         return iterable
@@ -185,11 +218,14 @@ def run_experiment(
     resume: bool = False,
     progress: bool = True,
     stop_after: int | None = None,
+    log_group: str | None = None,
 ) -> dict[str, Any]:
     """Run one strategy on one stream; returns the results dict that is also written to ``out``.
 
     ``stop_after`` ends the run after that many experiences (leaving a checkpoint): what an interrupted run
-    looks like, for tests and for splitting long runs.
+    looks like, for tests and for splitting long runs. The run's ``loggers`` write under ``out/logs`` (rank 0
+    only), opened once the stream and the learner are built, so bad input writes nothing; ``log_group`` names
+    the group of runs for loggers that have one (W&B; ``compare`` passes its output folder's name).
     """
 
     config = config.typed()
@@ -245,13 +281,39 @@ def run_experiment(
     test_sizes = [len(stream.test_stream[j].dataset) for j in range(n)]
     eval_batch = getattr(strategy_cfg, "eval_batch_size", 256)
     end = n if stop_after is None else min(n, start + stop_after)
+    logs = LoggerSet([])
+    if config.loggers and dist.is_main:
+        logs = create_loggers(config.loggers, out_dir, to_dict(config), n_experiences=n, start=start,
+                              steps=(state or {}).get("log_steps"), group=log_group)
+        context.metric_sink = logs.report
+    try:
+        results = _run_steps(config, learner, stream, dist, device, matrix, test_sizes, eval_batch, start, end,
+                             elapsed, divergence, fingerprint, checkpoint_path, progress, logs)
+        if results is not None and dist.is_main:
+            write_run(out_dir, results)
+            logs.finish(results)
+    finally:
+        logs.close()
+        context.metric_sink = None
+    return results if results is not None else {"completed": end, "accuracy_matrix": matrix[:end].tolist()}
+
+
+def _run_steps(config: RunConfig, learner: Any, stream: Any, dist: Any, device: Any, matrix: np.ndarray,
+               test_sizes: list[int], eval_batch: int, start: int, end: int, elapsed: float, divergence: float,
+               fingerprint: str, checkpoint_path: Path, progress: bool, logs: LoggerSet) -> dict[str, Any] | None:
+    """Experiences ``start`` to ``end`` of ``run_experiment``; the results when the stream is complete."""
+    n = stream.n_experiences
     for i in _progress(range(start, end), end - start, f"{config.strategy} on {config.benchmark}", progress):
         t0 = time.perf_counter()
+        logs.experience = i
         seed_everything(step_seed(config.seed, i))
         learner.train_experience(distributed.shard_experience(stream.train_stream[i], dist))
         divergence = max(divergence, distributed.synchronise_replicas(learner.model, dist, device))
         matrix[i] = [evaluate(learner, stream.test_stream[j], eval_batch, device, dist) for j in range(n)]
         elapsed += time.perf_counter() - t0
+        if config.loggers:  # every rank takes part in the loss (its shard), rank 0 records it
+            loss = training_loss(learner, stream.train_stream[i], eval_batch, device, dist)
+            logs.log_experience(i, matrix[i].tolist(), seen_accuracy(matrix, i, test_sizes), loss, elapsed)
         learner_state = learner.state_dict()
         # the model is the same on every rank (DDP); strategy state such as a replay buffer is per rank
         rank_extra = distributed.gather_to_main(learner_state["extra"], dist) if dist.enabled else None
@@ -266,11 +328,12 @@ def run_experiment(
                 "replica_divergence": divergence,
                 "learner": learner_state,
                 **({"rank_extra": rank_extra} if rank_extra is not None else {}),
+                **({"log_steps": logs.state()["steps"]} if logs else {}),
             })
     distributed.teardown(dist)
     if end < n:
-        return {"completed": end, "accuracy_matrix": matrix[:end].tolist()}
-    results = {
+        return None
+    return {
         "strategy": config.strategy,
         "benchmark": config.benchmark,
         "seed": config.seed,
@@ -288,9 +351,6 @@ def run_experiment(
         "strategy_summary": learner.summary(),
         "versions": package_versions(),
     }
-    if dist.is_main:
-        write_run(out_dir, results)
-    return results
 
 
 def compare(
@@ -335,7 +395,9 @@ def compare(
 
 
 def _run_one(config: RunConfig, out: Path, progress: bool) -> dict[str, Any]:
-    return run_experiment(config, out=out / f"{config.strategy}-seed{config.seed}", progress=progress)
+    # the runs of a comparison share one parent folder (``out``), so each logger sees one run per pair
+    return run_experiment(config, out=out / f"{config.strategy}-seed{config.seed}", progress=progress,
+                          log_group=out.name)
 
 
 def _run_many(configs: list[RunConfig], out: Path, jobs: int, threads: int, progress: bool) -> list[dict[str, Any]]:
