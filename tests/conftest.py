@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -37,15 +38,31 @@ def cli():
     return run_cli
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op torch thread for the test (restored after): ViT-sized steps oversubscribe two cores."""
+@contextlib.contextmanager
+def _torch_threads(n: int):
     import torch
 
     old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op torch thread for the test (restored after): ViT-sized steps oversubscribe two cores."""
+    with _torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """One intra-op torch thread for a whole test module (``pytestmark = pytest.mark.usefixtures(...)``): tiny
+    convolutions and latency-bound models run faster so, and never spin against a busy two-core machine."""
+    with _torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

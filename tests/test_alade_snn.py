@@ -18,13 +18,7 @@ TINY = {"epochs": 3, "finetune_epochs": 6, "finetune_milestones": [3], "batch_si
         "T": 2, "mem_size": 40}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions run faster on one thread, and two threads on a busy machine spin against each other."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def _plant(g0: float, epochs: int, rate: float = 0.5) -> tuple[list[float], list[float]]:

@@ -20,13 +20,7 @@ from lifelong.platform.config import ConfigError
 from lifelong.platform.errors import UserError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The tiny models are latency-bound; one thread avoids oversubscribing a shared two-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module")

@@ -24,13 +24,7 @@ from lifelong.strategies.der import DERConfig, DERLearner, lr_at
 TINY = {"epochs": 1, "finetune_epochs": 2, "batch_size": 64, "width_mult": 0.5, "mem_size": 40}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions run faster on one thread, and two threads on a busy machine spin against each other."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module")
