@@ -220,3 +220,25 @@ def test_serve_cli_refuses_bad_input_with_one_line(tmp_path, capsys, monkeypatch
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not (tmp_path / "st").exists()
+
+
+def test_turns_reads_in_order_writes_first():
+    """The engine's lock: waiting writes go before waiting reads, reads in arrival order."""
+    import time
+
+    from lifelong.serving.engine import _TurnLock
+
+    lock, order, threads = _TurnLock(threading.RLock()), [], []
+
+    def take(name, write):
+        with lock.hold(write=write):
+            order.append(name)
+
+    with lock.hold():
+        for name, write in [("r0", False), ("r1", False), ("w0", True), ("r2", False), ("w1", True)]:
+            threads.append(threading.Thread(target=take, args=(name, write)))
+            threads[-1].start()
+            time.sleep(0.05)
+    for t in threads:
+        t.join(10)
+    assert order == ["w0", "w1", "r0", "r1", "r2"]

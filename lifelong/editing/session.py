@@ -148,6 +148,11 @@ class EditSession:
         for rec in self.store.active_edits():
             self._activate(rec)
 
+    @property
+    def seen_version(self) -> int | None:
+        """The store version the model's edits were last matched to (None without a store)."""
+        return self._seen_version
+
     def sync(self) -> bool:
         """Match the model's edits to the store's active rows if another writer changed them since the last look
         (one meta read when nothing changed); returns whether anything was re-read. Idempotent: the version is read

@@ -262,7 +262,7 @@ def create_app(engine: Engine, *, token: str | None, max_body_bytes: int = DEFAU
 
     @app.get("/healthz")
     async def healthz() -> Any:
-        return await run_in_threadpool(engine.health)
+        return engine.health()
 
     app.add_middleware(_BodyLimit, limit=max_body_bytes)
     return app

@@ -3,7 +3,9 @@
 Every model operation holds the session's lock (``EditSession.lock``, see ``editing/session.py``): generations
 run one at a time (batch 1, no dynamic batching), an apply or rollback waits for the generation in progress and
 the next generation waits for it, so a generation sees the edits before an apply or after it, never half of
-one. Before each generation and each listing the engine calls ``session.sync()``, so edits applied or rolled
+one. The engine takes that lock through ``_TurnLock``: generations in arrival order, a waiting write (apply,
+rollback) ahead of the waiting generations, so a write waits for the generation in progress only and no request
+waits for more than those queued before it. Before each generation and each listing the engine calls ``session.sync()``, so edits applied or rolled
 back by another writer (the CLI, a second server on the same store) are in force for the next request; the
 check is one read of the store's change counter.
 
@@ -15,6 +17,8 @@ before them; ``max_tokens`` is capped by the server's limit and by the model's c
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import math
 import queue
 import threading
@@ -74,6 +78,49 @@ class _Streamer:
         pass  # the engine puts the final Generation (or the error) itself
 
 
+class _TurnLock:
+    """Mutual exclusion over the session, in turns: reads (generations, listings) in arrival order, a write (apply,
+    rollback) ahead of every waiting read, after the writes already waiting. So a write waits for the holder only,
+    and no read waits for more than the reads and writes queued before it. Holds ``session.lock`` (re-entrant)
+    inside its turn."""
+
+    def __init__(self, session_lock: Any) -> None:
+        self._cond = threading.Condition()
+        self._busy = False
+        self._queue: "collections.deque[object]" = collections.deque()
+        self._writers = 0  # writes at the front of the queue
+        self._session_lock = session_lock
+
+    @contextlib.contextmanager
+    def hold(self, write: bool = False) -> Iterator[None]:
+        me = object()
+        with self._cond:
+            if write:
+                self._queue.insert(self._writers, me)
+                self._writers += 1
+            else:
+                self._queue.append(me)
+            try:
+                while self._busy or self._queue[0] is not me:
+                    self._cond.wait()
+            except BaseException:
+                self._queue.remove(me)
+                self._writers -= 1 if write else 0
+                self._cond.notify_all()
+                raise
+            self._queue.popleft()
+            if write:
+                self._writers -= 1
+            self._busy = True
+        try:
+            with self._session_lock:
+                yield
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
+
 class Engine:
     """The model, its edits and the limits of one server."""
 
@@ -85,6 +132,7 @@ class Engine:
         self.max_edits_per_request = max_edits_per_request
         self.context = int(getattr(session.model.config, "max_position_embeddings", 0) or 0)
         self.generations = 0
+        self.turns = _TurnLock(session.lock)
 
     # ------------------------------------------------------------------ prompts
     def chat_prompt(self, messages: list[dict[str, str]]) -> str:
@@ -132,7 +180,7 @@ class Engine:
                                       streamer=streamer)
         kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=None) if sample else \
             kwargs.update(temperature=None, top_p=None, top_k=None)
-        with session.lock:
+        with self.turns.hold():
             session.sync()
             if params.seed is not None:
                 torch.manual_seed(params.seed)
@@ -205,7 +253,8 @@ class Engine:
             extra = {"request_id": e["id"]} if e.get("id") is not None else {}
             extra["source"] = "server"
             try:
-                rec = self.session.apply(e["prompt"], e["target"], extra)
+                with self.turns.hold(write=True):
+                    rec = self.session.apply(e["prompt"], e["target"], extra)
             except UserError as exc:  # e.g. the store's editor config refuses it; earlier edits stay applied
                 raise RequestError(f"{exc} (edits applied before this one: {[r['id'] for r in out]})",
                                    code="edit_refused", status=409) from None
@@ -215,7 +264,7 @@ class Engine:
     def rollback(self, edit_id: int) -> dict[str, Any]:
         from lifelong.editing.store import StoreError
 
-        with self.session.lock:
+        with self.turns.hold(write=True):
             try:
                 (_, changed), = self.session.rollback([edit_id])
             except StoreError:
@@ -224,7 +273,7 @@ class Engine:
                     "already_rolled_back": not changed}
 
     def list_edits(self) -> list[dict[str, Any]]:
-        with self.session.lock:
+        with self.turns.hold():
             self.session.sync()
             loaded = set(self.session.loaded_ids)
             rows = [_row(r) for r in self.session.store.all_edits()]
@@ -233,11 +282,11 @@ class Engine:
         return rows
 
     def health(self) -> dict[str, Any]:
-        with self.session.lock:
-            self.session.sync()
-            return {"status": "ok", "model": self.model_name, "store": str(self.session.store.path),
-                    "store_version": self.session.store.version(), "edits_in_force": len(self.session.loaded_ids),
-                    "editor": self.session.editor_name, "generations": self.generations}
+        """Without the lock (a health probe never waits for an apply): what this server last saw."""
+        session = self.session
+        return {"status": "ok", "model": self.model_name, "store": str(session.store.path),
+                "store_version_seen": session.seen_version, "edits_in_force": len(session.loaded_ids),
+                "editor": session.editor_name, "generations": self.generations}
 
 
 def _row(rec: Any) -> dict[str, Any]:
