@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     header = f"{'strategy':<11}{'AIA':>16}{'last':>16}{'forgetting':>16}{'BWT':>16}{'run s':>8}{'uJ/sample':>11}"
     print(header)
     print("-" * len(header))
-    for strategy in strategies:
+    for strategy in [s for s in STRATEGIES if s in strategies] + [s for s in strategies if s not in STRATEGIES]:
         group = groups.get(strategy, [])
         if not group:
             continue
