@@ -2,11 +2,13 @@
 rolled back over HTTP; throughput, latency percentiles, errors, partial edits, and the store checked afterwards.
 
     python bench/serve_load.py [--clients 4] [--requests 40] [--max-tokens 16] [--cycles 2] [--model NAME]
+                               [--cli-writer]
 
 The server is the real command (``python -m lifelong serve``) in a subprocess on a free 127.0.0.1 port with a
 fresh store and a random token; the clients are threads with the official ``openai`` client. Prompts alternate
 between edit prompts of the bundled set (which a writer thread edits and rolls back ``--cycles`` times during the
-run) and their locality prompts. Before the run each edit prompt's greedy output is recorded unedited and edited
+run; with ``--cli-writer`` every other round is rolled back by ``lifelong edit rollback``, another process on
+the store, which the server must notice before its next generation) and their locality prompts. Before the run each edit prompt's greedy output is recorded unedited and edited
 (apply, generate, roll back); during the run every answer to an edit prompt must be exactly one of the two, and
 carry the matching ``edit_id`` (an answer that is neither is a *partial edit*). Afterwards the store's active
 keyed rows must be exactly the ids in its faiss index, and every adapter file must pass its hash.
@@ -53,6 +55,8 @@ def main() -> None:
     ap.add_argument("--cycles", type=int, default=2, help="apply + rollback rounds of all --edits during the run")
     ap.add_argument("--model", default=None, help="default: smollm2-135m")
     ap.add_argument("--max-seconds", type=float, default=600)
+    ap.add_argument("--cli-writer", action="store_true",
+                    help="roll back every other cycle with `lifelong edit rollback` (another process on the store)")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     import httpx
@@ -143,7 +147,7 @@ def main() -> None:
                             partial.append((p, text, eid))
 
         def writer() -> None:
-            for _ in range(args.cycles):
+            for cycle in range(args.cycles):
                 if done.is_set():
                     return
                 t = time.perf_counter()
@@ -154,12 +158,21 @@ def main() -> None:
                     errors.append(f"apply: HTTP {r.status_code} {r.text[:200]}")
                     return
                 time.sleep(0.5)
-                for e in r.json()["data"]:
+                if args.cli_writer and cycle % 2 == 1:  # another process writes to the store; the server must follow
                     t = time.perf_counter()
-                    d = httpx.delete(f"{url}/v1/edits/{e['id']}", headers=auth, timeout=60)
-                    writes.append(("rollback", time.perf_counter() - t))
-                    if d.status_code != 200:
-                        errors.append(f"rollback: HTTP {d.status_code}")
+                    done_cli = subprocess.run([sys.executable, "-m", "lifelong", "edit", "rollback", "--store",
+                                               str(store), *(str(e["id"]) for e in r.json()["data"])],
+                                              capture_output=True, text=True, timeout=120, env=env)
+                    writes.append(("cli-rollback", time.perf_counter() - t))
+                    if done_cli.returncode != 0:
+                        errors.append(f"cli rollback: {done_cli.stderr.strip()[-200:]}")
+                else:
+                    for e in r.json()["data"]:
+                        t = time.perf_counter()
+                        d = httpx.delete(f"{url}/v1/edits/{e['id']}", headers=auth, timeout=60)
+                        writes.append(("rollback", time.perf_counter() - t))
+                        if d.status_code != 200:
+                            errors.append(f"rollback: HTTP {d.status_code}")
                 time.sleep(0.5)
 
         threads = [threading.Thread(target=worker) for _ in range(args.clients)]
@@ -174,6 +187,8 @@ def main() -> None:
         done.set()
         wt.join()
         health = httpx.get(url + "/healthz").json()
+        # every edit is rolled back now (the last round by the CLI with --cli-writer): the unedited answers are back
+        restored = all(complete(client, r["prompt"]) == (base[r["prompt"]], None) for r in recs)
     finally:
         proc.terminate()
         try:
@@ -190,6 +205,7 @@ def main() -> None:
         n_rows = len(st.all_edits())
     applies = [s for k, s in writes if k == "apply"]
     rollbacks = [s for k, s in writes if k == "rollback"]
+    cli_rollbacks = [s for k, s in writes if k == "cli-rollback"]
     print(f"clients {args.clients}, requests {len(lat) + len(errors)} (max_tokens {args.max_tokens}, greedy), "
           f"batch 1 (no dynamic batching), wall {wall:.1f} s")
     print(f"throughput {len(lat) / wall:.2f} req/s; latency p50 {_pct(lat, 0.5):.3f} s, p99 {_pct(lat, 0.99):.3f} s, "
@@ -197,9 +213,11 @@ def main() -> None:
     print(f"errors {len(errors)}; partial edits seen {len(partial)}; "
           f"answers to edit prompts checked {checked[0]}")
     print(f"writes during the run: {len(applies)} applies of {len(recs)} edits (median {statistics.median(applies) if applies else 0:.2f} s), "
-          f"{len(rollbacks)} rollbacks (median {statistics.median(rollbacks) if rollbacks else 0:.3f} s)")
+          f"{len(rollbacks)} rollbacks over HTTP (median {statistics.median(rollbacks) if rollbacks else 0:.3f} s), "
+          f"{len(cli_rollbacks)} CLI rollback processes (median {statistics.median(cli_rollbacks) if cli_rollbacks else 0:.2f} s)")
     print(f"store afterwards: {n_rows} rows, {len(active)} active keyed, index holds {len(indexed)}, "
           f"rows == index: {active == indexed}, corrupt files: {len(bad)}; server generations {health['generations']}")
+    print(f"after the run the server gives every edit prompt its unedited answer again: {restored}")
     for e in errors[:5]:
         print("  error:", e)
     for p in partial[:5]:

@@ -242,3 +242,18 @@ def test_turns_reads_in_order_writes_first():
     for t in threads:
         t.join(10)
     assert order == ["w0", "w1", "r0", "r1", "r2"]
+
+
+def test_chunked_body_over_the_limit_is_413_and_writes_nothing(served):
+    s = served
+    version = s["session"].store.version()
+
+    def body():
+        yield b'{"prompt": "'
+        for _ in range(10):
+            yield b"x" * 1000
+        yield b'", "target": "y"}'
+
+    r = httpx.post(s["url"] + "/v1/edits", content=body(), headers={**_auth(), "Content-Type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+    assert s["session"].store.version() == version
