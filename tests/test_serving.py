@@ -257,3 +257,13 @@ def test_chunked_body_over_the_limit_is_413_and_writes_nothing(served):
     r = httpx.post(s["url"] + "/v1/edits", content=body(), headers={**_auth(), "Content-Type": "application/json"})
     assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
     assert s["session"].store.version() == version
+
+
+def test_chat_without_max_tokens_runs_to_the_limit_or_the_end(served):
+    s = served
+    r = httpx.post(s["url"] + "/v1/chat/completions", timeout=120, json={
+        "model": s["model"], "messages": [{"role": "user", "content": "Hi"}], "temperature": 0})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["usage"]["completion_tokens"] <= 64  # the module's server limit
+    assert body["choices"][0]["finish_reason"] in {"stop", "length"}

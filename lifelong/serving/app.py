@@ -1,7 +1,8 @@
 """The HTTP API (FastAPI): OpenAI-compatible completions, chat completions and models, plus the edit endpoints.
 
 - ``POST /v1/completions``, ``POST /v1/chat/completions``: ``model`` (must be the served model's name),
-  ``prompt`` (a string, or a list of one) / ``messages``, ``max_tokens``, ``temperature`` (0: greedy; OpenAI's
+  ``prompt`` (a string, or a list of one) / ``messages``, ``max_tokens`` (completions: 16 by default; chat: up
+  to the server's limit and the context), ``temperature`` (0: greedy; OpenAI's
   default 1), ``top_p``, ``stop`` (a string or up to 4), ``n`` (only 1), ``seed``, ``stream`` (server-sent events,
   ``data: {chunk}`` lines ending with ``data: [DONE]``). Each choice also says which edit, if any, routed it
   (``edit_id``, an extension OpenAI clients ignore).
@@ -41,7 +42,7 @@ class _Sampling(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str
-    max_tokens: Optional[int] = Field(default=16, ge=1)
+    max_tokens: Optional[int] = Field(default=None, ge=1)
     temperature: Optional[float] = Field(default=1.0, ge=0.0, le=2.0)
     top_p: Optional[float] = Field(default=1.0, gt=0.0, le=1.0)
     n: Optional[int] = 1
@@ -160,7 +161,7 @@ def create_app(engine: Engine, *, token: str | None, max_body_bytes: int = DEFAU
         stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         if len(stop) > 4 or any(not s for s in stop):
             raise RequestError("stop: at most 4 non-empty strings", param="stop")
-        return GenParams(max_tokens=int(max_tokens or 16),
+        return GenParams(max_tokens=max_tokens,
                          temperature=float(1.0 if req.temperature is None else req.temperature),
                          top_p=float(1.0 if req.top_p is None else req.top_p), stop=stop, seed=req.seed)
 
@@ -186,7 +187,7 @@ def create_app(engine: Engine, *, token: str | None, max_body_bytes: int = DEFAU
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest) -> Any:
-        params = _params(req, req.max_tokens)
+        params = _params(req, req.max_tokens or 16)  # OpenAI's default for completions
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if len(prompts) != 1 or not isinstance(prompts[0], str):
             raise RequestError("prompt: give one string (batches of prompts are not supported)", param="prompt")
@@ -208,7 +209,7 @@ def create_app(engine: Engine, *, token: str | None, max_body_bytes: int = DEFAU
 
     @app.post("/v1/chat/completions")
     async def chat(req: ChatRequest) -> Any:
-        params = _params(req, req.max_completion_tokens or req.max_tokens)
+        params = _params(req, req.max_completion_tokens or req.max_tokens)  # None: up to the limit (OpenAI: the model's)
         prompt = engine.chat_prompt([m.model_dump() for m in req.messages])
         ids = engine.encode(prompt, params)
         cid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())

@@ -39,7 +39,7 @@ class RequestError(Exception):
 
 @dataclass
 class GenParams:
-    max_tokens: int = 16
+    max_tokens: int | None = 16  # None: as many as the server's limit and the context allow (chat's default)
     temperature: float = 1.0
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
@@ -148,6 +148,12 @@ class Engine:
         ids = self.tokenizer(prompt, add_special_tokens=False).input_ids
         if not ids:
             raise RequestError("the prompt is empty", param="prompt")
+        if params.max_tokens is None:
+            room = self.context - len(ids) if self.context else self.max_tokens_limit
+            if room < 1:
+                raise RequestError(f"the prompt is {len(ids)} tokens, the model's whole context of {self.context}",
+                                   param="messages", code="context_length_exceeded")
+            params.max_tokens = min(self.max_tokens_limit, room)
         if params.max_tokens > self.max_tokens_limit:
             raise RequestError(f"max_tokens is {params.max_tokens}; this server allows at most {self.max_tokens_limit}",
                                param="max_tokens", code="max_tokens_too_large")
