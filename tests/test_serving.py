@@ -213,10 +213,21 @@ def test_security_rules():
     (["--insecure-no-auth", "--host", "0.0.0.0"], "loopback"),
     (["--token", "long-enough-token", "--port", "0"], "--port"),
     (["--token", "long-enough-token", "--max-tokens", "0"], "--max-tokens"),
+    (["--token", "long-enough-token", "--port", "BUSY"], "cannot listen"),
+    (["--token", "long-enough-token", "--host", "no-such-host.invalid"], "not an address"),
 ])
 def test_serve_cli_refuses_bad_input_with_one_line(tmp_path, capsys, monkeypatch, args, message):
     monkeypatch.delenv("LIFELONG_TOKEN", raising=False)
-    assert main(["serve", "--store", str(tmp_path / "st"), *args]) == 2
+    import socket
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    args = [str(busy.getsockname()[1]) if a == "BUSY" else a for a in args]
+    try:
+        assert main(["serve", "--store", str(tmp_path / "st"), *args]) == 2
+    finally:
+        busy.close()
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not (tmp_path / "st").exists()

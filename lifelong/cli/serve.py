@@ -14,7 +14,7 @@ from lifelong.cli.edit import _add_device_options
 from lifelong.editing.session import EditSession
 from lifelong.platform.config import parse_overrides
 from lifelong.platform.errors import UserError
-from lifelong.serving.server import ServerOptions, check_security, serve_forever
+from lifelong.serving.server import ServerOptions, check_bind, check_security, serve_forever
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -43,6 +43,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.max_body_bytes < 1024:
         raise UserError(f"--max-body-bytes must be >= 1024, got {args.max_body_bytes}")
     token = check_security(args.host, args.token, args.insecure_no_auth)
+    check_bind(args.host, args.port)
     overrides = parse_overrides(args.overrides)
     session = EditSession(args.store, model=args.model, editor=args.editor, editor_config=overrides or None,
                           device=args.device, precision=args.precision)

@@ -45,6 +45,21 @@ def check_security(host: str, token: str | None, insecure_no_auth: bool) -> str 
     return None
 
 
+def check_bind(host: str, port: int) -> None:
+    """Refuse, before the model loads, a host/port the server could not listen on (in use, not an address here)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise UserError(f"--host {host}: not an address of this machine ({exc.strerror})") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
 @dataclass
 class ServerOptions:
     host: str = "127.0.0.1"
