@@ -278,3 +278,16 @@ def test_chat_without_max_tokens_runs_to_the_limit_or_the_end(served):
     body = r.json()
     assert body["usage"]["completion_tokens"] <= 64  # the module's server limit
     assert body["choices"][0]["finish_reason"] in {"stop", "length"}
+
+
+def test_a_client_that_leaves_a_stream_does_not_block_the_server(served):
+    s = served
+    body = {"model": s["model"], "prompt": PROMPT, "max_tokens": 40, "temperature": 0, "stream": True}
+    with httpx.stream("POST", s["url"] + "/v1/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        first = next(line for line in r.iter_lines() if line)
+        assert first.startswith("data: ") and json.loads(first[6:])["object"] == "text_completion"
+    assert _complete(s).text  # the next request is served
+    with httpx.stream("POST", s["url"] + "/v1/completions", json={**body, "max_tokens": 3}, timeout=60) as r:
+        lines = [line for line in r.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]" and json.loads(lines[-2][6:])["choices"][0]["finish_reason"] == "length"
