@@ -38,6 +38,16 @@ class EditRequest:
     line: int | None = None
 
 
+@dataclass(frozen=True)
+class FitResult:
+    """How the last ``Editor.fit`` ended: its steps, the loss of its last forward, and whether every target token
+    was the argmax then (``reached``; False: it stopped at ``max_steps`` short of the target)."""
+
+    steps: int
+    loss: float
+    reached: bool
+
+
 @dataclass
 class EditArtifact:
     """What an editor produces for one edit: tensors to store, the routing key, the layer it lives on."""
@@ -65,6 +75,9 @@ class Editor:
         #: the index the editor routes over (the store's, see ``bind_router``); None until attached or bound
         self.router: Router | None = None
         self._owns_router = False
+        #: how the last ``fit`` ended (None before any); the session refuses an edit whose fit did not reach its
+        #: target
+        self.last_fit: FitResult | None = None
 
     @classmethod
     def spec(cls) -> registry.PluginSpec:
@@ -131,7 +144,8 @@ class Editor:
     def fit(self, optimizer: Any, ids: Any, target: Any, start: int, max_steps: int, stop_loss: float,
             after_step: Any = None) -> tuple[int, float]:
         """Train until every target token is the argmax and the loss is below ``stop_loss`` (at most ``max_steps``
-        steps); returns ``(steps, loss of the last forward)``.
+        steps); returns ``(steps, loss of the last forward)`` and records ``last_fit``. When ``max_steps`` runs out,
+        one more forward (no gradient) after the last step says whether the target was reached after all.
 
         Each forward runs in its own autocast block (autocast caches the low-precision copy of trainable leaf
         weights until the block ends, so one block around the loop would train FT-L against a stale copy); the
@@ -141,20 +155,27 @@ class Editor:
 
         scaler = LossScaler(self.precision, self.device)
         end = start + len(target)
-        steps, loss = 0, float("nan")
+        steps, loss, reached = 0, float("nan"), False
         for steps in range(1, max_steps + 1):
             with self.autocast():
                 logits = self.model(input_ids=ids).logits[0, start:end]
             logits = logits.float()
             loss_t = torch.nn.functional.cross_entropy(logits, target)
             loss = float(loss_t.detach())
-            if bool((logits.argmax(-1) == target).all()) and loss < stop_loss:
+            reached = bool((logits.argmax(-1) == target).all())
+            if reached and loss < stop_loss:
                 break
             optimizer.zero_grad(set_to_none=True)
             scaler.backward(loss_t)
             scaler.step(optimizer)
             if after_step is not None:
                 after_step()
+        else:  # max_steps ran out: look once more, after the last step
+            with torch.no_grad(), self.autocast():
+                logits = self.model(input_ids=ids).logits[0, start:end].float()
+            loss = float(torch.nn.functional.cross_entropy(logits, target))
+            reached = bool((logits.argmax(-1) == target).all())
+        self.last_fit = FitResult(steps, loss, reached)
         return steps, loss
 
     def attach(self, model: Any, tokenizer: Any) -> None:

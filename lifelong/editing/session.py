@@ -201,15 +201,30 @@ class EditSession:
         self.close()
 
     # ------------------------------------------------------------------ editing
-    def apply(self, prompt: str, target: str, extra: dict[str, Any] | None = None) -> EditRecord:
+    def apply(self, prompt: str, target: str, extra: dict[str, Any] | None = None, *,
+              require_target: bool = True) -> EditRecord:
         """Train one edit, store it atomically (its tensors from CPU, with the device and precision it was trained
-        with in ``extra``), switch it on."""
+        with in ``extra``), switch it on.
+
+        An edit whose training stops at ``max_steps`` without every target token being the argmax (the editor's
+        ``last_fit``, from the shared fit loop) did not take: it is refused with a one-line UserError naming the
+        prompt, the steps and the final loss, and nothing is written (no row, no adapter file). A caller that
+        measures such edits rather than keeping them (a benchmark) may pass ``require_target=False``."""
         store = self._require_store("apply")
         with self.lock:
             self.sync()  # FT-L trains on top of the edits in force: have the other writers' ones
-            if store.editor_spec() is None:
-                store.set_editor(self.editor_name, self.editor_config, metric=self.editor.metric)
+            # refuse early (before training) a store fixed to another editor spec; add_edit checks again, in the
+            # transaction that inserts the row, and fixes the spec if this is the store's first edit
+            store.check_editor(self.editor_name, self.editor_config, self.editor.metric)
+            self.editor.last_fit = None
             art = self.editor.train_edit(prompt, target)
+            fit = self.editor.last_fit
+            if require_target and fit is not None and not fit.reached:
+                raise UserError(
+                    f"edit {prompt!r} -> {target!r} did not take: after {fit.steps} steps (max_steps) the target "
+                    f"tokens are not all the most likely ones (final loss {fit.loss:.4g}); nothing was stored — "
+                    "raise max_steps or lr with --set"
+                )
             return self.add_trained(prompt, target, art.tensors, art.key, art.layer,
                                     {**(extra or {}), **art.extra, "device": str(self.device),
                                      "precision": self.precision})
@@ -220,12 +235,11 @@ class EditSession:
         with it) and switch it on."""
         store = self._require_store("add an edit")
         with self.lock:
-            if store.editor_spec() is None:
-                store.set_editor(self.editor_name, self.editor_config, metric=self.editor.metric)
             cpu = {k: v.detach().cpu() for k, v in tensors.items()}
             before = store.version()
+            # fixes the store's editor, config and metric with its first edit, or checks them, in one transaction
             rec = store.add_edit(prompt, target, editor=self.editor_name, tensors=cpu, key=key, layer=layer,
-                                 editor_config=self.editor_config, extra=extra or {})
+                                 editor_config=self.editor_config, extra=extra or {}, metric=self.editor.metric)
             store.router()  # in step with the rows (the key went in with the row unless another writer got between)
             self.editor.activate(rec.id, rec.key, tensors, target)
             self.loaded_ids.append(rec.id)

@@ -25,8 +25,11 @@ the same way: ``router()`` compares one meta value and rebuilds when it moved. A
 (``EditStore.version()``), counts every add and every rollback that changed a row, keyed or not, in the same
 transaction; a long-lived reader (the server) compares it to know when to re-read the active edits.
 
-The router's metric is the editor's (``Editor.metric``), written to the meta data by ``set_editor`` (or given
-when the store is created for use without an editor). Stores made before the metric was recorded (schema 1,
+The store's editor, its config and the router's metric (``Editor.metric``) are fixed by the first edit, in the
+write transaction that inserts it (``add_edit``'s ``editor``, ``editor_config``, ``metric``; ``set_editor`` fixes
+them without an edit; a store used without an editor may be given the metric when it is created). Every later
+writer checks them inside its own insert transaction, so of two first writers with different specs (two
+``lifelong edit apply`` started at once) one wins and the other gets a one-line error and writes nothing. Stores made before the metric was recorded (schema 1,
 whose meta said ``ip`` whatever the editor) get it from their editor's name: ``l2`` for ``grace`` and ``ft-l``,
 ``ip`` for ``sola`` and any other name; the migration is written on open.
 
@@ -333,27 +336,85 @@ class EditStore:
         if metric is not None and metric not in METRICS:
             raise StoreError(f"router metric {metric!r} is not allowed; allowed values: {', '.join(METRICS)}")
         with self._write_txn():
-            raw = self._meta("editor")
-            if raw is None:
-                self._set_meta("editor", json.dumps({"name": name, "config": config}, sort_keys=True))
-            if metric is not None and raw is None and self._meta("metric") != metric:
-                keyed = self._conn.execute("SELECT COUNT(*) FROM edits WHERE key IS NOT NULL").fetchone()[0]
-                if keyed and self._meta("metric") is not None:
-                    raise StoreError(f"edit store {self.path} routes its keys by {self._meta('metric')!r}; "
-                                     f"a {name!r} editor routes by {metric!r} (use a new store)")
-                self._set_meta("metric", metric)
-        if raw is None:
-            if self._router.metric != self.metric:  # in place: editors hold this object
-                self._router.build([], np.zeros((0, 1), np.float32))
-                self._router.metric = self.metric
-                self._router_checksum = None
-            return
-        have = json.loads(raw)
-        if have["name"] != name:
+            claimed = self._claim_editor(name, None, metric)
+        if claimed:
+            self._follow_metric()
+        else:
+            self._check_editor_name(name)
+
+    def check_editor(self, name: str, config: dict[str, Any] | None = None, metric: str | None = None) -> None:
+        """Raise the clear StoreError if the store's editor, config or metric is not ``name``/``config``/``metric``
+        (a read, no write: ``add_edit`` repeats the check inside its write transaction, which is what counts)."""
+        self._conn.execute("BEGIN")  # one read snapshot (WAL)
+        try:
+            self._editor_conflict(name, config, metric)
+        finally:
+            self._conn.execute("COMMIT")
+
+    def _check_editor_name(self, name: str) -> None:
+        raw = self._meta("editor")
+        have = json.loads(raw) if raw else None
+        if have is not None and have["name"] != name:
             raise StoreError(
                 f"edit store {self.path} holds {have['name']!r} edits; it cannot take {name!r} edits "
                 f"(use --editor {have['name']} or a new store)"
             )
+
+    @staticmethod
+    def _config_diff(have: dict[str, Any], want: dict[str, Any]) -> list[str]:
+        """The keys both configs set to different values (a key only one side has is its default: not a clash,
+        so a store made before a config field existed stays usable)."""
+        return sorted(k for k in set(have) & set(want) if have[k] != want[k])
+
+    def _editor_conflict(self, name: str, config: dict[str, Any] | None, metric: str | None) -> None:
+        """Raise if the recorded editor spec (or metric) differs from the one asked for; inside a transaction."""
+        raw = self._meta("editor")
+        if raw is None:
+            keyed = self._conn.execute("SELECT COUNT(*) FROM edits WHERE key IS NOT NULL").fetchone()[0]
+            have_metric = self._meta("metric")
+            if metric is not None and keyed and have_metric is not None and have_metric != metric:
+                raise StoreError(f"edit store {self.path} routes its keys by {have_metric!r}; "
+                                 f"a {name!r} editor routes by {metric!r} (use a new store)")
+            return
+        have = json.loads(raw)
+        have_cfg = have.get("config", {}) or {}
+        diff = self._config_diff(have_cfg, config) if config is not None else []
+        if have["name"] != name or diff:
+            n = int(self._conn.execute("SELECT COUNT(*) FROM edits").fetchone()[0])
+            shown = {k: have_cfg[k] for k in diff} if have["name"] == name else have_cfg
+            asked = {k: config[k] for k in diff} if have["name"] == name and config is not None else (config or {})
+            raise StoreError(
+                f"edit store {self.path} holds {n} {have['name']!r} edits with config "
+                f"{json.dumps(shown, sort_keys=True)}; it cannot take {name!r} edits with config "
+                f"{json.dumps(asked, sort_keys=True)}; use a new store"
+            )
+        have_metric = self._meta("metric")
+        if metric is not None and have_metric is not None and have_metric != metric:
+            raise StoreError(f"edit store {self.path} routes its keys by {have_metric!r}; "
+                             f"a {name!r} editor routes by {metric!r}; use a new store")
+
+    def _claim_editor(self, name: str, config: dict[str, Any] | None, metric: str | None) -> bool:
+        """Inside a write transaction: record ``name``/``config`` (and ``metric``) if the store has no editor yet
+        (returns True), else check them against the recorded ones (``_editor_conflict``; returns False).
+
+        ``set_editor`` checks the name only (its callers pass a partial config); ``add_edit`` passes the config."""
+        if self._meta("editor") is not None:
+            if config is not None:
+                self._editor_conflict(name, config, metric)
+            return False
+        self._editor_conflict(name, None, metric)  # keyed edits without an editor: the metric may not change
+        self._set_meta("editor", json.dumps({"name": name, "config": config or {}}, sort_keys=True))
+        if metric is not None and self._meta("metric") != metric:
+            self._set_meta("metric", metric)
+        return True
+
+    def _follow_metric(self) -> None:
+        """After a commit that may have fixed the metric: make the in-memory router use it (in place: editors hold
+        this object)."""
+        if self._router.metric != self.metric:
+            self._router.build([], np.zeros((0, 1), np.float32))
+            self._router.metric = self.metric
+            self._router_checksum = None
 
     # ------------------------------------------------------------------ reading rows
     def _row_to_record(self, row: sqlite3.Row | tuple) -> EditRecord:
@@ -440,9 +501,17 @@ class EditStore:
         layer: str = "",
         editor_config: dict[str, Any] | None = None,
         extra: dict[str, Any] | None = None,
+        metric: str | None = None,
         _crash_hook: Callable[[str], None] | None = None,
     ) -> EditRecord:
         """Write one edit atomically: tensors to a temp file, fsync, rename, then commit the row.
+
+        The store's editor is fixed by its first edit, in the transaction that inserts it: ``editor``,
+        ``editor_config`` (``{}`` when None) and ``metric`` (the router's, when given) are recorded if the store has
+        no editor yet, else checked against the recorded ones in the same transaction, so of two first writers
+        with different specs exactly one wins; the other gets the one-line StoreError ("store holds N X edits with
+        config ...; use a new store") and writes nothing (no row, no adapter file). ``editor_config`` None checks
+        the name only.
 
         ``_crash_hook`` is called with a stage name between the steps; the crash tests use it to die there.
         """
@@ -455,7 +524,12 @@ class EditStore:
         if key is not None:
             k = np.asarray(key, dtype=np.float32).reshape(-1)
             key_blob, key_dim = k.tobytes(), int(k.size)
+        if metric is not None and metric not in METRICS:
+            raise StoreError(f"router metric {metric!r} is not allowed; allowed values: {', '.join(METRICS)}")
+        cfg = dict(editor_config) if editor_config is not None else None
         adir = self.path / ADAPTER_DIR
+        claimed = False
+        self.check_editor(editor, cfg, metric)  # early, before any file is written; the insert's txn decides
         with self._file_lock():
             afile = asha = None
             if tensors:
@@ -464,22 +538,36 @@ class EditStore:
                 atomic_write_with(adir / afile, lambda tmp: save_file(
                     state, str(tmp), metadata={"edit_uid": uid, "editor": editor, "layer": layer}), hook=hook)
                 asha = _file_sha256(adir / afile)
-            with self._write_txn():
-                cur = self._conn.execute(
-                    "INSERT INTO edits(uid, prompt, target, extra, editor, editor_config, layer, key, key_dim, "
-                    "adapter_file, adapter_sha256, status, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?, 'active', ?)",
-                    (uid, prompt, target, json.dumps(extra or {}, sort_keys=True), editor,
-                     json.dumps(editor_config or {}, sort_keys=True), layer, key_blob, key_dim, afile, asha,
-                     time.time()),
-                )
-                new_id = int(cur.lastrowid)
-                self._bump_version()
-                hook("inserted")
-                if key_blob is not None:
-                    self._router_update(added=[(new_id, key_blob)])
-                    hook("routed")
+            try:
+                with self._write_txn():
+                    # the editor spec is fixed (first writer) or checked (every later one) in the insert's
+                    # transaction
+                    claimed = self._claim_editor(editor, cfg, metric)
+                    cur = self._conn.execute(
+                        "INSERT INTO edits(uid, prompt, target, extra, editor, editor_config, layer, key, key_dim, "
+                        "adapter_file, adapter_sha256, status, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?, 'active', ?)",
+                        (uid, prompt, target, json.dumps(extra or {}, sort_keys=True), editor,
+                         json.dumps(cfg or {}, sort_keys=True), layer, key_blob, key_dim, afile, asha,
+                         time.time()),
+                    )
+                    new_id = int(cur.lastrowid)
+                    self._bump_version()
+                    hook("inserted")
+                    if claimed:
+                        self._follow_metric()
+                    if key_blob is not None:
+                        self._router_update(added=[(new_id, key_blob)])
+                        hook("routed")
+            except BaseException:
+                self._unlink_adapter(afile)  # we hold the lock: the file is ours, and no row names it
+                raise
             hook("committed")
         return self.get(new_id)
+
+    def _unlink_adapter(self, afile: str | None) -> None:
+        if afile:
+            with contextlib.suppress(OSError):
+                (self.path / ADAPTER_DIR / afile).unlink()
 
     def add_keys(self, keys: np.ndarray, *, editor: str, prompts: Sequence[str] | None = None,
                  layer: str = "") -> list[int]:

@@ -156,15 +156,32 @@ def _first_line(doc: str | None) -> str:
     return (doc or "").strip().splitlines()[0].strip() if doc and doc.strip() else ""
 
 
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"SystemExit: the plugin called sys.exit({exc.code!r}) at import"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _load_isolated(name: str, source: str, load: Callable[[], None]) -> None:
+    """Run ``load`` (a plugin import) with ``source`` as the source of what it registers. A plugin that fails,
+    even by ``sys.exit()`` (``SystemExit``), is recorded in the load errors and skipped, and every registration
+    it made before failing is rolled back: a failed plugin leaves nothing registered. (Ctrl-C still stops.)"""
+    with _lock:
+        previous = _state.loading_source
+        before = dict(_state.specs)
+        _state.loading_source = source
+        try:
+            load()
+        except (Exception, SystemExit) as exc:  # one broken plugin never breaks the run
+            _state.specs.clear()
+            _state.specs.update(before)
+            _state.errors.append(PluginLoadError(name, source, _describe(exc)))
+        finally:
+            _state.loading_source = previous
+
+
 def _import_isolated(module: str, source: str) -> None:
-    previous = _state.loading_source
-    _state.loading_source = source
-    try:
-        importlib.import_module(module)
-    except Exception as exc:  # one broken plugin never breaks the run
-        _state.errors.append(PluginLoadError(module, source, f"{type(exc).__name__}: {exc}"))
-    finally:
-        _state.loading_source = previous
+    _load_isolated(module, source, lambda: importlib.import_module(module) and None)
 
 
 def _builtin_modules() -> Iterable[str]:
@@ -180,16 +197,13 @@ def _load_entry_points() -> None:
 
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         dist = ep.dist.name if ep.dist is not None else "unknown"
-        previous = _state.loading_source
-        _state.loading_source = dist
-        try:
+
+        def load(ep: Any = ep) -> None:
             obj = ep.load()
             if callable(obj) and not isinstance(obj, type):
                 obj()  # an entry point may name a setup function instead of a module
-        except Exception as exc:
-            _state.errors.append(PluginLoadError(ep.name, dist, f"{type(exc).__name__}: {exc}"))
-        finally:
-            _state.loading_source = previous
+
+        _load_isolated(ep.name, dist, load)
 
 
 def ensure_loaded() -> None:
