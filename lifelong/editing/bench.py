@@ -85,9 +85,8 @@ def run_edit_bench(
         ids: list[int] = []
         for i, r in enumerate(reqs):
             t0 = time.perf_counter()
-            fit_extra = {"request_id": r.id} if r.id else {}
             # the benchmark measures edits that do not take instead of refusing them (their reliability shows it)
-            rec = session.apply(r.prompt, r.target, fit_extra or None, require_target=False)
+            rec = session.apply(r.prompt, r.target, {"request_id": r.id} if r.id else None, require_target=False)
             dt = time.perf_counter() - t0
             ids.append(rec.id)
             rel = session.token_accuracy([r.prompt], [r.target])[0]
