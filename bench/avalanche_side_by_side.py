@@ -21,18 +21,16 @@ not bit for bit. Time is training plus evaluation of each run, one torch thread 
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cil_fashion import REPO, fmt, one  # noqa: E402  (the lifelong side: the evidence table's runs)
+from cil_fashion import REPO, fmt, one, parse_protocol, run_all  # noqa: E402  (the lifelong side: the evidence table's runs)
 
 STRATEGIES = ("naive", "ewc", "lwf", "replay", "icarl", "gdumb", "dark-er")
 
@@ -125,28 +123,11 @@ def dispatch(task: tuple[str, str, int, str, dict[str, Any], bool]) -> dict[str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--only", default=None)
-    p.add_argument("--train-per-class", type=int, default=300)
-    p.add_argument("--test-per-class", type=int, default=300)
-    p.add_argument("--out", default="runs/bench-cil-fashion")
-    p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--fresh", action="store_true")
-    args = p.parse_args(argv)
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    strategies = [s.strip() for s in args.only.split(",")] if args.only else list(STRATEGIES)
-    protocol = {"train_per_class": args.train_per_class, "test_per_class": args.test_per_class}
+    args, seeds, strategies, protocol = parse_protocol(argv, __doc__.splitlines()[0], STRATEGIES)
     tasks = [(side, s, seed, args.out, protocol, args.fresh)
              for s in strategies for seed in seeds for side in ("lifelong", "plain")]
     t0 = time.time()
-    if args.jobs > 1:
-        import multiprocessing as mp
-
-        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=mp.get_context("spawn")) as pool:
-            runs = list(pool.map(dispatch, tasks))
-    else:
-        runs = [dispatch(t) for t in tasks]
+    runs = run_all(dispatch, tasks, args.jobs)
     print(f"split-fashion-mnist, 5 x 2 classes, {args.train_per_class} train / {args.test_per_class} test images a "
           f"class, seeds {seeds}; lifelong run vs plain Avalanche 0.6 loop; mean ± std over seeds in %; "
           f"time = train + eval of a run, one thread; bench wall time {time.time() - t0:.0f} s")

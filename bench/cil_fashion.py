@@ -55,10 +55,12 @@ def fmt(values: list[float]) -> str:
     return f"{a.mean():6.2f} ± {a.std(ddof=1) if len(a) > 1 else 0.0:5.2f}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_protocol(argv: list[str] | None, description: str, default_strategies: list[str]
+                   ) -> tuple[argparse.Namespace, list[int], list[str], dict[str, int]]:
+    """The options both Fashion-MNIST benches share: seeds, strategies, the per-class subsample, out, jobs."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--only", default=None, help="comma-separated strategies (default: all ten)")
+    p.add_argument("--only", default=None, help="comma-separated strategies (default: all of the bench's)")
     p.add_argument("--train-per-class", type=int, default=300)
     p.add_argument("--test-per-class", type=int, default=300)
     p.add_argument("--out", default="runs/bench-cil-fashion")
@@ -66,17 +68,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fresh", action="store_true")
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    strategies = [s.strip() for s in args.only.split(",")] if args.only else list(STRATEGIES)
+    strategies = [s.strip() for s in args.only.split(",")] if args.only else list(default_strategies)
     protocol = {"train_per_class": args.train_per_class, "test_per_class": args.test_per_class}
+    return args, seeds, strategies, protocol
+
+
+def run_all(fn: Any, tasks: list[tuple], jobs: int) -> list[dict[str, Any]]:
+    """``fn`` over ``tasks``, in ``jobs`` spawned processes (one after the other when ``jobs`` is 1)."""
+    if jobs <= 1:
+        return [fn(t) for t in tasks]
+    import multiprocessing as mp
+
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        return list(pool.map(fn, tasks))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, seeds, strategies, protocol = parse_protocol(argv, __doc__.splitlines()[0], STRATEGIES)
     tasks = [(s, seed, args.out, protocol, args.fresh) for s in strategies for seed in seeds]
     t0 = time.time()
-    if args.jobs > 1:
-        import multiprocessing as mp
-
-        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=mp.get_context("spawn")) as pool:
-            runs = list(pool.map(one, tasks))
-    else:
-        runs = [one(t) for t in tasks]
+    runs = run_all(one, tasks, args.jobs)
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in runs:
         if "error" not in r:
