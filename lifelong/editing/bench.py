@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from lifelong.editing.editor import EditRequest
-from lifelong.editing.metrics import _mean, base_references, locality_scores
+from lifelong.editing.metrics import base_references, locality_scores, mean_score
 from lifelong.editing.session import EditSession, check_edit_precision, resolve_edit_device
 
 
@@ -95,10 +95,10 @@ def run_edit_bench(
             per_edit.append({
                 "edit": i + 1, "id": rec.id, "prompt": r.prompt, "target": r.target, "seconds": dt,
                 "steps": rec.extra.get("steps"), "reliability": rel,
-                "generalization": _mean(gen) if gen else None, "locality": _mean(loc) if loc else None,
+                "generalization": mean_score(gen) if gen else None, "locality": mean_score(loc) if loc else None,
             })
             print(f"[{i + 1}/{len(reqs)}] {editor}: {r.prompt!r} -> {r.target!r}  {dt:.1f} s  rel {rel:.2f}"
-                  + (f"  gen {_mean(gen):.2f}" if gen else "") + (f"  loc {_mean(loc):.2f}" if loc else ""),
+                  + (f"  gen {mean_score(gen):.2f}" if gen else "") + (f"  loc {mean_score(loc):.2f}" if loc else ""),
                   file=sys.stderr, flush=True)
 
         # after the whole stream
@@ -137,26 +137,26 @@ def run_edit_bench(
                             f"unedited model's for {fidelity_tokens} tokens",
                 "retention": "reliability of the edits that were not rolled back, after the rollback",
             },
-            "pre_edit_reliability": _mean(pre_rel),
+            "pre_edit_reliability": mean_score(pre_rel),
             "right_after": {
-                "reliability": _mean([e["reliability"] for e in per_edit]),
+                "reliability": mean_score([e["reliability"] for e in per_edit]),
                 "generalization": _mean_opt([e["generalization"] for e in per_edit]),
                 "locality": _mean_opt([e["locality"] for e in per_edit]),
             },
             "after_stream": {
-                "reliability": _mean(rel_all),
-                "generalization": _mean(gen_all) if gen_all else None,
-                "locality": _mean(loc_all) if loc_all else None,
+                "reliability": mean_score(rel_all),
+                "generalization": mean_score(gen_all) if gen_all else None,
+                "locality": mean_score(loc_all) if loc_all else None,
             },
             "rollback": {
                 "n_rolled_back": len(back),
-                "fidelity": _mean([float(x) for x in same]) if same else float("nan"),
+                "fidelity": mean_score([float(x) for x in same]) if same else float("nan"),
                 "n_checked": len(same),
-                "retention": _mean(retention) if retention else float("nan"),
+                "retention": mean_score(retention) if retention else float("nan"),
                 "rolled_back_ids": [ids[i] for i in back],
             },
             "seconds_per_edit": {
-                "median": float(np.median(secs)), "mean": _mean(secs), "max": float(np.max(secs)),
+                "median": float(np.median(secs)), "mean": mean_score(secs), "max": float(np.max(secs)),
             },
             "per_edit": per_edit,
             "wall_time_s": time.perf_counter() - t_start,
@@ -170,7 +170,7 @@ def run_edit_bench(
 
 def _mean_opt(xs: Sequence[float | None]) -> float | None:
     vals = [x for x in xs if x is not None]
-    return _mean(vals) if vals else None
+    return mean_score(vals) if vals else None
 
 
 def _plot(result: dict[str, Any], path: Path) -> None:

@@ -64,9 +64,9 @@ def evaluate_store(session: EditSession, requests: Sequence[EditRequest]) -> dic
             refs = base_references(session, loc_p)
         loc = locality_scores(session, loc_p, refs)
     return {
-        "reliability": _mean(rel),
-        "generalization": _mean(gen) if gen else None,
-        "locality": _mean(loc) if loc else None,
+        "reliability": mean_score(rel),
+        "generalization": mean_score(gen) if gen else None,
+        "locality": mean_score(loc) if loc else None,
         "n_edits": len(requests),
     }
 
@@ -87,5 +87,6 @@ def _edits_off(session: EditSession, ids: Sequence[int]) -> Iterator[None]:
                 session.editor.activate(rec.id, rec.key, session.store.load_tensors(rec), rec.target)
 
 
-def _mean(xs: Sequence[float]) -> float:
+def mean_score(xs: Sequence[float]) -> float:
+    """The mean of ``xs``, NaN for none (a metric with nothing to measure)."""
     return float(np.mean(xs)) if len(xs) else float("nan")

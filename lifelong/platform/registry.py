@@ -162,7 +162,7 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _load_isolated(name: str, source: str, load: Callable[[], None]) -> None:
+def _load_isolated(name: str, source: str, load: Callable[[], Any]) -> None:
     """Run ``load`` (a plugin import) with ``source`` as the source of what it registers. A plugin that fails,
     even by ``sys.exit()`` (``SystemExit``), is recorded in the load errors and skipped, and every registration
     it made before failing is rolled back: a failed plugin leaves nothing registered. (Ctrl-C still stops.)"""
@@ -181,7 +181,7 @@ def _load_isolated(name: str, source: str, load: Callable[[], None]) -> None:
 
 
 def _import_isolated(module: str, source: str) -> None:
-    _load_isolated(module, source, lambda: importlib.import_module(module) and None)
+    _load_isolated(module, source, lambda: importlib.import_module(module))
 
 
 def _builtin_modules() -> Iterable[str]:
