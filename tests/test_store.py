@@ -187,3 +187,17 @@ def test_two_concurrent_writers_lose_nothing(tmp_path):
     with EditStore.open(store) as s:
         ids = [r.id for r in s.all_edits()]
         assert len(set(ids)) == 40
+
+
+def test_reopen_removes_every_unnamed_file_in_the_adapter_folder(tmp_path):
+    """A writer killed inside ``safetensors.save_file`` leaves safetensors' own ``.tmpXXXXXX`` (no suffix) beside our
+    ``*.tmp`` files and uncommitted adapters; reopening the store removes them all and keeps the named files."""
+    store = tmp_path / "s"
+    with EditStore.open(store) as s:
+        rec = s.add_edit("p", "t", editor="sola", tensors={"w": torch.ones(2)}, key=np.ones(4, dtype=np.float32))
+    leftovers = [".tmpegzCXJ", ".abc.safetensors.x1y2.tmp", "0123abcd.safetensors"]
+    for name in leftovers:
+        (store / ADAPTER_DIR / name).write_bytes(b"partial")
+    with EditStore.open(store) as s:
+        assert sorted(p.name for p in (store / ADAPTER_DIR).iterdir()) == [rec.adapter_file]
+        assert torch.equal(s.load_tensors(s.get(rec.id))["w"], torch.ones(2))

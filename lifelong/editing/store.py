@@ -634,13 +634,17 @@ class EditStore:
         return out
 
     def reconcile(self) -> list[str]:
-        """Remove temp files and adapter files that no row names (left by a crash); returns what was removed."""
+        """Remove every file in the adapter folder that no row names (left by a crash); returns what was removed.
+
+        Anything else there is a leftover: our own temporary files (``*.tmp``), the one safetensors itself writes
+        before its rename (``.tmpXXXXXX``, no suffix), and adapter files whose row was never committed. Writers
+        hold the same file lock while they write, so nothing in progress is removed."""
         removed = []
         adir = self.path / ADAPTER_DIR
         with self._file_lock():
             named = {r[0] for r in self._conn.execute("SELECT adapter_file FROM edits WHERE adapter_file IS NOT NULL")}
             for p in adir.iterdir():
-                if p.name.endswith(".tmp") or (p.suffix == ".safetensors" and p.name not in named):
+                if p.name not in named:
                     with contextlib.suppress(OSError):
                         p.unlink()
                         removed.append(p.name)
