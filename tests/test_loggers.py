@@ -6,12 +6,10 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from lifelong.platform import registry
 from lifelong.platform.config import ConfigError
 from lifelong.platform.runner import compare, resolve_config, run_experiment
 
@@ -48,37 +46,14 @@ def read_csv(path: Path) -> list[dict[str, str]]:
     return list(csv.DictReader(path.open()))
 
 
-@pytest.fixture(scope="module")
-def reporting_strategy() -> str:
-    """A naive learner that reports its mean loss per epoch through the Avalanche plugin of platform/loggers.py
-    (what the baselines would do with one line), registered in-process for these tests."""
-    from lifelong.platform.loggers import epoch_loss_plugin
-    from lifelong.strategies.baselines import Naive, NaiveConfig
-
-    name = "test-epoch-reporter"
-
-    @dataclass
-    class ReporterConfig(NaiveConfig):
-        pass
-
-    @registry.register("strategy", name, config=ReporterConfig, summary="naive + per-epoch loss (tests)")
-    class Reporter(Naive):
-        def __init__(self, config, context):
-            super().__init__(config, context)
-            self.strategy.plugins.append(epoch_loss_plugin(context))
-
-    yield name
-    registry._state.specs.pop(("strategy", name), None)  # the registry's other tests see the built-ins only
-
-
 def run(strategy: str, out: Path, loggers: list[str], **kwargs):
     config = resolve_config(strategy=strategy, seed=0, device="cpu",
                             overrides={**TINY_STREAM, "epochs": EPOCHS, "loggers": loggers})
     return run_experiment(config, out=out, progress=False, **kwargs)
 
 
-def test_tensorboard_and_csv_hold_the_run(tmp_path: Path, reporting_strategy: str) -> None:
-    results = run(reporting_strategy, tmp_path / "run", ["tensorboard", "csv"])
+def test_tensorboard_and_csv_hold_the_run(tmp_path: Path) -> None:
+    results = run("naive", tmp_path / "run", ["tensorboard", "csv"])
     n = len(results["accuracy_matrix"])
     acc = events(tmp_path / "run" / "logs" / "tensorboard")
     for j in range(n):
@@ -86,13 +61,13 @@ def test_tensorboard_and_csv_hold_the_run(tmp_path: Path, reporting_strategy: st
         assert values(acc, f"accuracy/exp{j}") == pytest.approx([results["accuracy_matrix"][i][j] for i in range(n)])
     assert values(acc, "accuracy/seen") == pytest.approx(results["seen_accuracy"])
     assert [s for s, _ in scalars(acc, "train/loss_after_experience")] == list(range(n))
-    losses = scalars(acc, "train/train_loss")  # one per epoch of every experience, from the learner
+    losses = scalars(acc, "train/train_loss")  # one per epoch of every experience, from the built-in learner
     assert [s for s, _ in losses] == list(range(n * EPOCHS)) and all(v > 0 for _, v in losses)
     for key in ("average_incremental_accuracy", "last_accuracy", "forgetting", "bwt"):
         assert steps(acc, f"metrics/{key}") == [n - 1]
         assert values(acc, f"metrics/{key}") == pytest.approx([results[key]])
     config = json.loads(text(acc, "config").strip("`").removeprefix("json"))
-    assert config["strategy"] == reporting_strategy and config["loggers"] == ["tensorboard", "csv"]
+    assert config["strategy"] == "naive" and config["loggers"] == ["tensorboard", "csv"]
     assert "| after step |" in text(acc, "accuracy_matrix")
 
     logs = tmp_path / "run" / "logs" / "csv"
@@ -107,6 +82,15 @@ def test_tensorboard_and_csv_hold_the_run(tmp_path: Path, reporting_strategy: st
     assert json.loads((logs / "config.json").read_text())["benchmark_config"]["train_per_class"] == 40
     metrics = {r["metric"]: float(r["value"]) for r in read_csv(logs / "metrics.csv")}
     assert metrics["last_accuracy"] == pytest.approx(results["last_accuracy"], abs=1e-6)
+
+
+def test_der_reports_its_epoch_losses(tmp_path: Path) -> None:
+    """DER runs its own loop (not Avalanche's): it reports through ``RunContext.log_metric`` itself."""
+    results = run("der", tmp_path / "der", ["csv"])
+    train = read_csv(tmp_path / "der" / "logs" / "csv" / "train.csv")
+    n = len(results["accuracy_matrix"])
+    assert [(int(r["experience"]), int(r["epoch"])) for r in train] == [(i, e) for i in range(n) for e in range(EPOCHS)]
+    assert all(float(r["value"]) > 0 for r in train)
 
 
 def test_loggers_change_neither_results_nor_the_checkpoint_identity(tmp_path: Path) -> None:

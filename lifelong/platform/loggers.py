@@ -20,8 +20,8 @@
 Training loss: the runner logs, for every experience, the cross-entropy of the learner's ``predict`` on that
 experience's training data after training on it (``loss_after_experience``). Per-epoch losses come from the
 learner itself, through ``RunContext.log_metric`` (``platform/learner.py``); a learner that does not call it
-reports none. ``epoch_loss_plugin`` is the Avalanche plugin that makes an Avalanche strategy report its mean
-training loss per epoch.
+reports none. ``epoch_loss_plugin`` is the Avalanche plugin through which every Avalanche-backed strategy
+reports its mean training loss per epoch; learners with their own loop (DER, ALADE-SNN) call it themselves.
 """
 
 from __future__ import annotations
@@ -261,6 +261,8 @@ def epoch_loss_plugin(context: Any, name: str = "train_loss") -> Any:
     from avalanche.core import SupervisedPlugin
 
     class EpochLoss(SupervisedPlugin):  # type: ignore[misc]
+        reports_only = True  # no state worth a checkpoint: runs with and without loggers resume alike
+
         def __init__(self) -> None:
             super().__init__()
             self.total, self.count, self.epoch = 0.0, 0, 0

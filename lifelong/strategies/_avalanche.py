@@ -28,6 +28,7 @@ from lifelong.adapters.backbones import build_backbone
 from lifelong.platform import distributed
 from lifelong.platform.device import LossScaler, autocast
 from lifelong.platform.learner import Learner, RunContext, StrategyConfig, make_optimizer
+from lifelong.platform.loggers import epoch_loss_plugin
 from lifelong.platform.quiet import quiet_avalanche
 from lifelong.strategies._avalanche_state import AvalancheState, register_missing_buffers
 
@@ -158,6 +159,9 @@ class AvalancheLearner(Learner):
 
     def build_strategy(self) -> Any:
         cfg = self.config
+        kwargs = self.strategy_kwargs()
+        # every epoch's mean loss reaches the run's loggers (a no-op when the run has none)
+        kwargs["plugins"] = [*kwargs.get("plugins", []), epoch_loss_plugin(self.context)]
         return trainable_only(self.resolve_strategy_class())(
             model=self._model,
             optimizer=self.optimizer,
@@ -167,7 +171,7 @@ class AvalancheLearner(Learner):
             eval_mb_size=cfg.eval_batch_size,
             device=self.context.device,
             evaluator=silent_evaluator(),
-            **self.strategy_kwargs(),
+            **kwargs,
         )
 
     def resolve_strategy_class(self) -> type:
@@ -186,7 +190,8 @@ class AvalancheLearner(Learner):
     def _stateful_plugins(self) -> list[Any]:
         from avalanche.training.plugins import EvaluationPlugin
 
-        return [p for p in self.strategy.plugins if not isinstance(p, EvaluationPlugin)]
+        return [p for p in self.strategy.plugins
+                if not isinstance(p, EvaluationPlugin) and not getattr(p, "reports_only", False)]
 
     def extra_state(self) -> dict[str, Any]:
         return {

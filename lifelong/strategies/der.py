@@ -39,12 +39,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from lifelong.adapters.backbones import BACKBONES
-from lifelong.adapters.expandable import (
-    RESNET_ARCHITECTURES,
-    ExpandableNet,
-    check_architecture,
-    extractor_factory,
-)
+from lifelong.adapters.expandable import RESNET_ARCHITECTURES, ExpandableNet, check_architecture, extractor_factory
 from lifelong.adapters.spiking import count_ops
 from lifelong.platform import distributed
 from lifelong.platform.device import LossScaler, autocast
@@ -229,6 +224,7 @@ class DERLearner(Learner):
                 total += float(loss.detach()) * len(yb)
                 n += len(yb)
             log["loss"].append(total / max(1, n))
+            self.context.log_metric("train_loss", log["loss"][-1], epoch=epoch)
         self._net = self.model
         if self.config.bn_recalibrate:
             self._recalibrate_batch_norm(torch.cat([x_eval, self.memory.x]) if len(self.memory) else x_eval)
