@@ -181,17 +181,30 @@ def test_optimizer_factory_takes_only_trainable_parameters() -> None:
 
 def test_model_names_the_same_architectures_for_der_and_alade_snn() -> None:
     # der: the ReLU ResNets or a platform backbone; alade-snn: the spiking version of the same ResNets
-    for name in ("auto", "resnet-tiny", "resnet-cifar", "mlp", "cnn-small"):
+    for name in ("auto", "resnet-tiny", "resnet-mnist", "resnet-cifar", "mlp", "cnn-small"):
         assert build_config(DERConfig, {"model": name}).model == name
-    for name in ("auto", "resnet-tiny", "resnet-cifar"):
+    for name in ("auto", "resnet-tiny", "resnet-mnist", "resnet-cifar"):
         assert build_config(AladeSNNConfig, {"model": name}).model == name
     # the old spiking layout names are refused with the allowed values and the new name
     with pytest.raises(ConfigError, match=r"model: 'tiny' is not allowed; allowed values: auto, resnet-tiny, "
-                                          r"resnet-cifar \('tiny' is now 'resnet-tiny'\)"):
+                                          r"resnet-mnist, resnet-cifar \('tiny' is now 'resnet-tiny'\)"):
         build_config(AladeSNNConfig, {"model": "tiny"})
     with pytest.raises(ConfigError, match="'cifar' is now 'resnet-cifar'"):
         build_config(AladeSNNConfig, {"model": "cifar"})
-    with pytest.raises(ConfigError, match="allowed values: auto, resnet-tiny, resnet-cifar$"):
+    with pytest.raises(ConfigError, match="allowed values: auto, resnet-tiny, resnet-mnist, resnet-cifar$"):
         build_config(AladeSNNConfig, {"model": "mlp"})  # no spiking version
-    with pytest.raises(ConfigError, match="allowed values: auto, resnet-tiny, resnet-cifar, mlp, cnn-small"):
+    with pytest.raises(ConfigError,
+                       match="allowed values: auto, resnet-tiny, resnet-mnist, resnet-cifar, mlp, cnn-small"):
         build_config(DERConfig, {"model": "vgg"})
+
+
+def test_auto_extractor_by_input_size_and_the_28x28_resnet() -> None:
+    from lifelong.adapters.expandable import extractor_factory, resolve_architecture
+    from lifelong.adapters.spiking import NeuronConfig
+
+    assert [resolve_architecture("auto", (1, s, s)) for s in (8, 28, 32)] == [
+        "resnet-tiny", "resnet-mnist", "resnet-cifar"]
+    make, width = extractor_factory("resnet-mnist", (1, 28, 28))
+    assert width == 64 and make()(torch.zeros(2, 1, 28, 28)).shape == (1, 2, 64)  # ReLU twin: T = 1
+    make, width = extractor_factory("resnet-mnist", (1, 28, 28), neuron=NeuronConfig(), T=3)
+    assert width == 64 and make()(torch.zeros(2, 1, 28, 28)).shape == (3, 2, 64)  # spiking: T steps

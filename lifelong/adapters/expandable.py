@@ -6,8 +6,9 @@
   ``[T, B, F]``: T = 1 for an ordinary network, the number of time steps for a spiking one, so one class
   serves both.
 - The extractor vocabulary (``model`` of the strategies that grow this network): the architectures
-  ``resnet-tiny`` (8x8 digits: 16-wide stem, two one-block stages) and ``resnet-cifar`` (64-wide stem,
-  [3, 3, 2] blocks at 128/256/512) of ``adapters/spiking.py``, built with ReLU neurons or, given a
+  ``resnet-tiny`` (8x8 digits: 16-wide stem, two one-block stages), ``resnet-mnist`` (28x28: stride-2 16-wide
+  stem, one-block stages at 16/32/64) and ``resnet-cifar`` (64-wide stem, [3, 3, 2] blocks at 128/256/512) of
+  ``adapters/spiking.py``, built with ReLU neurons or, given a
   ``NeuronConfig``, as spiking networks of LIF neurons over T steps; ``auto`` picks one by input size. The
   platform backbones (``mlp``, ``cnn-small``, ...; ``adapters/backbones.py``) can serve as ordinary extractors.
 """
@@ -25,15 +26,16 @@ from lifelong.platform.errors import UserError
 
 #: the ResNet architectures an extractor may be, each with a ReLU and a spiking version, and their layouts in
 #: ``adapters/spiking.py``
-RESNET_ARCHITECTURES: dict[str, str] = {"resnet-tiny": "tiny", "resnet-cifar": "cifar"}
+RESNET_ARCHITECTURES: dict[str, str] = {"resnet-tiny": "tiny", "resnet-mnist": "mnist", "resnet-cifar": "cifar"}
 
 
 def resolve_architecture(name: str, input_shape: tuple[int, ...]) -> str:
-    """``name``, or for ``auto`` the ResNet for the input size: ``resnet-tiny`` up to 8x8, else ``resnet-cifar``."""
+    """``name``, or for ``auto`` the ResNet for the input size: ``resnet-tiny`` up to 8x8, ``resnet-mnist`` up
+    to 28x28, else ``resnet-cifar``."""
     if name != "auto":
         return name
     side = max(input_shape[1:]) if len(input_shape) > 1 else 0
-    return "resnet-tiny" if side <= 8 else "resnet-cifar"
+    return "resnet-tiny" if side <= 8 else "resnet-mnist" if side <= 28 else "resnet-cifar"
 
 
 def check_architecture(name: str, allowed: tuple[str, ...]) -> None:
