@@ -114,7 +114,12 @@ def build_backbone(name: str, input_shape: tuple[int, ...], n_classes: int) -> C
     """Build backbone ``name`` (or the default for ``auto``) with a head over ``n_classes``."""
     if name == "auto":
         name = default_backbone(input_shape)
+    if name not in BACKBONES and "-clip" in name:  # conversion-ready twins with clip activations (ECL)
+        from lifelong.adapters.conversion import build_clip_backbone
+
+        return build_clip_backbone(name, input_shape, n_classes)
     if name not in BACKBONES:
-        raise ConfigError(f"model: unknown backbone {name!r}; allowed values: auto, {', '.join(BACKBONES)}")
+        raise ConfigError(f"model: unknown backbone {name!r}; allowed values: auto, {', '.join(BACKBONES)}, "
+                          "cnn-28-clip, cnn-small-clip")
     features, dim = BACKBONES[name](tuple(input_shape))
     return ClassifierNet(features, dim, n_classes)

@@ -1,0 +1,251 @@
+"""ANN-to-SNN conversion with error compensation (ECL), beside plain rate conversion.
+
+Follows "Efficient ANN-SNN Conversion with Error Compensation Learning" (Liu, Shen, Ran, Xu, Xu, Xu, Pan; ICML
+2025), which names three fixes, one per conversion error, without public code. What is taken, and what is
+chosen here where the paper's text was not available (docs/snn-conversion.md measures each choice):
+
+- **clipping error -> a learnable threshold clipping function.** ``ClipReLU``: ``y = clamp(x, 0, lambda)`` with
+  one trainable ``lambda`` per layer (initial value 2.0, PACT's gradient: ``dy/dlambda = 1`` where ``x >
+  lambda``). Chosen: with ``levels=L > 0`` the clipped value is also rounded to ``L`` steps of ``lambda / L``
+  during training (the QCFS form ``lambda * clamp(floor(x L / lambda + 1/2) / L, 0, 1)`` with a straight-through
+  gradient), so the ANN learns the quantisation an SNN of about ``L`` time steps will make. The backbones with
+  this activation are ``cnn-28-clip`` and ``cnn-small-clip`` (``-clip4`` etc. set ``L``); they use 2x2 average
+  pooling where their ReLU twins max-pool, because a max over spike trains is not the spike train of a max.
+- **quantisation and unevenness error -> dual-threshold neurons.** Chosen rule (``DualThresholdIF``): an
+  integrate-and-fire neuron with reset by subtraction and two thresholds, ``+theta`` and ``0``: it sends a
+  positive spike (worth ``+theta``) when ``v >= theta`` and a negative spike (``-theta``) when ``v < 0`` *and* it
+  has sent more positive than negative spikes so far; each spike moves ``v`` back by its value. So the net count
+  never goes below zero or above ``t`` (the output stays in ``[0, theta]``, like the clip), and charge that
+  arrived early and was later cancelled by negative input is taken back instead of staying in the output.
+- **non-uniformity error -> optimised membrane initialisation.** Chosen: ``v(0) = 0.5 theta``; for a constant
+  input it turns the IF neuron's floor into rounding to the nearest of ``theta / T`` steps (the expected
+  error of a uniformly spread input is then zero, QCFS' result). With the thresholds at ``theta`` and ``0`` that
+  puts the rest potential halfway between them.
+- **threshold.** ``theta`` of each neuron is the trained ``lambda`` of the ``ClipReLU`` it replaces (no
+  data-based threshold balancing); batch norm is not folded, it runs as the affine map it is in eval mode.
+
+Plain conversion (``PLAIN``) is the classic rate conversion on the same thresholds: IF neurons, reset by
+subtraction, ``v(0) = 0``, positive spikes only.
+
+The converted network is stepped in time: the neurons keep their potential between calls, every call of the
+model is one time step with the same (analog, direct-encoded) input, and the outputs are averaged over steps.
+Every other layer is stateless and, in eval mode, affine (convolution, batch norm, average pooling, linear), so
+the mean output over T steps is the network applied to the neurons' mean rates.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from lifelong.adapters.backbones import ClassifierNet
+from lifelong.platform.config import ConfigError
+
+INITIAL_THRESHOLD = 2.0
+
+
+class _RoundSTE(torch.autograd.Function):
+    """``floor(x + 1/2)`` forward, identity backward (straight-through)."""
+
+    @staticmethod
+    def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return torch.floor(x + 0.5)
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return grad
+
+
+class ClipReLU(nn.Module):
+    """``clamp(x, 0, lambda)`` with a trainable ``lambda``; with ``levels > 0`` rounded to ``levels`` steps."""
+
+    def __init__(self, threshold: float = INITIAL_THRESHOLD, levels: int = 0) -> None:
+        super().__init__()
+        if threshold <= 0:
+            raise ValueError(f"threshold must be positive, got {threshold}")
+        if levels < 0:
+            raise ValueError(f"levels must be 0 (no rounding) or positive, got {levels}")
+        self.threshold = nn.Parameter(torch.tensor(float(threshold)))
+        self.levels = int(levels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lam = self.threshold.to(x.dtype)
+        if self.levels == 0:
+            return torch.minimum(torch.relu(x), lam)
+        q = _RoundSTE.apply(x * self.levels / lam)
+        return lam * torch.clamp(q / self.levels, 0.0, 1.0)
+
+    def extra_repr(self) -> str:
+        return f"threshold={float(self.threshold.detach()):.4g}, levels={self.levels}"
+
+
+# ------------------------------------------------------------------------------------------------ backbones
+def _clip_cnn(input_shape: tuple[int, ...], widths: tuple[int, ...], pools: tuple[bool, ...], levels: int,
+              ) -> tuple[nn.Module, int]:
+    layers: list[nn.Module] = []
+    c_in = input_shape[0]
+    for width, pool in zip(widths, pools):
+        layers += [nn.Conv2d(c_in, width, 3, padding=1), nn.BatchNorm2d(width), ClipReLU(levels=levels)]
+        if pool:
+            layers.append(nn.AvgPool2d(2))
+        c_in = width
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return nn.Sequential(*layers), c_in
+
+
+#: the backbones that have a clip variant: their channel widths and where they pool
+_CLIP_LAYOUTS: dict[str, tuple[tuple[int, ...], tuple[bool, ...]]] = {
+    "cnn-28": ((16, 32, 64), (True, True, False)),
+    "cnn-small": ((32, 64, 128), (False, True, False)),
+}
+CLIP_BACKBONES: tuple[str, ...] = tuple(f"{name}-clip" for name in _CLIP_LAYOUTS)
+_CLIP_NAME = re.compile(r"^(?P<base>.+)-clip(?P<levels>\d*)$")
+
+
+def is_clip_backbone(name: str) -> bool:
+    """Whether ``name`` names a clip backbone (``cnn-28-clip``, ``cnn-small-clip8``, ...)."""
+    return _CLIP_NAME.match(name) is not None
+
+
+def build_clip_backbone(name: str, input_shape: tuple[int, ...], n_classes: int) -> ClassifierNet:
+    """``BASE-clip`` (continuous clip) or ``BASE-clipL`` (rounded to L levels): the conversion-ready twin of
+    backbone ``BASE``, with ``ClipReLU`` for ReLU and average for max pooling."""
+    match = _CLIP_NAME.match(name)
+    if match is None or match["base"] not in _CLIP_LAYOUTS:
+        raise ConfigError(f"model: unknown clip backbone {name!r}; allowed values: "
+                          f"{', '.join(CLIP_BACKBONES)} (add a number of levels, e.g. cnn-28-clip4)")
+    levels = int(match["levels"] or 0)
+    if match["levels"] and levels < 1:
+        raise ConfigError(f"model: {name!r}: the number of levels after -clip must be at least 1")
+    widths, pools = _CLIP_LAYOUTS[match["base"]]
+    features, dim = _clip_cnn(tuple(input_shape), widths, pools, levels)
+    return ClassifierNet(features, dim, n_classes)
+
+
+# ---------------------------------------------------------------------------------------------------- neurons
+@dataclass(frozen=True)
+class Scheme:
+    """How clip activations become neurons: initial potential (fraction of the threshold), negative spikes."""
+
+    name: str
+    v_init: float = 0.0
+    dual: bool = False
+
+
+PLAIN = Scheme("plain", v_init=0.0, dual=False)
+ECL = Scheme("ecl", v_init=0.5, dual=True)
+#: the two fixes of ECL's neuron one at a time, for the ablation in the bench
+INIT_ONLY = Scheme("init-only", v_init=0.5, dual=False)
+DUAL_ONLY = Scheme("dual-only", v_init=0.0, dual=True)
+SCHEMES: dict[str, Scheme] = {s.name: s for s in (PLAIN, ECL, INIT_ONLY, DUAL_ONLY)}
+
+
+class DualThresholdIF(nn.Module):
+    """Integrate-and-fire neuron that keeps its potential across calls (one call = one time step).
+
+    Outputs ``theta`` (positive spike), ``-theta`` (negative spike, only with ``dual``) or 0. ``reset()`` puts it
+    back to rest before the next input.
+    """
+
+    def __init__(self, threshold: float, v_init: float = 0.5, dual: bool = True) -> None:
+        super().__init__()
+        if threshold <= 0:
+            raise ValueError(f"threshold must be positive, got {threshold}")
+        self.threshold = float(threshold)
+        self.v_init = float(v_init)
+        self.dual = bool(dual)
+        self.v: torch.Tensor | None = None
+        self.count: torch.Tensor | None = None  # net spikes so far (positive minus negative)
+        self.spikes = 0.0  # spikes sent (either sign) since the last reset_counters, for the spike rate
+        self.neuron_steps = 0
+
+    def reset(self) -> None:
+        self.v = None
+        self.count = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        theta = self.threshold
+        if self.v is None or self.v.shape != x.shape:
+            self.v = torch.full_like(x, self.v_init * theta, dtype=torch.float32)
+            self.count = torch.zeros_like(x, dtype=torch.float32)
+        assert self.count is not None
+        v = self.v + x.float()
+        pos = (v >= theta).float()
+        s = pos
+        if self.dual:
+            s = s - ((v < 0) & (self.count > 0)).float()
+        self.v = v - s * theta
+        self.count = self.count + s
+        self.spikes += float(s.abs().sum())
+        self.neuron_steps += s.numel()
+        return (s * theta).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"threshold={self.threshold:.4g}, v_init={self.v_init}, dual={self.dual}"
+
+
+def clip_layers(model: nn.Module) -> list[str]:
+    """Names of the ``ClipReLU`` modules of ``model`` (empty: the model cannot be converted)."""
+    return [name for name, m in model.named_modules() if isinstance(m, ClipReLU)]
+
+
+def unsupported_layers(model: nn.Module) -> list[str]:
+    """Layers that make a clip network unconvertible by rate: ReLU-like or pooling layers that are not linear
+    in the rates (max pooling) or normalise per sample (layer norm)."""
+    bad = (nn.MaxPool2d, nn.MaxPool1d, nn.LayerNorm, nn.ReLU, nn.GELU, nn.SiLU)
+    return [name for name, m in model.named_modules() if isinstance(m, bad)]
+
+
+def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, attr, module)
+
+
+@contextmanager
+def spiking(model: nn.Module, scheme: Scheme = ECL) -> Iterator[list[DualThresholdIF]]:
+    """Within the block every ``ClipReLU`` of ``model`` is an IF neuron of ``scheme`` with the clip's threshold;
+    the clips are put back afterwards. Yields the neurons (call ``step_reset`` before each new input)."""
+    names = clip_layers(model)
+    if not names:
+        raise ValueError("the model has no clip activation (ClipReLU) to convert; train it on a -clip backbone")
+    originals = {name: model.get_submodule(name) for name in names}
+    neurons = []
+    for name, clip in originals.items():
+        neuron = DualThresholdIF(float(clip.threshold.detach().abs()), scheme.v_init, scheme.dual)
+        _set_module(model, name, neuron)
+        neurons.append(neuron)
+    try:
+        yield neurons
+    finally:
+        for name, clip in originals.items():
+            _set_module(model, name, clip)
+
+
+@torch.no_grad()
+def run_timesteps(forward: Callable[[torch.Tensor], torch.Tensor], neurons: list[DualThresholdIF], x: torch.Tensor,
+                  T: int) -> torch.Tensor:
+    """The converted network's mean output after each of ``T`` time steps: ``[T, B, ...]`` (row ``t-1`` is the
+    readout at ``t`` steps). ``forward`` is one time step (the model, or a learner's ``predict``)."""
+    for n in neurons:
+        n.reset()
+    total = None
+    means = []
+    for t in range(1, T + 1):
+        out = forward(x).float()
+        total = out if total is None else total + out
+        means.append(total / t)
+    for n in neurons:
+        n.reset()
+    return torch.stack(means)
+
+
+def spike_rate(neurons: list[DualThresholdIF]) -> float:
+    """Fraction of neuron-time-steps that sent a spike (either sign) since the neurons were made."""
+    steps = sum(n.neuron_steps for n in neurons)
+    return sum(n.spikes for n in neurons) / steps if steps else 0.0
