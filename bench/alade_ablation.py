@@ -1,0 +1,138 @@
+"""Does ALADE-SNN beat its own ablations, and how far is it from ANN DER at what energy? On split-fashion-mnist.
+
+Variants, all from ``configs/alade-snn/split-fashion-mnist.yaml`` (spiking ``resnet-mnist`` extractors, T = 4) and
+the bench protocol of ``bench/cil_fashion.py`` (``--train-per-class`` / ``--test-per-class`` seeded subsets):
+
+- ``alade-snn``: the config as it is (logit alignment and OtoN on);
+- ``no-align``: ``logit_alignment=false`` (classifier fine-tuning without the adaptive offset);
+- ``no-oton``: ``oton=false`` (old extractors' features may feed the new classes' logits);
+- ``spiking-der``: both off: spiking DER with the same KD and auxiliary loss;
+- ``ann-der``: strategy ``der`` on the ReLU twin of the same extractor (``resnet-mnist``, T = 1), the same
+  schedule, memory and fine-tuning.
+
+Every comparison with ``alade-snn`` is paired by seed (a seed fixes the class order and the subsets, so both runs
+see the same stream): the table gives the mean difference and its 95 % t-interval over seeds. The energy column
+is the learner's own estimate of one forward pass per sample (4.6 pJ per multiply-accumulate, 0.9 pJ per
+spike-driven accumulate). ``alade-snn`` runs land in the same folders as ``bench/cil_fashion.py``'s, so the
+evidence table reuses them.
+
+    .venv/bin/python bench/alade_ablation.py --seeds 0,1,2,3,4 --train-per-class 200 --test-per-class 200 --jobs 2
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cil_fashion import REPO, parse_protocol, run_all, run_dir  # noqa: E402
+
+CONFIG = REPO / "configs" / "alade-snn" / "split-fashion-mnist.yaml"
+#: variant -> (strategy, overrides on top of the config's strategy settings)
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "alade-snn": ("alade-snn", {}),
+    "no-align": ("alade-snn", {"logit_alignment": False}),
+    "no-oton": ("alade-snn", {"oton": False}),
+    "spiking-der": ("alade-snn", {"logit_alignment": False, "oton": False}),
+    "ann-der": ("der", {}),
+}
+#: settings of the ALADE-SNN config that DER (an ANN learner) does not have
+SPIKING_ONLY = ("T", "surrogate", "surrogate_alpha", "tau", "v_threshold", "compile", "oton", "logit_alignment",
+                "distillation", "kd_temperature", "kd_weight", "alignment_start", "effect_factor", "change_factor",
+                "reuse_old_classifier", "classifier_bias", "finetune_reinit")
+
+
+def one(args: tuple[str, int, str, dict[str, Any], bool]) -> dict[str, Any]:
+    variant, seed, out, protocol, fresh = args
+    import torch
+
+    torch.set_num_threads(1)
+    from lifelong.platform.config import load_yaml
+    from lifelong.platform.runner import resolve_config, run_experiment
+
+    folder = run_dir(out, variant, seed)
+    done = folder / "results.json"
+    if done.exists() and not fresh:
+        return {**json.loads(done.read_text()), "variant": variant}
+    strategy, changes = VARIANTS[variant]
+    try:
+        if strategy == "alade-snn":
+            config = resolve_config(config_file=CONFIG, seed=seed, device="cpu", overrides={**protocol, **changes})
+        else:  # the same settings without the spiking ones, for the ANN learner
+            data = load_yaml(CONFIG)
+            settings = {k: v for k, v in data["strategy_config"].items() if k not in SPIKING_ONLY}
+            config = resolve_config(strategy=strategy, benchmark=data["benchmark"], seed=seed, device="cpu",
+                                    overrides={**settings, **data["benchmark_config"], **protocol, **changes})
+        return {**run_experiment(config, out=folder, progress=False), "variant": variant}
+    except Exception as exc:  # one failing run is reported, the others still count
+        return {"variant": variant, "seed": seed, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def paired(a: list[float], b: list[float]) -> str:
+    """Mean of a - b in points with its 95 % t-interval over the paired seeds."""
+    import numpy as np
+    from scipy import stats
+
+    d = 100 * (np.asarray(a) - np.asarray(b))
+    if len(d) < 2:
+        return f"{d.mean():+6.2f}"
+    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+    return f"{d.mean():+6.2f} [{d.mean() - half:+6.2f}, {d.mean() + half:+6.2f}]"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import numpy as np
+
+    args, seeds, variants, protocol = parse_protocol(argv, __doc__.splitlines()[0], list(VARIANTS))
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        print(f"alade_ablation: unknown variant(s) {unknown}; allowed: {', '.join(VARIANTS)}", file=sys.stderr)
+        return 2
+    tasks = [(v, seed, args.out, protocol, args.fresh) for v in variants for seed in seeds]
+    t0 = time.time()
+    runs = run_all(one, tasks, args.jobs)
+    by_variant: dict[str, dict[int, dict[str, Any]]] = {}
+    for r in runs:
+        if "error" not in r:
+            by_variant.setdefault(r["variant"], {})[int(r["seed"])] = r
+    print(f"split-fashion-mnist, 5 x 2 classes, {args.train_per_class} train / {args.test_per_class} test images a "
+          f"class, seeds {seeds}, {CONFIG.relative_to(REPO)} (resnet-mnist, T = 4); mean ± std in %; "
+          f"differences to alade-snn paired by seed, mean [95 % t-interval] in points; bench wall time "
+          f"{time.time() - t0:.0f} s")
+    header = (f"{'variant':<12}{'AIA':>16}{'last':>16}{'AIA - alade':>27}{'last - alade':>27}{'run s':>8}"
+              f"{'uJ/sample':>11}")
+    print(header)
+    print("-" * len(header))
+    base = by_variant.get("alade-snn", {})
+    for variant in variants:
+        group = by_variant.get(variant, {})
+        if not group:
+            continue
+        common = sorted(set(group) & set(base))
+        rows = list(group.values())
+        mean_std = []
+        for key in ("average_incremental_accuracy", "last_accuracy"):
+            a = 100 * np.asarray([r[key] for r in rows])
+            mean_std.append(f"{a.mean():6.2f} ± {a.std(ddof=1) if len(a) > 1 else 0.0:5.2f}")
+        diffs = ["" if variant == "alade-snn" else
+                 paired([group[s][key] for s in common], [base[s][key] for s in common])
+                 for key in ("average_incremental_accuracy", "last_accuracy")]
+        energy = [r.get("strategy_summary", {}).get("ops", {}).get("energy_uj_per_sample") for r in rows]
+        energy_text = f"{np.mean(energy):.1f}" if all(e is not None for e in energy) else "-"
+        wall = np.mean([r["wall_time_s"] for r in rows])
+        n = f" (n={len(group)})" if len(group) != len(seeds) else ""
+        print(f"{variant:<12}{mean_std[0]:>16}{mean_std[1]:>16}{diffs[0]:>27}{diffs[1]:>27}{wall:>8.1f}"
+              f"{energy_text:>11}{n}")
+    failures = [r for r in runs if "error" in r]
+    for f in failures:
+        print(f"FAILED: {f['variant']} seed {f['seed']}: {f['error']}")
+    shown = argv if argv is not None else sys.argv[1:]
+    print(f"command: {' '.join([Path(sys.executable).name, 'bench/alade_ablation.py', *shown])}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
