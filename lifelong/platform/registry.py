@@ -3,8 +3,8 @@
 Learned from timm (``register`` on factories, ``create(name)``, ``list(pattern)``), PEFT (a config class that
 carries its method's name) and pytest/pluggy (entry points, one broken plugin never breaks the run, a switch
 to turn autoload off). The platform never imports a method by name: built-in plugins are the public modules of
-the plugin packages (``BUILTIN_PACKAGES``: strategies, editors, scorers, benchmarks), third-party plugins are entry
-points in the ``lifelong.plugins`` group, and both are imported lazily on the first lookup.
+the plugin packages (``BUILTIN_PACKAGES``: strategies, editors, scorers, benchmarks, components), third-party
+plugins are entry points in the ``lifelong.plugins`` group, and both are imported lazily on the first lookup.
 """
 
 from __future__ import annotations
@@ -24,13 +24,15 @@ from lifelong.platform.config import build_config
 from lifelong.platform.errors import UserError
 from lifelong.platform.quiet import quiet_avalanche
 
-KINDS: tuple[str, ...] = ("strategy", "editor", "scorer", "benchmark")
+#: ``component``: a training component a learner calls around its own loop (``platform/learner.py``: ``Component``)
+KINDS: tuple[str, ...] = ("strategy", "editor", "scorer", "benchmark", "component")
 #: what a benchmark's factory returns: a class-incremental stream (``run``, ``compare``) or preference pairs
 #: (``reward train|eval``); the runner refuses a benchmark of the wrong kind by name
 BENCHMARK_KINDS: tuple[str, ...] = ("stream", "preference-pairs")
 ENTRY_POINT_GROUP = "lifelong.plugins"
 DISABLE_AUTOLOAD_ENV = "LIFELONG_DISABLE_PLUGIN_AUTOLOAD"
-BUILTIN_PACKAGES: tuple[str, ...] = ("lifelong.benchmarks", "lifelong.strategies", "lifelong.editors", "lifelong.scorers")
+BUILTIN_PACKAGES: tuple[str, ...] = ("lifelong.benchmarks", "lifelong.components", "lifelong.strategies", "lifelong.editors",
+                                     "lifelong.scorers")
 _NAME_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 
 
@@ -46,6 +48,8 @@ class Capabilities:
     uses_replay_memory: bool = False
     supports_rollback: bool = False
     distributed_safe: bool = False
+    #: a strategy that calls training components (``components=[...]``) and honours ``loss=tet``
+    accepts_components: bool = False
 
     def as_dict(self) -> dict[str, bool]:
         return dataclasses.asdict(self)

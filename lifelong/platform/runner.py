@@ -102,6 +102,17 @@ def route_overrides(flat: dict[str, Any], strategy: str, benchmark: str) -> dict
         if key in TOP_LEVEL_KEYS:
             routed = deep_merge(routed, {key: value})
             continue
+        if key == "components" or (key not in strategy_fields and key in _names("component")):
+            if not registry.get("strategy", strategy).capabilities.accepts_components:
+                takers = [s.name for s in registry.list_plugins("strategy") if s.capabilities.accepts_components]
+                raise ConfigError(f"--set {key}: strategy {strategy} does not accept training components; "
+                                  f"strategies that do: {', '.join(takers)}")
+            if key == "components":  # --set components=kd,esl as well as components=[kd,esl]
+                value = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+            else:  # --set kd.alpha=0.5: the options of component kd
+                key, value = "component_config", {key: value}
+            routed = deep_merge(routed, {"strategy_config": {key: value}})
+            continue
         in_strategy, in_benchmark = key in strategy_fields, key in benchmark_fields
         if in_strategy and in_benchmark:
             raise ConfigError(f"--set {key}: ambiguous, both {strategy} and {benchmark} have it; write strategy_config.{key} or benchmark_config.{key}")
@@ -111,6 +122,10 @@ def route_overrides(flat: dict[str, Any], strategy: str, benchmark: str) -> dict
         section = "strategy_config" if in_strategy else "benchmark_config"
         routed = deep_merge(routed, {section: {key: value}})
     return routed
+
+
+def _names(kind: str) -> set[str]:
+    return {s.name for s in registry.list_plugins(kind)}
 
 
 def _config_fields(kind: str, name: str) -> list[str]:
