@@ -2,6 +2,11 @@
 
 Every backbone is a ``ClassifierNet``: a feature extractor with a known ``feature_dim`` and a linear head over
 all classes of the stream, so strategies that need the two parts apart (iCaRL, DER) can take them.
+
+The ``spiking-*`` backbones are the spiking ResNets of ``adapters/spiking.py`` (LIF neurons, direct encoding
+over T = 4 steps): their features are the spike rates averaged over time, so the logits are the time-averaged
+logits and every strategy, metric and memory works on them unchanged; ``StepLogits`` recovers the
+per-time-step logits ``[T, B, C]`` (for the TET loss and for components) from the same forward.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from lifelong.adapters.spiking import SpikingResNet, time_average
 from lifelong.platform.config import ConfigError
 
 
@@ -91,12 +97,72 @@ def _resnet_reduced(input_shape: tuple[int, ...], width: int = 20) -> tuple[nn.M
     return nn.Sequential(*layers), c_in
 
 
+class TimeAveraged(nn.Module):
+    """A spiking network's per-step features ``[T, B, F]`` averaged over time: ``[B, F]``."""
+
+    def __init__(self, snn: SpikingResNet) -> None:
+        super().__init__()
+        self.snn = snn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return time_average(self.snn(x))
+
+
+def _spiking(layout: str, width_mult: float = 1.0) -> Callable[[tuple[int, ...]], tuple[nn.Module, int]]:
+    """The spiking ResNet ``layout`` of ``adapters/spiking.py`` (default LIF, T = 4), time-averaged features."""
+
+    def build(input_shape: tuple[int, ...]) -> tuple[nn.Module, int]:
+        if len(input_shape) != 3:
+            raise ConfigError(f"model: spiking backbones need image inputs (C, H, W); the stream's are {input_shape}")
+        snn = SpikingResNet(input_shape[0], layout=layout, width_mult=width_mult, T=4)
+        return TimeAveraged(snn), snn.feature_dim
+
+    return build
+
+
 BACKBONES: dict[str, Callable[[tuple[int, ...]], tuple[nn.Module, int]]] = {
     "mlp": _mlp,
     "cnn-small": _cnn_small,
     "resnet-reduced": _resnet_reduced,
     "cnn-28": _cnn_28,
+    # spiking ResNets (adapters/spiking.py layouts): 8x8 digits, 28x28 images, 28x28 at half width, CIFAR
+    "spiking-tiny": _spiking("tiny"),
+    "spiking-mnist": _spiking("mnist"),
+    "spiking-mnist-half": _spiking("mnist", 0.5),
+    "spiking-cifar": _spiking("cifar"),
 }
+
+
+def spiking_network(model: nn.Module) -> SpikingResNet | None:
+    """The spiking ResNet inside a ``spiking-*`` backbone (None for an ordinary network)."""
+    features = getattr(model, "features", None)
+    return features.snn if isinstance(features, TimeAveraged) else None
+
+
+class StepLogits:
+    """Per-time-step logits ``[T, B, C]`` of a ``ClassifierNet``'s last forward: the classifier applied to each
+    step's features of a spiking backbone (a forward hook keeps them), ``logits[None]`` for an ordinary one.
+    Since the head is linear, their mean over T is the forward's output."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self._steps: torch.Tensor | None = None
+        snn = spiking_network(model)
+        self._handle = snn.register_forward_hook(self._keep) if snn is not None else None
+
+    def _keep(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        self._steps = out
+
+    def step_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        steps, self._steps = self._steps, None
+        if steps is None or not hasattr(self.model, "classifier"):
+            return logits.unsqueeze(0)
+        return self.model.classifier(steps).float()
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+        self._handle, self._steps = None, None
 
 
 def default_backbone(input_shape: tuple[int, ...]) -> str:

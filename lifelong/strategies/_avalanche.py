@@ -11,6 +11,10 @@ What this fixes (measured on avalanche-lib 0.6.0, torch 2.14):
   fails on torch 2.14): the runner evaluates by itself, and the strategy state is captured by
   ``AvalancheState`` (``_avalanche_state.py``) as tensors and plain values, so checkpoints load with
   ``weights_only=True``.
+
+Training components (``platform/learner.py``: ``Component``) reach an Avalanche strategy through
+``ComponentPlugin``, which maps Avalanche's callbacks onto the component hooks; the same plugin captures the
+per-time-step logits that ``loss=tet`` trains on.
 """
 
 from __future__ import annotations
@@ -24,10 +28,20 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from lifelong.adapters.backbones import build_backbone
+from lifelong.adapters.backbones import StepLogits, build_backbone
 from lifelong.platform import distributed
 from lifelong.platform.device import LossScaler, autocast
-from lifelong.platform.learner import Learner, RunContext, StrategyConfig, make_optimizer
+from lifelong.platform.learner import (
+    ComposableConfig,
+    Learner,
+    RunContext,
+    StrategyConfig,
+    TrainingState,
+    build_components,
+    known_classes,
+    make_optimizer,
+    tet_loss,
+)
 from lifelong.platform.loggers import epoch_loss_plugin
 from lifelong.platform.quiet import quiet_avalanche
 from lifelong.strategies._avalanche_state import AvalancheState, register_missing_buffers
@@ -53,6 +67,14 @@ def trainable_only(strategy_class: type) -> type:
     class TrainableOnly(strategy_class):  # type: ignore[misc, valid-type]
         precision: str = "fp32"
         loss_scaler: LossScaler  # set by use_precision, which AvalancheLearner calls right after construction
+        #: with ``loss=tet``, the per-time-step logits of the current batch (set by ``ComponentPlugin``)
+        step_logits: torch.Tensor | None = None
+        tet: bool = False
+
+        def criterion(self) -> torch.Tensor:
+            if self.tet and self.is_training and self.step_logits is not None:
+                return tet_loss(self.step_logits, self.mb_y)
+            return super().criterion()
 
         def use_precision(self, precision: str) -> None:
             self.precision = precision
@@ -111,6 +133,68 @@ def silent_evaluator() -> Any:
         return EvaluationPlugin(loggers=[])
 
 
+class ComponentPlugin:
+    """Avalanche callbacks onto the learner's training components (Avalanche calls plugins by callback name).
+
+    ``reports_only``: the components are not checkpointed as an Avalanche plugin but by the learner
+    (``state["components"]``, ``platform/learner.py``).
+    """
+
+    reports_only = True
+
+    def __init__(self, learner: "AvalancheLearner") -> None:
+        self.learner = learner
+        self.state: TrainingState | None = None
+        self.capture: StepLogits | None = None
+
+    def before_training_exp(self, strategy: Any, **kwargs: Any) -> None:
+        model = distributed.unwrap(strategy.model)
+        index = self.learner.experience_index
+        self.state = TrainingState(model=model, optimizer=strategy.optimizer, experience=index,
+                                   known_classes=known_classes(self.learner.context.stream, index))
+        self.capture = StepLogits(model)
+        self.learner.components.before_experience(self.state)
+
+    def before_training_epoch(self, strategy: Any, **kwargs: Any) -> None:
+        assert self.state is not None
+        self.state.epoch = int(strategy.clock.train_exp_epochs)
+
+    def after_forward(self, strategy: Any, **kwargs: Any) -> None:
+        if self.state is None or self.capture is None:
+            return
+        self.state.x, self.state.y, self.state.logits = strategy.mb_x, strategy.mb_y, strategy.mb_output
+        self.state.step_logits = self.capture.step_logits(strategy.mb_output)
+        strategy.step_logits = self.state.step_logits
+
+    def before_backward(self, strategy: Any, **kwargs: Any) -> None:
+        if self.state is None:
+            return
+        extra = self.learner.components.extra_loss(self.state)
+        if extra is not None:
+            strategy.loss = strategy.loss + extra
+
+    def after_backward(self, strategy: Any, **kwargs: Any) -> None:
+        if self.state is not None:
+            self.learner.components.after_backward(self.state)
+            self.state.x = self.state.y = self.state.logits = self.state.step_logits = None
+            strategy.step_logits = None
+
+    def after_update(self, strategy: Any, **kwargs: Any) -> None:
+        if self.state is not None:
+            self.learner.components.after_step(self.state)
+
+    def after_training_epoch(self, strategy: Any, **kwargs: Any) -> None:
+        if self.state is not None:
+            self.learner.components.after_epoch(self.state)
+
+    def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
+        if self.capture is not None:
+            self.capture.close()
+        if self.state is not None:
+            self.learner.components.after_experience(self.state)
+        self.state = self.capture = None
+
+
 class AvalancheLearner(Learner):
     """A platform learner around one Avalanche strategy class (subclasses say which and with what options)."""
 
@@ -120,11 +204,16 @@ class AvalancheLearner(Learner):
 
     def __init__(self, config: StrategyConfig, context: RunContext) -> None:
         super().__init__(config, context)
+        self.components = build_components(config, context)
+        self.experience_index = 0
         self._model = self.build_model().to(context.device)
         self.optimizer = make_optimizer(self._model.parameters(), config)
         with quiet_avalanche():
             self.strategy = self.build_strategy()
         self.strategy.use_precision(config.precision)
+        self.strategy.tet = isinstance(config, ComposableConfig) and config.loss == "tet"
+        if self.components or self.strategy.tet:
+            self.strategy.plugins.append(ComponentPlugin(self))
         self.strategy.model = self.distributed_model()
         self._state = AvalancheState(self._model)
 
@@ -180,12 +269,17 @@ class AvalancheLearner(Learner):
             return getattr(importlib.import_module(module_name), name)
 
     def train_experience(self, experience: Any) -> None:
+        self.experience_index = int(getattr(experience, "current_experience", self.experience_index))
         self.train_avalanche(with_task_labels(experience))
+        self.experience_index += 1
 
     def train_avalanche(self, experience: Any) -> None:
         """One ``strategy.train`` call, quiet, and with no second data sharding by Avalanche."""
         with quiet_avalanche(), no_avalanche_sharding():
             self.strategy.train(experience, num_workers=0)
+
+    def summary(self) -> dict[str, Any]:
+        return {"components": self.components.summary()} if self.components else {}
 
     def _stateful_plugins(self) -> list[Any]:
         from avalanche.training.plugins import EvaluationPlugin

@@ -31,7 +31,8 @@ Where it departs or fills gaps:
 - the fine-tuning set is drawn once per task from non-augmented samples and the classifier trains on their
   cached time-averaged features (exact for a linear classifier over frozen, eval-mode features);
 - the tiny layout for 8x8 digits and the short schedules are the platform's, for CPUs; the paper's protocol is
-  ``configs/alade-snn/cifar100-b0-10.yaml``; TET loss (off for CIFAR-100 in the paper) is not implemented.
+  ``configs/alade-snn/cifar100-b0-10.yaml``; the TET loss (off for CIFAR-100 in the paper) is ``loss=tet``
+  (``der``'s, per-time-step cross-entropy), and training components (``components=[...]``) run as in ``der``.
 """
 
 from __future__ import annotations
@@ -183,7 +184,7 @@ class AlignedLogits(FinetuneLogits):
     "alade-snn",
     config=AladeSNNConfig,
     summary="ALADE-SNN (Ni et al. 2025): spiking DER with distillation, OtoN and adaptive logit alignment",
-    capabilities=Capabilities(uses_replay_memory=True, distributed_safe=True),
+    capabilities=Capabilities(uses_replay_memory=True, distributed_safe=True, accepts_components=True),
 )
 class AladeSNNLearner(DERLearner):
     """ALADE-SNN over a class-incremental stream (see the module docstring)."""

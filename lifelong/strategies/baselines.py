@@ -20,7 +20,7 @@ from torch import nn
 from lifelong.adapters.backbones import build_backbone
 from lifelong.platform import distributed
 from lifelong.platform.distributed import OutsideModuleTree, shard_indices
-from lifelong.platform.learner import StrategyConfig
+from lifelong.platform.learner import ComposableConfig, StrategyConfig
 from lifelong.platform.registry import Capabilities, register
 from lifelong.strategies._avalanche import (
     AvalancheLearner,
@@ -35,15 +35,18 @@ from lifelong.strategies._avalanche import (
 _DDP = Capabilities(distributed_safe=True)
 _SINGLE = Capabilities()
 _REPLAY_DDP = Capabilities(uses_replay_memory=True, distributed_safe=True)
+# naive and replay call training components (``components=[...]``, ``loss=tet``; platform/learner.py)
+_DDP_COMPONENTS = Capabilities(distributed_safe=True, accepts_components=True)
+_REPLAY_DDP_COMPONENTS = Capabilities(uses_replay_memory=True, distributed_safe=True, accepts_components=True)
 _REPLAY_SINGLE = Capabilities(uses_replay_memory=True)
 
 
 @dataclass
-class NaiveConfig(StrategyConfig):
+class NaiveConfig(ComposableConfig):
     """Plain fine-tuning on each experience in turn."""
 
 
-@register("strategy", "naive", config=NaiveConfig, summary="fine-tune on each experience (lower bound)", capabilities=_DDP)
+@register("strategy", "naive", config=NaiveConfig, summary="fine-tune on each experience (lower bound)", capabilities=_DDP_COMPONENTS)
 class Naive(AvalancheLearner):
     strategy_class = "avalanche.training:Naive"
 
@@ -90,11 +93,11 @@ class LwF(AvalancheLearner):
 
 
 @dataclass
-class ReplayConfig(StrategyConfig):
+class ReplayConfig(ComposableConfig):
     mem_size: int = 200
 
 
-@register("strategy", "replay", config=ReplayConfig, summary="experience replay with a class-balanced memory", capabilities=_REPLAY_DDP)
+@register("strategy", "replay", config=ReplayConfig, summary="experience replay with a class-balanced memory", capabilities=_REPLAY_DDP_COMPONENTS)
 class Replay(AvalancheLearner):
     strategy_class = "avalanche.training:Replay"
 

@@ -24,7 +24,11 @@ The learner is a plain PyTorch loop over a DataLoader of the experience's datase
 network (``adapters/expandable.py``'s ``ExpandableNet``) in ``self.model``, so that DDP wrapping stays possible.
 A learner built on it may change the extractor (``_extractor_factory``), add a loss term (``_extra_loss``), act
 after every optimizer step (``_after_optimizer_step``) and change the logits the classifier stage trains on
-(``_finetune_logits``); DER itself does none of these.
+(``_finetune_logits``); DER itself does none of these. Training components (``components=[...]``,
+``platform/learner.py``) are called around the representation stage (their loss terms join the loss, their
+``after_step`` follows ``_after_optimizer_step``; the classifier stage is the learner's own), and ``loss=tet``
+replaces the cross-entropy of the time-averaged logits by TET's per-time-step cross-entropy (the auxiliary
+loss stays on time-averaged logits).
 """
 
 from __future__ import annotations
@@ -44,14 +48,23 @@ from lifelong.adapters.spiking import count_ops
 from lifelong.platform import distributed
 from lifelong.platform.device import LossScaler, autocast
 from lifelong.platform.errors import UserError
-from lifelong.platform.learner import Learner, RunContext, StrategyConfig, make_optimizer
+from lifelong.platform.learner import (
+    ComposableConfig,
+    Learner,
+    RunContext,
+    StrategyConfig,
+    TrainingState,
+    build_components,
+    make_optimizer,
+    tet_loss,
+)
 from lifelong.platform.registry import Capabilities, list_plugins, register
 from lifelong.strategies._herding import ExemplarMemory, balanced_indices
 from lifelong.strategies._samples import MemoryDataset, collate, materialise
 
 
 @dataclass
-class DERConfig(StrategyConfig):
+class DERConfig(ComposableConfig):
     """Settings of ``der``; the defaults finish a 5-experience split-digits run in well under a minute."""
 
     #: the extractor architectures ``model`` may name besides ``auto`` (see ``adapters/expandable.py``)
@@ -139,7 +152,7 @@ class FinetuneLogits:
     "der",
     config=DERConfig,
     summary="Dynamically Expandable Representation (Yan et al. 2021): one frozen extractor per task, herding memory",
-    capabilities=Capabilities(uses_replay_memory=True, distributed_safe=True),
+    capabilities=Capabilities(uses_replay_memory=True, distributed_safe=True, accepts_components=True),
 )
 class DERLearner(Learner):
     """DER over a class-incremental stream (see the module docstring)."""
@@ -157,6 +170,8 @@ class DERLearner(Learner):
         self.history: list[dict[str, Any]] = []
         self._probe: torch.Tensor | None = None
         self._net: nn.Module = self.model  # the model, DDP-wrapped while a task trains under torchrun
+        self.components = build_components(config, context)
+        self._state: TrainingState | None = None  # what the components see while a task trains
 
     # -- the network -------------------------------------------------------------------------------------
     def _extractor_factory(self) -> tuple[Callable[[], nn.Module], int]:
@@ -204,7 +219,10 @@ class DERLearner(Learner):
         optimizer = make_optimizer(self.model.parameters(), self.config)
         scaler = LossScaler(self.config.precision, self.device)
         log: dict[str, Any] = {"task": task, "classes": classes, "epochs": epochs, "loss": []}
+        self._state = TrainingState(model=self.model, optimizer=optimizer, experience=task, known_classes=known)
+        self.components.before_experience(self._state)
         for epoch in range(epochs):
+            self._state.epoch = epoch
             lr = lr_at(epoch, self.config.lr, self.config.lr_milestones, self.config.lr_gamma, self.config.warmup_epochs)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -219,10 +237,13 @@ class DERLearner(Learner):
                     loss = self._loss(xb, yb, known)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.backward(loss)
+                self.components.after_backward(self._state)
                 scaler.step(optimizer)
                 self._after_optimizer_step(known)
+                self.components.after_step(self._state)
                 total += float(loss.detach()) * len(yb)
                 n += len(yb)
+            self.components.after_epoch(self._state)
             log["loss"].append(total / max(1, n))
             self.context.log_metric("train_loss", log["loss"][-1], epoch=epoch)
         self._net = self.model
@@ -234,6 +255,8 @@ class DERLearner(Learner):
         self._update_memory(x_eval, y_eval)
         self._probe = x_eval[:256]
         self.history.append(log)
+        self.components.after_experience(self._state)
+        self._state = None
 
     def _strategy_name(self) -> str:
         """The name this learner's class is registered under (for messages)."""
@@ -272,11 +295,17 @@ class DERLearner(Learner):
         """Cross-entropy of the time-averaged logits plus the auxiliary loss (and ``_extra_loss``)."""
         out = self._net(xb)
         logits = out["logits"].mean(0)
-        loss = F.cross_entropy(logits, yb)
+        loss = tet_loss(out["logits"], yb) if self.config.loss == "tet" else F.cross_entropy(logits, yb)
         if self.config.aux_loss and "aux_logits" in out:
             aux_target = torch.where(yb < known, torch.zeros_like(yb), yb - known + 1)
             loss = loss + self.config.aux_weight * F.cross_entropy(out["aux_logits"].mean(0), aux_target)
-        return loss + self._extra_loss(out, logits, yb, known)
+        loss = loss + self._extra_loss(out, logits, yb, known)
+        if self.components and self._state is not None:
+            self._state.x, self._state.y, self._state.logits, self._state.step_logits = xb, yb, logits, out["logits"]
+            extra = self.components.extra_loss(self._state)
+            if extra is not None:
+                loss = loss + extra
+        return loss
 
     def _extra_loss(self, out: dict[str, torch.Tensor], logits: torch.Tensor, yb: torch.Tensor, known: int) -> torch.Tensor:
         """A loss term added to the representation stage's loss; none in DER."""
@@ -397,6 +426,8 @@ class DERLearner(Learner):
         probe = self._probe if self._probe is not None else self.memory.x
         if probe is not None and self.model.classifier is not None:
             out.update(self._cost(probe[:256].to(self.device)))
+        if self.components:
+            out["components"] = self.components.summary()
         return out
 
     def _cost(self, probe: torch.Tensor) -> dict[str, Any]:
