@@ -1,12 +1,25 @@
 """Typed configs: dataclasses built from YAML files and ``key=value`` overrides, with errors that name the field.
 
 Every plugin declares a dataclass; ``build_config`` turns a plain dict into it, rejecting unknown keys (and
-naming the allowed ones) and values of the wrong type before any work starts.
+naming the allowed ones), values of the wrong type and values out of range before any work starts.
+
+Ranges (``Rule``) come from three places, checked in this order for every field of every config:
+
+1. the field's own rule: ``dataclasses.field(default=..., metadata={"rule": Rule(low=0)})`` or
+   ``Annotated[float, Rule(low=0)]``;
+2. otherwise ``SHARED_RULES``, by field name, for the settings every learner shares (lr, momentum,
+   weight_decay, epochs, batch sizes, mem_size, seed), so a third-party plugin's ``lr`` is checked like a
+   built-in one without declaring anything;
+3. every float (and every float in a list) must be finite: NaN and ±inf are refused unless the field's rule
+   says ``finite=False``.
+
+Then the config's own ``validate()`` runs (cross-field checks).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -19,6 +32,94 @@ T = TypeVar("T")
 
 class ConfigError(UserError, ValueError):
     """A config value, key or file that cannot be used; the message names the field and what is allowed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """The allowed values of one numeric field: ``low``/``high`` bounds (``None``: unbounded), each inclusive
+    unless ``low_open``/``high_open``; ``finite=False`` lets the field take NaN and ±inf."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    finite: bool = True
+
+    def describe(self, name: str) -> str:
+        """The allowed range in words: ``0 <= momentum < 1``, ``lr > 0``, ``a finite number``."""
+        if self.low is not None and self.high is not None:
+            text = (f"{_num(self.low)} {'<' if self.low_open else '<='} {name} "
+                    f"{'<' if self.high_open else '<='} {_num(self.high)}")
+        elif self.low is not None:
+            text = f"{name} {'>' if self.low_open else '>='} {_num(self.low)}"
+        elif self.high is not None:
+            text = f"{name} {'<' if self.high_open else '<='} {_num(self.high)}"
+        else:
+            return "a finite number" if self.finite else "any number"
+        return text
+
+    def allows(self, value: float) -> bool:
+        if isinstance(value, float) and math.isnan(value):
+            return not self.finite
+        if isinstance(value, float) and math.isinf(value) and self.finite:
+            return False
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        if self.high is not None and (value > self.high or (self.high_open and value == self.high)):
+            return False
+        return True
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 2**53 else repr(x)
+
+
+#: The settings every learner shares, checked by name in any plugin config that has them (third-party ones
+#: included) unless the field declares its own ``Rule``. docs/reliability.md lists the same table.
+SHARED_RULES: dict[str, Rule] = {
+    "lr": Rule(low=0, low_open=True),
+    "momentum": Rule(low=0, high=1, high_open=True),
+    "weight_decay": Rule(low=0),
+    "epochs": Rule(low=1),
+    "batch_size": Rule(low=1),
+    "eval_batch_size": Rule(low=1),
+    "mem_size": Rule(low=0),
+    # numpy's RandomState and scikit-learn's random_state take 0 .. 2**32-1, the narrowest of the RNGs a run seeds
+    "seed": Rule(low=0, high=2**32 - 1),
+}
+
+
+def field_rules(cls: type) -> dict[str, Rule | None]:
+    """The rule of every field of a config class: its own (metadata or ``Annotated``), else the shared one for
+    its name, else none (then only the finiteness of floats is checked)."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    rules: dict[str, Rule | None] = {}
+    for f in dataclasses.fields(cls):
+        own = [x for x in getattr(hints.get(f.name), "__metadata__", ()) if isinstance(x, Rule)]
+        rules[f.name] = f.metadata.get("rule") or (own[0] if own else SHARED_RULES.get(f.name))
+    return rules
+
+
+def check_rules(config: Any, prefix: str = "") -> None:
+    """Refuse a field value outside its ``Rule``, and any non-finite float the rule does not allow, with a
+    ``ConfigError`` naming the field, the value and the allowed range."""
+    for name, rule in field_rules(type(config)).items():
+        _check_value(getattr(config, name), rule, f"{prefix}{name}", name)
+
+
+def _check_value(value: Any, rule: Rule | None, where: str, name: str) -> None:
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_value(item, rule, f"{where}[{i}]", name)
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    rule = rule or Rule()
+    if not rule.allows(value):
+        allowed = rule.describe(name)
+        if isinstance(value, float) and rule.finite and allowed != "a finite number":
+            allowed += ", finite"
+        raise ConfigError(f"{where}: {value!r} is out of range; allowed: {allowed}")
 
 
 def _type_name(tp: Any) -> str:
@@ -106,12 +207,15 @@ def build_config(cls: type[T], values: Mapping[str, Any] | None = None, *, prefi
         obj = cls(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"{cls.__name__}: {exc}") from None
-    return validate_config(obj, prefix.rstrip(".") or cls.__name__)
+    return validate_config(obj, prefix.rstrip(".") or cls.__name__, prefix=prefix)
 
 
-def validate_config(config: T, where: str = "") -> T:
-    """Run the config's ``validate()`` (the one validation convention: it raises ``ValueError`` for a value it
+def validate_config(config: T, where: str = "", *, prefix: str | None = None) -> T:
+    """Check every field against its ``Rule`` (fields named ``{prefix}name``, default ``{where}.name``), then
+    run the config's ``validate()`` (the one validation convention: it raises ``ValueError`` for a value it
     cannot use); the error becomes a ``ConfigError`` prefixed with ``where`` (default: the class name)."""
+    if dataclasses.is_dataclass(config):
+        check_rules(config, prefix if prefix is not None else (f"{where}." if where else ""))
     validate = getattr(config, "validate", None)
     if callable(validate):
         try:
