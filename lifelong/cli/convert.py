@@ -1,0 +1,181 @@
+"""``lifelong convert``: turn a finished run's ANN into a spiking network and measure it per time step.
+
+The run is rebuilt from its own ``results.json`` (strategy, benchmark and both configs) and ``checkpoint.pt``;
+the model's clip activations become IF neurons (``adapters/conversion.py``: plain conversion and ECL's
+dual-threshold neurons with a half-threshold start), and the converted network is evaluated on the run's whole
+test stream after each time step up to the largest asked for. Results go to ``conversion.json`` in the run
+folder (one atomic write); the table goes to stdout. Any strategy works whose model is a clip backbone and whose
+``predict`` is a forward of that model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from lifelong.adapters.conversion import SCHEMES, clip_layers, run_timesteps, spiking, unsupported_layers
+from lifelong.platform import registry
+from lifelong.platform.atomic import atomic_write_text
+from lifelong.platform.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from lifelong.platform.config import build_config
+from lifelong.platform.device import resolve_device
+from lifelong.platform.errors import UserError
+from lifelong.platform.learner import RunContext
+from lifelong.platform.runner import RunConfig
+
+RESULT_NAME = "conversion.json"
+MAX_TIMESTEPS = 4096
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    convert = subparsers.add_parser("convert", help="convert a finished run's ANN to an SNN and evaluate it per time step")
+    convert.add_argument("--run", required=True, help="folder of a finished `lifelong run` (results.json, checkpoint.pt)")
+    convert.add_argument("--timesteps", default="1,2,4,8", help="comma-separated time steps T to report (default 1,2,4,8)")
+    convert.add_argument("--schemes", default="plain,ecl",
+                         help=f"comma-separated conversion schemes (default plain,ecl; allowed: {', '.join(SCHEMES)})")
+    convert.add_argument("--device", default=None, help="auto (CUDA when available), cpu, cuda, cuda:N")
+    convert.add_argument("--json", action="store_true", help="print conversion.json instead of the table")
+    convert.set_defaults(handler=cmd_convert)
+
+
+def parse_timesteps(text: str) -> list[int]:
+    """``"1,2,4,8"`` -> ``[1, 2, 4, 8]`` (sorted, unique); anything else is a ``UserError``."""
+    try:
+        steps = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise UserError(f"--timesteps: expected comma-separated positive integers, got {text!r}") from None
+    if not steps or steps[0] < 1 or steps[-1] > MAX_TIMESTEPS:
+        raise UserError(f"--timesteps: expected comma-separated integers from 1 to {MAX_TIMESTEPS}, got {text!r}")
+    return steps
+
+
+def parse_schemes(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    bad = [n for n in names if n not in SCHEMES]
+    if not names or bad:
+        raise UserError(f"--schemes: {bad[0] if bad else text!r} is not a scheme; allowed values: {', '.join(SCHEMES)}")
+    return list(dict.fromkeys(names))
+
+
+def load_finished_run(run_dir: Path, device: Any) -> tuple[dict[str, Any], Any, Any]:
+    """``(results, learner, stream)`` of the finished run in ``run_dir``, the learner holding its final weights."""
+    results_path, checkpoint_path = run_dir / "results.json", run_dir / CHECKPOINT_NAME
+    if not run_dir.is_dir():
+        raise UserError(f"--run: {run_dir} is not a folder")
+    if not results_path.is_file():
+        raise UserError(f"--run: {run_dir} holds no results.json; give the folder of a finished `lifelong run`")
+    if not checkpoint_path.is_file():
+        raise UserError(f"--run: {run_dir} holds no {CHECKPOINT_NAME}, so it has no weights to convert")
+    try:
+        results = json.loads(results_path.read_text())
+        config = build_config(RunConfig, results["config"]).typed()
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"--run: {results_path} is not the results.json of a run ({exc})") from None
+    state = load_checkpoint(checkpoint_path)
+    stream = registry.get("benchmark", config.benchmark).factory(config.benchmark_config)
+    if int(state.get("completed", 0)) != stream.n_experiences:
+        raise UserError(f"--run: the checkpoint in {run_dir} has {state.get('completed')} of {stream.n_experiences} "
+                        "experiences; finish the run first (lifelong run ... --resume)")
+    context = RunContext(stream=stream, device=device, seed=config.seed)
+    learner = registry.get("strategy", config.strategy).factory(config.strategy_config, context)
+    learner.load_state_dict(state["learner"])
+    learner.model.to(device)
+    return results, learner, stream
+
+
+def convert_run(run_dir: Path, timesteps: list[int], schemes: list[str], device: Any) -> dict[str, Any]:
+    """Evaluate the ANN of the finished run and its conversions; write and return ``conversion.json``'s content."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    results, learner, stream = load_finished_run(run_dir, device)
+    model = learner.model
+    strategy_config = results["config"].get("strategy_config", {})
+    if not clip_layers(model):
+        raise UserError(f"--run: the model of {run_dir} ({results['strategy']}, model "
+                        f"{strategy_config.get('model', '?')!r}) has no clip activation to convert; train the run on "
+                        "a clip backbone (--set model=cnn-28-clip or cnn-small-clip)")
+    bad = unsupported_layers(model)
+    if bad:
+        raise UserError(f"--run: the model of {run_dir} has layers a rate conversion cannot carry: {', '.join(bad)}")
+    thresholds = {name: float(model.get_submodule(name).threshold.detach()) for name in clip_layers(model)}
+    t_max = timesteps[-1]
+    batch = int(strategy_config.get("eval_batch_size", 256))
+    n_exp = stream.n_experiences
+    ann_correct = [0] * n_exp
+    snn_correct = {s: [[0] * n_exp for _ in timesteps] for s in schemes}
+    sizes = [0] * n_exp
+    spike_counts = {s: [0.0, 0] for s in schemes}  # spikes (either sign) and neuron-steps over the test stream
+    for j in range(n_exp):
+        dataset = stream.test_stream[j].dataset
+        dataset = dataset.eval() if hasattr(dataset, "eval") else dataset
+        for item in DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=0):
+            x, y = item[0].to(device), item[1].to(device)
+            sizes[j] += int(y.numel())
+            with torch.no_grad():
+                ann_correct[j] += int((learner.predict(x).argmax(1) == y).sum())
+            for s in schemes:
+                with spiking(model, SCHEMES[s]) as neurons:
+                    outs = run_timesteps(learner.predict, neurons, x, t_max)
+                    spike_counts[s][0] += sum(n.spikes for n in neurons)
+                    spike_counts[s][1] += sum(n.neuron_steps for n in neurons)
+                for k, t in enumerate(timesteps):
+                    snn_correct[s][k][j] += int((outs[t - 1].argmax(1) == y).sum())
+    rates = {s: spikes / steps if steps else 0.0 for s, (spikes, steps) in spike_counts.items()}
+    total = sum(sizes)
+
+    def acc(correct: list[int]) -> dict[str, Any]:
+        return {"accuracy": sum(correct) / max(total, 1),
+                "per_experience": [c / max(n, 1) for c, n in zip(correct, sizes)]}
+
+    out = {
+        "run": str(run_dir),
+        "strategy": results["strategy"],
+        "benchmark": results["benchmark"],
+        "seed": results["seed"],
+        "model": strategy_config.get("model"),
+        "timesteps": timesteps,
+        "test_samples": total,
+        "thresholds": thresholds,
+        "ann": acc(ann_correct),
+        "schemes": {
+            s: {
+                "v_init": SCHEMES[s].v_init,
+                "dual_threshold": SCHEMES[s].dual,
+                "spike_rate_at_max_t": rates[s],
+                "by_timestep": {str(t): acc(snn_correct[s][k]) for k, t in enumerate(timesteps)},
+            }
+            for s in schemes
+        },
+    }
+    atomic_write_text(run_dir / RESULT_NAME, json.dumps(out, indent=2) + "\n")
+    return out
+
+
+def format_table(result: dict[str, Any]) -> str:
+    schemes = list(result["schemes"])
+    lines = [f"{result['strategy']} on {result['benchmark']}, seed {result['seed']}, model {result['model']}: "
+             f"accuracy on all {result['test_samples']} test samples (%)",
+             f"{'T':>5}  {'ANN':>7}" + "".join(f"  {s:>9}" for s in schemes)]
+    ann = 100 * result["ann"]["accuracy"]
+    for t in result["timesteps"]:
+        row = "".join(f"  {100 * result['schemes'][s]['by_timestep'][str(t)]['accuracy']:>9.2f}" for s in schemes)
+        lines.append(f"{t:>5}  {ann:>7.2f}{row}")
+    rates = ", ".join(f"{s} {result['schemes'][s]['spike_rate_at_max_t']:.3f}" for s in schemes)
+    lines.append(f"spike rate (spikes per neuron and step, T={result['timesteps'][-1]}): {rates}")
+    return "\n".join(lines)
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    timesteps = parse_timesteps(args.timesteps)
+    schemes = parse_schemes(args.schemes)
+    device = resolve_device(args.device or "auto")
+    result = convert_run(Path(args.run), timesteps, schemes, device)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_table(result))
+        print(f"results: {Path(args.run) / RESULT_NAME}")
+    return 0
