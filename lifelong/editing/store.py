@@ -40,12 +40,16 @@ refuses to be used with another model.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import functools
 import hashlib
 import json
 import os
+import shutil
 import sqlite3
 import time
+import urllib.parse
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +64,8 @@ from lifelong.platform.errors import UserError
 DB_NAME = "edits.sqlite"
 ADAPTER_DIR = "adapters"
 LOCK_NAME = ".lock"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+MAX_ID = 2**63 - 1  # SQLite's largest integer
 #: metric of stores made before the editor's metric was recorded (schema 1), by editor name; others: "ip"
 LEGACY_METRICS = {"sola": "ip", "grace": "l2", "ft-l": "l2"}
 _ZERO = "0" * 64
@@ -82,7 +87,8 @@ CREATE TABLE IF NOT EXISTS edits (
     adapter_sha256 TEXT,
     status TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'rolled_back')),
     created_at REAL NOT NULL,
-    rolled_back_at REAL
+    rolled_back_at REAL,
+    row_sha256 TEXT
 );
 CREATE INDEX IF NOT EXISTS edits_status ON edits(status);
 """
@@ -148,6 +154,36 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _row_sha256(row: Sequence[Any]) -> str:
+    """SHA-256 of the fixed fields of a row in ``EditStore._COLUMNS`` order: everything but ``status``,
+    ``rolled_back_at`` (rollback changes them; ``status`` is checked against its two values) and the hash itself."""
+    h = hashlib.sha256()
+    for value in (*row[:12], row[13]):
+        if value is None:
+            part = b"n"
+        elif isinstance(value, bytes):
+            part = b"b" + value
+        elif isinstance(value, str):
+            part = b"s" + value.encode("utf-8", "surrogatepass")
+        else:
+            part = b"r" + repr(value).encode()
+        h.update(len(part).to_bytes(8, "little") + part)
+    return h.hexdigest()
+
+
+def _mapped(method: Callable) -> Callable:
+    """Turn an SQLite error inside a public store method into the one-line StoreError naming the database."""
+
+    @functools.wraps(method)
+    def wrapper(self: "EditStore", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise self._error(exc) from None
+
+    return wrapper
+
+
 def _row_hash(edit_id: int, key: bytes) -> int:
     return int.from_bytes(hashlib.sha256(int(edit_id).to_bytes(8, "little") + key).digest(), "little")
 
@@ -163,55 +199,130 @@ class EditStore:
         create: bool = True,
         metric: str | None = None,
         busy_timeout_s: float = 60.0,
+        readonly: bool = False,
     ) -> None:
         """``metric``: the router metric of a new store used without an editor (``set_editor`` fixes the
-        editor's); ignored for a store that already has one."""
+        editor's); ignored for a store that already has one. ``readonly``: open an existing store for reading only
+        (SQLite ``mode=ro``, or ``immutable=1`` where the folder cannot be written, e.g. a read-only file system):
+        nothing is created, migrated or cleaned, and every write raises a StoreError."""
         self.path = Path(path)
+        self.readonly = readonly
+        self.created = False  # whether this open made the folder (``discard_if_empty``)
+        self._conn = None  # type: ignore[assignment]
         if metric is not None and metric not in METRICS:
             raise StoreError(f"router metric {metric!r} is not allowed; allowed values: {', '.join(METRICS)}")
+        db = self.path / DB_NAME
         if not self.path.exists():
-            if not create:
+            if not create or readonly:
                 raise StoreError(f"edit store {self.path} does not exist")
-            self.path.mkdir(parents=True, exist_ok=True)
         elif not self.path.is_dir():
             raise StoreError(f"edit store path {self.path} is not a directory")
-        elif not create and not (self.path / DB_NAME).exists():
+        elif (not create or readonly) and not db.exists():
             raise StoreError(f"{self.path} is not an edit store (no {DB_NAME})")
-        (self.path / ADAPTER_DIR).mkdir(exist_ok=True)
         self._busy_timeout_s = busy_timeout_s
-        self._conn = sqlite3.connect(
-            self.path / DB_NAME, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
-        )
-        self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-        self._retry(lambda: self._conn.execute("PRAGMA journal_mode=WAL"))
-        self._conn.execute("PRAGMA synchronous=FULL")
+        try:
+            if readonly:
+                self._conn = self._connect_readonly(db)
+                self._check_integrity(db)
+                version = self._schema_version()
+                if version < SCHEMA_VERSION:
+                    raise StoreError(f"edit store {self.path} has schema {version}; open it once for writing "
+                                     f"(e.g. `lifelong edit apply`) to upgrade it to {SCHEMA_VERSION}")
+            else:
+                if not self.path.exists():
+                    try:
+                        self.path.mkdir(parents=True)
+                        self.created = True
+                    except FileExistsError:  # another process made it first
+                        pass
+                (self.path / ADAPTER_DIR).mkdir(exist_ok=True)
+                self._conn = sqlite3.connect(db, timeout=busy_timeout_s, isolation_level=None,
+                                             check_same_thread=False)
+                self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+                self._check_integrity(db)
+                self._retry(lambda: self._conn.execute("PRAGMA journal_mode=WAL"))
+                self._conn.execute("PRAGMA synchronous=FULL")
+                self._create_or_upgrade(metric)
+            self._verify_meta()
+            if model_identity is not None:
+                self.check_model(model_identity)
+            if not readonly:
+                self.reconcile()
+        except BaseException as exc:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None  # type: ignore[assignment]
+            if isinstance(exc, sqlite3.Error):
+                raise self._error(exc) from None
+            if isinstance(exc, OSError):
+                raise self._os_error(exc) from None
+            raise
+        self._metric_hint: str | None = None  # the editor's metric before set_editor records it (router(metric=))
+        self._router = Router(self.metric)
+        self._router_checksum: str | None = None  # the keys_checksum the in-memory router holds
+        self._router_saved: str | None = None  # the checksum of the index file on disk, as far as we know
+
+    def _connect_readonly(self, db: Path) -> sqlite3.Connection:
+        """``mode=ro``; where SQLite cannot open that (a WAL database in a folder it cannot write its ``-shm``
+        into, e.g. a read-only file system), ``immutable=1``: no writer can be at work on such a folder."""
+        base = "file:" + urllib.parse.quote(str(db.resolve()))
+        try:
+            conn = sqlite3.connect(base + "?mode=ro", uri=True, timeout=self._busy_timeout_s,
+                                   isolation_level=None, check_same_thread=False)
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.OperationalError:
+            if os.access(self.path, os.W_OK):
+                raise
+        conn = sqlite3.connect(base + "?immutable=1", uri=True, isolation_level=None, check_same_thread=False)
+        return conn
+
+    def _check_integrity(self, db: Path) -> None:
+        """``PRAGMA quick_check`` (every page's structure, not the values): a damaged file is refused at open."""
+        rows = self._conn.execute("PRAGMA quick_check").fetchall()
+        if rows != [("ok",)]:
+            raise StoreError(f"edit store database {db} is corrupted (SQLite quick_check: {rows[0][0]}); "
+                             "restore it from a backup")
+
+    def _schema_version(self) -> int:
+        raw = self._meta("schema_version")
+        try:
+            return int(raw) if raw is not None else 0
+        except ValueError:
+            raise StoreError(f"edit store database {self.path / DB_NAME} is corrupted "
+                             f"(schema_version {raw!r}); restore it from a backup") from None
+
+    def _create_or_upgrade(self, metric: str | None) -> None:
+        """Create the tables of a new store, or bring an older one up to ``SCHEMA_VERSION``, in one transaction."""
         with self._write_txn():
             for stmt in _SCHEMA.strip().split(";"):
                 if stmt.strip():
                     self._conn.execute(stmt)
-            version = self._meta("schema_version")
-            if version is None:
+            if self._meta("meta_sha256") is not None:  # sealed (schema 3 on): check before anything is migrated
+                self._verify_meta()
+            version = self._schema_version()
+            if version == 0:
                 self._set_meta("schema_version", str(SCHEMA_VERSION))
                 self._set_meta("created_at", repr(time.time()))
                 if metric is not None:
                     self._set_meta("metric", metric)
-            elif int(version) < 2:  # schema 1: "metric" was always "ip"; take the editor's (module docstring)
+            if 0 < version < 2:  # schema 1: "metric" was always "ip"; take the editor's (module docstring)
                 raw = self._meta("editor")
                 name = json.loads(raw)["name"] if raw else None
                 if name is not None:
                     self._set_meta("metric", LEGACY_METRICS.get(name, "ip"))
                 else:
                     self._conn.execute("DELETE FROM meta WHERE key = 'metric'")
+            if 0 < version < 3:  # schema 2: no row checksums; seal the rows and the fixed meta as they are now
+                cols = {r[1] for r in self._conn.execute("PRAGMA table_info(edits)")}
+                if "row_sha256" not in cols:
+                    self._conn.execute("ALTER TABLE edits ADD COLUMN row_sha256 TEXT")
+                for row in self._conn.execute(f"SELECT {self._COLUMNS} FROM edits").fetchall():
+                    self._conn.execute("UPDATE edits SET row_sha256 = ? WHERE id = ?", (_row_sha256(row), row[0]))
                 self._set_meta("schema_version", str(SCHEMA_VERSION))
+                self._seal_meta()
             if self._meta("keys_checksum") is None:
                 self._set_meta("keys_checksum", self._compute_keys_checksum())
-        if model_identity is not None:
-            self.check_model(model_identity)
-        self.reconcile()
-        self._metric_hint: str | None = None  # the editor's metric before set_editor records it (router(metric=))
-        self._router = Router(self.metric)
-        self._router_checksum: str | None = None  # the keys_checksum the in-memory router holds
-        self._router_saved: str | None = None  # the checksum of the index file on disk, as far as we know
 
     # ------------------------------------------------------------------ opening and closing
     @classmethod
@@ -222,7 +333,8 @@ class EditStore:
     def close(self) -> None:
         """Close the database; the router's index file is written first if this process changed it."""
         if self._conn is not None:
-            if self._router_checksum is not None and self._router_checksum != self._router_saved:
+            if (not self.readonly and self._router_checksum is not None
+                    and self._router_checksum != self._router_saved):
                 with contextlib.suppress(sqlite3.Error):
                     if self._router_checksum == self._meta("keys_checksum"):
                         self.save_router()
@@ -245,6 +357,43 @@ class EditStore:
                 if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
+
+    def _error(self, exc: sqlite3.Error) -> StoreError:
+        """The one-line StoreError for an SQLite error: a store that cannot be written, or a damaged file."""
+        db = self.path / DB_NAME
+        text = str(exc)
+        if "readonly" in text or "read-only" in text or not os.access(self.path, os.W_OK) and not self.readonly:
+            return StoreError(f"edit store {self.path} cannot be written ({text}); `lifelong edit list` and "
+                              "`edit generate` still read it, `edit apply` and `edit rollback` need write access")
+        if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
+            return StoreError(f"edit store {db} is busy ({text}); another process holds it, try again")
+        return StoreError(f"edit store database {db} is corrupted or unreadable ({text}); restore it from a backup")
+
+    def _os_error(self, exc: OSError) -> StoreError:
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            return StoreError(f"edit store {self.path} cannot be written ({exc.strerror}: {exc.filename}); "
+                              "`lifelong edit list` and `edit generate` still read it, `edit apply` and "
+                              "`edit rollback` need write access")
+        return StoreError(f"edit store {self.path}: {exc.strerror or exc} ({exc.filename})")
+
+    def _require_writable(self, what: str) -> None:
+        if self.readonly:
+            raise StoreError(f"edit store {self.path} is open read-only; it cannot {what}")
+
+    def _meta_seal(self) -> str:
+        rows = self._conn.execute("SELECT key, value FROM meta WHERE key != 'meta_sha256' ORDER BY key").fetchall()
+        return hashlib.sha256(json.dumps(rows).encode("utf-8", "surrogatepass")).hexdigest()
+
+    def _seal_meta(self) -> None:
+        """Inside a write transaction: record the SHA-256 of every other meta value (checked at open)."""
+        self._conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('meta_sha256', ?)", (self._meta_seal(),))
+
+    def _verify_meta(self) -> None:
+        """Refuse a store whose meta values no longer match their seal (a damaged file: a changed byte in the
+        editor's config or the model's identity must not go unnoticed)."""
+        if self._meta("meta_sha256") != self._meta_seal():
+            raise StoreError(f"edit store database {self.path / DB_NAME} is corrupted (its meta data does not "
+                             "match its checksum); restore it from a backup")
 
     @contextlib.contextmanager
     def _write_txn(self) -> Iterator[None]:
@@ -273,18 +422,25 @@ class EditStore:
         return row[0] if row else None
 
     def _set_meta(self, key: str, value: str) -> None:
+        """Inside a write transaction: set one meta value and re-seal them all."""
         self._conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+        self._seal_meta()
 
     def _bump_version(self) -> None:
         """Inside a write transaction: move the store's change counter (see ``version``)."""
         self._set_meta("version", str(int(self._meta("version") or 0) + 1))
 
+    @_mapped
     def version(self) -> int:
         """The store's change counter: moves in the same transaction as every add and every rollback that changed
         a row, whoever the writer (this process or another). One indexed read, so a long-lived reader (the server,
         ``lifelong/serving/``) can compare it before each generation and reload only when it moved."""
-        return int(self._meta("version") or 0)
+        raw = self._meta("version") or "0"
+        if not raw.isdigit():
+            raise StoreError(f"edit store database {self.path / DB_NAME} is corrupted (version {raw!r})")
+        return int(raw)
 
+    @_mapped
     def meta(self) -> dict[str, str]:
         """All meta data of the store (schema version, metric, model identity, editor)."""
         return dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
@@ -296,23 +452,35 @@ class EditStore:
         return self._meta("metric") or self._metric_hint or "ip"
 
     # ------------------------------------------------------------------ model identity and editor
+    @_mapped
     def set_model_name(self, name: str) -> None:
-        """Record the model the store's edits are made for (the first session to open the store does this)."""
+        """Record the model the store's edits are made for (the first session to open the store does this; a
+        read-only store records nothing)."""
+        if self.readonly:
+            return
         with self._write_txn():
             if self._meta("model_name") is None:
                 self._set_meta("model_name", name)
 
+    @_mapped
     def model_identity(self) -> dict[str, str] | None:
         raw = self._meta("model_identity")
         return json.loads(raw) if raw else None
 
+    @_mapped
     def check_model(self, identity: dict[str, str]) -> None:
-        """Record the base model's identity on first use; refuse a different model afterwards."""
-        with self._write_txn():
+        """Record the base model's identity on first use (not on a read-only store); refuse a different model
+        afterwards."""
+        if self.readonly:
             stored = self._meta("model_identity")
             if stored is None:
-                self._set_meta("model_identity", json.dumps(identity, sort_keys=True))
                 return
+        else:
+            with self._write_txn():
+                stored = self._meta("model_identity")
+                if stored is None:
+                    self._set_meta("model_identity", json.dumps(identity, sort_keys=True))
+                    return
         have = json.loads(stored)
         if have.get("weights_sha256") != identity.get("weights_sha256"):
             raise StoreError(
@@ -321,6 +489,7 @@ class EditStore:
                 f"(weights sha256 {str(identity.get('weights_sha256'))[:12]}…); use the model it was made for"
             )
 
+    @_mapped
     def editor_spec(self) -> tuple[str, dict[str, Any]] | None:
         """The ``(editor name, config)`` the store's edits were made with, or None for a new store."""
         raw = self._meta("editor")
@@ -329,12 +498,16 @@ class EditStore:
         d = json.loads(raw)
         return d["name"], d.get("config", {})
 
+    @_mapped
     def set_editor(self, name: str, config: dict[str, Any], metric: str | None = None) -> None:
         """Fix the editor of the store (first apply) and its router ``metric``; a different editor later is refused.
 
         The metric may change only while no edit has a key (then the router is rebuilt with it)."""
         if metric is not None and metric not in METRICS:
             raise StoreError(f"router metric {metric!r} is not allowed; allowed values: {', '.join(METRICS)}")
+        if self.readonly:
+            self._check_editor_name(name)
+            return
         with self._write_txn():
             claimed = self._claim_editor(name, None, metric)
         if claimed:
@@ -342,6 +515,7 @@ class EditStore:
         else:
             self._check_editor_name(name)
 
+    @_mapped
     def check_editor(self, name: str, config: dict[str, Any] | None = None, metric: str | None = None) -> None:
         """Raise the clear StoreError if the store's editor, config or metric is not ``name``/``config``/``metric``
         (a read, no write: ``add_edit`` repeats the check inside its write transaction, which is what counts)."""
@@ -418,7 +592,12 @@ class EditStore:
 
     # ------------------------------------------------------------------ reading rows
     def _row_to_record(self, row: sqlite3.Row | tuple) -> EditRecord:
-        (id_, uid, prompt, target, extra, editor, econf, layer, key, key_dim, afile, asha, status, cat, rat) = row
+        """A row as an EditRecord, after checking its checksum (a damaged row is refused, never used)."""
+        (id_, uid, prompt, target, extra, editor, econf, layer, key, key_dim, afile, asha, status, cat, rat,
+         row_sha) = row
+        if status not in ("active", "rolled_back") or row_sha is not None and row_sha != _row_sha256(row):
+            raise StoreError(f"edit store database {self.path / DB_NAME} is corrupted (the row of edit {id_} does "
+                             "not match its checksum); restore it from a backup")
         vec = np.frombuffer(key, dtype=np.float32).copy() if key is not None else None
         return EditRecord(
             id=int(id_), uid=uid, prompt=prompt, target=target, status=status, editor=editor, layer=layer,
@@ -428,29 +607,35 @@ class EditStore:
 
     _COLUMNS = (
         "id, uid, prompt, target, extra, editor, editor_config, layer, key, key_dim, adapter_file, "
-        "adapter_sha256, status, created_at, rolled_back_at"
+        "adapter_sha256, status, created_at, rolled_back_at, row_sha256"
     )
 
+    @_mapped
     def all_edits(self) -> list[EditRecord]:
         """Every edit ever applied, in order, rolled back or not."""
         rows = self._conn.execute(f"SELECT {self._COLUMNS} FROM edits ORDER BY id").fetchall()
         return [self._row_to_record(r) for r in rows]
 
+    @_mapped
     def active_edits(self) -> list[EditRecord]:
         """The edits currently in force, in the order they were applied."""
         rows = self._conn.execute(
-            f"SELECT {self._COLUMNS} FROM edits WHERE status = 'active' ORDER BY id"
+            f"SELECT {self._COLUMNS} FROM edits NOT INDEXED WHERE status = 'active' ORDER BY id"
         ).fetchall()
         return [self._row_to_record(r) for r in rows]
 
+    @_mapped
     def get(self, edit_id: int) -> EditRecord:
+        if not 1 <= int(edit_id) <= MAX_ID:
+            raise StoreError(f"no edit with id {edit_id} in store {self.path}")
         row = self._conn.execute(f"SELECT {self._COLUMNS} FROM edits WHERE id = ?", (int(edit_id),)).fetchone()
         if row is None:
             raise StoreError(f"no edit with id {edit_id} in store {self.path}")
         return self._row_to_record(row)
 
+    @_mapped
     def __len__(self) -> int:
-        return int(self._conn.execute("SELECT COUNT(*) FROM edits WHERE status = 'active'").fetchone()[0])
+        return int(self._conn.execute("SELECT COUNT(*) FROM edits NOT INDEXED WHERE status = 'active'").fetchone()[0])
 
     # ------------------------------------------------------------------ adapters
     def load_tensors(self, record: EditRecord) -> dict[str, Any]:
@@ -474,6 +659,7 @@ class EditStore:
         except Exception as exc:  # a file with the right hash that safetensors refuses: report, do not crash
             raise CorruptEditError(record.id, f"edit {record.id}: cannot read {path}: {exc}") from exc
 
+    @_mapped
     def verify(self) -> list[tuple[int, str]]:
         """``(id, problem)`` for every active edit whose adapter file is missing or corrupted."""
         bad = []
@@ -490,6 +676,7 @@ class EditStore:
         return bad
 
     # ------------------------------------------------------------------ writing
+    @_mapped
     def add_edit(
         self,
         prompt: str,
@@ -517,6 +704,7 @@ class EditStore:
         """
         from safetensors.torch import save_file
 
+        self._require_writable("take an edit")
         uid = uuid.uuid4().hex
         hook = _crash_hook or (lambda stage: None)
         key_blob = None
@@ -551,6 +739,7 @@ class EditStore:
                          time.time()),
                     )
                     new_id = int(cur.lastrowid)
+                    self._seal_rows(new_id)
                     self._bump_version()
                     hook("inserted")
                     if claimed:
@@ -564,17 +753,39 @@ class EditStore:
             hook("committed")
         return self.get(new_id)
 
+    def _seal_rows(self, first_id: int) -> None:
+        """Inside the insert's transaction: record the checksum of every new row from ``first_id`` on."""
+        rows = self._conn.execute(
+            f"SELECT {self._COLUMNS} FROM edits WHERE id >= ? AND row_sha256 IS NULL", (first_id,)).fetchall()
+        self._conn.executemany("UPDATE edits SET row_sha256 = ? WHERE id = ?", ((_row_sha256(r), r[0]) for r in rows))
+
+    def discard_if_empty(self) -> bool:
+        """Close the store and remove its folder if this open created it and no edit was ever stored in it (a
+        refused first ``edit apply`` leaves nothing behind); under the store's lock, so a writer that got in
+        first keeps its edit. Returns whether the folder was removed."""
+        if not self.created or self._conn is None:
+            return False
+        with self._file_lock():
+            if self._conn.execute("SELECT COUNT(*) FROM edits").fetchone()[0]:
+                return False
+            self._conn.close()
+            self._conn = None  # type: ignore[assignment]
+            shutil.rmtree(self.path, ignore_errors=True)
+        return True
+
     def _unlink_adapter(self, afile: str | None) -> None:
         if afile:
             with contextlib.suppress(OSError):
                 (self.path / ADAPTER_DIR / afile).unlink()
 
+    @_mapped
     def add_keys(self, keys: np.ndarray, *, editor: str, prompts: Sequence[str] | None = None,
                  layer: str = "") -> list[int]:
         """Bulk-insert key-only edits (no tensors) in one transaction; returns their ids.
 
         For benchmarks and imports that need many keys in the router (``bench/edit_router.py``); an editor has no
         weights for such edits, so a query routed to one gets the base model's output."""
+        self._require_writable("take edits")
         keys = np.ascontiguousarray(np.asarray(keys, dtype=np.float32).reshape(len(keys), -1))
         now = time.time()
         with self._file_lock(), self._write_txn():
@@ -588,10 +799,12 @@ class EditStore:
                 ((i, uuid.uuid4().hex, prompts[j] if prompts is not None else f"key {i}", "", editor, layer,
                   blobs[j], dim, now) for j, i in enumerate(ids)),
             )
+            self._seal_rows(first)
             self._router_update(added=list(zip(ids, blobs)))
             self._bump_version()
         return ids
 
+    @_mapped
     def rollback(self, ids: Sequence[int], *, _crash_hook: Callable[[str], None] | None = None
                  ) -> list[tuple[int, bool]]:
         """Mark edits rolled back and drop their keys from the router, in one transaction; ``(id, changed)`` per id
@@ -599,7 +812,12 @@ class EditStore:
 
         ``_crash_hook`` is called with ``routed`` (keys dropped, not committed) and ``committed``.
         """
+        self._require_writable("roll edits back")
         ids = [int(i) for i in ids]
+        out_of_range = [i for i in ids if not 1 <= i <= MAX_ID]
+        if out_of_range:  # SQLite ids are positive 64-bit integers: no such edit can exist
+            raise StoreError(f"no edit with id {', '.join(map(str, out_of_range))} in store {self.path} "
+                             f"(edit ids are whole numbers from 1 to {MAX_ID})")
         hook = _crash_hook or (lambda stage: None)
         with self._write_txn():
             known = {
@@ -633,13 +851,16 @@ class EditStore:
         hook("committed")
         return out
 
+    @_mapped
     def reconcile(self) -> list[str]:
         """Remove every file in the adapter folder that no row names (left by a crash); returns what was removed.
 
         Anything else there is a leftover: our own temporary files (``*.tmp``), the one safetensors itself writes
         before its rename (``.tmpXXXXXX``, no suffix), and adapter files whose row was never committed. Writers
         hold the same file lock while they write, so nothing in progress is removed."""
-        removed = []
+        removed: list[str] = []
+        if self.readonly:
+            return removed
         adir = self.path / ADAPTER_DIR
         with self._file_lock():
             named = {r[0] for r in self._conn.execute("SELECT adapter_file FROM edits WHERE adapter_file IS NOT NULL")}
@@ -662,10 +883,12 @@ class EditStore:
     def _compute_keys_checksum(self) -> str:
         """The keys checksum from the rows themselves (a full scan; used once per store, for old stores)."""
         acc = 0
-        for id_, key in self._conn.execute("SELECT id, key FROM edits WHERE status = 'active' AND key IS NOT NULL"):
+        for id_, key in self._conn.execute(
+                "SELECT id, key FROM edits NOT INDEXED WHERE status = 'active' AND key IS NOT NULL"):
             acc ^= _row_hash(id_, key)
         return f"{acc:064x}"
 
+    @_mapped
     def keys_checksum(self) -> str:
         """Checksum of the active edits' ids and keys (one meta value; moves with every add and rollback)."""
         return self._meta("keys_checksum") or _ZERO
@@ -693,6 +916,7 @@ class EditStore:
             return
         self._router_checksum = after
 
+    @_mapped
     def router(self, metric: str | None = None) -> Router:
         """The router of record (always the same object for this store; editors hold it), in step with the rows.
 
@@ -722,10 +946,17 @@ class EditStore:
         try:
             checksum = self.keys_checksum()
             rows = self._conn.execute(
-                "SELECT id, key, key_dim FROM edits WHERE status = 'active' AND key IS NOT NULL ORDER BY id"
+                "SELECT id, key, key_dim FROM edits NOT INDEXED WHERE status = 'active' AND key IS NOT NULL "
+                "ORDER BY id"
             ).fetchall()
         finally:
             self._conn.execute("COMMIT")
+        acc = 0
+        for id_, key, _ in rows:
+            acc ^= _row_hash(id_, key)
+        if f"{acc:064x}" != checksum:
+            raise StoreError(f"edit store database {self.path / DB_NAME} is corrupted (the active keys do not match "
+                             "their checksum); restore it from a backup")
         dims = {int(d) for _, _, d in rows}
         if len(dims) > 1:
             raise StoreError(f"edit store {self.path} holds keys of sizes {sorted(dims)}; the router needs one size")
@@ -740,7 +971,7 @@ class EditStore:
     def save_router(self) -> None:
         """Write the in-memory router beside the store, under the store's lock (a no-op on a read-only store: the
         index is rebuilt next time)."""
-        if self._router_checksum is None:
+        if self._router_checksum is None or self.readonly:
             return
         try:
             with self._file_lock():
@@ -749,6 +980,7 @@ class EditStore:
         except OSError:
             pass
 
+    @_mapped
     def search(self, keys: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Nearest active edits to ``keys`` (n, d): ``(scores, ids)``; ids are -1 where there is none.
 
