@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from lifelong.editing.editor import EditRequest
+from lifelong.editing.editor import MAX_TARGET_CHARS, EditRequest, check_edit_text, check_edit_tokens
 from lifelong.platform.errors import UserError
 
 BUNDLED = Path(__file__).resolve().parent / "data" / "edits-smollm2.jsonl"
@@ -38,10 +38,10 @@ def _str_list(value: Any, where: str, field: str) -> list[str]:
         return [value]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise UserError(f"{where}: field {field!r} must be a list of strings, got {type(value).__name__}")
-    return [v for v in value if v.strip()]
+    return [check_edit_text(v, field, where) for v in value if v.strip()]
 
 
-def _required_str(rec: dict, field: str, where: str) -> str:
+def _required_str(rec: dict, field: str, where: str, *, target: bool = False) -> str:
     if field not in rec:
         raise UserError(f"{where}: missing required field {field!r}")
     value = rec[field]
@@ -49,12 +49,12 @@ def _required_str(rec: dict, field: str, where: str) -> str:
         raise UserError(f"{where}: field {field!r} must be a string, got {type(value).__name__}")
     if not value.strip():
         raise UserError(f"{where}: field {field!r} is empty")
-    return value
+    return check_edit_text(value, field, where, max_chars=MAX_TARGET_CHARS if target else None)
 
 
 def _native(rec: dict, where: str, line: int) -> EditRequest:
     prompt = _required_str(rec, "prompt", where)
-    target = _required_str(rec, "target", where)
+    target = _required_str(rec, "target", where, target=True)
     rid = rec.get("id")
     if rid is not None and not isinstance(rid, (str, int)):
         raise UserError(f"{where}: field 'id' must be a string or an integer, got {type(rid).__name__}")
@@ -68,7 +68,7 @@ def _zsre(rec: dict, where: str, line: int) -> EditRequest:
     alt = rec.get("alt")
     if isinstance(alt, list):  # some ZsRE dumps keep a list of alternatives
         alt = alt[0] if alt else ""
-    target = _required_str({"alt": alt}, "alt", where) if "alt" in rec else _required_str(rec, "alt", where)
+    target = _required_str({"alt": alt} if "alt" in rec else rec, "alt", where, target=True)
     loc = rec.get("loc")
     return EditRequest(prompt=prompt, target=target, paraphrases=_str_list(rec.get("rephrase"), where, "rephrase"),
                        locality=_str_list(loc, where, "loc"), id=str(rec["case_id"]) if "case_id" in rec else None,
@@ -86,7 +86,7 @@ def _counterfact(rec: dict, where: str, line: int) -> EditRequest:
     tn = rr.get("target_new")
     if not isinstance(tn, dict):
         raise UserError(f"{where}: field 'requested_rewrite.target_new' must be an object with 'str'")
-    target = _required_str(tn, "str", f"{where} requested_rewrite.target_new")
+    target = _required_str(tn, "str", f"{where} requested_rewrite.target_new", target=True)
     prompt = template.replace("{}", subject) if "{}" in template else template
 
     def prompts(field: str) -> list[str]:
@@ -100,7 +100,7 @@ def _counterfact(rec: dict, where: str, line: int) -> EditRequest:
             if not isinstance(it, str):
                 raise UserError(f"{where}: field {field!r} must hold strings")
             if it.strip():
-                out.append(it)
+                out.append(check_edit_text(it, field, where))
         return out
 
     return EditRequest(prompt=prompt, target=target, paraphrases=prompts("paraphrase_prompts"),
@@ -131,7 +131,10 @@ def load_edits(
 ) -> list[EditRequest]:
     """Read and validate every record of an edit file; raise one ``UserError`` at the first problem.
 
-    With ``tokenizer`` and ``max_tokens``, a prompt plus target longer than the model's context is refused.
+    Every prompt, target, paraphrase and locality prompt is checked by ``editing.editor.check_edit_text`` (no
+    lone surrogate, no control character but tab and newlines, at most ``MAX_PROMPT_CHARS`` / ``MAX_TARGET_CHARS``
+    characters). With ``tokenizer``, a prompt plus target longer than ``MAX_EDIT_TOKENS`` or the model's context
+    (``max_tokens``) is refused too.
     """
     if fmt not in FORMATS:
         raise UserError(f"edit file format {fmt!r} is not allowed; allowed values: {', '.join(FORMATS)}")
@@ -166,11 +169,8 @@ def load_edits(
             raise UserError(f"{where}: each edit must be a JSON object, got {type(rec).__name__}")
         kind = detect_format(rec) if fmt == "auto" else fmt
         req = _PARSERS[kind](rec, where, n)
-        if tokenizer is not None and max_tokens:
-            length = len(tokenizer(req.prompt + " " + req.target, add_special_tokens=False).input_ids)
-            if length > max_tokens:
-                raise UserError(f"{where}: prompt and target are {length} tokens, longer than the model's "
-                                f"context of {max_tokens} tokens")
+        if tokenizer is not None:
+            check_edit_tokens(tokenizer, req.prompt, req.target, where, max_tokens or 0)
         out.append(req)
     return out
 
@@ -180,8 +180,12 @@ def load_prompts(path: str | os.PathLike) -> list[str]:
     p = Path(os.path.expanduser(str(path)))
     if not p.is_file():
         raise UserError(f"prompt file {p} does not exist")
-    prompts = [line.rstrip("\r\n") for line in p.read_text(encoding="utf-8").splitlines()]
-    prompts = [x for x in prompts if x.strip()]
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{p}: not UTF-8 text ({exc})") from None
+    prompts = [check_edit_text(line, "prompt", f"{p}:{n}") for n, line in enumerate(text.splitlines(), start=1)
+               if line.strip()]
     if not prompts:
         raise UserError(f"prompt file {p} holds no prompts")
     return prompts

@@ -24,6 +24,46 @@ from lifelong.editing.router import Router
 from lifelong.platform import registry
 from lifelong.platform.config import ConfigError, build_config, validate_config
 from lifelong.platform.device import LossScaler, autocast
+from lifelong.platform.errors import UserError
+
+#: the longest edit prompt (and paraphrase or locality prompt) and target accepted, in characters: checked before
+#: any model work, since training cost grows with the length (a 20,000-character prompt ran for minutes)
+MAX_PROMPT_CHARS = 2000
+MAX_TARGET_CHARS = 500
+#: the longest prompt plus target accepted, in tokens (or the model's context, if shorter)
+MAX_EDIT_TOKENS = 512
+_ALLOWED_CONTROLS = frozenset("\t\n\r")
+
+
+def check_edit_text(value: str, field: str, where: str, *, max_chars: int | None = None) -> str:
+    """``value`` if it is text an edit can hold, else a one-line UserError naming ``where`` and ``field``.
+
+    Refused: a lone UTF-16 surrogate (not Unicode text: it cannot be stored or tokenized), a control character
+    other than tab, newline and carriage return (NUL and the like: they tokenize to noise the edit cannot learn),
+    and more than ``max_chars`` characters (default: ``MAX_PROMPT_CHARS``, ``MAX_TARGET_CHARS`` for a target)."""
+    limit = max_chars if max_chars is not None else (MAX_TARGET_CHARS if field == "target" else MAX_PROMPT_CHARS)
+    prefix = f"{where}: field {field!r}" if where else field
+    if len(value) > limit:
+        raise UserError(f"{prefix} is {len(value)} characters long; the limit is {limit}")
+    for i, ch in enumerate(value):
+        code = ord(ch)
+        if 0xD800 <= code <= 0xDFFF:
+            raise UserError(f"{prefix} holds a lone UTF-16 surrogate (U+{code:04X}) at character {i + 1}; "
+                            "it must be valid Unicode text")
+        if (code < 0x20 or 0x7F <= code < 0xA0) and ch not in _ALLOWED_CONTROLS:
+            raise UserError(f"{prefix} holds the control character U+{code:04X} at character {i + 1}; "
+                            "only tab, newline and carriage return are allowed")
+    return value
+
+
+def check_edit_tokens(tokenizer: Any, prompt: str, target: str, where: str, context: int = 0) -> None:
+    """Refuse (one-line UserError naming ``where``) a prompt plus target longer than ``MAX_EDIT_TOKENS`` tokens
+    or the model's ``context``, whichever is shorter; needs only the tokenizer, not the model."""
+    limit = min(MAX_EDIT_TOKENS, context) if context else MAX_EDIT_TOKENS
+    n = len(tokenizer(prompt + " " + target, add_special_tokens=False).input_ids)
+    if n > limit:
+        why = "the model's context" if context and context < MAX_EDIT_TOKENS else "the edit limit"
+        raise UserError(f"{where}: prompt and target are {n} tokens, longer than {why} of {limit} tokens")
 
 
 @dataclass
