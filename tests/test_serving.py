@@ -10,12 +10,12 @@ import threading
 import httpx
 import openai
 import pytest
-
 from _llm_fixtures import tiny_llama  # noqa: F401
+
 from lifelong.cli.main import main
 from lifelong.editing.session import EditSession
-from lifelong.serving.server import BackgroundServer, ServerOptions, build_app, check_security
 from lifelong.platform.errors import UserError
+from lifelong.serving.server import BackgroundServer, ServerOptions, build_app, check_security
 
 TOKEN = "test-token-123"
 SOLA = {"layers": [1], "modules": ["self_attn.o_proj", "mlp.down_proj"], "max_steps": 30, "lr": 0.05}
@@ -291,3 +291,98 @@ def test_a_client_that_leaves_a_stream_does_not_block_the_server(served):
     with httpx.stream("POST", s["url"] + "/v1/completions", json={**body, "max_tokens": 3}, timeout=60) as r:
         lines = [line for line in r.iter_lines() if line]
     assert lines[-1] == "data: [DONE]" and json.loads(lines[-2][6:])["choices"][0]["finish_reason"] == "length"
+
+
+# ---------------------------------------------------------------------------------------------- dynamic batching
+PROMPTS = [PROMPT, "Hello", "The Night Watch was painted by the Dutch master", "Water boils at"]
+
+
+@pytest.fixture(scope="module")
+def batched(served):
+    """A second server on the same session with dynamic batching (up to 4, a long wait so concurrent requests
+    meet in one batch)."""
+    app = build_app(served["session"], ServerOptions(token=TOKEN, max_tokens_limit=64, max_batch=4,
+                                                     batch_wait_ms=300))
+    with BackgroundServer(app) as server:
+        yield {**served, "url": server.url, "app": app,
+               "client": openai.OpenAI(base_url=server.url + "/v1", api_key=TOKEN, timeout=120, max_retries=0)}
+
+
+def test_a_batch_gives_each_request_its_batch_1_output_token_for_token(served):
+    """Left-padded prompts of different lengths, one routed to an edit, with their own max_tokens and stop
+    strings, generated together: each row is what it is alone (tokens, text, finish_reason, edit_id)."""
+    from lifelong.serving.engine import Engine, GenParams, _Job
+
+    s = served
+    r = httpx.post(s["url"] + "/v1/edits", json={"prompt": PROMPT, "target": TARGET}, headers=_auth(), timeout=120)
+    edit_id = r.json()["data"][0]["id"]
+    try:
+        engine = Engine(s["session"], max_tokens_limit=64)
+        full = GenParams(max_tokens=12, temperature=0)
+        full = engine.generate(engine.encode(PROMPTS[2], full), full).text
+        params = [GenParams(max_tokens=n, temperature=0, stop=stop)
+                  for n, stop in [(8, []), (5, []), (12, [full[len(full) // 2:][:2]]), (8, [])]]
+        jobs = [_Job(engine.encode(p, g), g) for p, g in zip(PROMPTS, params)]
+        alone = [engine._run([j])[0] for j in jobs]
+        together = engine._run(jobs)
+        assert [g.tokens for g in together] == [g.tokens for g in alone]
+        assert [(g.text, g.finish_reason, g.edit_id) for g in together] == \
+            [(g.text, g.finish_reason, g.edit_id) for g in alone]
+        assert together[0].edit_id == edit_id and together[0].text.startswith(" " + TARGET)
+        assert together[1].edit_id is None and together[2].finish_reason == "stop"
+        assert engine.largest_batch == 4
+    finally:
+        _rollback_all(s)
+
+
+def test_batching_server_answers_concurrent_clients_as_batch_1_does(batched, served):
+    s = batched
+    want = {p: _complete(served, p, max_tokens=7).text for p in PROMPTS}
+    got, errors = {}, []
+
+    def ask(p):
+        try:
+            if p == "Hello":  # a stream in the batch
+                chunks = s["client"].completions.create(model=s["model"], prompt=p, max_tokens=7, temperature=0,
+                                                        stream=True)
+                got[p] = "".join(c.choices[0].text for c in chunks)
+            else:
+                got[p] = _complete(s, p, max_tokens=7).text
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ask, args=(p,)) for p in PROMPTS]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and got == want
+    health = httpx.get(s["url"] + "/healthz").json()
+    assert health["max_batch"] == 4 and health["largest_batch"] >= 2
+
+
+def test_batched_generations_during_an_apply_see_one_store_version(batched):
+    s = batched
+    before = _complete(s, max_tokens=8).text
+    results, stop = [], threading.Event()
+
+    def worker():
+        client = openai.OpenAI(base_url=s["url"] + "/v1", api_key=TOKEN, timeout=120, max_retries=0)
+        while not stop.is_set():
+            c = client.completions.create(model=s["model"], prompt=PROMPT, max_tokens=8, temperature=0).choices[0]
+            results.append((c.text, c.model_extra["edit_id"]))
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    r = httpx.post(s["url"] + "/v1/edits", json=[{"prompt": PROMPT, "target": TARGET}], headers=_auth(), timeout=120)
+    edit_id = r.json()["data"][0]["id"]
+    after = _complete(s, max_tokens=8).text
+    stop.set()
+    for t in threads:
+        t.join(60)
+    _rollback_all(s)
+    assert after != before and results
+    for text, eid in results:
+        assert (text, eid) in {(before, None), (after, edit_id)}, (text, eid)
+    assert httpx.get(s["url"] + "/healthz").json()["largest_batch"] >= 2

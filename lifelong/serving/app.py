@@ -33,7 +33,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lifelong.serving.engine import Engine, GenParams, Generation, RequestError, validate_edits
+from lifelong.serving.engine import Engine, Generation, GenParams, RequestError, validate_edits
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 

@@ -1,18 +1,30 @@
 """The serving engine: one ``EditSession`` (the model loaded once, the store's edits in force) behind the HTTP API.
 
-Every model operation holds the session's lock (``EditSession.lock``, see ``editing/session.py``): generations
-run one at a time (batch 1, no dynamic batching), an apply or rollback waits for the generation in progress and
-the next generation waits for it, so a generation sees the edits before an apply or after it, never half of
-one. The engine takes that lock through ``_TurnLock``: generations in arrival order, a waiting write (apply,
-rollback) ahead of the waiting generations, so a write waits for the generation in progress only and no request
-waits for more than those queued before it. Before each generation and each listing the engine calls ``session.sync()``, so edits applied or rolled
-back by another writer (the CLI, a second server on the same store) are in force for the next request; the
-check is one read of the store's change counter.
+Every model operation holds the session's lock (``EditSession.lock``, see ``editing/session.py``): an apply or
+rollback waits for the generation in progress and the next generation waits for it, so a generation sees the
+edits before an apply or after it, never half of one. The engine takes that lock through ``_TurnLock``:
+generations in arrival order, a waiting write (apply, rollback) ahead of the waiting generations, so a write waits
+for the generation in progress only and no request waits for more than those queued before it. Before each
+generation (or batch of them) and each listing the engine calls ``session.sync()``, so edits applied or rolled
+back by another writer (the CLI, a second server on the same store) are in force for the next request; the check
+is one read of the store's change counter.
 
 Generation: the prompt is tokenised without special tokens (as ``lifelong edit generate`` does, so the server's
 greedy output is the CLI's), the routing decision is taken at the last prompt token and holds for the generated
 tokens; ``temperature`` 0 is greedy, above 0 samples (``top_p``, ``seed``); ``stop`` strings end the text
 before them; ``max_tokens`` is capped by the server's limit and by the model's context.
+
+Dynamic batching (``max_batch`` > 1, off by default): requests go to one batching thread, which takes the oldest
+waiting request, waits up to ``batch_wait_ms`` after its arrival for more, then takes its turn on the lock and
+generates the oldest compatible waiting requests together (at most ``max_batch``): prompts left-padded with an
+attention mask (``generate`` derives the position ids from the mask), one ``model.generate`` call, one
+``session.sync()`` before it, so a batch sees one store version. Compatible: both greedy, or both sampling with
+the same ``temperature`` and ``top_p`` and no ``seed`` (a seeded request runs alone, so its output does not
+depend on its neighbours). Requests routed to different edits share a batch: the editors route each sequence of a
+batch on its own (SoLA's routed LoRA picks a LoRA slot per row; GRACE a codebook entry per row; FT-L has no
+routing), at the last prompt token, which left padding puts at the last position of every row. Each row stops
+on its own (end-of-sequence, its ``stop`` strings, its ``max_tokens``, its client leaving a stream); the batch
+ends when every row has. Streams batch too: each row's new tokens go to its own stream.
 """
 
 from __future__ import annotations
@@ -22,6 +34,7 @@ import contextlib
 import math
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
@@ -61,21 +74,77 @@ def _cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
 
 
 class _Streamer:
-    """transformers streamer: new token ids go to a queue (None ends it); ``cancel`` stops the generation."""
+    """One streamed request's channel: its new token ids go to ``queue`` (None ends it, put by ``Engine.stream``);
+    ``cancelled`` (the client went away) stops its row of the generation at the next token."""
 
     def __init__(self) -> None:
         self.queue: "queue.Queue[Any]" = queue.Queue()
         self.cancelled = threading.Event()
-        self._prompt_seen = False
 
-    def put(self, value: Any) -> None:
-        if not self._prompt_seen:  # generate() hands the prompt first
-            self._prompt_seen = True
+
+@dataclass
+class _Job:
+    """One generation request: in to ``Engine._run``, out with ``result`` or ``error`` and ``done`` set."""
+
+    ids: list[int]
+    params: GenParams
+    streamer: _Streamer | None = None
+    arrived: float = field(default_factory=time.monotonic)
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Generation | None = None
+    error: BaseException | None = None
+
+    def batch_key(self) -> tuple[Any, ...]:
+        """Jobs with equal keys may share a ``generate`` call (the same decoding settings, no seed)."""
+        p = self.params
+        if p.temperature <= 0:
+            return ("greedy",)
+        if p.seed is not None:
+            return ("seeded", id(self))
+        return ("sample", p.temperature, p.top_p)
+
+
+class _Rows:
+    """Per-row bookkeeping of one ``generate`` call over left-padded prompts of width ``width``: each row stops on
+    its own (end-of-sequence, a stop string, its ``max_tokens``, its stream cancelled) and ``length[b]`` records
+    how many new tokens it kept; as a transformers streamer it hands each row's tokens to the row's own stream."""
+
+    def __init__(self, jobs: Sequence[_Job], width: int, tokenizer: Any, eos: set[int]) -> None:
+        self.jobs, self.width, self.tok, self.eos = list(jobs), width, tokenizer, eos
+        self.length: list[int | None] = [None] * len(self.jobs)
+        self.stopped = [False] * len(self.jobs)  # by a stop string
+        self._steps = -1  # generate() hands the prompt to put() first
+
+    def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:  # a StoppingCriteria
+        import torch
+
+        n = input_ids.shape[1] - self.width
+        for b, job in enumerate(self.jobs):
+            if self.length[b] is not None:
+                continue
+            p, done = job.params, False
+            if int(input_ids[b, -1]) in self.eos or n >= p.max_tokens:
+                done = True
+            elif job.streamer is not None and job.streamer.cancelled.is_set():
+                done = True
+            elif p.stop:
+                text = self.tok.decode(input_ids[b, self.width:].tolist(), skip_special_tokens=True)
+                done = self.stopped[b] = _cut_at_stop(text, p.stop)[1]
+            if done:
+                self.length[b] = n
+        return torch.tensor([x is not None for x in self.length], dtype=torch.bool, device=input_ids.device)
+
+    def put(self, value: Any) -> None:  # the streamer interface
+        self._steps += 1
+        if self._steps == 0:
             return
-        self.queue.put([int(t) for t in value.reshape(-1).tolist()])
+        tokens = value.reshape(-1).tolist()
+        for b, job in enumerate(self.jobs):
+            if job.streamer is not None and (self.length[b] is None or self._steps <= self.length[b]):
+                job.streamer.queue.put([int(tokens[b])])
 
     def end(self) -> None:
-        pass  # the engine puts the final Generation (or the error) itself
+        pass  # Engine.stream puts the end of each stream itself
 
 
 class _TurnLock:
@@ -121,10 +190,79 @@ class _TurnLock:
                 self._cond.notify_all()
 
 
+class _Batcher:
+    """The dynamic batching thread of an engine with ``max_batch`` > 1 (see the module docstring). Requests wait in
+    arrival order; the oldest starts the next batch, which waits up to ``batch_wait_ms`` after its arrival for
+    compatible requests (``_Job.batch_key``), takes its turn on the lock (a waiting write goes first), then
+    gathers the compatible requests queued by then, oldest first, up to ``max_batch``."""
+
+    def __init__(self, engine: "Engine") -> None:
+        self.engine = engine
+        self._cond = threading.Condition()
+        self._queue: list[_Job] = []
+        self._thread: threading.Thread | None = None
+
+    def submit(self, job: _Job) -> Generation:
+        with self._cond:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="lifelong-batcher", daemon=True)
+                self._thread.start()
+            self._queue.append(job)
+            self._cond.notify_all()
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        assert job.result is not None
+        return job.result
+
+    def _compatible(self, first: _Job) -> list[_Job]:
+        key = first.batch_key()
+        return [j for j in self._queue if j.batch_key() == key][: self.engine.max_batch]
+
+    def _loop(self) -> None:
+        engine, wait = self.engine, self.engine.batch_wait_ms / 1000.0
+        while True:
+            with self._cond:
+                while not self._queue:
+                    self._cond.wait()
+                first = self._queue[0]
+                while len(self._compatible(first)) < engine.max_batch:
+                    left = first.arrived + wait - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+            batch: list[_Job] = []
+            try:
+                with engine.turns.hold():
+                    with self._cond:
+                        batch = self._compatible(first)
+                        for j in batch:
+                            self._queue.remove(j)
+                    live = [j for j in batch if j.streamer is None or not j.streamer.cancelled.is_set()]
+                    if live:
+                        for j, g in zip(live, engine._run(live)):
+                            j.result = g
+                    for j in batch:
+                        if j.result is None:
+                            j.error = RequestError("the client went away before its generation started")
+            except BaseException as exc:  # handed to every request of the batch; the thread goes on
+                for j in batch or [first]:
+                    j.error = exc
+                with self._cond:
+                    if first in self._queue and not batch:
+                        self._queue.remove(first)
+            finally:
+                for j in batch or [first]:
+                    j.done.set()
+
+
 class Engine:
     """The model, its edits and the limits of one server."""
 
-    def __init__(self, session: EditSession, *, max_tokens_limit: int = 512, max_edits_per_request: int = 16) -> None:
+    def __init__(self, session: EditSession, *, max_tokens_limit: int = 512, max_edits_per_request: int = 16,
+                 max_batch: int = 1, batch_wait_ms: float = 0.0) -> None:
+        if max_batch < 1 or batch_wait_ms < 0:
+            raise ValueError(f"max_batch must be >= 1 and batch_wait_ms >= 0, got {max_batch}, {batch_wait_ms}")
         self.session = session
         self.tokenizer = session.tokenizer
         self.model_name = session.model_name
@@ -132,7 +270,15 @@ class Engine:
         self.max_edits_per_request = max_edits_per_request
         self.context = int(getattr(session.model.config, "max_position_embeddings", 0) or 0)
         self.generations = 0
+        self.batches = 0  # model.generate calls (generations / batches: the mean batch size)
+        self.largest_batch = 0
+        self.max_batch = max_batch
+        self.batch_wait_ms = float(batch_wait_ms)
         self.turns = _TurnLock(session.lock)
+        eos = getattr(getattr(session.model, "generation_config", None), "eos_token_id", None)
+        # the ids generate() itself stops on, so a row of a batch ends where it would end alone
+        self.eos = {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None}
+        self._batcher = _Batcher(self) if max_batch > 1 else None
 
     # ------------------------------------------------------------------ prompts
     def chat_prompt(self, messages: list[dict[str, str]]) -> str:
@@ -165,41 +311,52 @@ class Engine:
 
     # ------------------------------------------------------------------ generation
     def generate(self, ids: list[int], params: GenParams, streamer: _Streamer | None = None) -> Generation:
-        """One generation under the session's lock (edits synced first)."""
+        """One generation: at batch 1 under the session's lock here, or through the batching thread (edits synced
+        first either way)."""
+        job = _Job(ids, params, streamer)
+        if self._batcher is not None:
+            return self._batcher.submit(job)
+        with self.turns.hold():
+            return self._run([job])[0]
+
+    def _run(self, jobs: Sequence[_Job]) -> list[Generation]:
+        """Generate ``jobs`` (one batch key) in one ``generate`` call; the caller holds the turn. One prompt: as
+        is; several: left-padded, with the attention mask (position ids follow from it in ``generate``)."""
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers import StoppingCriteriaList
 
         session, tok = self.session, self.tokenizer
-        n_prompt = len(ids)
-
-        class _Stop(StoppingCriteria):
-            def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
-                done = streamer is not None and streamer.cancelled.is_set()
-                if params.stop and not done:
-                    text = tok.decode(input_ids[0, n_prompt:].tolist(), skip_special_tokens=True)
-                    done = _cut_at_stop(text, params.stop)[1]
-                return torch.full((input_ids.shape[0],), bool(done), dtype=torch.bool, device=input_ids.device)
-
+        params = jobs[0].params
+        width = max(len(j.ids) for j in jobs)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else min(self.eos, default=0)
+        rows = _Rows(jobs, width, tok, self.eos)
         sample = params.temperature > 0
-        kwargs: dict[str, Any] = dict(max_new_tokens=params.max_tokens, do_sample=sample, num_beams=1,
-                                      pad_token_id=tok.pad_token_id, stopping_criteria=StoppingCriteriaList([_Stop()]),
-                                      streamer=streamer)
+        streaming = any(j.streamer is not None for j in jobs)
+        kwargs: dict[str, Any] = dict(max_new_tokens=max(j.params.max_tokens for j in jobs), do_sample=sample,
+                                      num_beams=1, pad_token_id=pad, stopping_criteria=StoppingCriteriaList([rows]),
+                                      streamer=rows if streaming else None)
         kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=None) if sample else \
             kwargs.update(temperature=None, top_p=None, top_k=None)
-        with self.turns.hold():
-            session.sync()
-            if params.seed is not None:
-                torch.manual_seed(params.seed)
-            enc = torch.tensor([ids], device=session.device)
-            with torch.no_grad(), session.editor.autocast(), session.editor.routing():
-                out = session.model.generate(input_ids=enc, attention_mask=torch.ones_like(enc), **kwargs)
-                routed = session.editor.routed_ids()
-            self.generations += 1
-        new = out[0, n_prompt:].tolist()
-        text, stopped = _cut_at_stop(tok.decode(new, skip_special_tokens=True), params.stop)
-        eos = tok.eos_token_id
-        finish = "stop" if stopped or (new and new[-1] == eos) or len(new) < params.max_tokens else "length"
-        return Generation(text, new, n_prompt, finish, routed[0] if routed else None)
+        session.sync()
+        if params.seed is not None:  # a seeded job is alone in its batch (batch_key)
+            torch.manual_seed(params.seed)
+        enc = torch.tensor([[pad] * (width - len(j.ids)) + j.ids for j in jobs], device=session.device)
+        mask = torch.tensor([[0] * (width - len(j.ids)) + [1] * len(j.ids) for j in jobs], device=session.device)
+        with torch.no_grad(), session.editor.autocast(), session.editor.routing():
+            out = session.model.generate(input_ids=enc, attention_mask=mask, **kwargs)
+            routed = session.editor.routed_ids()
+        self.generations += len(jobs)
+        self.batches += 1
+        self.largest_batch = max(self.largest_batch, len(jobs))
+        gens = []
+        for b, job in enumerate(jobs):
+            n = rows.length[b] if rows.length[b] is not None else job.params.max_tokens
+            new = out[b, width:width + n].tolist()
+            text, stopped = _cut_at_stop(tok.decode(new, skip_special_tokens=True), job.params.stop)
+            finish = "stop" if stopped or (new and new[-1] in self.eos) or len(new) < job.params.max_tokens \
+                else "length"
+            gens.append(Generation(text, new, len(job.ids), finish, routed[b] if len(routed) > b else None))
+        return gens
 
     def stream(self, ids: list[int], params: GenParams) -> Iterator[Any]:
         """Run ``generate`` in a thread; yield text deltas (str) as tokens arrive, then the final Generation.
@@ -292,7 +449,8 @@ class Engine:
         session = self.session
         return {"status": "ok", "model": self.model_name, "store": str(session.store.path),
                 "store_version_seen": session.seen_version, "edits_in_force": len(session.loaded_ids),
-                "editor": session.editor_name, "generations": self.generations}
+                "editor": session.editor_name, "generations": self.generations, "batches": self.batches,
+                "largest_batch": self.largest_batch, "max_batch": self.max_batch}
 
 
 def _row(rec: Any) -> dict[str, Any]:

@@ -68,6 +68,8 @@ class ServerOptions:
     max_tokens_limit: int = 512
     max_body_bytes: int = 1 << 20
     max_edits_per_request: int = 16
+    max_batch: int = 1  # dynamic batching off: one generation at a time
+    batch_wait_ms: float = 10.0
 
 
 def build_app(session: EditSession, options: ServerOptions) -> Any:
@@ -76,7 +78,8 @@ def build_app(session: EditSession, options: ServerOptions) -> Any:
     from lifelong.serving.app import create_app
 
     engine = Engine(session, max_tokens_limit=options.max_tokens_limit,
-                    max_edits_per_request=options.max_edits_per_request)
+                    max_edits_per_request=options.max_edits_per_request, max_batch=options.max_batch,
+                    batch_wait_ms=options.batch_wait_ms)
     return create_app(engine, token=options.token, max_body_bytes=options.max_body_bytes)
 
 
