@@ -80,7 +80,12 @@ def load_finished_run(run_dir: Path, device: Any) -> tuple[dict[str, Any], Any, 
                         "experiences; finish the run first (lifelong run ... --resume)")
     context = RunContext(stream=stream, device=device, seed=config.seed)
     learner = registry.get("strategy", config.strategy).factory(config.strategy_config, context)
-    learner.load_state_dict(state["learner"])
+    try:
+        learner.load_state_dict(state["learner"])
+    except (RuntimeError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"--run: the checkpoint in {run_dir} does not fit the model its results.json describes "
+                        f"({first})") from None
     learner.model.to(device)
     return results, learner, stream
 

@@ -1,0 +1,113 @@
+"""ECL conversion (adapters/conversion.py) and ``lifelong convert``: neurons on hand-made inputs, a one-layer net
+that the SNN approaches as T grows, and the command on a finished tiny run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import TINY_STREAM
+from torch import nn
+
+from lifelong.adapters.conversion import ECL, PLAIN, ClipReLU, DualThresholdIF, run_timesteps, spiking
+from lifelong.cli.main import main
+
+pytestmark = pytest.mark.usefixtures("one_thread_module")
+
+
+def _spikes(neuron: DualThresholdIF, inputs: list[float]) -> list[float]:
+    neuron.reset()
+    return [float(neuron(torch.tensor([x]))) for x in inputs]
+
+
+def test_half_threshold_start_rounds_where_plain_conversion_floors() -> None:
+    # 0.375 over 4 steps is 1.5 spikes' worth: the half-threshold start gives 2 spikes, a zero start 1
+    assert _spikes(DualThresholdIF(1.0, v_init=0.5, dual=True), [0.375] * 4) == [0.0, 1.0, 0.0, 1.0]
+    assert _spikes(DualThresholdIF(1.0, v_init=0.0, dual=False), [0.375] * 4) == [0.0, 0.0, 1.0, 0.0]
+
+
+def test_negative_spike_takes_back_charge_that_later_input_cancels() -> None:
+    ecl = DualThresholdIF(2.0, v_init=0.5, dual=True)
+    assert _spikes(ecl, [2.0, -2.0, 0.0, 0.0]) == [2.0, -2.0, 0.0, 0.0]  # net 0, as clip(mean input) = 0
+    plain = DualThresholdIF(2.0, v_init=0.0, dual=False)
+    assert _spikes(plain, [2.0, -2.0, 0.0, 0.0]) == [2.0, 0.0, 0.0, 0.0]  # keeps the early spike
+    # never below zero net (a negative input alone sends nothing), never more than one spike a step
+    assert _spikes(ecl, [-3.0] * 4) == [0.0] * 4
+    assert _spikes(ecl, [10.0] * 3) == [2.0] * 3
+
+
+def test_one_layer_net_converges_to_the_ann_as_t_grows() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 64), ClipReLU(threshold=1.0), nn.Linear(64, 5)).eval()
+    x = torch.randn(128, 16)
+    with torch.no_grad():
+        ann = net(x)
+    errors = {}
+    for scheme in (ECL, PLAIN):
+        with spiking(net, scheme) as neurons:
+            out = run_timesteps(net, neurons, x, 128)
+        errors[scheme.name] = [float((out[t - 1] - ann).abs().mean()) for t in (2, 8, 32, 128)]
+    for errs in errors.values():
+        assert errs == sorted(errs, reverse=True) and errs[-1] < errs[0] / 8, errors
+    assert errors["ecl"][-1] < 0.01
+    # rounding instead of flooring: ECL is closer than plain conversion at every T
+    assert all(e < p for e, p in zip(errors["ecl"], errors["plain"])), errors
+    assert isinstance(net[1], ClipReLU)  # the clip is back after the block
+
+
+def test_clip_threshold_learns_and_levels_round() -> None:
+    clip = ClipReLU(threshold=1.0, levels=4)
+    x = torch.tensor([-1.0, 0.1, 0.3, 0.6, 2.0])
+    assert clip(x).tolist() == [0.0, 0.0, 0.25, 0.5, 1.0]
+    clip(torch.tensor([3.0, 3.0])).sum().backward()
+    assert float(clip.threshold.grad) == pytest.approx(2.0)
+
+
+@pytest.fixture(scope="module")
+def finished_runs(tmp_path_factory):
+    from lifelong.platform.runner import resolve_config, run_experiment
+
+    root = tmp_path_factory.mktemp("convert")
+    for name, model, per_class in (("clip", "cnn-28-clip", 20), ("mlp", "mlp", 5)):
+        config = resolve_config(strategy="naive", benchmark="split-digits", seed=0,
+                                overrides={**TINY_STREAM, "train_per_class": per_class, "epochs": 1, "model": model})
+        run_experiment(config, out=root / name, progress=False)
+    return root
+
+
+def test_convert_a_finished_run(finished_runs, capsys) -> None:
+    run = finished_runs / "clip"
+    assert main(["convert", "--run", str(run), "--timesteps", "8,1,2"]) == 0
+    table = capsys.readouterr().out
+    assert "ANN" in table and "plain" in table and "ecl" in table
+    saved = json.loads((run / "conversion.json").read_text())
+    results = json.loads((run / "results.json").read_text())
+    assert saved["timesteps"] == [1, 2, 8]
+    assert saved["test_samples"] == sum(results["test_sizes"])
+    # the ANN is the run's final model: its accuracy is the run's last accuracy
+    assert saved["ann"]["accuracy"] == pytest.approx(results["last_accuracy"])
+    for scheme in ("plain", "ecl"):
+        accs = [saved["schemes"][scheme]["by_timestep"][str(t)]["accuracy"] for t in (1, 2, 8)]
+        assert all(0.0 <= a <= 1.0 for a in accs)
+    assert len(saved["thresholds"]) == 3 and all(v > 0 for v in saved["thresholds"].values())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--run", "{missing}"], "is not a folder"),
+    (["--run", "{mlp}"], "has no clip activation"),
+    (["--run", "{clip}", "--timesteps", "0,2"], "--timesteps"),
+    (["--run", "{clip}", "--timesteps", "two"], "--timesteps"),
+    (["--run", "{clip}", "--schemes", "ecl,magic"], "allowed values: plain, ecl"),
+])
+def test_convert_refuses_bad_input_in_one_line(finished_runs, capsys, args, message) -> None:
+    paths = {"missing": finished_runs / "nope", "mlp": finished_runs / "mlp", "clip": finished_runs / "clip"}
+    before = (finished_runs / "clip" / "conversion.json").stat().st_mtime_ns \
+        if (finished_runs / "clip" / "conversion.json").exists() else None
+    assert main(["convert", *[a.format(**paths) for a in args]]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not (finished_runs / "mlp" / "conversion.json").exists()
+    after = (finished_runs / "clip" / "conversion.json").stat().st_mtime_ns \
+        if (finished_runs / "clip" / "conversion.json").exists() else None
+    assert before == after
