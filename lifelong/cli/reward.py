@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,9 @@ def load_saved_scorer(folder: str | Path) -> tuple[str, Any]:
     """
     folder = Path(folder)
     hint = "make one with `lifelong reward train`"
+    aside = folder.parent / f".{folder.name}.old"  # a save killed between its two renames (scorers' save docs)
+    if not folder.exists() and aside.is_dir():
+        os.replace(aside, folder)
     if not folder.is_dir():
         problem = "it does not exist" if not folder.exists() else "it is not a folder"
         raise UserError(f"{folder}: not a trained reward model ({problem}; {hint})")

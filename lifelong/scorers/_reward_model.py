@@ -8,14 +8,23 @@ response). The side branches that produce the branch texts and features are in `
 docs/reward.md describes the model and its saved folder.
 
 Saved folder (``save`` / ``load``): ``config.json`` (format version, the registered scorer name, its config,
-the branches and their feature names, training summary) and ``head.safetensors`` (the head's weights). A new
-folder is written as a whole under a temporary name and renamed into place; into an existing folder each file is
-replaced atomically, the weights first and ``config.json`` last. Every write goes through
-``lifelong.platform.atomic`` (fsync of files and folders), so a failed save leaves no half-written model.
+the branches and their feature names, training summary, and ``head_sha256``, the SHA-256 of the weights file)
+and ``head.safetensors`` (the head's weights). The folder is always written as a whole under a temporary name
+(each file through ``lifelong.platform.atomic``, fsynced) and then put in place in one step: renamed, or, over an
+existing model, swapped with it by ``renameat2(RENAME_EXCHANGE)`` (Linux) and the old one removed. Where the swap
+is not available it takes two renames (old model aside, new one in); a process killed between them leaves the old
+model whole beside the folder, and the next ``load`` or ``save`` puts it back. So a crash leaves the old model or
+the new one, never a mix. ``load`` refuses (one line) a weights file that does not match ``head_sha256`` (a
+changed byte, a truncated file, weights from another save) and weights that are not all finite; ``save`` refuses
+non-finite weights (a diverged training) before writing anything.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
+import hashlib
 import json
 import os
 import shutil
@@ -261,8 +270,13 @@ class RewardModel:
 
         head = self._require_head()
         out = Path(out)
+        _restore_aside(out)
         if out.exists() and not out.is_dir():
             raise UserError(f"--out {out} exists and is not a directory")
+        bad = [k for k, v in head.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise UserError(f"the trained reward head has non-finite weights ({', '.join(bad)}): the training "
+                            "diverged; nothing was saved (lower lr, or check the data)")
         config = to_dict(self.config)
         config.pop("device", None)  # where it ran is not part of the model: it loads on any device
         meta = {
@@ -275,21 +289,17 @@ class RewardModel:
         }
         state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
 
-        def write_into(folder: Path) -> None:
-            # the weights first: config.json, which names the scorer, is what makes the folder a model
-            atomic_write_with(folder / HEAD_FILE, lambda tmp: save_file(state, str(tmp), metadata={"scorer": self.scorer}))
-            atomic_write_text(folder / CONFIG_FILE, json.dumps(meta, indent=2))
-
-        if out.is_dir():
-            write_into(out)
-            return out
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:12]}.tmp"
         tmp.mkdir()
         try:
-            write_into(tmp)  # each file fsynced, and the temporary folder's entries
-            os.replace(tmp, out)
-            fsync_dir(out.parent)
+            # the weights first: config.json, which names the scorer and holds the weights' checksum, is what makes
+            # the folder a model
+            atomic_write_with(tmp / HEAD_FILE, lambda t: save_file(state, str(t), metadata={"scorer": self.scorer}))
+            meta["head_sha256"] = _sha256(tmp / HEAD_FILE)
+            atomic_write_text(tmp / CONFIG_FILE, json.dumps(meta, indent=2))
+            fsync_dir(tmp)
+            _put_in_place(tmp, out)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -299,6 +309,7 @@ class RewardModel:
     def read_meta(cls, folder: str | os.PathLike) -> dict[str, Any]:
         """The ``config.json`` of a saved reward model; a folder that is not one raises a one-line UserError."""
         folder = Path(folder)
+        _restore_aside(folder)
         meta_path = folder / CONFIG_FILE
         if not meta_path.is_file() or not (folder / HEAD_FILE).is_file():
             raise UserError(f"{folder}: not a trained reward model (needs {CONFIG_FILE} and {HEAD_FILE}; "
@@ -333,13 +344,85 @@ class RewardModel:
     def load_weights(self, folder: Path, meta: dict[str, Any]) -> None:
         from safetensors.torch import load_file
 
+        path = folder / HEAD_FILE
+        want = meta.get("head_sha256")  # absent only in folders saved before it was recorded
+        if want is not None and _sha256(path) != want:
+            raise UserError(f"{path}: does not match the checksum recorded in {CONFIG_FILE} (a damaged or "
+                            "truncated file, or weights from another save); retrain it with `lifelong reward train`")
         dims = {n: len(v) for n, v in meta.get("branches", {}).items()}
-        head = RewardHead(int(meta["embed_dim"]), dims, self.config.hidden, self.config.dropout)
         try:
-            state = load_file(str(folder / HEAD_FILE))
+            head = RewardHead(int(meta["embed_dim"]), dims, self.config.hidden, self.config.dropout)
+            state = load_file(str(path))
             head.load_state_dict(state)
-        except (OSError, RuntimeError, ValueError) as exc:
-            raise UserError(f"{folder / HEAD_FILE}: cannot load the reward head ({exc})") from None
+        except Exception as exc:  # safetensors' own error type included: any unreadable head is one line
+            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UserError(f"{path}: cannot load the reward head ({text})") from None
+        bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise UserError(f"{path}: the reward head has non-finite weights (NaN or inf in {', '.join(bad)}); "
+                            "retrain it with `lifelong reward train`")
         head.eval()
         self.head = head.to(self.device)
         self.training = dict(meta.get("training", {}))
+
+
+# ---------------------------------------------------------------------------------------- replacing a folder
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where it is not available
+    (another OS, an old kernel or C library, a file system without it)."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _aside(out: Path) -> Path:
+    return out.parent / f".{out.name}.old"
+
+
+def _put_in_place(tmp: Path, out: Path) -> None:
+    """Make the complete folder ``tmp`` the model at ``out``: a rename for a new ``out``; over an existing one a
+    swap (then the old model, now at ``tmp``, is removed), or where the swap is not available two renames with the
+    old model kept aside in between (``_restore_aside`` puts it back after a crash there)."""
+    if not out.exists():
+        os.replace(tmp, out)
+    elif _exchange(tmp, out):
+        pass  # the old model is at tmp now; the caller removes it
+    else:
+        aside = _aside(out)
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(out, aside)
+        fsync_dir(out.parent)
+        os.replace(tmp, out)  # a crash before this line: out is missing, the old model whole at `aside`
+        fsync_dir(out.parent)
+        shutil.rmtree(aside, ignore_errors=True)
+        return
+    fsync_dir(out.parent)
+
+
+def _restore_aside(out: Path) -> None:
+    """After a crash between ``_put_in_place``'s two renames: put the old model back where it was."""
+    aside = _aside(out)
+    if not out.exists() and aside.is_dir():
+        with contextlib.suppress(OSError):
+            os.replace(aside, out)
+            fsync_dir(out.parent)
