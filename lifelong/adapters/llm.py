@@ -120,7 +120,8 @@ def load_causal_lm(
     """Load ``(model, tokenizer)`` in eval mode with every parameter frozen.
 
     ``name`` is an embedded name (``smollm2-135m``), a ``.gguf`` file, a Hugging Face folder, or a hub id (only
-    when the hub is reachable; offline it fails with a clear error). ``dtype`` defaults to float32.
+    when it is in the local Hugging Face cache or the hub is reachable: ``check_hub_model`` fails at once with a
+    clear error otherwise). ``dtype`` defaults to float32.
     """
     import torch
 
@@ -138,13 +139,14 @@ def load_causal_lm(
         model, tok = _load_hf(str(path), dtype)
         _set_identity(model, str(path.resolve()), None)
     else:
-        if os.environ.get("HF_HUB_OFFLINE") == "1" or "/" not in str(name):
+        if "/" not in str(name):
             raise UserError(
                 f"unknown model {name!r}: use {', '.join(sorted(EMBEDDED_GGUF))}, a .gguf file, a Hugging Face "
                 "folder, or a hub id such as org/model (needs network)"
             )
+        local = check_hub_model(str(name))
         try:
-            model, tok = _load_hf(str(name), dtype)
+            model, tok = _load_hf(str(name), dtype, local_only=local)
         except OSError as exc:
             raise UserError(f"cannot load model {name!r} from the hub: {exc}") from exc
         _set_identity(model, str(name), None)
@@ -156,6 +158,51 @@ def load_causal_lm(
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return model, tok
+
+
+_TRUE = ("1", "true", "yes", "on")
+
+
+def hub_offline() -> bool:
+    """Whether the user switched the Hugging Face hub off (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``)."""
+    return any(os.environ.get(k, "").strip().lower() in _TRUE for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """One TCP connection to the hub's endpoint (``HF_ENDPOINT``, default huggingface.co) within ``timeout_s``;
+    True behind a proxy, where a direct connection says nothing."""
+    import socket
+    import urllib.parse
+
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    url = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((url.hostname or "", url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
+def check_hub_model(name: str) -> bool:
+    """Before any download: True if the hub id ``name`` is in the local Hugging Face cache (load it from there,
+    no network); False if it is not but the hub answers; else a one-line UserError at once, naming the id and
+    how to get it, instead of transformers' retries (about 50 s with no network)."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return True
+    how = (f"download it where there is network (`hf download {name}`, into {constants.HF_HUB_CACHE}) or pass a "
+           "local model folder")
+    if hub_offline():
+        raise UserError(f"model {name!r} is not in the local Hugging Face cache and the hub is switched off "
+                        f"(HF_HUB_OFFLINE); {how}")
+    if not hub_reachable():
+        endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+        raise UserError(f"model {name!r} is not in the local Hugging Face cache and {endpoint} cannot be reached "
+                        f"(no network?); {how}")
+    return False
 
 
 def load_tokenizer(name: str = DEFAULT_MODEL, *, cache_dir: str | os.PathLike | None = None) -> Any:
@@ -180,11 +227,11 @@ def load_tokenizer(name: str = DEFAULT_MODEL, *, cache_dir: str | os.PathLike | 
     return tok
 
 
-def _load_hf(source: str, dtype: Any) -> tuple[Any, Any]:
+def _load_hf(source: str, dtype: Any, local_only: bool = False) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
-    tok = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=local_only)
+    tok = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
     return model, tok
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from lifelong.benchmarks.edits import bundled_edits_path, load_edits, load_prompts
 from lifelong.editing.bench import run_edit_bench
-from lifelong.editing.editor import EditRequest
+from lifelong.editing.editor import MAX_TARGET_CHARS, EditRequest, check_edit_text, check_edit_tokens
 from lifelong.editing.export import check_import, export_peft, import_peft
 from lifelong.editing.metrics import evaluate_store
 from lifelong.editing.session import EditSession
@@ -116,10 +116,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _session(args: argparse.Namespace, *, editor: str | None = None, overrides: dict | None = None,
-             create: bool = True) -> Any:
+             create: bool = True, readonly: bool = False, quiet: bool = False) -> Any:
     """The session of a command; ``args.store`` None: the unedited base model."""
     return EditSession(args.store, model=getattr(args, "model", None), editor=editor,
-                       editor_config=overrides, create=create, device=args.device, precision=args.precision)
+                       editor_config=overrides, create=create, device=args.device, precision=args.precision,
+                       readonly=readonly, quiet=quiet)
 
 
 def _require_store(path: str) -> None:
@@ -138,20 +139,21 @@ def cmd_apply(args: argparse.Namespace) -> int:
             raise UserError("--prompt is empty")
         if not args.target.strip():
             raise UserError("--target is empty")
+        check_edit_text(args.prompt, "--prompt", "")
+        check_edit_text(args.target, "--target", "", max_chars=MAX_TARGET_CHARS)
     overrides = parse_overrides(args.overrides)
     if args.file:  # validate the whole file before the model is even loaded
         requests = load_edits(args.file)
     else:
         requests = [EditRequest(prompt=args.prompt, target=args.target)]
     session = _session(args, editor=args.editor, overrides=overrides or None)
+    ok = False
     try:
         max_tokens = int(getattr(session.model.config, "max_position_embeddings", 0) or 0)
         if args.file:
             requests = load_edits(args.file, tokenizer=session.tokenizer, max_tokens=max_tokens)
-        elif max_tokens:
-            n = len(session.tokenizer(args.prompt + " " + args.target, add_special_tokens=False).input_ids)
-            if n > max_tokens:
-                raise UserError(f"--prompt and --target are {n} tokens, longer than the model's context of {max_tokens}")
+        else:
+            check_edit_tokens(session.tokenizer, args.prompt, args.target, "--prompt and --target", max_tokens)
         applied = []
         for i, req in enumerate(requests, 1):
             t0 = time.perf_counter()
@@ -160,7 +162,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
             applied.append({"id": rec.id, "prompt": rec.prompt, "target": rec.target})
             print(f"[{i}/{len(requests)}] edit {rec.id}: {req.prompt!r} -> {req.target!r} "
                   f"({time.perf_counter() - t0:.1f} s, {rec.extra.get('steps')} steps)", file=sys.stderr)
+        ok = True
     finally:
+        if not ok and session.store is not None:
+            session.store.discard_if_empty()  # a refused first apply leaves no empty store folder
         session.close()
     if args.json:
         print(json.dumps({"applied": applied}))
@@ -188,7 +193,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     _require_store(args.store)
-    with EditStore.open(args.store, create=False) as store:
+    with EditStore.open(args.store, create=False, readonly=True) as store:
         rows = [r.as_dict() for r in store.all_edits()]
         bad = dict(store.verify())
     for r in rows:
@@ -233,10 +238,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise UserError("edit generate needs exactly one of --prompt or --file")
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    prompts = load_prompts(args.file) if args.file else [args.prompt]
+    prompts = load_prompts(args.file) if args.file else [check_edit_text(args.prompt, "--prompt", "")]
     if args.store is not None:
         _require_store(args.store)
-    session = _session(args, create=False)
+    session = _session(args, create=False, readonly=True)
     try:
         for res in session.generate(prompts, max_new_tokens=args.max_new_tokens):
             row = {"prompt": res["prompt"], "completion": res["completion"], "edit_id": res["edit_id"]}
@@ -254,8 +259,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     requests = load_edits(args.file)
     if args.store is not None:
         _require_store(args.store)
-    session = _session(args, create=False)
+    session = _session(args, create=False, readonly=True, quiet=True)  # the damaged edits are the error below
     try:
+        if session.problems:  # a reliability over the other edits would hide the damaged ones
+            raise UserError(f"store {args.store} has {len(session.problems)} active edit(s) that cannot be loaded: "
+                            + "; ".join(msg for _, msg in session.problems)
+                            + "; roll them back or re-apply them, then evaluate")
         if session.store is None:  # the unedited base model on every record (a baseline for a store's numbers)
             matched = list(requests)
         else:
@@ -284,6 +293,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.n is not None and not 1 <= args.n <= len(requests):
         raise UserError(f"--n must be between 1 and {len(requests)} (the edits in {path}), got {args.n}")
     out = Path(args.out or f"runs/edit-bench-{args.editor}-{args.seed}")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder; name a folder (created if missing)")
     res = run_edit_bench(args.editor, requests, n=args.n, seed=args.seed, out=out, model=args.model,
                          editor_config=parse_overrides(args.overrides) or None, source=path,
                          device=args.device, precision=args.precision)

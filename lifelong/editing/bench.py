@@ -18,6 +18,7 @@ import numpy as np
 from lifelong.editing.editor import EditRequest
 from lifelong.editing.metrics import base_references, locality_scores, mean_score
 from lifelong.editing.session import EditSession, check_edit_precision, resolve_edit_device
+from lifelong.platform.errors import UserError
 
 
 def run_edit_bench(
@@ -54,6 +55,8 @@ def run_edit_bench(
     rng.shuffle(reqs)
     reqs = reqs[: n or len(reqs)]
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder; name a folder (created if missing)")
     out.mkdir(parents=True, exist_ok=True)
     store_dir = out / "store"
     if store_dir.exists():

@@ -32,7 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from lifelong.adapters.llm import DEFAULT_MODEL, load_causal_lm, model_identity
-from lifelong.editing.editor import Editor, join_ids
+from lifelong.editing.editor import Editor, check_edit_text, check_edit_tokens, join_ids
 from lifelong.editing.store import CorruptEditError, EditRecord, EditStore
 from lifelong.platform import registry
 from lifelong.platform.config import ConfigError, to_dict
@@ -86,10 +86,14 @@ class EditSession:
         quiet: bool = False,
         device: str | Any = None,
         precision: str = "fp32",
+        readonly: bool = False,
     ) -> None:
         """``device``: ``auto``/``cpu``/``cuda``/``cuda:N`` or a torch device; None means ``auto`` for a model the
         session loads and "where it is" for a ``loaded`` one. ``precision``: ``fp32``, ``bf16`` or ``fp16``.
-        Both are checked before the store is opened, so a bad value leaves no store behind."""
+        Both are checked before the store is opened, so a bad value leaves no store behind. ``readonly``: open the
+        store for reading only (``EditStore``'s ``readonly``: generate and score, nothing to apply or roll back).
+        A store this session created is removed again if the session fails to start (an unknown model, a bad
+        editor config), so a refused command leaves no empty store folder."""
         self.precision = check_edit_precision(precision)
         if device is not None or loaded is None:
             device = resolve_edit_device(str(device or "auto"))
@@ -113,7 +117,19 @@ class EditSession:
         if isinstance(store, EditStore):
             self.store = store
         else:
-            self.store = EditStore.open(store, create=create)
+            self.store = EditStore.open(store, create=create, readonly=readonly)
+        try:
+            self._start(model, editor, editor_config, loaded, device)
+        except BaseException:
+            if not isinstance(store, EditStore):
+                self.store.discard_if_empty()
+                self.store.close()
+            raise
+
+    def _start(self, model: str | None, editor: str | None, editor_config: dict[str, Any] | None,
+               loaded: tuple[Any, Any] | None, device: Any) -> None:
+        """The rest of ``__init__`` once the store is open: load the model, check it, attach the editor."""
+        assert self.store is not None
         stored_model = self.store.meta().get("model_name")
         model_name = model or stored_model or DEFAULT_MODEL
         self.model, self.tokenizer = loaded if loaded is not None else load_causal_lm(model_name)
@@ -211,6 +227,10 @@ class EditSession:
         prompt, the steps and the final loss, and nothing is written (no row, no adapter file). A caller that
         measures such edits rather than keeping them (a benchmark) may pass ``require_target=False``."""
         store = self._require_store("apply")
+        check_edit_text(prompt, "prompt", "edit")
+        check_edit_text(target, "target", "edit")
+        context = int(getattr(getattr(self.model, "config", None), "max_position_embeddings", 0) or 0)
+        check_edit_tokens(self.tokenizer, prompt, target, "edit", context)
         with self.lock:
             self.sync()  # FT-L trains on top of the edits in force: have the other writers' ones
             # refuse early (before training) a store fixed to another editor spec; add_edit checks again, in the
