@@ -386,3 +386,56 @@ def test_batched_generations_during_an_apply_see_one_store_version(batched):
     for text, eid in results:
         assert (text, eid) in {(before, None), (after, edit_id)}, (text, eid)
     assert httpx.get(s["url"] + "/healthz").json()["largest_batch"] >= 2
+
+
+# ---------------------------------------------------------------------------------------------- OpenAI fields
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+
+
+@pytest.mark.parametrize("kind, field, value", [
+    ("completions", "logprobs", 2), ("completions", "echo", True), ("completions", "presence_penalty", 0.5),
+    ("completions", "frequency_penalty", -1.0), ("completions", "logit_bias", {"42": -100}),
+    ("completions", "best_of", 3), ("completions", "n", 2), ("completions", "suffix", " end"),
+    ("chat", "tools", [TOOL]), ("chat", "logprobs", True), ("chat", "top_logprobs", 2),
+    ("chat", "response_format", {"type": "json_object"}), ("chat", "tool_choice", "required"),
+    ("chat", "n", 3), ("chat", "presence_penalty", 1),
+])
+def test_unsupported_openai_fields_are_refused_by_name(served, kind, field, value):
+    s = served
+    generations = httpx.get(s["url"] + "/healthz").json()["generations"]
+    with pytest.raises(openai.BadRequestError) as err:
+        if kind == "completions":
+            s["client"].completions.create(model=s["model"], prompt=PROMPT, max_tokens=3, **{field: value})
+        else:
+            s["client"].chat.completions.create(model=s["model"], messages=[{"role": "user", "content": "Hi"}],
+                                                max_tokens=3, **{field: value})
+    e = err.value
+    assert e.status_code == 400 and e.param == field and e.code == "unsupported_parameter", e
+    assert field in e.message and "supported: model" in e.message
+    assert httpx.get(s["url"] + "/healthz").json()["generations"] == generations  # refused before generating
+
+
+def test_unknown_fields_are_refused_and_neutral_values_accepted(served):
+    s = served
+    with pytest.raises(openai.BadRequestError) as err:
+        s["client"].completions.create(model=s["model"], prompt=PROMPT, max_tokens=3, extra_body={"top_k": 5})
+    assert err.value.param == "top_k" and err.value.code == "unknown_parameter"
+    plain = _complete(s).text
+    neutral = _complete(s, presence_penalty=0, frequency_penalty=0.0, n=1, logprobs=None, echo=False, best_of=1,
+                        logit_bias={}, suffix=None, user="someone")
+    assert neutral.text == plain
+    msgs = [{"role": "user", "content": "Hi"}]
+    chat = s["client"].chat.completions.create(model=s["model"], messages=msgs, max_tokens=4, temperature=0)
+    neutral = s["client"].chat.completions.create(
+        model=s["model"], messages=msgs, max_tokens=4, temperature=0, n=1, logprobs=False, presence_penalty=0,
+        response_format={"type": "text"}, tool_choice="none", parallel_tool_calls=False, store=False, user="u")
+    assert neutral.choices[0].message.content == chat.choices[0].message.content
+    # stream_options: include_usage gives a last chunk with the usage and no choices
+    chunks = list(s["client"].chat.completions.create(model=s["model"], messages=msgs, max_tokens=4, temperature=0,
+                                                      stream=True, stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == chat.usage.completion_tokens
+    assert "".join(c.choices[0].delta.content or "" for c in chunks[:-1]) == chat.choices[0].message.content
+    with pytest.raises(openai.BadRequestError) as err:
+        s["client"].completions.create(model=s["model"], prompt=PROMPT, max_tokens=3,
+                                       stream_options={"include_usage": True})
+    assert err.value.param == "stream_options"

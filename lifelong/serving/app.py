@@ -6,6 +6,12 @@
   default 1), ``top_p``, ``stop`` (a string or up to 4), ``n`` (only 1), ``seed``, ``stream`` (server-sent events,
   ``data: {chunk}`` lines ending with ``data: [DONE]``). Each choice also says which edit, if any, routed it
   (``edit_id``, an extension OpenAI clients ignore).
+- OpenAI fields this server does not implement (``logprobs``, ``echo``, ``presence_penalty``,
+  ``frequency_penalty``, ``logit_bias``, ``best_of``, ``suffix``, ``tools``, ``response_format``, ... see
+  ``UNSUPPORTED``) are refused with a 400 naming the field and what is supported, unless they hold their neutral
+  value (``presence_penalty: 0``, ``logprobs: null``, ``tools: []``: what some clients send by default), which is
+  accepted and means what it says. A field OpenAI does not have is refused too (``unknown_parameter``), as
+  OpenAI does, rather than silently ignored. ``stream_options: {"include_usage": true}`` is supported.
 - ``GET /v1/models``; ``GET /healthz``.
 - ``POST /v1/edits`` (one edit, a list, or ``{"edits": [...]}``: the JSON Lines edit file's fields),
   ``GET /v1/edits``, ``DELETE /v1/edits/{id}`` (rollback).
@@ -24,7 +30,7 @@ import hmac
 import json
 import time
 import uuid
-from typing import Any, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, Union
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
@@ -38,8 +44,63 @@ from lifelong.serving.engine import Engine, Generation, GenParams, RequestError,
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 
 
+def _off(*values: Any) -> Callable[[Any], bool]:
+    return lambda v: any(v == x and type(v) is type(x) for x in values)
+
+
+#: OpenAI request fields not implemented here: field -> (the neutral values, as said in the error, and a test of
+#: neutrality). A neutral value is accepted (it asks for nothing this server does not do); any other is a 400.
+UNSUPPORTED: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "logprobs": ("null or false", _off(None, False)),
+    "top_logprobs": ("null or 0", _off(None, 0)),
+    "echo": ("false", _off(None, False)),
+    "presence_penalty": ("0", _off(None, 0, 0.0)),
+    "frequency_penalty": ("0", _off(None, 0, 0.0)),
+    "repetition_penalty": ("1", _off(None, 1, 1.0)),
+    "logit_bias": ("null or {}", _off(None, {})),
+    "best_of": ("1", _off(None, 1)),
+    "suffix": ('null or ""', _off(None, "")),
+    "tools": ("null or []", _off(None, [])),
+    "functions": ("null or []", _off(None, [])),
+    "tool_choice": ('null, "none" or "auto" (no tools)', _off(None, "none", "auto")),
+    "function_call": ('null, "none" or "auto" (no functions)', _off(None, "none", "auto")),
+    "parallel_tool_calls": ("null, true or false (no tools)", _off(None, True, False)),
+    "response_format": ('null or {"type": "text"}', _off(None, {"type": "text"})),
+    "modalities": ('null or ["text"]', _off(None, ["text"])),
+    "audio": ("null", _off(None)),
+    "prediction": ("null", _off(None)),
+    "reasoning_effort": ("null", _off(None)),
+    "verbosity": ("null", _off(None)),
+    "web_search_options": ("null", _off(None)),
+    "store": ("null or false", _off(None, False)),
+    "metadata": ("null or {}", _off(None, {})),
+    "service_tier": ('null, "auto" or "default"', _off(None, "auto", "default")),
+}
+#: identifiers a client may send for its own bookkeeping; they change no output, so any string is accepted
+IGNORED = {"user", "safety_identifier", "prompt_cache_key"}
+
+
+def _check_fields(req: BaseModel, supported: str) -> None:
+    """Refuse an OpenAI field this server does not implement (unless neutral) or a field OpenAI does not have."""
+    for name, value in (req.model_extra or {}).items():
+        if name in IGNORED and (value is None or isinstance(value, str)):
+            continue
+        if name in UNSUPPORTED:
+            neutral, is_neutral = UNSUPPORTED[name]
+            if is_neutral(value):
+                continue
+            shown = json.dumps(value)
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            raise RequestError(f"{name}={shown} is not supported by this server (leave it out or send {neutral}); "
+                               f"supported: {supported}", param=name, code="unsupported_parameter")
+        raise RequestError(f"unknown field {name!r}; supported: {supported}", param=name, code="unknown_parameter")
+
+
+_SUPPORTED = "model, {}, max_tokens, temperature, top_p, stop, n (1), seed, stream, stream_options (include_usage)"
+
+
 class _Sampling(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
 
     model: str
     max_tokens: Optional[int] = Field(default=None, ge=1)
@@ -49,6 +110,7 @@ class _Sampling(BaseModel):
     stop: Optional[Union[str, list[str]]] = None
     seed: Optional[int] = None
     stream: Optional[bool] = False
+    stream_options: Optional[dict[str, Any]] = None
 
 
 class CompletionRequest(_Sampling):
@@ -152,12 +214,22 @@ def create_app(engine: Engine, *, token: str | None, max_body_bytes: int = DEFAU
             raise RequestError("a valid bearer token is needed to change the edits (Authorization: Bearer TOKEN)",
                                type="authentication_error", code="invalid_api_key", status=401)
 
-    def _params(req: _Sampling, max_tokens: int | None) -> GenParams:
+    def _params(req: _Sampling, max_tokens: int | None, supported: str) -> GenParams:
         if req.model != engine.model_name:
             raise RequestError(f"the model {req.model!r} does not exist; this server serves {engine.model_name!r}",
                                param="model", code="model_not_found", status=404)
+        _check_fields(req, supported)
         if (req.n or 1) != 1:
-            raise RequestError("only n=1 is supported", param="n", code="unsupported_value")
+            raise RequestError(f"n={req.n} is not supported by this server (one choice per request: leave it out "
+                               f"or send 1); supported: {supported}", param="n", code="unsupported_parameter")
+        if req.stream_options is not None:
+            if not req.stream:
+                raise RequestError("stream_options is only allowed with stream: true", param="stream_options")
+            unknown = sorted(set(req.stream_options) - {"include_usage"})
+            if unknown or not isinstance(req.stream_options.get("include_usage", False), bool):
+                raise RequestError(f"stream_options: only include_usage (true or false) is supported, got "
+                                   f"{json.dumps(req.stream_options)[:60]}", param="stream_options",
+                                   code="unsupported_parameter")
         stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         if len(stop) > 4 or any(not s for s in stop):
             raise RequestError("stop: at most 4 non-empty strings", param="stop")
@@ -169,14 +241,19 @@ def create_app(engine: Engine, *, token: str | None, max_body_bytes: int = DEFAU
         n = len(g.tokens)
         return {"prompt_tokens": g.prompt_tokens, "completion_tokens": n, "total_tokens": g.prompt_tokens + n}
 
-    def _sse(ids: list[int], params: GenParams, chunk: Any) -> StreamingResponse:
+    def _sse(ids: list[int], params: GenParams, chunk: Any, usage: bool = False) -> StreamingResponse:
+        """Server-sent events; ``usage`` (``stream_options.include_usage``): every chunk has ``usage: null`` and a
+        last chunk with no choices carries the usage, as OpenAI does."""
         def events() -> Any:
             try:
                 for item in engine.stream(ids, params):
-                    if isinstance(item, Generation):
-                        yield f"data: {json.dumps(chunk(None, item))}\n\n"
-                    else:
-                        yield f"data: {json.dumps(chunk(item, None))}\n\n"
+                    final = isinstance(item, Generation)
+                    data = chunk(None, item) if final else chunk(item, None)
+                    if usage:
+                        data["usage"] = None
+                    yield f"data: {json.dumps(data)}\n\n"
+                    if final and usage:
+                        yield f"data: {json.dumps({**data, 'choices': [], 'usage': _usage(item)})}\n\n"
             except RequestError as exc:
                 yield f"data: {json.dumps({'error': {'message': exc.message, 'type': exc.type, 'param': exc.param, 'code': exc.code}})}\n\n"
             except Exception:
@@ -187,7 +264,7 @@ def create_app(engine: Engine, *, token: str | None, max_body_bytes: int = DEFAU
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest) -> Any:
-        params = _params(req, req.max_tokens or 16)  # OpenAI's default for completions
+        params = _params(req, req.max_tokens or 16, _SUPPORTED.format("prompt"))  # 16: OpenAI's default
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if len(prompts) != 1 or not isinstance(prompts[0], str):
             raise RequestError("prompt: give one string (batches of prompts are not supported)", param="prompt")
@@ -201,7 +278,7 @@ def create_app(engine: Engine, *, token: str | None, max_body_bytes: int = DEFAU
                     choice["edit_id"] = g.edit_id
                 return {"id": cid, "object": "text_completion", "created": now, "model": engine.model_name,
                         "choices": [choice]}
-            return _sse(ids, params, chunk)
+            return _sse(ids, params, chunk, bool((req.stream_options or {}).get("include_usage")))
         g = await run_in_threadpool(engine.generate, ids, params)
         return {"id": cid, "object": "text_completion", "created": now, "model": engine.model_name,
                 "choices": [{"index": 0, "text": g.text, "logprobs": None, "finish_reason": g.finish_reason,
@@ -209,7 +286,9 @@ def create_app(engine: Engine, *, token: str | None, max_body_bytes: int = DEFAU
 
     @app.post("/v1/chat/completions")
     async def chat(req: ChatRequest) -> Any:
-        params = _params(req, req.max_completion_tokens or req.max_tokens)  # None: up to the limit (OpenAI: the model's)
+        # None: up to the limit (OpenAI: the model's)
+        params = _params(req, req.max_completion_tokens or req.max_tokens,
+                         _SUPPORTED.format("messages, max_completion_tokens"))
         prompt = engine.chat_prompt([m.model_dump() for m in req.messages])
         ids = engine.encode(prompt, params)
         cid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
@@ -227,7 +306,7 @@ def create_app(engine: Engine, *, token: str | None, max_body_bytes: int = DEFAU
                     choice["edit_id"] = g.edit_id
                 return {"id": cid, "object": "chat.completion.chunk", "created": now, "model": engine.model_name,
                         "choices": [choice]}
-            return _sse(ids, params, chunk)
+            return _sse(ids, params, chunk, bool((req.stream_options or {}).get("include_usage")))
         g = await run_in_threadpool(engine.generate, ids, params)
         return {"id": cid, "object": "chat.completion", "created": now, "model": engine.model_name,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": g.text},
