@@ -1,0 +1,120 @@
+"""``sca`` (components/sca.py): the least active channels go, pruned channels stay silent after batch norm in
+training and evaluation, the slim copy computes what the masked network computes, and ``lifelong run`` takes it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import TINY_STREAM
+
+from lifelong.adapters.backbones import build_backbone
+from lifelong.components.sca import SCA, SCAConfig, find_units, slim
+from lifelong.platform.learner import TrainingState
+
+pytestmark = pytest.mark.usefixtures("one_thread_module")
+
+
+def _train(model, sca, steps=3, epochs=1, seed=0):
+    """A few SGD steps on random 8x8 images with the component's hooks, as a learner calls them."""
+    torch.manual_seed(seed)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    state = TrainingState(model=model, optimizer=opt)
+    sca.before_experience(state)
+    model.train()
+    for epoch in range(epochs):
+        state.epoch = epoch
+        for _ in range(steps):
+            x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            sca.after_backward(state)
+            opt.step()
+            sca.after_step(state)
+        sca.after_epoch(state)
+    sca.after_experience(state)
+
+
+def _component(**options) -> SCA:
+    config = SCAConfig(**{"target_sparsity": 0.5, "ramp": 1, **options})
+    config.validate()
+    return SCA(config, context=None)
+
+
+@pytest.mark.parametrize("score", ["potential", "rate"])
+def test_the_least_active_channels_are_pruned(score) -> None:
+    torch.manual_seed(0)
+    model = build_backbone("spiking-tiny", (1, 8, 8), 10)
+    unit = find_units(model)[0]
+    with torch.no_grad():  # channels 0..7 get almost no current: they are the least active
+        unit.bn.weight[:8] = 0.01
+        unit.bn.bias[:8] = 0.0
+        unit.bn.bias[8:] = 1.0
+    sca = _component(score=score)
+    _train(model, sca)
+    assert sca.masks[unit.name].tolist() == [False] * 8 + [True] * 8
+    assert sca.summary()["channel_sparsity"] == pytest.approx(0.5)
+
+
+def test_pruned_channels_stay_silent_after_batch_norm() -> None:
+    torch.manual_seed(1)
+    model = build_backbone("spiking-tiny", (1, 8, 8), 10)
+    sca = _component()
+    _train(model, sca, steps=2, epochs=2)
+    units = find_units(model)
+    for mode in ("train", "eval"):
+        getattr(model, mode)()
+        seen = {}
+        handles = [u.act.register_forward_hook(
+            lambda m, inp, out, name=u.name: seen.__setitem__(name, (inp[0].detach(), out.detach())))
+            for u in units]
+        model(torch.randn(8, 1, 8, 8) * 3)
+        for h in handles:
+            h.remove()
+        for u in units:
+            off = ~sca.masks[u.name]
+            assert int(off.sum()) == u.channels // 2
+            current, spikes = seen[u.name]  # [T, B, C, H, W]
+            assert bool((current[:, :, off] == 0).all()), (mode, u.name)  # the bias does not leak back in
+            assert float(spikes[:, :, off].sum()) == 0.0
+            assert float(spikes[:, :, ~off].sum()) > 0.0
+
+
+@pytest.mark.parametrize("backbone", ["spiking-tiny", "cnn-28"])
+def test_slim_network_gives_the_masked_outputs(backbone) -> None:
+    torch.manual_seed(2)
+    model = build_backbone(backbone, (1, 8, 8), 10)
+    sca = _component(target_sparsity=0.6)
+    _train(model, sca, steps=2)
+    small = slim(model)
+    model.eval(), small.eval()
+    x = torch.randn(32, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(model(x), small(x), atol=1e-5)
+    for dense, thin in zip(find_units(model), find_units(small)):
+        kept = int(sca.masks[dense.name].sum())
+        assert thin.conv.weight.shape[0] == thin.bn.num_features == thin.consumer.weight.shape[1] == kept
+        assert kept < dense.channels
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+
+
+def test_regrowth_swaps_channels_at_the_target() -> None:
+    torch.manual_seed(3)
+    model = build_backbone("cnn-28", (1, 8, 8), 10)
+    sca = _component(regrow_fraction=0.5)
+    _train(model, sca, steps=2, epochs=3)
+    assert sca.updates == 3 and sca.summary()["regrown_total"] > 0
+    assert sca.summary()["channel_sparsity"] == pytest.approx(0.5)
+
+
+def test_sca_through_lifelong_run(tmp_path) -> None:
+    from lifelong.platform.runner import resolve_config, run_experiment
+
+    config = resolve_config(strategy="naive", benchmark="split-digits", seed=0,
+                            overrides={**TINY_STREAM, "train_per_class": 10, "epochs": 1, "model": "spiking-tiny",
+                                       "components": ["sca"], "sca": {"ramp": 1, "target_sparsity": 0.25}})
+    results = run_experiment(config, out=tmp_path, progress=False)
+    summary = results["strategy_summary"]["components"]["sca"]
+    assert summary["channel_sparsity"] == pytest.approx(0.25)
+    assert summary["updates"] == 2  # one per epoch, over both experiences
