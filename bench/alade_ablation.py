@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"alade_ablation: unknown variant(s) {unknown}; allowed: {', '.join(VARIANTS)}", file=sys.stderr)
         return 2
-    tasks = [(v, seed, args.out, protocol, args.fresh) for v in variants for seed in seeds]
+    # seed by seed, so a bench stopped early still holds complete pairs for the seeds it finished
+    tasks = [(v, seed, args.out, protocol, args.fresh) for seed in seeds for v in variants]
     t0 = time.time()
     runs = run_all(one, tasks, args.jobs)
     by_variant: dict[str, dict[int, dict[str, Any]]] = {}
