@@ -16,6 +16,7 @@ from lifelong.adapters.spiking import (
     count_ops,
     direct_encode,
     lif_multistep,
+    lif_multistep_autograd,
     record_spikes,
     spike,
     spike_rates,
@@ -78,6 +79,43 @@ def test_backprop_through_time_by_hand() -> None:
     inp2 = _seq(0.8, 0.7).requires_grad_(True)
     lif_multistep(inp2, detach_reset=True).sum().backward()
     assert inp2.grad.flatten().tolist() == pytest.approx([0.8 + 0.9 * 0.5, 0.9], abs=1e-12)
+
+
+def test_fused_lif_is_bit_identical_to_the_step_by_step_form() -> None:
+    """The fused autograd function against autograd on the step-by-step LIF, for every option it supports:
+    spikes and input gradients equal (torch.equal) for each surrogate, hard reset to 0 and to another value,
+    soft reset, detach_reset, decay_input, a tau other than 2, float32 and float64, an odd shape."""
+    torch.manual_seed(0)
+    checked = 0
+    for surrogate, alpha in (("triangle", 1.0), ("triangle", 0.7), ("sigmoid", 4.0), ("arctan", 2.0)):
+        for v_reset in (0.0, -0.3, None):
+            for detach_reset in (False, True):
+                for decay_input in (False, True):
+                    for dtype, tau in ((torch.float32, 2.0), (torch.float64, 1.7)):
+                        x = (torch.randn(5, 3, 37) * 1.5 + 0.5).to(dtype)
+                        g = torch.randn(5, 3, 37).to(dtype)
+                        args = (tau, 1.0, v_reset, decay_input, detach_reset, surrogate, alpha)
+                        results = []
+                        for fn in (lif_multistep_autograd, lif_multistep):
+                            xi = x.clone().requires_grad_(True)
+                            s = fn(xi, *args)
+                            s.backward(g)
+                            results.append((s, xi.grad))
+                        (s_ref, g_ref), (s_new, g_new) = results
+                        where = f"{surrogate}({alpha}) v_reset={v_reset} detach={detach_reset} decay={decay_input}"
+                        assert torch.equal(s_ref, s_new), where
+                        assert 0 < s_new.mean() < 1, where  # some spikes, some silence: the reset paths are used
+                        assert torch.equal(g_ref, g_new), f"{where} {dtype}: max diff {(g_ref - g_new).abs().max()}"
+                        checked += 1
+    assert checked == 4 * 3 * 2 * 2 * 2
+
+
+def test_fused_lif_without_grad_and_rejects_unknown_surrogate() -> None:
+    x = torch.rand(3, 4) * 2
+    with torch.no_grad():
+        assert torch.equal(lif_multistep(x), lif_multistep_autograd(x))
+    with pytest.raises(ValueError, match="surrogate"):
+        lif_multistep(x, surrogate="relu")
 
 
 def test_lif_module_is_stateless_across_calls_and_batch_sizes() -> None:

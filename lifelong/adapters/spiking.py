@@ -6,7 +6,13 @@ HOOKke/PS-SNN; docs/alade-snn.md):
 - multi-step LIF, ``u_t = u_{t-1} - (u_{t-1} - v_reset)/tau + x_t`` (``tau=2``, ``v_reset=0`` gives the paper's
   ``u_t = 0.5 u_{t-1} + x_t``), spike ``s_t = H(u_t - v_threshold)``, hard reset ``u <- (1 - s) u + s v_reset``
   or soft reset ``u <- u - s v_threshold``. The same arithmetic, in the same order, as spikingjelly's ``LIFNode``
-  with ``decay_input=False`` (``bench/lif.py`` checks spikes and gradients are identical);
+  with ``decay_input=False`` (``bench/lif.py`` checks spikes and gradients are identical). It runs as one fused
+  autograd function (``LIFMultiStep``: forward and the closed-form backward recurrence over T in plain torch
+  ops, as spikingjelly's fused neurons), bit-identical to the step-by-step autograd form
+  (``lif_multistep_autograd``, kept as the reference and as what ``torch.compile`` traces when
+  ``NeuronConfig.compile`` is set). Compiling stays opt-in: on two cores the first compile of a surrogate takes
+  minutes and every later process still about 10 s with inductor's on-disk cache, too long for a default run
+  (docs/scaling.md has the figures);
 - surrogate gradients: triangle ``(1/g^2) max(0, g - |x|)`` (TET, the paper's default, ``g=1``), sigmoid
   ``a sig(a x)(1 - sig(a x))`` (``a=4``) and arctan ``(a/2) / (1 + (pi a x / 2)^2)`` (``a=2``), as spikingjelly
   defines them;
@@ -85,6 +91,141 @@ def spike(x: torch.Tensor, surrogate: str = "triangle", alpha: float | None = No
 
 
 # --------------------------------------------------------------------------------------------------- neuron
+def _charge(v: torch.Tensor, x: torch.Tensor, tau: float, v_reset: float | None, decay_input: bool) -> torch.Tensor:
+    """``h_t`` from ``v_{t-1}`` and ``x_t``: spikingjelly's expressions, in their order (bit-identical results)."""
+    if v_reset is None:
+        return v + (x - v) / tau if decay_input else v - v / tau + x
+    return v + (x - (v - v_reset)) / tau if decay_input else v - (v - v_reset) / tau + x
+
+
+def _rest(x_seq: torch.Tensor, v_reset: float | None) -> torch.Tensor:
+    return torch.zeros_like(x_seq[0]) if v_reset is None or v_reset == 0.0 else torch.full_like(x_seq[0], v_reset)
+
+
+def lif_multistep_autograd(
+    x_seq: torch.Tensor,
+    tau: float = 2.0,
+    v_threshold: float = 1.0,
+    v_reset: float | None = 0.0,
+    decay_input: bool = False,
+    detach_reset: bool = False,
+    surrogate: str = "triangle",
+    alpha: float = 1.0,
+) -> torch.Tensor:
+    """The LIF written step by step for autograd: the reference that ``lif_multistep`` is tested against, and
+    the form ``torch.compile`` traces (``NeuronConfig.compile``)."""
+    v = _rest(x_seq, v_reset)
+    out = []
+    for t in range(x_seq.shape[0]):
+        v = _charge(v, x_seq[t], tau, v_reset, decay_input)
+        s = SpikeFunction.apply(v - v_threshold, surrogate, alpha)
+        s_r = s.detach() if detach_reset else s
+        if v_reset is None:
+            v = v - s_r * v_threshold
+        else:
+            v = s_r * v_reset + (1.0 - s_r) * v
+        out.append(s)
+    return torch.stack(out)
+
+
+class LIFMultiStep(torch.autograd.Function):
+    """The whole multi-step LIF as one autograd node (as spikingjelly's fused neurons do).
+
+    Forward runs the recurrence over T without recording a graph and keeps the charged potentials ``h_t`` and
+    the spikes. Backward is the reverse recurrence written out, with ``v_t`` the potential after the reset of
+    step t: ``g_s = dL/ds_t + g_v dv_t/ds_t``, ``g_h = surrogate'(h_t - threshold) g_s + g_v dv_t/dh_t``,
+    ``dL/dx_t = g_h`` (``g_h / tau`` with ``decay_input``), ``g_v <- g_h - g_h / tau``. Each product and sum is
+    the one autograd computes on the step-by-step form, in the same order, so spikes and gradients are
+    bit-identical to ``lif_multistep_autograd`` (zeros may differ in sign). Speed comes from doing the work of
+    a step in a few reused buffers, in place, with float masks (``torch.ge(..., out=float)``): on CPU a bool
+    mask, ``masked_fill`` or ``where`` costs 4-20x a float multiply, and every fresh buffer costs page faults.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x_seq: torch.Tensor, tau: float, v_threshold: float, v_reset: float | None,  # type: ignore[override]
+                decay_input: bool, detach_reset: bool, surrogate: str, alpha: float) -> torch.Tensor:
+        T = x_seq.shape[0]
+        h_seq = torch.empty_like(x_seq, memory_format=torch.contiguous_format)
+        spikes = torch.empty_like(h_seq)
+        v = torch.empty_like(h_seq[0])  # the potential after the reset
+        tmp = torch.empty_like(v)
+        if v_reset is not None and v_reset != 0.0:
+            v.fill_(v_reset)  # rest
+        for t in range(T):
+            h, s, x = h_seq[t], spikes[t], x_seq[t]
+            if t == 0 and (v_reset is None or v_reset == 0.0):
+                # from rest at 0: 0 - 0 / tau + x is x and 0 + (x - 0) / tau is x / tau
+                torch.div(x, tau, out=h) if decay_input else h.copy_(x)
+            elif decay_input:  # v + (x - (v - v_reset)) / tau
+                d = v if v_reset is None else torch.sub(v, v_reset, out=tmp)
+                torch.sub(x, d, out=tmp).div_(tau)
+                torch.add(v, tmp, out=h)
+            else:  # v - (v - v_reset) / tau + x
+                d = v if v_reset is None else torch.sub(v, v_reset, out=tmp)
+                torch.div(d, tau, out=tmp)
+                torch.add(torch.sub(v, tmp, out=tmp), x, out=h)
+            torch.ge(h, v_threshold, out=s)  # h - threshold >= 0 exactly when h >= threshold
+            if t + 1 == T:
+                break
+            if v_reset is None:  # h - s * threshold
+                torch.sub(h, torch.mul(s, v_threshold, out=v), out=v)
+            else:  # s * v_reset + (1 - s) * h, where s * 0 adds nothing
+                torch.mul(s, -1.0, out=v).add_(1.0).mul_(h)
+                if v_reset != 0.0:
+                    v.add_(torch.mul(s, v_reset, out=tmp))
+        if ctx.needs_input_grad[0]:
+            ctx.save_for_backward(h_seq, spikes)
+        ctx.settings = (tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha)
+        return spikes
+
+    @staticmethod
+    def backward(ctx: Any, grad_spikes: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        h_seq, spikes = ctx.saved_tensors
+        tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha = ctx.settings
+        grad_x = torch.empty_like(h_seq)
+        f, m, g_s, g_v = (torch.empty_like(h_seq[0]) for _ in range(4))
+        for t in range(h_seq.shape[0] - 1, -1, -1):
+            h, s, last = h_seq[t], spikes[t], t + 1 == h_seq.shape[0]
+            # g_s = dL/ds_t + g_v dv_t/ds_t
+            if last or detach_reset:
+                g_s.copy_(grad_spikes[t])
+            elif v_reset is None:  # v_t = h_t - s_t * threshold
+                torch.sub(grad_spikes[t], torch.mul(g_v, v_threshold, out=g_s), out=g_s)
+            else:  # v_t = s_t * v_reset + (1 - s_t) * h_t; autograd adds the three terms in this order
+                torch.sub(grad_spikes[t], torch.mul(g_v, h, out=g_s), out=g_s)
+                if v_reset != 0.0:
+                    g_s.add_(torch.mul(g_v, v_reset, out=f))
+            # times the surrogate derivative at z = h - threshold, in the reference's operation order
+            torch.sub(h, v_threshold, out=f)
+            if surrogate == "triangle":  # (g (a - a^2 |z|)).masked_fill(|z| > alpha, 0), a = 1 / alpha
+                a = 1.0 / alpha
+                f.abs_()
+                torch.le(f, alpha, out=m)
+                g_s.mul_(f.mul_(-(a**2)).add_(a).mul_(m))
+            elif surrogate == "sigmoid":  # g (1 - sig(alpha z)) sig(alpha z) alpha
+                f.mul_(alpha).sigmoid_()
+                g_s.mul_(torch.mul(f, -1.0, out=m).add_(1.0)).mul_(f).mul_(alpha)
+            elif surrogate == "arctan":  # (a/2) / (1 + (pi a/2 z)^2) g, where c / y is y.reciprocal() * c
+                half = alpha / 2
+                f.mul_(math.pi * half)
+                g_s.mul_(f.mul_(f).add_(1).reciprocal_().mul_(half))
+            else:
+                raise ValueError(f"surrogate: {surrogate!r} is not allowed; allowed values: {', '.join(SURROGATES)}")
+            # g_h = that + g_v dv_t/dh_t, written where dL/dx_t goes
+            g_h = grad_x[t]
+            if last:
+                g_h.copy_(g_s)
+            elif v_reset is None:
+                torch.add(g_s, g_v, out=g_h)
+            else:
+                torch.add(g_s, g_v.mul_(torch.mul(s, -1.0, out=m).add_(1.0)), out=g_h)
+            if t:  # dL/dv_{t-1} = g_h - g_h / tau, both with and without decay_input
+                torch.sub(g_h, torch.div(g_h, tau, out=g_v), out=g_v)
+            if decay_input:
+                g_h.div_(tau)
+        return grad_x, None, None, None, None, None, None, None
+
+
 def lif_multistep(
     x_seq: torch.Tensor,
     tau: float = 2.0,
@@ -96,23 +237,10 @@ def lif_multistep(
     alpha: float = 1.0,
 ) -> torch.Tensor:
     """Run a LIF layer over ``x_seq`` of shape ``[T, ...]`` from rest and return the spikes ``[T, ...]``."""
-    v = torch.zeros_like(x_seq[0]) if v_reset is None or v_reset == 0.0 else torch.full_like(x_seq[0], v_reset)
-    out = []
-    for t in range(x_seq.shape[0]):
-        x = x_seq[t]
-        # charge (spikingjelly's expressions, so results are bit-identical)
-        if v_reset is None:
-            v = v + (x - v) / tau if decay_input else v - v / tau + x
-        else:
-            v = v + (x - (v - v_reset)) / tau if decay_input else v - (v - v_reset) / tau + x
-        s = SpikeFunction.apply(v - v_threshold, surrogate, alpha)
-        s_r = s.detach() if detach_reset else s
-        if v_reset is None:
-            v = v - s_r * v_threshold
-        else:
-            v = s_r * v_reset + (1.0 - s_r) * v
-        out.append(s)
-    return torch.stack(out)
+    if surrogate not in SURROGATES:
+        raise ValueError(f"surrogate: {surrogate!r} is not allowed; allowed values: {', '.join(SURROGATES)}")
+    return LIFMultiStep.apply(x_seq, float(tau), float(v_threshold), None if v_reset is None else float(v_reset),
+                              bool(decay_input), bool(detach_reset), surrogate, float(alpha))
 
 
 _COMPILED: dict[str, Callable[..., torch.Tensor]] = {}
@@ -120,7 +248,7 @@ _COMPILED: dict[str, Callable[..., torch.Tensor]] = {}
 
 def _compiled_lif() -> Callable[..., torch.Tensor]:
     if "lif" not in _COMPILED:
-        _COMPILED["lif"] = torch.compile(lif_multistep, dynamic=False)
+        _COMPILED["lif"] = torch.compile(lif_multistep_autograd, dynamic=False)
     return _COMPILED["lif"]
 
 
