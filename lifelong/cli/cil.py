@@ -10,8 +10,8 @@ from lifelong.platform.config import parse_overrides
 from lifelong.platform.distributed import current_distributed_info
 from lifelong.platform.errors import UserError
 from lifelong.platform.registry import list_plugins, load_errors
-from lifelong.platform.results import format_run_table, format_summary_table
-from lifelong.platform.runner import compare, default_out_dir, resolve_config, run_experiment
+from lifelong.platform.results import format_run_table, format_summary_table, to_json
+from lifelong.platform.runner import RunFailed, compare, default_out_dir, resolve_config, run_experiment
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -46,6 +46,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     compare.add_argument("--threads", type=int, default=1,
                          help="torch threads per run, serial or parallel alike, so --jobs gives the serial summary "
                               "bit for bit (default 1)")
+    compare.add_argument("--resume", action="store_true",
+                         help="continue every (strategy, seed) pair from the checkpoint in its folder, where there is one")
     compare.add_argument("--json", action="store_true", help="print summary.json instead of the table")
     compare.set_defaults(handler=cmd_compare)
 
@@ -91,11 +93,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not current_distributed_info().is_main:
         return 0
     if "strategy" not in results:  # stopped early: a checkpoint, no results yet
-        print(json.dumps(results) if args.json else
+        print(to_json(results, indent=None) if args.json else
               f"stopped after {results['completed']} experiences; checkpoint in {out} (continue with --resume)")
         return 0
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(to_json(results))
     else:
         print(format_run_table(results))
         print(f"results: {out}/results.json  plots: {out}/accuracy_matrix.png, {out}/accuracy_curve.png")
@@ -113,10 +115,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise UserError(f"--threads must be at least 1, got {args.threads}")
     out = args.out or f"runs/compare-{args.benchmark}"
-    summary = compare(strategies, args.benchmark, seeds, out=out, overrides=parse_overrides(args.overrides),
-                      config_file=args.config, jobs=args.jobs, threads=args.threads, device=args.device or "auto", progress=not args.json)
+    try:
+        summary = compare(strategies, args.benchmark, seeds, out=out, overrides=parse_overrides(args.overrides),
+                          config_file=args.config, jobs=args.jobs, threads=args.threads,
+                          device=args.device or "auto", progress=not args.json, resume=args.resume)
+    except RunFailed as exc:  # one line naming the run; exit 2 when its cause was bad input, 1 otherwise
+        print(f"lifelong: error: {exc}", file=sys.stderr)
+        return 2 if exc.user_error else 1
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(to_json(summary))
     else:
         print(f"{args.benchmark}, seeds {','.join(map(str, seeds))} (mean ± std, %):")
         print(format_summary_table(summary))

@@ -1,5 +1,45 @@
-"""The one exception type the command line turns into a clear one-line error and exit code 2."""
+"""The one exception type the command line turns into a clear one-line error and exit code 2, and the one place
+that turns an operating-system error on a user's path (a full disk, a read-only folder, a file where a folder
+should be) into such an error."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from typing import Iterator
 
 
 class UserError(Exception):
     """Bad input from the user (a file, a field, a name): the message names the problem and what is allowed."""
+
+
+_WHY = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENOTDIR: "a path component is a file, not a folder",
+    errno.EEXIST: "a file is in the way",
+    errno.EISDIR: "it is a folder",
+    errno.ENAMETOOLONG: "the name is too long",
+}
+
+
+def os_error_message(exc: OSError, action: str, path: str | os.PathLike) -> str:
+    """``action PATH: why`` for an ``OSError``: ``errno`` in words, the path the OS named (else ``path``)."""
+    why = _WHY.get(exc.errno or 0) or exc.strerror or str(exc)
+    named = exc.filename if exc.filename is not None else path
+    return f"{action} {os.fsdecode(named)}: {why}"
+
+
+@contextlib.contextmanager
+def user_os_errors(action: str, path: str | os.PathLike) -> Iterator[None]:
+    """Inside: an ``OSError`` becomes a ``UserError`` saying what was being done (``action``, e.g. "cannot write
+    results to"), where and why. The atomic writers have already removed their temporary file by then, so
+    nothing half-written is left."""
+    try:
+        yield
+    except OSError as exc:
+        raise UserError(os_error_message(exc, action, path)) from exc

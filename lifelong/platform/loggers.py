@@ -36,6 +36,7 @@ from typing import Any, Sequence
 
 from lifelong.platform.atomic import atomic_write_text
 from lifelong.platform.config import ConfigError
+from lifelong.platform.results import to_json
 
 #: the loggers ``loggers`` may name, and the module each needs
 LOGGERS: dict[str, str] = {"csv": "csv", "tensorboard": "tensorboard", "wandb": "wandb"}
@@ -98,7 +99,7 @@ class CsvLogger(RunLogger):
         self.train_rows = [r for r in self._read("train.csv") if int(r[0]) < start]
         self.accuracy_rows = [r for r in self._read("accuracy.csv") if int(r[0]) < start]
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(folder / "config.json", json.dumps(config, indent=2) + "\n")
+        atomic_write_text(folder / "config.json", to_json(config) + "\n")
 
     def _read(self, name: str) -> list[list[str]]:
         path = self.folder / name

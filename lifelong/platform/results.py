@@ -1,10 +1,17 @@
-"""results.json, CSV tables and PNG plots of class-incremental runs and comparisons."""
+"""results.json, CSV tables and PNG plots of class-incremental runs and comparisons.
+
+Every JSON file is strict JSON that any parser reads (``json.dumps(..., allow_nan=False)``): a value that is
+undefined as a number (NaN, ±inf: a loss that diverged, a metric of an empty set) is written as ``null``
+(``to_json``). A run's results.json is written last, after its CSV and plots, and the old one is removed first,
+so a results.json on disk always belongs to the files beside it.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import math
 import platform as _platform
 from importlib import metadata
 from pathlib import Path
@@ -29,11 +36,29 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, ±inf) replaced by ``None``, through dicts, lists and tuples."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return json_safe(value.item())
+    return value
+
+
+def to_json(value: Any, indent: int | None = 2) -> str:
+    """Strict JSON of ``value``: non-finite numbers become ``null`` (see the module docstring)."""
+    return json.dumps(json_safe(value), indent=indent, allow_nan=False)
+
+
 def write_run(out: Path, results: dict[str, Any]) -> None:
     """results.json, results.csv (the accuracy matrix and the metrics) and the two plots of one run."""
     out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").unlink(missing_ok=True)  # until the new one is written, no results.json
     results = dict(results, metric_definitions=METRIC_DEFINITIONS)
-    atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     matrix = results["accuracy_matrix"]
@@ -45,6 +70,7 @@ def write_run(out: Path, results: dict[str, Any]) -> None:
         writer.writerow([key, f"{results[key]:.4f}"])
     atomic_write_text(out / "results.csv", buffer.getvalue())
     plot_run(out, results)
+    atomic_write_text(out / "results.json", to_json(results) + "\n")
 
 
 def _savefig(fig: Any, path: Path) -> None:
@@ -116,7 +142,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def write_summary(out: Path, benchmark: str, summary: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     payload = {"benchmark": benchmark, "strategies": summary, "metric_definitions": METRIC_DEFINITIONS}
-    atomic_write_text(out / "summary.json", json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(out / "summary.json", to_json(payload) + "\n")
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["strategy", "n_runs"] + [f"{k}_{s}" for k in SCALAR_METRICS + ("wall_time_s",) for s in ("mean", "std")])

@@ -8,9 +8,11 @@ so every strategy is measured the same way.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -18,6 +20,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from lifelong.platform import distributed, registry
+from lifelong.platform.atomic import atomic_write_text, folder_lock
 from lifelong.platform.checkpoint import (
     CHECKPOINT_NAME,
     config_fingerprint,
@@ -29,7 +32,7 @@ from lifelong.platform.checkpoint import (
 from lifelong.platform.config import ConfigError, build_config, deep_merge, field_names, load_yaml, to_dict
 from lifelong.platform.device import resolve_device
 from lifelong.platform.distributed import shard_experience, sum_over_ranks
-from lifelong.platform.errors import UserError
+from lifelong.platform.errors import UserError, user_os_errors
 from lifelong.platform.learner import DistributedInfo, RunContext
 from lifelong.platform.loggers import LoggerSet, check_loggers, create_loggers
 from lifelong.platform.metrics import cil_metrics, seen_accuracy
@@ -245,20 +248,13 @@ def run_experiment(
 
     config = config.typed()
     out_dir = Path(out) if out else default_out_dir(config)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is a file, not a folder; choose another path")
     device = resolve_device(config.device)
     fingerprint = config_fingerprint(config.identity())
     checkpoint_path = out_dir / CHECKPOINT_NAME
-    state = None
-    if resume:
-        if not checkpoint_path.exists():
-            raise UserError(f"--resume: no checkpoint in {out_dir} (expected {checkpoint_path})")
-        state = load_checkpoint(checkpoint_path)
-        if state.get("fingerprint") != fingerprint:
-            raise UserError(
-                f"--resume: {out_dir} holds a run of another configuration "
-                f"({state.get('config', {}).get('strategy')} on {state.get('config', {}).get('benchmark')}, "
-                f"seed {state.get('config', {}).get('seed')}); use another --out or the same configuration"
-            )
+    if resume and not checkpoint_path.exists():
+        raise UserError(f"--resume: no checkpoint in {out_dir} (expected {checkpoint_path})")
 
     seed_everything(config.seed)
     strategy_cfg = config.strategy_config
@@ -273,6 +269,36 @@ def run_experiment(
     if dist.enabled and getattr(strategy_cfg, "batch_size", 0) % dist.world_size:
         raise UserError(f"batch_size {strategy_cfg.batch_size} is the global batch and must divide by the "
                         f"{dist.world_size} processes")
+    # one writer per run folder (rank 0 writes for all ranks); leftovers of a killed writer are removed
+    with folder_lock(out_dir, "--out") if dist.is_main else contextlib.nullcontext():
+        state = _load_resume_state(checkpoint_path, fingerprint, stream.n_experiences) if resume else None
+        return _run_locked(config, out_dir, state, stream, dist, strategy_spec, device, fingerprint,
+                           checkpoint_path, progress, stop_after, log_group)
+
+
+def _load_resume_state(path: Path, fingerprint: str, n: int) -> dict[str, Any]:
+    """The checkpoint to resume from, refused in one line when it is unusable or from another configuration."""
+    state = load_checkpoint(path)
+    if state["fingerprint"] != fingerprint:
+        described = state.get("config") if isinstance(state.get("config"), dict) else {}
+        raise UserError(
+            f"--resume: {path.parent} holds a run of another configuration "
+            f"({described.get('strategy')} on {described.get('benchmark')}, "
+            f"seed {described.get('seed')}); use another --out or the same configuration"
+        )
+    completed, matrix = state["completed"], state["accuracy_matrix"]
+    if not 0 <= completed <= n or len(matrix) < completed or any(
+            not isinstance(row, list) or len(row) != n for row in matrix[:completed]):
+        raise UserError(f"checkpoint {path}: {completed} completed experiences and a {len(matrix)}-row accuracy "
+                        f"matrix do not fit a stream of {n} experiences")
+    return state
+
+
+def _run_locked(config: RunConfig, out_dir: Path, state: dict[str, Any] | None, stream: Any, dist: Any,
+                strategy_spec: registry.PluginSpec, device: Any, fingerprint: str, checkpoint_path: Path,
+                progress: bool, stop_after: int | None, log_group: str | None) -> dict[str, Any]:
+    """The rest of ``run_experiment``, with the run folder's lock held."""
+    strategy_cfg = config.strategy_config
     device = distributed.setup(dist, device)
 
 
@@ -288,7 +314,12 @@ def run_experiment(
                             f"process(es); resume it with the same number (now {dist.world_size})")
         if "rank_extra" in state:  # replay buffers and other per-rank strategy state
             learner_state["extra"] = state["rank_extra"][dist.rank]
-        learner.load_state_dict(learner_state)
+        try:
+            learner.load_state_dict(learner_state)
+        except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as exc:
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise UserError(f"checkpoint {checkpoint_path}: its learner state does not load into "
+                            f"{config.strategy} ({type(exc).__name__}: {first})") from None
         start = int(state["completed"])
         matrix[:start] = np.asarray(state["accuracy_matrix"])[:start]
         elapsed = float(state["wall_time_s"])
@@ -305,7 +336,8 @@ def run_experiment(
         results = _run_steps(config, learner, stream, dist, device, matrix, test_sizes, eval_batch, start, end,
                              elapsed, divergence, fingerprint, checkpoint_path, progress, logs)
         if results is not None and dist.is_main:
-            write_run(out_dir, results)
+            with user_os_errors("cannot write the results of the run to", out_dir):
+                write_run(out_dir, results)
             logs.finish(results)
     finally:
         logs.close()
@@ -333,18 +365,19 @@ def _run_steps(config: RunConfig, learner: Any, stream: Any, dist: Any, device: 
         # the model is the same on every rank (DDP); strategy state such as a replay buffer is per rank
         rank_extra = distributed.gather_to_main(learner_state["extra"], dist) if dist.enabled else None
         if dist.is_main:
-            save_checkpoint(checkpoint_path, {
-                "fingerprint": fingerprint,
-                "config": to_dict(config),
-                "completed": i + 1,
-                "accuracy_matrix": matrix[: i + 1].tolist(),
-                "wall_time_s": elapsed,
-                "world_size": dist.world_size,
-                "replica_divergence": divergence,
-                "learner": learner_state,
-                **({"rank_extra": rank_extra} if rank_extra is not None else {}),
-                **({"log_steps": logs.state()["steps"]} if logs else {}),
-            })
+            with user_os_errors("cannot write the checkpoint", checkpoint_path):
+                save_checkpoint(checkpoint_path, {
+                    "fingerprint": fingerprint,
+                    "config": to_dict(config),
+                    "completed": i + 1,
+                    "accuracy_matrix": matrix[: i + 1].tolist(),
+                    "wall_time_s": elapsed,
+                    "world_size": dist.world_size,
+                    "replica_divergence": divergence,
+                    "learner": learner_state,
+                    **({"rank_extra": rank_extra} if rank_extra is not None else {}),
+                    **({"log_steps": logs.state()["steps"]} if logs else {}),
+                })
     distributed.teardown(dist)
     if end < n:
         return None
@@ -368,6 +401,18 @@ def _run_steps(config: RunConfig, learner: Any, stream: Any, dist: Any, device: 
     }
 
 
+class RunFailed(Exception):
+    """One run of a comparison failed: the message names the run (strategy, seed) and why, in one line.
+
+    ``user_error`` says whether the cause was bad input (a ``UserError``: exit 2) or something else (exit 1; its
+    traceback is in ``traceback_file``)."""
+
+    def __init__(self, message: str, *, user_error: bool, traceback_file: Path | None = None):
+        super().__init__(message)
+        self.user_error = user_error
+        self.traceback_file = traceback_file
+
+
 def compare(
     strategies: list[str],
     benchmark: str,
@@ -380,15 +425,24 @@ def compare(
     threads: int = 1,
     device: str = "auto",
     progress: bool = True,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Run every (strategy, seed) pair and write summary.json / summary.csv / comparison.png to ``out``.
 
     Every run uses ``threads`` intra-op torch threads, whether the runs go one after the other or in ``jobs``
     parallel processes: float reductions then happen in the same order, so both give the same summary, bit for
-    bit. With several GPUs and ``device=auto``, parallel jobs take them in turn.
+    bit. With several GPUs and ``device=auto``, parallel jobs take them in turn. A strategy or seed named twice
+    is refused (the pair would run twice into one folder). ``resume`` continues every pair from the checkpoint
+    in its folder, where there is one. The first run that fails stops the comparison with ``RunFailed``.
     """
 
     out = Path(out)
+    for flag, values in (("--strategies", strategies), ("--seeds", seeds)):
+        twice = sorted({str(v) for v in values if values.count(v) > 1})
+        if twice:
+            raise UserError(f"{flag}: {', '.join(twice)} given more than once; name each once")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder; choose another path")
     overrides = overrides or {}
     known = set(TOP_LEVEL_KEYS) | set(_config_fields("benchmark", benchmark))
     per_strategy = {s: known | set(_config_fields("strategy", s)) for s in strategies}
@@ -403,34 +457,79 @@ def compare(
     ]
     if jobs > 1:
         configs = _spread_over_gpus(configs)
-    runs = _run_many(configs, out, jobs, threads, progress)
-    summary = summarise(runs)
-    write_summary(out, benchmark, summary)
+    with folder_lock(out, "--out"):  # one comparison per folder; each run also locks its own folder
+        runs = _run_many(configs, out, jobs, threads, progress, resume)
+        summary = summarise(runs)
+        with user_os_errors("cannot write the summary to", out):
+            write_summary(out, benchmark, summary)
     return summary
 
 
-def _run_one(config: RunConfig, out: Path, progress: bool) -> dict[str, Any]:
+def _run_dir(out: Path, config: RunConfig) -> Path:
+    return out / f"{config.strategy}-seed{config.seed}"
+
+
+def _run_one(config: RunConfig, out: Path, progress: bool, resume: bool = False) -> dict[str, Any]:
+    """One run of a comparison; a failure comes back as ``{"failed": one line, ...}`` rather than raised, so a
+    worker process never sends its traceback through the pool."""
     # the runs of a comparison share one parent folder (``out``), so each logger sees one run per pair
-    return run_experiment(config, out=out / f"{config.strategy}-seed{config.seed}", progress=progress,
-                          log_group=out.name)
+    run_dir = _run_dir(out, config)
+    try:
+        return run_experiment(config, out=run_dir, progress=progress, log_group=out.name,
+                              resume=resume and (run_dir / CHECKPOINT_NAME).exists())
+    except UserError as exc:
+        return {"failed": f"run {config.strategy} seed {config.seed} failed: {exc}", "user_error": True}
+    except Exception as exc:  # a bug or the environment: one line here, the traceback in a file
+        log = run_dir / "error.log"
+        try:
+            atomic_write_text(log, traceback.format_exc())
+        except OSError:
+            log = None
+        first = (str(exc).strip().splitlines() or [""])[0]
+        where = f"; traceback in {log}" if log else ""
+        return {"failed": f"run {config.strategy} seed {config.seed} failed with {type(exc).__name__}: {first}{where}",
+                "user_error": False, "traceback_file": str(log) if log else None}
 
 
-def _run_many(configs: list[RunConfig], out: Path, jobs: int, threads: int, progress: bool) -> list[dict[str, Any]]:
+def _checked(result: dict[str, Any]) -> dict[str, Any]:
+    if "failed" in result:
+        log = result.get("traceback_file")
+        raise RunFailed(result["failed"], user_error=result["user_error"], traceback_file=Path(log) if log else None)
+    return result
+
+
+def _run_many(configs: list[RunConfig], out: Path, jobs: int, threads: int, progress: bool,
+              resume: bool = False) -> list[dict[str, Any]]:
     import torch
 
     if jobs <= 1:
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            return [_run_one(c, out, progress) for c in configs]
+            return [_checked(_run_one(c, out, progress, resume)) for c in configs]
         finally:
             torch.set_num_threads(previous)
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
 
+    # the first failure ends the comparison: runs not started are cancelled, runs under way finish (their
+    # results stay in their folders for --resume)
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
                              initializer=torch.set_num_threads, initargs=(threads,)) as pool:
-        return list(pool.map(_run_one, configs, [out] * len(configs), [False] * len(configs)))
+        futures = [pool.submit(_run_one, c, out, False, resume) for c in configs]
+        try:
+            for future in as_completed(futures):
+                _checked(future.result())
+            return [f.result() for f in futures]
+        except BrokenProcessPool:
+            lost = [f"{c.strategy} seed {c.seed}" for c, f in zip(configs, futures)
+                    if not f.done() or f.exception() is not None]
+            raise RunFailed(f"a worker process of the comparison died (killed, or out of memory) while running "
+                            f"{lost[0] if lost else 'a run'}; continue with --resume", user_error=False) from None
+        finally:
+            for future in futures:
+                future.cancel()
 
 
 def _spread_over_gpus(configs: list[RunConfig]) -> list[RunConfig]:
