@@ -114,3 +114,18 @@ def test_other_editors_and_mismatched_adapters_are_refused(exported, capsys, tmp
     code, _, err = run(capsys, "edit", "import", "--store", str(tmp_path / "new"), "--adapter", str(tmp_path),
                        "--prompt", PROMPT, "--target", TARGET)
     assert code == 2 and "not a PEFT adapter folder" in err
+
+
+def test_a_refused_import_into_a_new_store_leaves_nothing_behind(exported, capsys, tmp_path):
+    """The new store takes SoLA's default config, whose modules the tiny adapter does not fit: refused after the
+    store was created, which is then removed (a folder that existed, empty, stays empty)."""
+    for store, existed in [(tmp_path / "new", False), (tmp_path / "empty", True)]:
+        if existed:
+            store.mkdir()
+        code, out, err = run(capsys, "edit", "import", "--store", str(store), "--adapter", str(exported["adapter"]),
+                             "--prompt", PROMPT, "--target", TARGET, "--model", str(exported["tiny"]))
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert store.exists() == existed and (not existed or list(store.iterdir()) == [])
+    code, _, err = run(capsys, "edit", "import", "--store", str(tmp_path / "new"), "--adapter",
+                       str(exported["adapter"]), "--prompt", " ", "--target", TARGET)
+    assert code == 2 and "--prompt is empty" in err and not (tmp_path / "new").exists()

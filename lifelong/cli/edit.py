@@ -20,7 +20,7 @@ from typing import Any
 from lifelong.benchmarks.edits import bundled_edits_path, load_edits, load_prompts
 from lifelong.editing.bench import run_edit_bench
 from lifelong.editing.editor import MAX_TARGET_CHARS, EditRequest, check_edit_text, check_edit_tokens
-from lifelong.editing.export import check_import, export_peft, import_peft
+from lifelong.editing.export import export_peft, import_into
 from lifelong.editing.metrics import evaluate_store
 from lifelong.editing.session import EditSession
 from lifelong.editing.store import EditStore
@@ -220,12 +220,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    check_import(args.store, args.adapter)  # a bad folder or a store that cannot take it fails before the model loads
-    session = _session(args, editor="sola" if not Path(args.store, "edits.sqlite").is_file() else None)
-    try:
-        rec = import_peft(session, args.adapter, args.prompt, args.target)
-    finally:
-        session.close()
+    # checks before the model loads; a refused import into a new store removes what it created
+    editor = "sola" if not Path(args.store, "edits.sqlite").is_file() else None
+    rec = import_into(args.store, args.adapter, args.prompt, args.target, lambda: _session(args, editor=editor))
     if args.json:
         print(json.dumps({"imported": rec.id, "prompt": rec.prompt, "target": rec.target}))
     else:

@@ -12,7 +12,10 @@ on the inputs SoLA routes to that edit (the edit's prompt, close paraphrases) an
 Import is the reverse for a store whose editor offers ``from_peft`` (SoLA): the adapter's rank, scale and modules
 must be the store's; the routing key is computed from ``--prompt`` exactly as SoLA computes it when it trains an
 edit (``key_of``: the first edited module's input at the last prompt token, minus the centre), and the edit goes
-into the store through the session (one transaction, like an applied edit).
+into the store through the session (one transaction, like an applied edit). ``import_into`` is the whole
+command: everything that needs no model is checked first, and when the store did not exist before, a refused
+import (a bad adapter for the new store's config, a model that does not load) removes what it created, so it
+leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from lifelong.editing.session import EditSession
 from lifelong.editing.store import EditStore
@@ -127,6 +130,52 @@ def check_import(store: str | os.PathLike, adapter: str | os.PathLike) -> None:
             check(build_config(factory.config, spec[1]), config)
         except ValueError as exc:
             raise UserError(f"--adapter {adapter}: {exc}") from None
+
+
+def import_into(store: str | os.PathLike, adapter: str | os.PathLike, prompt: str, target: str,
+                open_session: Callable[[], EditSession]) -> Any:
+    """``lifelong edit import``: check what needs no model (the prompt and target, ``check_import``), open the
+    session (``open_session``, which may create the store), import the adapter; returns the new record. If the store
+    is new and the import fails, the files this call created go again (the folder too if it did not exist)."""
+    if not prompt.strip():
+        raise UserError("--prompt is empty")
+    if not target.strip():
+        raise UserError("--target is empty")
+    check_import(store, adapter)
+    path = Path(store)
+    new = not (path / "edits.sqlite").is_file()
+    before = set(os.listdir(path)) if path.is_dir() else None
+    try:
+        session = open_session()
+        try:
+            return import_peft(session, adapter, prompt, target)
+        finally:
+            session.close()
+    except BaseException:
+        if new:
+            _remove_created(path, before)
+        raise
+
+
+def _remove_created(path: Path, before: set[str] | None) -> None:
+    """Undo the creation of a store by a failed import: remove the entries of ``path`` that were not there
+    (``before``; None: the folder itself did not exist). A store that holds edits by then (another writer got in)
+    is left alone."""
+    try:
+        with EditStore.open(path, create=False) as st:
+            if st.all_edits():
+                return
+    except Exception:  # no store came into being, or a half-made one: nothing of another writer's in it
+        pass
+    if before is None:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    for name in set(os.listdir(path)) - before if path.is_dir() else ():
+        target = path / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            target.unlink(missing_ok=True)
 
 
 def import_peft(session: EditSession, adapter: str | os.PathLike, prompt: str, target: str) -> Any:
