@@ -8,7 +8,7 @@ import sys
 
 from lifelong.platform.config import parse_overrides
 from lifelong.platform.distributed import current_distributed_info
-from lifelong.platform.errors import UserError
+from lifelong.platform.errors import UserError, one_line
 from lifelong.platform.registry import list_plugins, load_errors
 from lifelong.platform.results import format_run_table, format_summary_table, to_json
 from lifelong.platform.runner import RunFailed, compare, default_out_dir, resolve_config, run_experiment
@@ -120,7 +120,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                           config_file=args.config, jobs=args.jobs, threads=args.threads,
                           device=args.device or "auto", progress=not args.json, resume=args.resume)
     except RunFailed as exc:  # one line naming the run; exit 2 when its cause was bad input, 1 otherwise
-        print(f"lifelong: error: {exc}", file=sys.stderr)
+        print(f"lifelong: error: {one_line(str(exc))}", file=sys.stderr)
         return 2 if exc.user_error else 1
     if args.json:
         print(to_json(summary))

@@ -13,7 +13,7 @@ import sys
 from typing import Sequence
 
 from lifelong.cli import cil, convert, demo, edit, reward, serve
-from lifelong.platform.errors import UserError
+from lifelong.platform.errors import UserError, one_line
 
 # Command families, in the order shown in --help.
 COMMAND_FAMILIES = (cil, convert, edit, serve, reward, demo)
@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(handler(args) or 0)
     except UserError as exc:
-        print(f"lifelong: error: {exc}", file=sys.stderr)
+        print(f"lifelong: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lifelong: interrupted", file=sys.stderr)

@@ -43,3 +43,9 @@ def user_os_errors(action: str, path: str | os.PathLike) -> Iterator[None]:
         yield
     except OSError as exc:
         raise UserError(os_error_message(exc, action, path)) from exc
+
+
+def one_line(message: str) -> str:
+    """``message`` as one printable line: control characters (a newline in a path a user typed, an escape
+    sequence) are written as Python escapes, so an error is always one line on stderr."""
+    return "".join(ch if ch.isprintable() or ch == " " else ascii(ch)[1:-1] for ch in str(message))
