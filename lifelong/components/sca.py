@@ -31,6 +31,7 @@ The paper has no public code; what is chosen here (docs/snn-conversion.md, "SCA"
   tensors); since a pruned channel's output is exactly 0 and every activation here maps 0 to 0, the slim copy
   gives the masked network's outputs. It is a separate step, not applied in training, so the checkpoint keeps the
   shapes a resumed run rebuilds.
+- **torchrun.** Scores are summed over the ranks before each update, so every rank prunes the same channels.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import torch
 from torch import nn
 
 from lifelong.adapters.spiking import LIF, SpikingBasicBlock
+from lifelong.platform.distributed import sum_over_ranks
 from lifelong.platform.learner import Component, RunContext, TrainingState
 from lifelong.platform.registry import register
 
@@ -220,8 +222,9 @@ class SCA(Component):
             n_batches = max(1, self._batches.get(u.name, 0))
             if u.name not in self._activity:
                 continue
-            activity = self._activity[u.name] / n_batches
+            activity = self._synchronised(self._activity[u.name] / n_batches)
             grad = self._grad.get(u.name)
+            grad = self._synchronised(grad) if grad is not None else None
             n_prune = min(u.channels - 1, int(round(target * u.channels)))
             pruned_now = (~mask).nonzero().flatten()
             regrow: list[int] = []
@@ -246,6 +249,13 @@ class SCA(Component):
             record["regrown"] += len(regrow)
         self.history.append(record)
         self._apply_masks()
+
+    def _synchronised(self, scores: torch.Tensor) -> torch.Tensor:
+        """Scores summed over the ranks of a torchrun group, so every rank prunes the same channels."""
+        info = getattr(self.context, "distributed", None)
+        if info is None or not info.enabled:
+            return scores
+        return torch.tensor(sum_over_ranks(scores.tolist(), info, self.context.device))
 
     @torch.no_grad()
     def _apply_masks(self) -> None:
