@@ -92,3 +92,11 @@ def test_autoload_can_be_switched_off(tmp_path, cli):
     payload = json.loads(cli("plugins", "list", "--json", env=env).stdout)
     assert payload["errors"] == []
     assert any(p["name"] == "naive" for p in payload["plugins"])  # built-ins still load
+
+
+def test_the_component_kind_lists_the_training_components():
+    names = {s.name for s in list_plugins("component")}
+    assert {"kd", "esl", "rkd"} <= names
+    assert all(s.module.startswith("lifelong.components.") for s in list_plugins("component") if s.source == "builtin")
+    takers = {s.name for s in list_plugins("strategy") if s.capabilities.accepts_components}
+    assert {"naive", "replay", "der", "alade-snn"} <= takers and "lwf" not in takers
