@@ -1,7 +1,8 @@
 """Load on ``lifelong serve``: N concurrent clients send a fixed number of completions while edits are applied and
 rolled back over HTTP; throughput, latency percentiles, errors, partial edits, and the store checked afterwards.
 
-    python bench/serve_load.py [--clients 4] [--requests 40] [--max-tokens 16] [--cycles 2] [--model NAME]
+    python bench/serve_load.py [--clients 4 ...] [--max-batch 1 ...] [--batch-wait-ms 10] [--repeats 1]
+                               [--requests 40] [--max-tokens 16] [--edits 2] [--cycles 2] [--model NAME]
                                [--cli-writer]
 
 The server is the real command (``python -m lifelong serve``) in a subprocess on a free 127.0.0.1 port with a
@@ -13,8 +14,12 @@ the store, which the server must notice before its next generation) and their lo
 carry the matching ``edit_id`` (an answer that is neither is a *partial edit*). Afterwards the store's active
 keyed rows must be exactly the ids in its faiss index, and every adapter file must pass its hash.
 
-The server generates one request at a time (batch 1): there is no dynamic batching, so none is measured.
-Bounded: every request has a timeout, the run stops after ``--max-seconds``, the server is stopped at the end.
+Batch 1 against dynamic batching: ``--max-batch 1 8`` (and ``--clients 4 8``) runs one cell per (clients, max
+batch) pair, each with its own server and fresh store, in interleaved order (``--repeats`` times round), so the
+machine's load falls on every setting alike; a table of all cells ends the output. The references are taken one
+request at a time on each cell's server; the reference answers of every cell are compared at the end (batching
+must not change a greedy answer). Bounded: every request has a timeout, each cell stops after ``--max-seconds``,
+each server is stopped at the end of its cell.
 """
 
 from __future__ import annotations
@@ -48,7 +53,11 @@ def _pct(xs: list[float], q: float) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--clients", type=int, nargs="+", default=[4], help="concurrent clients (one cell per value)")
+    ap.add_argument("--max-batch", type=int, nargs="+", default=[1],
+                    help="the server's --max-batch (one cell per value; 1: no dynamic batching)")
+    ap.add_argument("--batch-wait-ms", type=float, default=10.0, help="the server's --batch-wait-ms")
+    ap.add_argument("--repeats", type=int, default=1, help="rounds over every (clients, max batch) cell")
     ap.add_argument("--requests", type=int, default=40, help="completions in all (spread over the clients)")
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--edits", type=int, default=2, help="bundled edits the writer applies and rolls back")
@@ -59,10 +68,31 @@ def main() -> None:
                     help="roll back every other cycle with `lifelong edit rollback` (another process on the store)")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
+    root = Path(args.workdir or tempfile.mkdtemp(prefix="serve-load-"))
+    cells = [(r, c, b) for r in range(args.repeats) for c in args.clients for b in args.max_batch]
+    results = []
+    for r, c, b in cells:
+        print(f"--- round {r + 1}, clients {c}, max batch {b}", flush=True)
+        work = root / f"r{r}-c{c}-b{b}" if len(cells) > 1 else root
+        results.append({"round": r + 1, "clients": c, "max_batch": b, **run_cell(args, c, b, work)})
+    if len(cells) > 1:
+        print()
+        print("| round | clients | max batch | wall s | req/s | p50 s | p99 s | errors | partial edits | mean batch |"
+              " rows == index, files ok, restored |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        for x in results:
+            print(f"| {x['round']} | {x['clients']} | {x['max_batch']} | {x['wall']:.1f} | {x['throughput']:.2f} | "
+                  f"{x['p50']:.2f} | {x['p99']:.2f} | {x['errors']} | {x['partial']} | {x['mean_batch']:.2f} | "
+                  f"{x['store_ok']} |")
+        same = all(x["references"] == results[0]["references"] for x in results)
+        print(f"reference answers (unedited and edited) identical in every cell: {same}")
+
+
+def run_cell(args: argparse.Namespace, clients: int, max_batch: int, work: Path) -> dict:
+    """One server (``--max-batch max_batch``) on a fresh store under ``clients`` clients; prints its figures."""
     import httpx
     import openai
 
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="serve-load-"))
     work.mkdir(parents=True, exist_ok=True)
     store = work / "store"
     recs = [json.loads(x) for x in (ROOT / "lifelong/benchmarks/data/edits-smollm2.jsonl").read_text().splitlines()]
@@ -70,7 +100,8 @@ def main() -> None:
     token, port = secrets.token_hex(16), _free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "lifelong", "serve", "--store", str(store), "--host", "127.0.0.1", "--port", str(port),
-           "--max-tokens", str(max(64, args.max_tokens))]
+           "--max-tokens", str(max(64, args.max_tokens)), "--max-batch", str(max_batch),
+           "--batch-wait-ms", str(args.batch_wait_ms)]
     if args.model:
         cmd += ["--model", args.model]
     env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", **os.environ, "LIFELONG_TOKEN": token}
@@ -175,7 +206,7 @@ def main() -> None:
                             errors.append(f"rollback: HTTP {d.status_code}")
                 time.sleep(0.5)
 
-        threads = [threading.Thread(target=worker) for _ in range(args.clients)]
+        threads = [threading.Thread(target=worker) for _ in range(clients)]
         wt = threading.Thread(target=writer)
         t_run = time.perf_counter()
         for th in threads:
@@ -206,8 +237,10 @@ def main() -> None:
     applies = [s for k, s in writes if k == "apply"]
     rollbacks = [s for k, s in writes if k == "rollback"]
     cli_rollbacks = [s for k, s in writes if k == "cli-rollback"]
-    print(f"clients {args.clients}, requests {len(lat) + len(errors)} (max_tokens {args.max_tokens}, greedy), "
-          f"batch 1 (no dynamic batching), wall {wall:.1f} s")
+    mean_batch = health["generations"] / max(1, health["batches"])
+    batching = f"dynamic batching up to {max_batch}" if max_batch > 1 else "batch 1 (no dynamic batching)"
+    print(f"clients {clients}, requests {len(lat) + len(errors)} (max_tokens {args.max_tokens}, greedy), "
+          f"{batching}, wall {wall:.1f} s")
     print(f"throughput {len(lat) / wall:.2f} req/s; latency p50 {_pct(lat, 0.5):.3f} s, p99 {_pct(lat, 0.99):.3f} s, "
           f"max {max(lat) if lat else float('nan'):.3f} s")
     print(f"errors {len(errors)}; partial edits seen {len(partial)}; "
@@ -216,12 +249,17 @@ def main() -> None:
           f"{len(rollbacks)} rollbacks over HTTP (median {statistics.median(rollbacks) if rollbacks else 0:.3f} s), "
           f"{len(cli_rollbacks)} CLI rollback processes (median {statistics.median(cli_rollbacks) if cli_rollbacks else 0:.2f} s)")
     print(f"store afterwards: {n_rows} rows, {len(active)} active keyed, index holds {len(indexed)}, "
-          f"rows == index: {active == indexed}, corrupt files: {len(bad)}; server generations {health['generations']}")
+          f"rows == index: {active == indexed}, corrupt files: {len(bad)}; server generations {health['generations']} "
+          f"in {health['batches']} batches (mean {mean_batch:.2f}, largest {health['largest_batch']})")
     print(f"after the run the server gives every edit prompt its unedited answer again: {restored}")
     for e in errors[:5]:
         print("  error:", e)
     for p in partial[:5]:
         print("  partial:", p)
+    sys.stdout.flush()
+    return {"wall": wall, "throughput": len(lat) / wall, "p50": _pct(lat, 0.5), "p99": _pct(lat, 0.99),
+            "errors": len(errors), "partial": len(partial), "mean_batch": mean_batch,
+            "store_ok": active == indexed and not bad and restored, "references": (base, edited)}
 
 
 if __name__ == "__main__":
