@@ -1,0 +1,142 @@
+"""The spiking training components on split-fashion-mnist: kd (response, hint and attention KD into a spiking
+ResNet), esl at several densities, and in class-incremental learning kd against forgetting and esl's
+per-experience masks beside naive and replay. Mean ± std over seeds; docs/snn-methods.md has the tables.
+
+Two parts, every run ``run_experiment`` with ``strategy`` and ``--set`` overrides as ``lifelong run`` takes them:
+
+- ``one``: Fashion-MNIST as one experience (10 classes), the ``spiking-mnist`` student (T = 4) trained alone, with
+  ``kd`` from an ANN (``cnn-28``) trained jointly (response, hint, attention with the layer-wise schedule), with
+  ``esl`` at densities 0.5, 0.2 and 0.1 (density 1.0 is the student alone: all masks one, nothing pruned), and
+  the ``cnn-28`` ANN alone for reference; the same epochs for all. Reported: test accuracy, run wall time and,
+  for esl, the density reached;
+- ``cil``: 5 experiences of 2 classes, ``spiking-mnist``: naive, replay (200 samples), naive + ``kd`` with the
+  previous model as teacher, naive + ``esl`` with per-experience masks (density 0.2 each). Reported: average
+  incremental accuracy, last accuracy, forgetting.
+
+Each run uses one torch thread; ``--jobs`` runs in parallel; runs already in ``--out`` are reused (``--fresh``
+reruns). Needs the Fashion-MNIST files (``make data``).
+
+    nice -n 5 .venv/bin/python bench/snn_methods.py --seeds 0,1,2 --train-per-class 100 --test-per-class 100 --jobs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cil_fashion import fmt, run_all  # noqa: E402  (the Fashion-MNIST benches share formatting and the pool)
+
+STUDENT = {"model": "spiking-mnist", "lr": 0.05}
+KD = {"components": ["kd"], "kd": {"teacher": "joint", "teacher_model": "cnn-28", "teacher_lr": 0.05}}
+ESL = {"components": ["esl"], "esl": {"T_iter": 10, "grow": "gradient"}}
+
+
+def _kd(**options: Any) -> dict[str, Any]:
+    return {**STUDENT, "components": ["kd"], "kd": {**KD["kd"], **options}}
+
+
+def _esl(**options: Any) -> dict[str, Any]:
+    return {**STUDENT, "components": ["esl"], "esl": {**ESL["esl"], **options}}
+
+
+#: part -> row -> (strategy, overrides)
+PARTS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
+    "one": {
+        "ann cnn-28 (reference)": ("naive", {"model": "cnn-28", "lr": 0.05}),
+        "snn alone": ("naive", dict(STUDENT)),
+        "snn + kd response": ("naive", _kd()),
+        "snn + kd hint": ("naive", _kd(feature="hint")),
+        "snn + kd attention, layerwise": ("naive", _kd(feature="attention", schedule="layerwise")),
+        "snn + esl 0.5": ("naive", _esl(density=0.5)),
+        "snn + esl 0.2": ("naive", _esl(density=0.2)),
+        "snn + esl 0.1": ("naive", _esl(density=0.1)),
+    },
+    "cil": {
+        "naive": ("naive", dict(STUDENT)),
+        "replay": ("replay", dict(STUDENT)),
+        "naive + kd previous": ("naive", _kd(teacher="previous")),
+        "naive + esl per-experience 0.2": ("naive", _esl(density=0.2, per_experience=True)),
+    },
+}
+
+
+def one(task: tuple[str, str, int, str, dict[str, Any], bool]) -> dict[str, Any]:
+    part, row, seed, out, protocol, fresh = task
+    import torch
+
+    torch.set_num_threads(1)
+    from lifelong.platform.runner import resolve_config, run_experiment
+
+    strategy, overrides = PARTS[part][row]
+    folder = Path(out) / part / f"{row.replace(' ', '_').replace(',', '').replace('+', 'with')}-seed{seed}"
+    done = folder / "results.json"
+    if done.exists() and not fresh:
+        return {**json.loads(done.read_text()), "row": row, "part": part}
+    n_exp = 1 if part == "one" else 5
+    config = resolve_config(strategy=strategy, benchmark="split-fashion-mnist", seed=seed, device="cpu",
+                            overrides={**protocol, "n_experiences": n_exp, **overrides})
+    try:
+        return {**run_experiment(config, out=folder, progress=False), "row": row, "part": part}
+    except Exception as exc:  # one failing run is reported, the others still count
+        return {"row": row, "part": part, "seed": seed, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--parts", default="one,cil")
+    p.add_argument("--train-per-class", type=int, default=100)
+    p.add_argument("--test-per-class", type=int, default=100)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--out", default="runs/bench-snn-methods")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--fresh", action="store_true")
+    args = p.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    parts = [s.strip() for s in args.parts.split(",") if s.strip()]
+    protocol = {"train_per_class": args.train_per_class, "test_per_class": args.test_per_class,
+                "epochs": args.epochs}
+    tasks = [(part, row, seed, args.out, protocol, args.fresh) for part in parts for row in PARTS[part]
+             for seed in seeds]
+    t0 = time.time()
+    runs = run_all(one, tasks, args.jobs)
+    print(f"split-fashion-mnist, {args.train_per_class} training / {args.test_per_class} test images a class, "
+          f"{args.epochs} epochs an experience, seeds {seeds}; mean ± std over seeds in %; one thread a run, "
+          f"{args.jobs} runs in parallel; bench wall time {time.time() - t0:.0f} s; load {os.getloadavg()[0]:.1f}")
+    for part in parts:
+        group = {row: [r for r in runs if r.get("part") == part and r.get("row") == row and "error" not in r]
+                 for row in PARTS[part]}
+        if part == "one":
+            print("\none experience (10 classes), spiking-mnist student unless said")
+            header = f"{'configuration':<32}{'accuracy':>16}{'run s':>8}{'density':>9}"
+            keys = ("last_accuracy",)
+        else:
+            print("\n5 experiences x 2 classes, spiking-mnist")
+            header = f"{'configuration':<32}{'AIA':>16}{'last':>16}{'forgetting':>16}{'run s':>8}{'density':>9}"
+            keys = ("average_incremental_accuracy", "last_accuracy", "forgetting")
+        print(header)
+        print("-" * len(header))
+        for row, rs in group.items():
+            if not rs:
+                continue
+            wall = sum(r["wall_time_s"] for r in rs) / len(rs)
+            dens = [r["strategy_summary"].get("components", {}).get("esl", {}).get("density") for r in rs]
+            dens_text = f"{sum(dens) / len(dens):.3f}" if all(d is not None for d in dens) else "-"
+            n = f" (n={len(rs)})" if len(rs) != len(seeds) else ""
+            print(f"{row:<32}" + "".join(f"{fmt([r[k] for r in rs]):>16}" for k in keys)
+                  + f"{wall:>8.1f}{dens_text:>9}{n}")
+    failures = [r for r in runs if "error" in r]
+    for f in failures:
+        print(f"FAILED: {f['part']} {f['row']} seed {f['seed']}: {f['error']}")
+    print(f"command: {' '.join([Path(sys.executable).name, 'bench/snn_methods.py', *(argv if argv is not None else sys.argv[1:])])}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
