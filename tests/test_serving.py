@@ -439,3 +439,19 @@ def test_unknown_fields_are_refused_and_neutral_values_accepted(served):
         s["client"].completions.create(model=s["model"], prompt=PROMPT, max_tokens=3,
                                        stream_options={"include_usage": True})
     assert err.value.param == "stream_options"
+
+
+def test_a_batch_stays_within_the_context(served):
+    """Rows of a batch run as long as the longest max_tokens from the padded width: a job that would push the
+    batch past the model's context (64 for the tiny Llama) waits for the next batch."""
+    from lifelong.serving.engine import Engine, GenParams, _Job
+
+    engine = Engine(served["session"], max_batch=4)
+    long, short, other = (_Job([5] * 50, GenParams(max_tokens=10, temperature=0)),
+                          _Job([5] * 5, GenParams(max_tokens=30, temperature=0)),
+                          _Job([5] * 8, GenParams(max_tokens=12, temperature=0)))
+    sampled = _Job([5] * 8, GenParams(max_tokens=4, temperature=0.7))
+    engine._batcher._queue[:] = [long, sampled, short, other]
+    assert engine._batcher._compatible(long) == [long, other]
+    engine._batcher._queue[:] = [short, long, sampled, other]
+    assert engine._batcher._compatible(short) == [short, other]

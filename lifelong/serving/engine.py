@@ -216,8 +216,22 @@ class _Batcher:
         return job.result
 
     def _compatible(self, first: _Job) -> list[_Job]:
-        key = first.batch_key()
-        return [j for j in self._queue if j.batch_key() == key][: self.engine.max_batch]
+        """``first`` and the waiting jobs that may join it, oldest first, up to ``max_batch``: the same batch key,
+        and the padded width plus the longest ``max_tokens`` within the context (every row runs that long)."""
+        key, context = first.batch_key(), self.engine.context
+        out: list[_Job] = []
+        width = new = 0
+        for j in self._queue:
+            if j.batch_key() != key:
+                continue
+            w, n = max(width, len(j.ids)), max(new, j.params.max_tokens)
+            if out and context and w + n > context:
+                continue
+            out.append(j)
+            width, new = w, n
+            if len(out) == self.engine.max_batch:
+                break
+        return out
 
     def _loop(self) -> None:
         engine, wait = self.engine, self.engine.batch_wait_ms / 1000.0
