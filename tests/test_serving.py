@@ -213,6 +213,8 @@ def test_security_rules():
     (["--insecure-no-auth", "--host", "0.0.0.0"], "loopback"),
     (["--token", "long-enough-token", "--port", "0"], "--port"),
     (["--token", "long-enough-token", "--max-tokens", "0"], "--max-tokens"),
+    (["--token", "long-enough-token", "--max-batch", "0"], "--max-batch"),
+    (["--token", "long-enough-token", "--max-batch", "4", "--batch-wait-ms", "-1"], "--batch-wait-ms"),
     (["--token", "long-enough-token", "--port", "BUSY"], "cannot listen"),
     (["--token", "long-enough-token", "--host", "no-such-host.invalid"], "not an address"),
 ])
