@@ -190,9 +190,15 @@ def check_hub_model(name: str) -> bool:
     no network); False if it is not but the hub answers; else a one-line UserError at once, naming the id and
     how to get it, instead of transformers' retries (about 50 s with no network)."""
     from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
 
-    if isinstance(try_to_load_from_cache(name, "config.json"), str):
-        return True
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1:
+        raise UserError(f"model folder {name} does not exist")
+    try:
+        if isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return True
+    except HFValidationError as exc:
+        raise UserError(f"model {name!r} is neither a folder here nor a hub id ({exc})") from None
     how = (f"download it where there is network (`hf download {name}`, into {constants.HF_HUB_CACHE}) or pass a "
            "local model folder")
     if hub_offline():

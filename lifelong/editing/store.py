@@ -178,7 +178,7 @@ def _mapped(method: Callable) -> Callable:
     def wrapper(self: "EditStore", *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, UnicodeDecodeError) as exc:  # a damaged file can hold text that is not UTF-8
             raise self._error(exc) from None
 
     return wrapper
@@ -208,6 +208,8 @@ class EditStore:
         self.path = Path(path)
         self.readonly = readonly
         self.created = False  # whether this open made the folder (``discard_if_empty``)
+        self._legacy = False  # a store of schema 1 or 2 opened read-only: no row or meta checksums to check
+        self._legacy_metric: str | None = None  # a schema-1 store opened read-only: its editor's metric
         self._conn = None  # type: ignore[assignment]
         if metric is not None and metric not in METRICS:
             raise StoreError(f"router metric {metric!r} is not allowed; allowed values: {', '.join(METRICS)}")
@@ -225,9 +227,12 @@ class EditStore:
                 self._conn = self._connect_readonly(db)
                 self._check_integrity(db)
                 version = self._schema_version()
-                if version < SCHEMA_VERSION:
-                    raise StoreError(f"edit store {self.path} has schema {version}; open it once for writing "
-                                     f"(e.g. `lifelong edit apply`) to upgrade it to {SCHEMA_VERSION}")
+                if version < 3:  # read as it is (no checksums to check); a writer upgrades it
+                    self._legacy = True
+                    self._COLUMNS = self._COLUMNS.replace("row_sha256", "NULL AS row_sha256")
+                    if version < 2:
+                        raw = self._meta("editor")
+                        self._legacy_metric = LEGACY_METRICS.get(json.loads(raw)["name"], "ip") if raw else None
             else:
                 if not self.path.exists():
                     try:
@@ -252,7 +257,7 @@ class EditStore:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None  # type: ignore[assignment]
-            if isinstance(exc, sqlite3.Error):
+            if isinstance(exc, (sqlite3.Error, UnicodeDecodeError)):  # damaged text is not UTF-8
                 raise self._error(exc) from None
             if isinstance(exc, OSError):
                 raise self._os_error(exc) from None
@@ -358,7 +363,7 @@ class EditStore:
                     raise
                 time.sleep(0.05)
 
-    def _error(self, exc: sqlite3.Error) -> StoreError:
+    def _error(self, exc: sqlite3.Error | UnicodeDecodeError) -> StoreError:
         """The one-line StoreError for an SQLite error: a store that cannot be written, or a damaged file."""
         db = self.path / DB_NAME
         text = str(exc)
@@ -382,6 +387,8 @@ class EditStore:
 
     def _meta_seal(self) -> str:
         rows = self._conn.execute("SELECT key, value FROM meta WHERE key != 'meta_sha256' ORDER BY key").fetchall()
+        # a damaged file may turn a text value into a number or a blob: sealed as such, it no longer matches
+        rows = [[x if isinstance(x, str) else f"{type(x).__name__}:{x!r}" for x in row] for row in rows]
         return hashlib.sha256(json.dumps(rows).encode("utf-8", "surrogatepass")).hexdigest()
 
     def _seal_meta(self) -> None:
@@ -391,7 +398,7 @@ class EditStore:
     def _verify_meta(self) -> None:
         """Refuse a store whose meta values no longer match their seal (a damaged file: a changed byte in the
         editor's config or the model's identity must not go unnoticed)."""
-        if self._meta("meta_sha256") != self._meta_seal():
+        if not self._legacy and self._meta("meta_sha256") != self._meta_seal():
             raise StoreError(f"edit store database {self.path / DB_NAME} is corrupted (its meta data does not "
                              "match its checksum); restore it from a backup")
 
@@ -449,7 +456,7 @@ class EditStore:
     def metric(self) -> str:
         """The router metric: the recorded one (meta ``metric``); for a store that has none yet, the one asked for
         by ``router(metric=...)``, else ``ip``."""
-        return self._meta("metric") or self._metric_hint or "ip"
+        return self._legacy_metric or self._meta("metric") or self._metric_hint or "ip"
 
     # ------------------------------------------------------------------ model identity and editor
     @_mapped
@@ -820,11 +827,11 @@ class EditStore:
                              f"(edit ids are whole numbers from 1 to {MAX_ID})")
         hook = _crash_hook or (lambda stage: None)
         with self._write_txn():
-            known = {
-                int(r[0]): (r[1], r[2])
-                for r in self._conn.execute(
-                    f"SELECT id, status, key FROM edits WHERE id IN ({','.join('?' * len(ids))})", ids
-                ).fetchall()
+            known = {  # each row through its checksum: a damaged row is refused, not half rolled back
+                rec.id: (rec.status, None if rec.key is None else rec.key.tobytes())
+                for rec in map(self._row_to_record, self._conn.execute(
+                    f"SELECT {self._COLUMNS} FROM edits WHERE id IN ({','.join('?' * len(ids))})", ids
+                ).fetchall())
             } if ids else {}
             unknown = [i for i in ids if i not in known]
             if unknown:
