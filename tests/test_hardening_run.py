@@ -329,6 +329,24 @@ def test_compare_names_a_run_that_fails_with_a_bug_exit_1_and_keeps_its_tracebac
     assert "Traceback" in log.read_text() and "boom" in log.read_text()
 
 
+def test_compare_resume_continues_every_pair_from_its_own_checkpoint(capsys, tmp_path):
+    out = tmp_path / "cmp"
+    args = ["compare", "--strategies", "naive", "--seeds", "0,1", *TINY, "--out", str(out), "--json"]
+    assert main(args) == 0
+    full = json.loads(capsys.readouterr().out)
+    # as if killed: seed 1 has only its first experience checkpointed, and there is no summary
+    shutil.rmtree(out / "naive-seed1")
+    (out / "summary.json").unlink()
+    assert main(["run", "--strategy", "naive", "--seed", "1", *TINY, "--out", str(out / "naive-seed1"),
+                 "--stop-after", "1", "--json"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 0
+    resumed = json.loads(capsys.readouterr().out)
+    for summary in (full, resumed):
+        summary["naive"].pop("wall_time_s")
+    assert resumed == full
+
+
 # ------------------------------------------------------------------------------------ 9. property-based tests
 
 def _set_values():
