@@ -117,11 +117,13 @@ def folder_lock(folder: str | os.PathLike, what: str = "folder") -> Iterator[Pat
     """Hold ``folder``'s lock (creating the folder) for the ``with`` block, then clean up its leftovers.
 
     A second writer gets a ``UserError`` naming the holder's pid; the folder cannot be created or locked (a file
-    in the way, a read-only file system, no space) is a ``UserError`` too.
+    in the way, a read-only file system, no space) is a ``UserError`` too. A folder this call created is removed
+    again when the block fails before writing anything into it.
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{what} {folder} is a file, not a folder; choose another path")
+    created, locked = not folder.exists(), False
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
@@ -134,6 +136,7 @@ def folder_lock(folder: str | os.PathLike, what: str = "folder") -> Iterator[Pat
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             raise UserError(f"{what} {folder} is in use by another lifelong process (pid {holder}, holding "
                             f"{folder / LOCK_NAME}); wait for it to end or choose another path") from None
+        locked = True
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -141,5 +144,11 @@ def folder_lock(folder: str | os.PathLike, what: str = "folder") -> Iterator[Pat
         except OSError as exc:
             raise UserError(os_error_message(exc, f"cannot write to {what}", folder)) from None
         yield folder
+    except BaseException:
+        if locked and created and [p.name for p in folder.iterdir()] == [LOCK_NAME]:  # only our lock: no trace
+            with contextlib.suppress(OSError):
+                (folder / LOCK_NAME).unlink()
+                folder.rmdir()
+        raise
     finally:
         os.close(fd)  # closing the descriptor releases the flock
