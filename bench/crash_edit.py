@@ -3,11 +3,11 @@ moments, then check that the store's rows, adapter files and router index agree 
 half-applied (``docs/reliability.md``).
 
 The model is the tests' tiny random Llama (``tests/_llm_fixtures.make_tiny_llama``: 2 layers, 64 wide, SmolLM2's
-tokenizer) with the tests' small SoLA settings, so an apply takes a second or two and most kills land inside the
-command rather than in Python's start-up: each trial's worker imports everything first, says it is ready, and runs
-the command (``lifelong.cli.main.main``, the same code path as the shell command) when told to go; the kill comes
-after a random delay drawn uniformly from zero to 1.2 times the command's measured duration. The next trial's worker
-starts while the current one runs.
+tokenizer) with the tests' small SoLA settings. So that the kills land inside the command rather than in Python's
+start-up, a "zygote" process imports everything once and forks one child per trial, which runs the command
+(``lifelong.cli.main.main``, the same code path as the shell command); the child is killed after a random delay
+drawn uniformly from zero to 1.2 times the command's measured uninterrupted duration. The rollback store is seeded
+with one real SoLA edit and copies of it with noisy keys (rollback touches only rows, keys and the router).
 
 After every kill the store is reopened (which removes orphan files) and checked: every earlier edit is there,
 unchanged; the killed edit is wholly there (row, adapter file with its SHA-256, key in the router) or wholly
@@ -44,54 +44,61 @@ from lifelong.editing.router import Router  # noqa: E402
 from lifelong.editing.store import ADAPTER_DIR, EditStore  # noqa: E402
 from lifelong.platform.config import parse_overrides  # noqa: E402
 
-WORKER = """
-import sys, time
-import torch, transformers  # the slow imports, before "ready"
+ZYGOTE = """
+import json, os, sys, time
+import torch, transformers  # the slow imports, once; no torch op runs here, so forking is safe
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM  # noqa: F401 (lazy modules)
 from lifelong.cli.main import main
 from lifelong.editing import session  # noqa: F401
 from lifelong.platform import registry
 registry.get("editor", "sola")  # the editor plugins imported
-argv = sys.argv[1:]
 print("ready", flush=True)
-sys.stdin.readline()
-t0 = time.perf_counter()
-rc = main(argv)
-print(f"done {rc} {time.perf_counter() - t0:.3f}", flush=True)
+for line in sys.stdin:
+    argv = json.loads(line)
+    t0 = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:  # the command, in a fresh child: the same code path as the shell command
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        os._exit(main(argv))
+    print(f"pid {pid}", flush=True)
+    _, status = os.waitpid(pid, 0)
+    print(f"exit {status} {time.perf_counter() - t0:.3f}", flush=True)
 """
 
 
-class Worker:
-    """One ``lifelong`` command in a process that has done its imports and waits for ``go``."""
+class Zygote:
+    """A process that has done the imports once and forks one child per command (so a trial costs no start-up);
+    the campaign kills the child, never the zygote."""
 
-    def __init__(self, argv: list[str], script: Path) -> None:
-        self.proc = subprocess.Popen(["nice", "-n", "5", sys.executable, str(script), *argv], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-
-    def run(self, kill_after: float | None) -> tuple[str, float]:
-        """Start the command; SIGKILL it after ``kill_after`` seconds (None: let it finish). Returns
-        ``("killed" | "finished", seconds)``."""
+    def __init__(self, script: Path) -> None:
+        self.proc = subprocess.Popen(["nice", "-n", "5", sys.executable, str(script)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout.readline().strip() == "ready"
-        t0 = time.perf_counter()
-        self.proc.stdin.write("go\n")
+
+    def run(self, argv: list[str], kill_after: float | None) -> tuple[str, float]:
+        """Run one command; SIGKILL it after ``kill_after`` seconds (None: let it finish, and it must succeed).
+        Returns ``("killed" | "finished", seconds)``."""
+        self.proc.stdin.write(json.dumps(argv) + "\n")
         self.proc.stdin.flush()
-        if kill_after is None:
-            out: list[str] = []
-            for line in self.proc.stdout:  # the command's own output comes first
-                if line.startswith("done "):
-                    out = line.split()
-                    break
-            self.proc.wait()
-            if not out or out[0] != "done" or out[1] != "0":
-                raise RuntimeError(f"the uninterrupted command failed: {out}")
-            return "finished", float(out[2])
-        try:
-            self.proc.wait(timeout=kill_after)
-            return "finished", time.perf_counter() - t0
-        except subprocess.TimeoutExpired:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-            return "killed", time.perf_counter() - t0
+        pid = int(self.proc.stdout.readline().split()[1])
+        if kill_after is not None:
+            time.sleep(kill_after)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        _, status, seconds = self.proc.stdout.readline().split()
+        status = int(status)
+        if kill_after is None and status != 0:
+            raise RuntimeError(f"the uninterrupted command {argv} failed (wait status {status})")
+        killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+        return ("killed" if killed else "finished"), float(seconds)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
 
 
 def rows_of(store: EditStore) -> dict[int, tuple]:
@@ -125,7 +132,7 @@ def check(path: Path) -> tuple[dict[int, tuple], list[str]]:
     return rows, problems + ([f"__orphans={orphans}"] if orphans else [])
 
 
-def campaign(kind: str, trials: int, store: Path, model: Path, script: Path, rng: random.Random) -> dict:
+def campaign(kind: str, trials: int, store: Path, model: Path, zygote: Zygote, rng: random.Random) -> dict:
     def argv(k: int) -> list[str]:
         if kind == "apply":
             return ["edit", "apply", "--store", str(store), "--model", str(model), "--prompt",
@@ -136,18 +143,14 @@ def campaign(kind: str, trials: int, store: Path, model: Path, script: Path, rng
         rows = rows_of(s)
     ids = iter(sorted(i for i, r in rows.items() if r[3] == "active"))
     targets = [next(ids) for _ in range(trials + 1)] if kind == "rollback" else list(range(1000, 1001 + trials))
-    _, duration = Worker(argv(targets[0]), script).run(None)  # how long one uninterrupted command takes
+    _, duration = zygote.run(argv(targets[0]), None)  # how long one uninterrupted command takes
     rows, problems = check(store)
     assert not problems, problems
     outcome: Counter = Counter()
     bad = []
-    nxt = Worker(argv(targets[1]), script)
     for t in range(1, trials + 1):
-        cur = nxt
-        if t < trials:
-            nxt = Worker(argv(targets[t + 1]), script)
         delay = rng.uniform(0, 1.2 * duration)
-        how, _ = cur.run(delay)
+        how, _ = zygote.run(argv(targets[t]), delay)
         after, problems = check(store)
         orphans = [p for p in problems if p.startswith("__orphans=")]
         problems = [p for p in problems if not p.startswith("__orphans=")]
@@ -176,8 +179,6 @@ def campaign(kind: str, trials: int, store: Path, model: Path, script: Path, rng
         if problems:
             bad.append((t, problems))
         rows = after
-    nxt.proc.kill()
-    nxt.proc.wait()
     return {"kind": kind, "trials": trials, "uninterrupted_seconds": round(duration, 3),
             "outcomes": dict(outcome), "inconsistent_trials": len(bad), "problems": bad[:5]}
 
@@ -211,8 +212,8 @@ def main() -> int:
     rng = random.Random(args.seed)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="crash-edit-"))
     work.mkdir(parents=True, exist_ok=True)
-    script = work / "worker.py"
-    script.write_text(WORKER)
+    script = work / "zygote.py"
+    script.write_text(ZYGOTE)
     model = work / "tiny-llama"
     if not (model / "config.json").is_file():
         make_tiny_llama(model, seed=0)
@@ -223,7 +224,11 @@ def main() -> int:
         if not store.exists():
             _seed_store(store, model, args.trials + 2 if kind == "rollback" else 1)
         t1 = time.perf_counter()
-        res = campaign(kind, args.trials, store, model, script, rng)
+        zygote = Zygote(script)
+        try:
+            res = campaign(kind, args.trials, store, model, zygote, rng)
+        finally:
+            zygote.close()
         res["seconds"] = round(time.perf_counter() - t1, 1)
         results.append(res)
         print(json.dumps(res), flush=True)

@@ -35,6 +35,17 @@ whose meta said ``ip`` whatever the editor) get it from their editor's name: ``l
 
 The store also records the identity of the base model (name and weight hash, see ``adapters/llm.py``) and
 refuses to be used with another model.
+
+Damage and read-only media (schema 3). Opening runs ``PRAGMA quick_check`` (the structure of every page); every
+row carries ``row_sha256`` (its fixed fields: all but the status, which must be one of its two values, and the
+rollback time), checked whenever a row is read; the meta values are sealed by ``meta_sha256``, checked at open; a
+router rebuild checks the active keys against ``keys_checksum``; the status queries scan the table (``NOT
+INDEXED``) so a damaged index cannot hide a row. Whatever fails, and any SQLite or decoding error of a public
+method, is one ``StoreError`` naming the database file. ``readonly=True`` opens with ``mode=ro`` (``immutable=1``
+where the folder cannot be written, so SQLite cannot make its ``-shm`` file): reading works on a read-only file
+system, every write is refused; a writable open there fails at once with the one-line "cannot be written" error.
+Stores of schema 1 and 2 are upgraded by the first writable open (rows and meta sealed as they are); read-only,
+they are read as they are. ``discard_if_empty`` removes a store that this open created if no edit got into it.
 """
 
 from __future__ import annotations
