@@ -148,8 +148,9 @@ def teacher_run(tmp_path_factory):
 
 def test_kd_and_esl_through_lifelong_run(cli, tmp_path):
     result = cli("run", "--strategy", "naive", "--set", "n_experiences=2", "--set", "train_per_class=10",
-                 "--set", "epochs=2", "--set", "batch_size=8", "--set", "components=[kd,esl]", "--set", "kd.feature=hint",
-                 "--set", "esl.density=0.2", "--set", "esl.T_iter=5", "--out", str(tmp_path), "--json")
+                 "--set", "epochs=1", "--set", "batch_size=16", "--set", "components=[kd,esl]",
+                 "--set", "kd.feature=hint",
+                 "--set", "esl.density=0.2", "--set", "esl.T_iter=2", "--out", str(tmp_path), "--json")
     assert result.code == 0, result.stderr
     import json
 
@@ -184,7 +185,7 @@ def test_a_resumed_run_with_components_equals_an_uninterrupted_one(strategy, ext
 
 
 def test_alade_snn_takes_components_and_tet(tmp_path):
-    res = run_experiment(_config("alade-snn", T=2, finetune_epochs=1, mem_size=20, loss="tet", components=["esl"],
+    res = run_experiment(_config("alade-snn", T=2, finetune_epochs=0, mem_size=20, loss="tet", components=["esl"],
                                  esl={"density": 0.5, "T_iter": 2}), out=tmp_path, progress=False)
     esl = res["strategy_summary"]["components"]["esl"]
     assert esl["updates"] > 0 and esl["density"] == pytest.approx(0.5, abs=1e-3)
