@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from _llm_fixtures import tiny_llama  # noqa: F401
+
 from lifelong.cli.main import main
 from lifelong.editing.session import EditSession
 
