@@ -108,13 +108,18 @@ def test_regrowth_swaps_channels_at_the_target() -> None:
     assert sca.summary()["channel_sparsity"] == pytest.approx(0.5)
 
 
-def test_sca_through_lifelong_run(tmp_path) -> None:
+def test_sca_through_lifelong_run_and_resume(tmp_path) -> None:
     from lifelong.platform.runner import resolve_config, run_experiment
 
     config = resolve_config(strategy="naive", benchmark="split-digits", seed=0,
-                            overrides={**TINY_STREAM, "train_per_class": 10, "epochs": 1, "model": "spiking-tiny",
+                            overrides={**TINY_STREAM, "train_per_class": 10, "epochs": 2, "model": "spiking-tiny",
                                        "components": ["sca"], "sca": {"ramp": 1, "target_sparsity": 0.25}})
-    results = run_experiment(config, out=tmp_path, progress=False)
-    summary = results["strategy_summary"]["components"]["sca"]
+    full = run_experiment(config, out=tmp_path / "full", progress=False)
+    summary = full["strategy_summary"]["components"]["sca"]
     assert summary["channel_sparsity"] == pytest.approx(0.25)
-    assert summary["updates"] == 2  # one per epoch, over both experiences
+    assert summary["updates"] == 4  # one per epoch, over both experiences
+    # a run stopped after the first experience and resumed prunes the same channels and scores the same
+    run_experiment(config, out=tmp_path / "cut", progress=False, stop_after=1)
+    resumed = run_experiment(config, out=tmp_path / "cut", resume=True, progress=False)
+    assert resumed["accuracy_matrix"] == full["accuracy_matrix"]
+    assert resumed["strategy_summary"]["components"] == full["strategy_summary"]["components"]
