@@ -306,6 +306,7 @@ def test_compare_refuses_a_strategy_or_seed_named_twice(capsys, tmp_path):
     assert "--seeds: 0 given more than once" in line
 
 
+@pytest.mark.slow  # two spawned workers import torch and avalanche
 def test_compare_in_parallel_names_the_failed_run_in_one_line(capsys, tmp_path):
     out = tmp_path / "cmp"
     out.mkdir()
