@@ -3,6 +3,8 @@ rolled-back edits give the base model's logits bit for bit."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -164,3 +166,60 @@ def test_routed_lora_per_sequence_newest_wins_and_exact_fallback():
     r.remove([3])
     with torch.no_grad(), r.session():
         assert torch.equal(m(x), base)
+
+
+def test_replayed_frozen_layers_train_bit_identically_and_run_once():
+    """editors/_prefix.py on a tiny random Llama: training one layer's weight (as FT-L) with the layers below it
+    replayed gives the same losses and weights bit for bit as running them, runs those layers once, recomputes
+    them for another input, and leaves the model's own layers in place afterwards."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lifelong.editors._prefix import replay_frozen_layers
+
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=32)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).eval().requires_grad_(False)
+    w0 = model.model.layers[2].mlp.down_proj.weight.detach().clone()
+    ids = torch.tensor([[3, 14, 15, 9, 2, 6]])
+    other = torch.tensor([[5, 3, 5, 8, 9]])
+    calls = []
+    model.model.layers[0].register_forward_hook(lambda m, i, o: calls.append(1))
+
+    def train(replay: bool) -> tuple[list[float], torch.Tensor, torch.Tensor]:
+        param = model.model.layers[2].mlp.down_proj.weight
+        param.data.copy_(w0)
+        param.requires_grad_(True)
+        opt = torch.optim.Adam([param], lr=1e-2)
+        losses = []
+        block = replay_frozen_layers(model, 2) if replay else contextlib.nullcontext()
+        with block:
+            for _ in range(4):
+                logits = model(input_ids=ids).logits[0, 2:5]
+                loss = torch.nn.functional.cross_entropy(logits, ids[0, 3:6])
+                losses.append(float(loss.detach()))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            with torch.no_grad():
+                seen = model(input_ids=other).logits  # another input inside the block: computed, not replayed
+        param.requires_grad_(False)
+        return losses, param.detach().clone(), seen
+
+    layers = list(model.model.layers)
+    calls.clear()
+    plain = train(False)
+    assert len(calls) == 5
+    calls.clear()
+    replayed = train(True)
+    assert len(calls) == 2  # once for the training input, once for the other one
+    assert plain[0] == replayed[0] and len(set(plain[0])) == 4  # the loss moves, identically
+    assert torch.equal(plain[1], replayed[1]) and not torch.equal(plain[1], w0)
+    assert torch.equal(plain[2], replayed[2])
+    assert list(model.model.layers) == layers
+    with replay_frozen_layers(model, -1):  # negative: from the end, as the editors' layer options
+        assert type(model.model.layers[2]).__name__ == "_Memo" and model.model.layers[3] is layers[3]
+    model.model.layers[1].mlp.up_proj.weight.requires_grad_(True)
+    with replay_frozen_layers(model, 3):  # a trainable parameter below: nothing is replayed
+        assert list(model.model.layers) == layers
+    model.model.layers[1].mlp.up_proj.weight.requires_grad_(False)

@@ -24,6 +24,7 @@ import numpy as np
 
 from lifelong.adapters.lora import module_names
 from lifelong.editing.editor import EditArtifact, Editor
+from lifelong.editors._prefix import replay_frozen_layers
 from lifelong.platform.config import ConfigError
 from lifelong.platform.registry import Capabilities, register
 
@@ -101,7 +102,8 @@ class FTLEditor(Editor):
                     param.copy_(start + (param - start).clamp(-cfg.norm_constraint, cfg.norm_constraint))
 
         try:
-            steps, loss = self.fit(opt, ids, tgt, lo, cfg.max_steps, cfg.stop_loss, after_step=clamp)
+            with replay_frozen_layers(self.model, cfg.layer):  # the layers below the tuned one are frozen
+                steps, loss = self.fit(opt, ids, tgt, lo, cfg.max_steps, cfg.stop_loss, after_step=clamp)
             delta = (param.detach() - start).cpu()
         finally:
             param.requires_grad_(False)

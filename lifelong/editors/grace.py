@@ -40,6 +40,7 @@ import numpy as np
 from lifelong.adapters.lora import module_names
 from lifelong.editing.editor import EditArtifact, Editor
 from lifelong.editing.router import Router
+from lifelong.editors._prefix import replay_frozen_layers
 from lifelong.platform.config import ConfigError
 from lifelong.platform.registry import Capabilities, register
 
@@ -206,24 +207,27 @@ class GraceEditor(Editor):
         cfg = self.config
         ids, tgt, lo = self.edit_ids(prompt, target)
         q = torch.tensor([lo], device=self.device)
-        with torch.no_grad(), self.autocast():  # the key as the session's router will see it
-            self._capture, self._qidx, self._held = [], q, True
-            self._decision = [-1]  # the key and the initial value come from the base layer
+        # the layers below the wrapped one are frozen: computed once, by the key's forward, for every step
+        with replay_frozen_layers(self.model, cfg.layer):
+            with torch.no_grad(), self.autocast():  # the key as the session's router will see it
+                self._capture, self._qidx, self._held = [], q, True
+                self._decision = [-1]  # the key and the initial value come from the base layer
+                try:
+                    outs: list[Any] = []
+                    h = self._wrapped.base.register_forward_hook(
+                        lambda m, i, o: outs.append(o[0, lo].detach().clone()))
+                    self.model(input_ids=ids)
+                    h.remove()
+                    key = self._capture[0][0].clone()
+                finally:
+                    self._capture, self._decision, self._held = None, None, False
+            value = torch.nn.Parameter(outs[0].float())  # float32 master copy, whatever the precision
+            opt = torch.optim.Adam([value], lr=cfg.lr)
+            self._train_value = value
             try:
-                outs: list[Any] = []
-                h = self._wrapped.base.register_forward_hook(lambda m, i, o: outs.append(o[0, lo].detach().clone()))
-                self.model(input_ids=ids)
-                h.remove()
-                key = self._capture[0][0].clone()
+                steps, loss = self.fit(opt, ids, tgt, lo, cfg.max_steps, cfg.stop_loss)
             finally:
-                self._capture, self._decision, self._held = None, None, False
-        value = torch.nn.Parameter(outs[0].float())  # float32 master copy, whatever the precision
-        opt = torch.optim.Adam([value], lr=cfg.lr)
-        self._train_value = value
-        try:
-            steps, loss = self.fit(opt, ids, tgt, lo, cfg.max_steps, cfg.stop_loss)
-        finally:
-            self._train_value, self._qidx = None, None
+                self._train_value, self._qidx = None, None
         return EditArtifact(tensors={f"grace.{self.layer_name}.value": value.detach().cpu().clone()},
                             key=key.cpu().numpy(), layer=self.layer_name,
                             extra={"steps": steps, "final_loss": round(loss, 5)})

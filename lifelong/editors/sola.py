@@ -43,6 +43,7 @@ import numpy as np
 from lifelong.adapters.lora import RoutedLoRA, module_names
 from lifelong.editing.editor import EditArtifact, Editor
 from lifelong.editing.router import Router
+from lifelong.editors._prefix import first_layer_index, replay_frozen_layers
 from lifelong.platform.config import ConfigError
 from lifelong.platform.registry import Capabilities, register
 
@@ -166,7 +167,8 @@ class SoLAEditor(Editor):
         key = self.key_of([prompt])[0]
         ids, tgt, lo = self.edit_ids(prompt, target)
         gen = torch.Generator().manual_seed(cfg.seed)  # a CPU generator: the same initial LoRA on every device
-        with self.routed.train_adapter(gen) as params:
+        first = min(first_layer_index(self.model, layer) for layer in cfg.layers)
+        with self.routed.train_adapter(gen) as params, replay_frozen_layers(self.model, first):
             opt = torch.optim.Adam(params, lr=cfg.lr)
             steps, loss = self.fit(opt, ids, tgt, lo, cfg.max_steps, cfg.stop_loss)
             weights = self.routed.trained_weights()
