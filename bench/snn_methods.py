@@ -9,6 +9,9 @@ Two parts, every run ``run_experiment`` with ``strategy`` and ``--set`` override
   ``esl`` at densities 0.5, 0.2 and 0.1 (density 1.0 is the student alone: all masks one, nothing pruned), and
   the ``cnn-28`` ANN alone for reference; the same epochs for all. Reported: test accuracy, run wall time and,
   for esl, the density reached;
+- ``pre``: as ``one``, but the teacher is trained first (``cnn-28``, ``--teacher-epochs`` epochs, its own run)
+  and loaded with ``kd.teacher=checkpoint``, as KDSNN distils from a trained ANN; the student rows train the
+  same epochs as in ``one``, whose ``snn alone`` row is their baseline;
 - ``cil``: 5 experiences of 2 classes, ``spiking-mnist``: naive, replay (200 samples), naive + ``kd`` with the
   previous model as teacher, naive + ``esl`` with per-experience masks (density 0.2 each). Reported: average
   incremental accuracy, last accuracy, forgetting.
@@ -37,6 +40,9 @@ KD = {"components": ["kd"], "kd": {"teacher": "joint", "teacher_model": "cnn-28"
 ESL = {"components": ["esl"], "esl": {"T_iter": 10, "grow": "gradient"}}
 
 
+TEACHER_RUN = "{teacher}"  # the part-pre teacher's run folder of the same seed, filled in per task
+
+
 def _kd(**options: Any) -> dict[str, Any]:
     return {**STUDENT, "components": ["kd"], "kd": {**KD["kd"], **options}}
 
@@ -57,6 +63,12 @@ PARTS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
         "snn + esl 0.2": ("naive", _esl(density=0.2)),
         "snn + esl 0.1": ("naive", _esl(density=0.1)),
     },
+    "pre": {
+        "ann cnn-28 teacher": ("naive", {"model": "cnn-28", "lr": 0.05}),
+        "snn + kd response, trained teacher": ("naive", _kd(teacher="checkpoint", teacher_run=TEACHER_RUN)),
+        "snn + kd hint, trained teacher": ("naive", _kd(teacher="checkpoint", teacher_run=TEACHER_RUN,
+                                                         feature="hint")),
+    },
     "cil": {
         "naive": ("naive", dict(STUDENT)),
         "replay": ("replay", dict(STUDENT)),
@@ -64,6 +76,10 @@ PARTS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
         "naive + esl per-experience 0.2": ("naive", _esl(density=0.2, per_experience=True)),
     },
 }
+
+
+def _folder(out: str, part: str, row: str, seed: int) -> Path:
+    return Path(out) / part / f"{row.replace(' ', '_').replace(',', '').replace('+', 'with')}-seed{seed}"
 
 
 def one(task: tuple[str, str, int, str, dict[str, Any], bool]) -> dict[str, Any]:
@@ -74,11 +90,17 @@ def one(task: tuple[str, str, int, str, dict[str, Any], bool]) -> dict[str, Any]
     from lifelong.platform.runner import resolve_config, run_experiment
 
     strategy, overrides = PARTS[part][row]
-    folder = Path(out) / part / f"{row.replace(' ', '_').replace(',', '').replace('+', 'with')}-seed{seed}"
+    if part == "pre" and row == "ann cnn-28 teacher":
+        protocol = {**protocol, "epochs": protocol["teacher_epochs"]}
+    if overrides.get("kd", {}).get("teacher_run") == TEACHER_RUN:
+        teacher = _folder(out, "pre", "ann cnn-28 teacher", seed)
+        overrides = {**overrides, "kd": {**overrides["kd"], "teacher_run": str(teacher)}}
+    protocol = {k: v for k, v in protocol.items() if k != "teacher_epochs"}
+    folder = _folder(out, part, row, seed)
     done = folder / "results.json"
     if done.exists() and not fresh:
         return {**json.loads(done.read_text()), "row": row, "part": part}
-    n_exp = 1 if part == "one" else 5
+    n_exp = 5 if part == "cil" else 1
     config = resolve_config(strategy=strategy, benchmark="split-fashion-mnist", seed=seed, device="cpu",
                             overrides={**protocol, "n_experiences": n_exp, **overrides})
     try:
@@ -90,10 +112,11 @@ def one(task: tuple[str, str, int, str, dict[str, Any], bool]) -> dict[str, Any]
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--parts", default="one,cil")
+    p.add_argument("--parts", default="one,pre,cil")
     p.add_argument("--train-per-class", type=int, default=100)
     p.add_argument("--test-per-class", type=int, default=100)
     p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--teacher-epochs", type=int, default=12, help="epochs of the part-pre teacher")
     p.add_argument("--out", default="runs/bench-snn-methods")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--fresh", action="store_true")
@@ -101,24 +124,26 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     parts = [s.strip() for s in args.parts.split(",") if s.strip()]
     protocol = {"train_per_class": args.train_per_class, "test_per_class": args.test_per_class,
-                "epochs": args.epochs}
+                "epochs": args.epochs, "teacher_epochs": args.teacher_epochs}
     tasks = [(part, row, seed, args.out, protocol, args.fresh) for part in parts for row in PARTS[part]
              for seed in seeds]
     t0 = time.time()
-    runs = run_all(one, tasks, args.jobs)
+    first = [t for t in tasks if t[:2] == ("pre", "ann cnn-28 teacher")]  # the teachers before their students
+    runs = run_all(one, first, args.jobs) + run_all(one, [t for t in tasks if t not in first], args.jobs)
     print(f"split-fashion-mnist, {args.train_per_class} training / {args.test_per_class} test images a class, "
           f"{args.epochs} epochs an experience, seeds {seeds}; mean ± std over seeds in %; one thread a run, "
           f"{args.jobs} runs in parallel; bench wall time {time.time() - t0:.0f} s; load {os.getloadavg()[0]:.1f}")
     for part in parts:
         group = {row: [r for r in runs if r.get("part") == part and r.get("row") == row and "error" not in r]
                  for row in PARTS[part]}
-        if part == "one":
-            print("\none experience (10 classes), spiking-mnist student unless said")
-            header = f"{'configuration':<32}{'accuracy':>16}{'run s':>8}{'density':>9}"
+        if part in ("one", "pre"):
+            print("\none experience (10 classes), spiking-mnist student unless said"
+                  + (f"; teacher trained first for {args.teacher_epochs} epochs" if part == "pre" else ""))
+            header = f"{'configuration':<36}{'accuracy':>16}{'run s':>8}{'density':>9}"
             keys = ("last_accuracy",)
         else:
             print("\n5 experiences x 2 classes, spiking-mnist")
-            header = f"{'configuration':<32}{'AIA':>16}{'last':>16}{'forgetting':>16}{'run s':>8}{'density':>9}"
+            header = f"{'configuration':<36}{'AIA':>16}{'last':>16}{'forgetting':>16}{'run s':>8}{'density':>9}"
             keys = ("average_incremental_accuracy", "last_accuracy", "forgetting")
         print(header)
         print("-" * len(header))
@@ -129,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             dens = [r["strategy_summary"].get("components", {}).get("esl", {}).get("density") for r in rs]
             dens_text = f"{sum(dens) / len(dens):.3f}" if all(d is not None for d in dens) else "-"
             n = f" (n={len(rs)})" if len(rs) != len(seeds) else ""
-            print(f"{row:<32}" + "".join(f"{fmt([r[k] for r in rs]):>16}" for k in keys)
+            print(f"{row:<36}" + "".join(f"{fmt([r[k] for r in rs]):>16}" for k in keys)
                   + f"{wall:>8.1f}{dens_text:>9}{n}")
     failures = [r for r in runs if "error" in r]
     for f in failures:
