@@ -12,7 +12,7 @@ default). Two figures per side: the epoch (data + training) and the data alone (
 the five experiences without the model). Class orders are fixed to 0..9 on both sides so the experiences hold
 the same classes.
 
-    .venv/bin/python bench/data_path.py [--repeats 2] [--threads 2] [--data-root DIR] [--work /tmp/lifelong-fmnist]
+    .venv/bin/python bench/data_path.py [--repeats 2] [--threads 2] [--measures data,epoch] [--data-root DIR] [--work /tmp/lifelong-fmnist]
 """
 
 from __future__ import annotations
@@ -93,9 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--measures", default="data,epoch", help="which figures, in this order: data, epoch")
     p.add_argument("--data-root", default="", help="folder of the four IDX files ('' = the Debian package's)")
     p.add_argument("--work", default="/tmp/lifelong-fmnist", help="where torchvision's layout is written")
     args = p.parse_args(argv)
+    unknown = set(args.measures.split(",")) - {"data", "epoch"}
+    if unknown:
+        p.error(f"--measures: {', '.join(sorted(unknown))} not allowed; allowed values: data, epoch")
     torch.set_num_threads(args.threads)
     files = locate_files(args.data_root)
     root = torchvision_layout(files, Path(args.work))
@@ -117,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {side}: first sample {type(x).__name__} {tuple(x.shape)} {x.dtype}, label {int(y)}, "
               f"{sum(len(e.dataset) for e in sc.train_stream)} training samples")
 
-    measures: dict[str, Callable[[Any], float]] = {"epoch": naive_epoch, "data": data_only}
+    measures: dict[str, Callable[[Any], float]] = {"data": data_only, "epoch": naive_epoch}
+    measures = {m: measures[m] for m in args.measures.split(",")}
     times: dict[tuple[str, str], list[float]] = {(m, s): [] for m in measures for s in sides}
     for r in range(args.repeats):
         for m, fn in measures.items():
