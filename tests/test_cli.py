@@ -79,3 +79,31 @@ def test_resume_of_a_directory_from_another_configuration(cli, tmp_path):
 def test_python_dash_m_and_help(cli):
     result = cli("--help")
     assert result.code == 0 and "run" in result.stdout and "compare" in result.stdout
+
+
+def test_plugins_list_every_kind_including_components(cli):
+    result = cli("plugins", "list", "--kind", "component", "--json")
+    assert result.code == 0, result.stderr
+    assert {"kd", "esl", "rkd", "sca"} <= {p["name"] for p in json.loads(result.stdout)["plugins"]}
+
+
+def test_compare_routes_component_options_to_the_strategies_that_take_them(tmp_path, monkeypatch):
+    """``compare --set components=[kd] --set kd.alpha=..`` reaches the strategies that accept components and
+    skips the others (lwf), as plain strategy keys do; the runs themselves are not started here."""
+    from lifelong.platform import runner
+    from lifelong.platform.config import parse_overrides
+
+    seen = []
+
+    def capture(configs, *args, **kwargs):
+        seen.extend(configs)
+        raise KeyboardInterrupt  # stop before any training
+
+    monkeypatch.setattr(runner, "_run_many", capture)
+    with pytest.raises(KeyboardInterrupt):
+        runner.compare(["naive", "lwf"], "split-digits", [0], out=tmp_path / "cmp", progress=False, device="cpu",
+                       overrides=parse_overrides(["components=[kd]", "kd.alpha=0.25", "n_experiences=2"]))
+    by_strategy = {c.strategy: c.strategy_config for c in seen}
+    assert by_strategy["naive"].components == ["kd"]
+    assert by_strategy["naive"].component_config["kd"].alpha == 0.25
+    assert not hasattr(by_strategy["lwf"], "components")

@@ -9,7 +9,7 @@ import sys
 from lifelong.platform.config import parse_overrides
 from lifelong.platform.distributed import current_distributed_info
 from lifelong.platform.errors import UserError, one_line
-from lifelong.platform.registry import list_plugins, load_errors
+from lifelong.platform.registry import KINDS, list_plugins, load_errors
 from lifelong.platform.results import format_run_table, format_summary_table, to_json
 from lifelong.platform.runner import RunFailed, compare, default_out_dir, resolve_config, run_experiment
 
@@ -19,7 +19,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     plugins_sub = plugins.add_subparsers(dest="plugins_command", metavar="ACTION")
     plugins_sub.required = True
     listing = plugins_sub.add_parser("list", help="list plugins (name, kind, summary, source)")
-    listing.add_argument("--kind", choices=("strategy", "editor", "scorer", "benchmark"))
+    listing.add_argument("--kind", choices=KINDS)
     listing.add_argument("--pattern", default="*", help="glob on the plugin name, e.g. 'alade*'")
     listing.add_argument("--json", action="store_true", help="print JSON only")
     listing.set_defaults(handler=cmd_plugins_list)

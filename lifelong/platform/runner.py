@@ -446,6 +446,9 @@ def compare(
     overrides = overrides or {}
     known = set(TOP_LEVEL_KEYS) | set(_config_fields("benchmark", benchmark))
     per_strategy = {s: known | set(_config_fields("strategy", s)) for s in strategies}
+    for s in strategies:  # components=[..] and kd.alpha=..: the keys of training components, where accepted
+        if registry.get("strategy", s).capabilities.accepts_components:
+            per_strategy[s] |= {"components", *_names("component")}
     unusable = [k for k in overrides if not any(k in keys for keys in per_strategy.values())]
     if unusable:
         raise ConfigError(f"unknown config key {unusable[0]!r}: neither {benchmark} nor any of {', '.join(strategies)} has it")
