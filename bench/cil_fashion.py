@@ -83,6 +83,25 @@ def run_all(fn: Any, tasks: list[tuple], jobs: int) -> list[dict[str, Any]]:
         return list(pool.map(fn, tasks))
 
 
+def t_interval(values: list[float]) -> tuple[float, float, float]:
+    """Mean of ``values`` in % and its 95 % t-interval over seeds."""
+    import numpy as np
+    from scipy import stats
+
+    a = 100 * np.asarray(values, dtype=float)
+    half = stats.t.ppf(0.975, len(a) - 1) * a.std(ddof=1) / np.sqrt(len(a)) if len(a) > 1 else float("nan")
+    return a.mean(), a.mean() - half, a.mean() + half
+
+
+def print_ranking(groups: dict[str, list[dict[str, Any]]]) -> None:
+    """The strategies ordered by mean AIA, each with the 95 % t-interval of its mean over seeds."""
+    print("\nranking by AIA, mean [95 % t-interval over seeds] in %")
+    rows = sorted(((t_interval([g["average_incremental_accuracy"] for g in group]), name)
+                   for name, group in groups.items() if group), reverse=True)
+    for rank, ((mean, low, high), name) in enumerate(rows, 1):
+        print(f"{rank:>2}. {name:<11}{mean:6.2f} [{low:6.2f}, {high:6.2f}]")
+
+
 def main(argv: list[str] | None = None) -> int:
     args, seeds, strategies, protocol = parse_protocol(argv, __doc__.splitlines()[0], STRATEGIES)
     tasks = [(s, seed, args.out, protocol, args.fresh) for s in strategies for seed in seeds]
@@ -110,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
               + "".join(f"{fmt([g[k] for g in group]):>16}" for k in
                         ("average_incremental_accuracy", "last_accuracy", "forgetting", "bwt"))
               + f"{wall:>8.1f}{energy_text:>11}{n}")
+    print_ranking(groups)
     failures = [r for r in runs if "error" in r]
     for f in failures:
         print(f"FAILED: {f['strategy']} seed {f['seed']}: {f['error']}")
