@@ -131,8 +131,8 @@ def lif_multistep_autograd(
 class LIFMultiStep(torch.autograd.Function):
     """The whole multi-step LIF as one autograd node (as spikingjelly's fused neurons do).
 
-    Forward runs the recurrence over T without recording a graph and keeps the charged potentials ``h_t`` and
-    the spikes. Backward is the reverse recurrence written out, with ``v_t`` the potential after the reset of
+    Forward runs the recurrence over T without recording a graph and keeps only the charged potentials ``h_t``
+    (the spikes are ``h_t >= threshold``). Backward is the reverse recurrence written out, with ``v_t`` the potential after the reset of
     step t: ``g_s = dL/ds_t + g_v dv_t/ds_t``, ``g_h = surrogate'(h_t - threshold) g_s + g_v dv_t/dh_t``,
     ``dL/dx_t = g_h`` (``g_h / tau`` with ``decay_input``), ``g_v <- g_h - g_h / tau``. Each product and sum is
     the one autograd computes on the step-by-step form, in the same order, so spikes and gradients are
@@ -174,18 +174,18 @@ class LIFMultiStep(torch.autograd.Function):
                 if v_reset != 0.0:
                     v.add_(torch.mul(s, v_reset, out=tmp))
         if ctx.needs_input_grad[0]:
-            ctx.save_for_backward(h_seq, spikes)
+            ctx.save_for_backward(h_seq)  # the spikes are recomputed from it: the caller may change the output
         ctx.settings = (tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha)
         return spikes
 
     @staticmethod
     def backward(ctx: Any, grad_spikes: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        h_seq, spikes = ctx.saved_tensors
+        (h_seq,) = ctx.saved_tensors
         tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha = ctx.settings
         grad_x = torch.empty_like(h_seq)
         f, m, g_s, g_v = (torch.empty_like(h_seq[0]) for _ in range(4))
         for t in range(h_seq.shape[0] - 1, -1, -1):
-            h, s, last = h_seq[t], spikes[t], t + 1 == h_seq.shape[0]
+            h, last = h_seq[t], t + 1 == h_seq.shape[0]
             # g_s = dL/ds_t + g_v dv_t/ds_t
             if last or detach_reset:
                 g_s.copy_(grad_spikes[t])
@@ -218,7 +218,8 @@ class LIFMultiStep(torch.autograd.Function):
             elif v_reset is None:
                 torch.add(g_s, g_v, out=g_h)
             else:
-                torch.add(g_s, g_v.mul_(torch.mul(s, -1.0, out=m).add_(1.0)), out=g_h)
+                keep = torch.ge(h, v_threshold, out=m).mul_(-1.0).add_(1.0)  # 1 - s_t
+                torch.add(g_s, g_v.mul_(keep), out=g_h)
             if t:  # dL/dv_{t-1} = g_h - g_h / tau, both with and without decay_input
                 torch.sub(g_h, torch.div(g_h, tau, out=g_v), out=g_v)
             if decay_input:
