@@ -116,6 +116,14 @@ def test_fused_lif_without_grad_and_rejects_unknown_surrogate() -> None:
         assert torch.equal(lif_multistep(x), lif_multistep_autograd(x))
     with pytest.raises(ValueError, match="surrogate"):
         lif_multistep(x, surrogate="relu")
+    # the output is not saved for backward: changing it in place is allowed, as with the step-by-step form
+    xi = (torch.rand(3, 4) * 2).requires_grad_(True)
+    s = lif_multistep(xi)
+    s.mul_(2)
+    s.sum().backward()
+    ref = xi.detach().clone().requires_grad_(True)
+    (lif_multistep_autograd(ref) * 2).sum().backward()
+    assert torch.equal(xi.grad, ref.grad)
 
 
 def test_lif_module_is_stateless_across_calls_and_batch_sizes() -> None:
