@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cil_fashion import REPO, parse_protocol, run_all, run_dir  # noqa: E402
+from cil_fashion import REPO, fmt, parse_protocol, run_all, run_dir, t_interval  # noqa: E402
 
 CONFIG = REPO / "configs" / "alade-snn" / "split-fashion-mnist.yaml"
 #: variant -> (strategy, overrides on top of the config's strategy settings)
@@ -73,14 +73,8 @@ def one(args: tuple[str, int, str, dict[str, Any], bool]) -> dict[str, Any]:
 
 def paired(a: list[float], b: list[float]) -> str:
     """Mean of a - b in points with its 95 % t-interval over the paired seeds."""
-    import numpy as np
-    from scipy import stats
-
-    d = 100 * (np.asarray(a) - np.asarray(b))
-    if len(d) < 2:
-        return f"{d.mean():+6.2f}"
-    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
-    return f"{d.mean():+6.2f} [{d.mean() - half:+6.2f}, {d.mean() + half:+6.2f}]"
+    mean, low, high = t_interval([x - y for x, y in zip(a, b)])
+    return f"{mean:+6.2f}" if len(a) < 2 else f"{mean:+6.2f} [{low:+6.2f}, {high:+6.2f}]"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,10 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         common = sorted(set(group) & set(base))
         rows = list(group.values())
-        mean_std = []
-        for key in ("average_incremental_accuracy", "last_accuracy"):
-            a = 100 * np.asarray([r[key] for r in rows])
-            mean_std.append(f"{a.mean():6.2f} ± {a.std(ddof=1) if len(a) > 1 else 0.0:5.2f}")
+        mean_std = [fmt([r[key] for r in rows]) for key in ("average_incremental_accuracy", "last_accuracy")]
         diffs = ["" if variant == "alade-snn" else
                  paired([group[s][key] for s in common], [base[s][key] for s in common])
                  for key in ("average_incremental_accuracy", "last_accuracy")]

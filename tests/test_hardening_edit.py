@@ -27,6 +27,7 @@ from lifelong.cli.main import main
 from lifelong.editing import store as store_mod
 from lifelong.editing.editor import MAX_PROMPT_CHARS
 from lifelong.editing.store import ADAPTER_DIR, DB_NAME, CorruptEditError, EditStore, StoreError
+from lifelong.platform.atomic import file_sha256
 from lifelong.platform.errors import UserError
 
 IDENT = {"name": "m", "weights_sha256": "a" * 64}
@@ -247,7 +248,7 @@ def test_reward_head_checksum_nan_and_truncation_refused(tmp_path, capsys):
     state[key].view(-1)[0] = float("nan")
     save_file(state, str(head), metadata={"scorer": "scalar-rm"})
     meta = json.loads((out / "config.json").read_text())
-    meta["head_sha256"] = store_mod._file_sha256(head)
+    meta["head_sha256"] = file_sha256(head)
     (out / "config.json").write_text(json.dumps(meta))
     rc, _, err = run(capsys, "reward", "score", "--model", str(out), "--prompt", "p", "--response", "r")
     assert rc == 2 and "non-finite weights" in one_line(err)

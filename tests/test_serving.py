@@ -146,8 +146,9 @@ def test_unknown_edit_and_routes(served):
     assert httpx.get(s["url"] + "/healthz").json()["status"] == "ok"
 
 
-def test_generations_during_an_apply_see_before_or_after_never_a_mix(served):
-    s = served
+def _generate_during_an_apply(s) -> None:
+    """Three clients generate while an edit is applied over HTTP: every answer is the one before the edit (no
+    edit id) or the one after it (its id), never a mix; the edit is rolled back afterwards."""
     before = _complete(s, max_tokens=8).text
     results, stop = [], threading.Event()
 
@@ -170,6 +171,10 @@ def test_generations_during_an_apply_see_before_or_after_never_a_mix(served):
     assert after != before and results
     for text, eid in results:
         assert (text, eid) in {(before, None), (after, edit_id)}, (text, eid)
+
+
+def test_generations_during_an_apply_see_before_or_after_never_a_mix(served):
+    _generate_during_an_apply(served)
 
 
 def test_other_writers_are_seen_before_the_next_generation(served, capsys):
@@ -364,30 +369,8 @@ def test_batching_server_answers_concurrent_clients_as_batch_1_does(batched, ser
 
 
 def test_batched_generations_during_an_apply_see_one_store_version(batched):
-    s = batched
-    before = _complete(s, max_tokens=8).text
-    results, stop = [], threading.Event()
-
-    def worker():
-        client = openai.OpenAI(base_url=s["url"] + "/v1", api_key=TOKEN, timeout=120, max_retries=0)
-        while not stop.is_set():
-            c = client.completions.create(model=s["model"], prompt=PROMPT, max_tokens=8, temperature=0).choices[0]
-            results.append((c.text, c.model_extra["edit_id"]))
-
-    threads = [threading.Thread(target=worker) for _ in range(3)]
-    for t in threads:
-        t.start()
-    r = httpx.post(s["url"] + "/v1/edits", json=[{"prompt": PROMPT, "target": TARGET}], headers=_auth(), timeout=120)
-    edit_id = r.json()["data"][0]["id"]
-    after = _complete(s, max_tokens=8).text
-    stop.set()
-    for t in threads:
-        t.join(60)
-    _rollback_all(s)
-    assert after != before and results
-    for text, eid in results:
-        assert (text, eid) in {(before, None), (after, edit_id)}, (text, eid)
-    assert httpx.get(s["url"] + "/healthz").json()["largest_batch"] >= 2
+    _generate_during_an_apply(batched)
+    assert httpx.get(batched["url"] + "/healthz").json()["largest_batch"] >= 2
 
 
 # ---------------------------------------------------------------------------------------------- OpenAI fields

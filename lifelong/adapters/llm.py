@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from lifelong.platform.atomic import atomic_write_text, fsync_dir, fsync_tree
+from lifelong.platform.atomic import atomic_write_text, file_sha256, fsync_dir, fsync_tree
 from lifelong.platform.errors import UserError
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -58,18 +58,6 @@ def embedded_gguf_path(name: str) -> Path:
     if not path.is_file():
         raise UserError(f"model {name!r}: {path} is missing from the installed package {package!r}")
     return path
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    """SHA-256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(chunk)
-            if not block:
-                break
-            h.update(block)
-    return h.hexdigest()
 
 
 def weights_sha256(model: Any) -> str:

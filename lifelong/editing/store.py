@@ -69,7 +69,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from lifelong.editing.router import METRICS, ROUTER_META, ROUTER_PREFIX, Router
-from lifelong.platform.atomic import atomic_write_with
+from lifelong.platform.atomic import atomic_write_with, file_sha256
 from lifelong.platform.errors import UserError
 
 DB_NAME = "edits.sqlite"
@@ -155,14 +155,6 @@ class EditRecord:
             "rolled_back_at": self.rolled_back_at,
             "extra": self.extra,
         }
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _row_sha256(row: Sequence[Any]) -> str:
@@ -665,7 +657,7 @@ class EditStore:
         path = self.path / ADAPTER_DIR / record.adapter_file
         if not path.is_file():
             raise CorruptEditError(record.id, f"edit {record.id}: adapter file {path} is missing")
-        sha = _file_sha256(path)
+        sha = file_sha256(path)
         if sha != record.adapter_sha256:
             raise CorruptEditError(
                 record.id,
@@ -687,7 +679,7 @@ class EditStore:
                     path = self.path / ADAPTER_DIR / rec.adapter_file
                     if not path.is_file():
                         raise CorruptEditError(rec.id, f"edit {rec.id}: adapter file {path} is missing")
-                    if _file_sha256(path) != rec.adapter_sha256:
+                    if file_sha256(path) != rec.adapter_sha256:
                         raise CorruptEditError(rec.id, f"edit {rec.id}: adapter file {path} is corrupted")
             except CorruptEditError as exc:
                 bad.append((rec.id, str(exc)))
@@ -743,7 +735,7 @@ class EditStore:
                 state = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
                 atomic_write_with(adir / afile, lambda tmp: save_file(
                     state, str(tmp), metadata={"edit_uid": uid, "editor": editor, "layer": layer}), hook=hook)
-                asha = _file_sha256(adir / afile)
+                asha = file_sha256(adir / afile)
             try:
                 with self._write_txn():
                     # the editor spec is fixed (first writer) or checked (every later one) in the insert's

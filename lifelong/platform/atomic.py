@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -152,3 +153,12 @@ def folder_lock(folder: str | os.PathLike, what: str = "folder") -> Iterator[Pat
         raise
     finally:
         os.close(fd)  # closing the descriptor releases the flock
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """SHA-256 of a file, read in chunks: the checksum the stores, reward models and model caches record."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()

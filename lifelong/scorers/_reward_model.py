@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -39,7 +38,7 @@ import torch
 from torch import nn
 
 from lifelong.adapters.encoders import encode
-from lifelong.platform.atomic import atomic_write_text, atomic_write_with, fsync_dir
+from lifelong.platform.atomic import atomic_write_text, atomic_write_with, file_sha256, fsync_dir
 from lifelong.platform.config import to_dict
 from lifelong.platform.device import LossScaler, autocast, resolve_device
 from lifelong.platform.errors import UserError
@@ -296,7 +295,7 @@ class RewardModel:
             # the weights first: config.json, which names the scorer and holds the weights' checksum, is what makes
             # the folder a model
             atomic_write_with(tmp / HEAD_FILE, lambda t: save_file(state, str(t), metadata={"scorer": self.scorer}))
-            meta["head_sha256"] = _sha256(tmp / HEAD_FILE)
+            meta["head_sha256"] = file_sha256(tmp / HEAD_FILE)
             atomic_write_text(tmp / CONFIG_FILE, json.dumps(meta, indent=2))
             fsync_dir(tmp)
             _put_in_place(tmp, out)
@@ -346,7 +345,7 @@ class RewardModel:
 
         path = folder / HEAD_FILE
         want = meta.get("head_sha256")  # absent only in folders saved before it was recorded
-        if want is not None and _sha256(path) != want:
+        if want is not None and file_sha256(path) != want:
             raise UserError(f"{path}: does not match the checksum recorded in {CONFIG_FILE} (a damaged or "
                             "truncated file, or weights from another save); retrain it with `lifelong reward train`")
         dims = {n: len(v) for n, v in meta.get("branches", {}).items()}
@@ -369,14 +368,6 @@ class RewardModel:
 # ---------------------------------------------------------------------------------------- replacing a folder
 _RENAME_EXCHANGE = 2  # linux/fs.h
 _AT_FDCWD = -100
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _exchange(a: Path, b: Path) -> bool:
