@@ -21,18 +21,21 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# Fashion-MNIST, the benchmark of docs/fashion-mnist.md: Debian's dataset-fashion-mnist package (the four IDX
-# files in /usr/share/datasets/fashion-mnist, where split-fashion-mnist looks without data_root).
+# The offline data sets: Debian's dataset-fashion-mnist (the four IDX files in /usr/share/datasets/fashion-mnist,
+# where split-fashion-mnist looks without data_root; docs/fashion-mnist.md) and wordnet-base (the WordNet 3.0
+# database in /usr/share/wordnet, read by the WordNet-derived edit, classification and reward sets).
 data:
-	@if [ -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ]; then \
-		echo "Fashion-MNIST is installed in /usr/share/datasets/fashion-mnist"; \
+	@if [ -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] && [ -f /usr/share/wordnet/data.noun ]; then \
+		echo "Fashion-MNIST is installed in /usr/share/datasets/fashion-mnist, WordNet 3.0 in /usr/share/wordnet"; \
 	elif command -v apt-get >/dev/null 2>&1; then \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update && $$SUDO apt-get install -y dataset-fashion-mnist; \
+		$$SUDO apt-get update && $$SUDO apt-get install -y dataset-fashion-mnist wordnet-base; \
 	else \
 		echo "no apt-get here: fetch train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz,"; \
 		echo "t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz from"; \
-		echo "https://github.com/zalandoresearch/fashion-mnist into a folder DIR and run with --set data_root=DIR"; \
+		echo "https://github.com/zalandoresearch/fashion-mnist into a folder DIR and run with --set data_root=DIR;"; \
+		echo "for WordNet, unpack WordNet-3.0's dict/ folder from https://wordnet.princeton.edu into a folder and"; \
+		echo "point LIFELONG_WORDNET at it"; \
 		exit 1; \
 	fi
 
