@@ -5,8 +5,9 @@ Each seed trains ``naive`` on one experience of all 10 classes (``n_experiences=
 ``--test-per-class`` seeded subsets) on every clip backbone of ``--models`` (``cnn-28-clip``: continuous clip;
 ``cnn-28-clip4``: rounded to 4 levels in training), exactly as ``lifelong run --strategy naive --benchmark
 split-fashion-mnist --set model=M --set n_experiences=1 ...`` does, then converts the run with the code of
-``lifelong convert`` under four schemes: ``plain`` (v(0)=0, positive spikes), ``ecl`` (v(0)=theta/2,
-dual threshold) and the two halves of ECL alone (``init-only``, ``dual-only``). One torch thread per run.
+``lifelong convert`` under five schemes: ``plain`` (v(0)=0, positive spikes), ``ecl`` (v(0)=theta/2,
+dual threshold), ``ecl-opt`` (dual threshold, v(0) optimised per layer and T on 256 training images) and the
+two halves of ECL alone (``init-only``, ``dual-only``). One torch thread per run.
 Needs the Fashion-MNIST files (``make data``).
 
     nice -n 5 .venv/bin/python bench/snn_conversion.py --seeds 0,1,2 --train-per-class 300 --test-per-class 200
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-SCHEMES = ("plain", "init-only", "dual-only", "ecl")
+SCHEMES = ("plain", "init-only", "dual-only", "ecl", "ecl-opt")
 
 
 def train(model: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -101,12 +102,17 @@ def main(argv: list[str] | None = None) -> int:
     for model, runs in rows.items():
         print(f"\n{model}: ANN {fmt([r['ann']['accuracy'] for r in runs])}; thresholds (seed {seeds[0]}): "
               + ", ".join(f"{v:.2f}" for v in runs[0]["thresholds"].values()))
-        print(f"| T | {' | '.join(SCHEMES)} | ecl - ANN |")
-        print("|---|" + "---|" * (len(SCHEMES) + 1))
+        print(f"| T | {' | '.join(SCHEMES)} | ecl - ANN | ecl-opt - ANN |")
+        print("|---|" + "---|" * (len(SCHEMES) + 2))
         for t in args.timesteps:
             cells = [fmt([r["schemes"][s]["by_timestep"][str(t)]["accuracy"] for r in runs]) for s in SCHEMES]
             gap = fmt([r["schemes"]["ecl"]["by_timestep"][str(t)]["accuracy"] - r["ann"]["accuracy"] for r in runs])
-            print(f"| {t} | {' | '.join(cells)} | {gap} |")
+            gap_opt = fmt([r["schemes"]["ecl-opt"]["by_timestep"][str(t)]["accuracy"] - r["ann"]["accuracy"]
+                           for r in runs])
+            print(f"| {t} | {' | '.join(cells)} | {gap} | {gap_opt} |")
+        starts = "; ".join(f"T={t}: " + ", ".join(f"{v:.3f}" for v in runs[0]["schemes"]["ecl-opt"]["v_init_by_timestep"][str(t)])
+                           for t in args.timesteps)
+        print(f"ecl-opt's starts per layer, seed {seeds[0]} (fractions of theta): {starts}")
         rates = ", ".join(f"{s} {sum(r['schemes'][s]['spike_rate_at_max_t'] for r in runs) / len(runs):.3f}"
                           for s in SCHEMES)
         print(f"spike rate at T={args.timesteps[-1]} (spikes per neuron and step, mean over seeds): {rates}")

@@ -10,7 +10,17 @@ import torch
 from conftest import TINY_STREAM
 from torch import nn
 
-from lifelong.adapters.conversion import ECL, PLAIN, ClipReLU, DualThresholdIF, run_timesteps, spiking
+from lifelong.adapters.conversion import (
+    CALIBRATION_GRID,
+    ECL,
+    ECL_OPT,
+    PLAIN,
+    ClipReLU,
+    DualThresholdIF,
+    calibrate_v_init,
+    run_timesteps,
+    spiking,
+)
 from lifelong.cli.main import main
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
@@ -56,6 +66,45 @@ def test_one_layer_net_converges_to_the_ann_as_t_grows() -> None:
     assert isinstance(net[1], ClipReLU)  # the clip is back after the block
 
 
+def _two_layer_net() -> nn.Module:
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Linear(8, 32), ClipReLU(threshold=1.0), nn.Linear(32, 16), ClipReLU(threshold=1.0),
+                         nn.Linear(16, 4)).eval()
+
+
+def test_per_layer_initial_potentials_reach_each_layer() -> None:
+    net = _two_layer_net()
+    with spiking(net, ECL, [0.25, 0.75]) as neurons:
+        assert [n.v_init for n in neurons] == [0.25, 0.75]
+        neurons[0](torch.zeros(1, 32))
+        assert float(neurons[0].v[0, 0]) == 0.25  # v(0) = 0.25 theta with theta = 1, no input
+    with pytest.raises(ValueError, match="2 clip layers"):
+        with spiking(net, ECL, [0.5]):
+            pass
+
+
+def test_calibrated_start_is_a_coordinate_optimum_never_worse_than_half_threshold() -> None:
+    net = _two_layer_net()
+    x = torch.randn(64, 8) * 2 + 0.5  # activations far from uniform, so 0.5 theta need not be best
+    target = net(x).detach()
+
+    def error(v_inits: list[float], T: int) -> float:
+        with spiking(net, ECL_OPT, v_inits) as neurons:
+            return float(((run_timesteps(net, neurons, x, T)[-1] - target) ** 2).mean())
+
+    for T in (1, 2, 4):
+        v_inits, reached = calibrate_v_init(net, net, x, T)
+        assert reached == pytest.approx(error(v_inits, T))  # the error it reports is the error of its choice
+        assert reached <= error([0.5, 0.5], T)  # never worse than ECL's fixed start
+        assert all(v in CALIBRATION_GRID for v in v_inits)
+        for layer in range(2):  # no single-layer change on the grid lowers it further (one sweep converged)
+            for value in CALIBRATION_GRID:
+                trial = list(v_inits)
+                trial[layer] = value
+                assert error(trial, T) >= reached - 1e-12, (T, layer, value)
+    assert all(isinstance(m, ClipReLU) for m in (net[1], net[3]))  # the clips are back
+
+
 def test_clip_threshold_learns_and_levels_round() -> None:
     clip = ClipReLU(threshold=1.0, levels=4)
     x = torch.tensor([-1.0, 0.1, 0.3, 0.6, 2.0])
@@ -91,6 +140,19 @@ def test_convert_a_finished_run(finished_runs, capsys) -> None:
         accs = [saved["schemes"][scheme]["by_timestep"][str(t)]["accuracy"] for t in (1, 2, 8)]
         assert all(0.0 <= a <= 1.0 for a in accs)
     assert len(saved["thresholds"]) == 3 and all(v > 0 for v in saved["thresholds"].values())
+
+
+def test_convert_with_optimised_starts(finished_runs, capsys) -> None:
+    run = finished_runs / "clip"
+    assert main(["convert", "--run", str(run), "--timesteps", "1,4", "--schemes", "ecl,ecl-opt",
+                 "--calibration-size", "32", "--json"]) == 0
+    saved = json.loads(capsys.readouterr().out)
+    opt = saved["schemes"]["ecl-opt"]
+    assert opt["calibration_size"] == 32 and set(opt["v_init_by_timestep"]) == {"1", "4"}
+    assert all(len(v) == 3 for v in opt["v_init_by_timestep"].values())  # one start per clip layer
+    assert all(0.0 <= a["accuracy"] <= 1.0 for a in opt["by_timestep"].values())
+    assert main(["convert", "--run", str(run), "--schemes", "ecl-opt", "--calibration-size", "0"]) == 2
+    assert "--calibration-size" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args, message", [

@@ -1,8 +1,9 @@
 """``lifelong convert``: turn a finished run's ANN into a spiking network and measure it per time step.
 
 The run is rebuilt from its own ``results.json`` (strategy, benchmark and both configs) and ``checkpoint.pt``;
-the model's clip activations become IF neurons (``adapters/conversion.py``: plain conversion and ECL's
-dual-threshold neurons with a half-threshold start), and the converted network is evaluated on the run's whole
+the model's clip activations become IF neurons (``adapters/conversion.py``: plain conversion, ECL's
+dual-threshold neurons with a half-threshold start, and ``ecl-opt``, whose starts are optimised per layer and per
+T on a calibration batch of the run's training images), and the converted network is evaluated on the run's whole
 test stream after each time step up to the largest asked for. Results go to ``conversion.json`` in the run
 folder (one atomic write); the table goes to stdout. Any strategy works whose model is a clip backbone and whose
 ``predict`` is a forward of that model.
@@ -15,7 +16,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lifelong.adapters.conversion import SCHEMES, clip_layers, run_timesteps, spiking, unsupported_layers
+from lifelong.adapters.conversion import (
+    SCHEMES,
+    calibrate_v_init,
+    clip_layers,
+    run_timesteps,
+    spiking,
+    unsupported_layers,
+)
 from lifelong.platform import registry
 from lifelong.platform.atomic import atomic_write_text
 from lifelong.platform.checkpoint import CHECKPOINT_NAME, load_checkpoint
@@ -35,6 +43,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     convert.add_argument("--timesteps", default="1,2,4,8", help="comma-separated time steps T to report (default 1,2,4,8)")
     convert.add_argument("--schemes", default="plain,ecl",
                          help=f"comma-separated conversion schemes (default plain,ecl; allowed: {', '.join(SCHEMES)})")
+    convert.add_argument("--calibration-size", type=int, default=256,
+                         help="training images on which ecl-opt optimises the initial potentials (default 256)")
     convert.add_argument("--device", default=None, help="auto (CUDA when available), cpu, cuda, cuda:N")
     convert.add_argument("--json", action="store_true", help="print conversion.json instead of the table")
     convert.set_defaults(handler=cmd_convert)
@@ -90,7 +100,22 @@ def load_finished_run(run_dir: Path, device: Any) -> tuple[dict[str, Any], Any, 
     return results, learner, stream
 
 
-def convert_run(run_dir: Path, timesteps: list[int], schemes: list[str], device: Any) -> dict[str, Any]:
+def calibration_batch(stream: Any, size: int, device: Any) -> Any:
+    """The first ``size`` training images of the run's stream, an equal share from each experience."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    share = max(1, size // stream.n_experiences)
+    parts = []
+    for experience in stream.train_stream:
+        dataset = experience.dataset
+        dataset = dataset.eval() if hasattr(dataset, "eval") else dataset
+        parts.append(next(iter(DataLoader(dataset, batch_size=share, shuffle=False, num_workers=0)))[0])
+    return torch.cat(parts)[:size].to(device)
+
+
+def convert_run(run_dir: Path, timesteps: list[int], schemes: list[str], device: Any,
+                calibration_size: int = 256) -> dict[str, Any]:
     """Evaluate the ANN of the finished run and its conversions; write and return ``conversion.json``'s content."""
     import torch
     from torch.utils.data import DataLoader
@@ -113,6 +138,13 @@ def convert_run(run_dir: Path, timesteps: list[int], schemes: list[str], device:
     snn_correct = {s: [[0] * n_exp for _ in timesteps] for s in schemes}
     sizes = [0] * n_exp
     spike_counts = {s: [0.0, 0] for s in schemes}  # spikes (either sign) and neuron-steps over the test stream
+    calibrated: dict[str, dict[int, tuple[list[float], float]]] = {}  # scheme -> T -> (v_inits, calibration mse)
+    if any(SCHEMES[s].calibrated for s in schemes):
+        if calibration_size < 1:
+            raise UserError(f"--calibration-size: expected a positive number of images, got {calibration_size}")
+        x_cal = calibration_batch(stream, calibration_size, device)
+        for s in (s for s in schemes if SCHEMES[s].calibrated):
+            calibrated[s] = {t: calibrate_v_init(model, learner.predict, x_cal, t, SCHEMES[s]) for t in timesteps}
     for j in range(n_exp):
         dataset = stream.test_stream[j].dataset
         dataset = dataset.eval() if hasattr(dataset, "eval") else dataset
@@ -122,6 +154,15 @@ def convert_run(run_dir: Path, timesteps: list[int], schemes: list[str], device:
             with torch.no_grad():
                 ann_correct[j] += int((learner.predict(x).argmax(1) == y).sum())
             for s in schemes:
+                if s in calibrated:  # each T has its own starts: one run of T steps per T
+                    for k, t in enumerate(timesteps):
+                        with spiking(model, SCHEMES[s], calibrated[s][t][0]) as neurons:
+                            out = run_timesteps(learner.predict, neurons, x, t)[-1]
+                            if t == t_max:
+                                spike_counts[s][0] += sum(n.spikes for n in neurons)
+                                spike_counts[s][1] += sum(n.neuron_steps for n in neurons)
+                        snn_correct[s][k][j] += int((out.argmax(1) == y).sum())
+                    continue
                 with spiking(model, SCHEMES[s]) as neurons:
                     outs = run_timesteps(learner.predict, neurons, x, t_max)
                     spike_counts[s][0] += sum(n.spikes for n in neurons)
@@ -151,6 +192,10 @@ def convert_run(run_dir: Path, timesteps: list[int], schemes: list[str], device:
                 "dual_threshold": SCHEMES[s].dual,
                 "spike_rate_at_max_t": rates[s],
                 "by_timestep": {str(t): acc(snn_correct[s][k]) for k, t in enumerate(timesteps)},
+                **({"calibration_size": calibration_size,
+                    "v_init_by_timestep": {str(t): v for t, (v, _) in calibrated[s].items()},
+                    "calibration_mse_by_timestep": {str(t): e for t, (_, e) in calibrated[s].items()}}
+                   if s in calibrated else {}),
             }
             for s in schemes
         },
@@ -177,7 +222,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     timesteps = parse_timesteps(args.timesteps)
     schemes = parse_schemes(args.schemes)
     device = resolve_device(args.device or "auto")
-    result = convert_run(Path(args.run), timesteps, schemes, device)
+    result = convert_run(Path(args.run), timesteps, schemes, device, args.calibration_size)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
