@@ -100,3 +100,11 @@ def test_the_component_kind_lists_the_training_components():
     assert all(s.module.startswith("lifelong.components.") for s in list_plugins("component") if s.source == "builtin")
     takers = {s.name for s in list_plugins("strategy") if s.capabilities.accepts_components}
     assert {"naive", "replay", "der", "alade-snn"} <= takers and "lwf" not in takers
+
+
+def test_the_branch_kind_lists_the_reward_side_branches():
+    names = {s.name for s in list_plugins("branch")}
+    assert {"semantic", "fact-check", "style", "fluency", "quality"} <= names
+    assert all(s.config is not None for s in list_plugins("branch") if s.source == "builtin")
+    with pytest.raises(RegistryError, match="unknown branch 'nope'"):
+        get("branch", "nope")

@@ -126,7 +126,7 @@ def _facts_file(tmp_path: Path) -> Path:
 
 
 def test_fact_check_branch_with_a_facts_file(tmp_path: Path) -> None:
-    branch = sb.FactCheckBranch([str(_facts_file(tmp_path))], threshold=0.5)
+    branch = sb.FactCheckBranch(sb.FactCheckConfig(facts=[str(_facts_file(tmp_path))], fact_threshold=0.5))
     ok, wrong, unrelated = branch.compute([
         (CAPITAL_Q, "The capital of Australia is Canberra."),
         (CAPITAL_Q, "The capital of Australia is Sydney."),
@@ -144,12 +144,12 @@ def test_fact_check_branch_reads_the_active_edits_of_an_edit_store(tmp_path: Pat
     with EditStore.open(store_dir) as store:
         rec = store.add_edit("The capital of Australia is", "Canberra", editor="test")
     items = [(CAPITAL_Q, "It is Canberra."), (CAPITAL_Q, "It is Sydney.")]
-    before = sb.FactCheckBranch([], str(store_dir), threshold=0.5)
+    before = sb.FactCheckBranch(sb.FactCheckConfig(store=str(store_dir), fact_threshold=0.5))
     passed, failed = before.compute(items)
     assert passed.features[1] == 1.0 and failed.features[2] == 1.0
     with EditStore.open(store_dir) as store:
         store.rollback([rec.id])
-    after = sb.FactCheckBranch([], str(store_dir), threshold=0.5)
+    after = sb.FactCheckBranch(sb.FactCheckConfig(store=str(store_dir), fact_threshold=0.5))
     assert after.compute(items)[1].features == (0.0, 0.0, 0.0)  # a rolled-back edit is no longer a fact
     assert after.fingerprint() != before.fingerprint()  # so cached outputs made with the edit are not reused
 
@@ -171,7 +171,7 @@ def test_llm_branches_fluency_and_quality() -> None:
     fluent, garbled = sb.FluencyBranch().compute(items)
     assert fluent.features[0] > garbled.features[0] + 1.0
     assert fluent.text.startswith("fluency:")
-    (judged,) = sb.QualityBranch(max_new_tokens=3).compute(items[:1])
+    (judged,) = sb.QualityBranch(sb.QualityConfig(max_new_tokens=3)).compute(items[:1])
     assert judged.text.startswith("quality judge: ") and len(judged.text) > len("quality judge: ")
     assert math.isfinite(judged.features[0])
 
@@ -267,10 +267,11 @@ def test_save_is_atomic_and_fsynced(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_branch_names_are_defined_once_and_built_from_settings() -> None:
     assert srm.BRANCH_NAMES == sb.BRANCH_NAMES == tuple(t.name for t in sb.BRANCH_TYPES)
     assert srm.BRANCH_NAMES == ("semantic", "fact-check", "style", "fluency", "quality")
+    assert sb.branch_names()[:5] == sb.BRANCH_NAMES  # built-ins first, then other registered branches
     built = sb.make_branches(["style", "quality", "fact-check"], llm="some-lm", batch_size=3, facts=["bundled"],
-                             fact_threshold=0.7)
+                             fact_threshold=0.7, branch_config={"quality": {"max_new_tokens": 2}})
     assert [b.name for b in built] == ["style", "quality", "fact-check"]
-    assert (built[1].llm, built[1].batch_size) == ("some-lm", 3)
+    assert (built[1].llm, built[1].batch_size, built[1].max_new_tokens) == ("some-lm", 3, 2)
     assert built[2].fact_files == [str(BUNDLED_FACTS)] and built[2].threshold == 0.7  # nothing loaded yet
     with pytest.raises(UserError, match="unknown branch 'smell'; allowed values: semantic, fact-check"):
         sb.make_branches(["smell"])

@@ -24,8 +24,9 @@ from lifelong.platform.config import build_config
 from lifelong.platform.errors import UserError
 from lifelong.platform.quiet import quiet_avalanche
 
-#: ``component``: a training component a learner calls around its own loop (``platform/learner.py``: ``Component``)
-KINDS: tuple[str, ...] = ("strategy", "editor", "scorer", "benchmark", "component")
+#: ``component``: a training component a learner calls around its own loop (``platform/learner.py``: ``Component``);
+#: ``branch``: a side branch of a reward scorer (features and a text per (prompt, response); docs/reward.md)
+KINDS: tuple[str, ...] = ("strategy", "editor", "scorer", "benchmark", "component", "branch")
 #: what a benchmark's factory returns: a class-incremental stream (``run``, ``compare``) or preference pairs
 #: (``reward train|eval``); the runner refuses a benchmark of the wrong kind by name
 BENCHMARK_KINDS: tuple[str, ...] = ("stream", "preference-pairs")

@@ -124,7 +124,7 @@ class RewardModel:
             self.branch_names, encoder=config.encoder, llm=getattr(config, "llm", "smollm2-135m"),
             facts=list(getattr(config, "facts", [])), store=getattr(config, "store", None),
             fact_threshold=getattr(config, "fact_threshold", 0.6), batch_size=getattr(config, "llm_batch_size", 16),
-            device=self.device)
+            device=self.device, branch_config=getattr(config, "branch_config", None))
         cache_dir = config.cache_dir
         path = Path(cache_dir) / CACHE_FILE if cache_dir else default_cache_path()
         self.cache = BranchCache(path if cache_dir != ":memory:" else None)

@@ -18,7 +18,8 @@ Where this departs or fills gaps the paper leaves open:
 - The reward model reads the joined text through a frozen all-MiniLM-L6-v2 encoder and a small MLP (the
   paper fine-tunes a larger RM). The branch numbers enter as one linear term per branch, so the reward is an
   exact sum of per-dimension contributions (the text term plus one per branch): the "why" a user sees.
-- The paper's "entity background" branch is not built (no offline entity source beyond the fact files).
+- Branches are plugins (registry kind ``branch``): ``branches=[...]`` names registered ones, so another package
+  can add a dimension; the "entity background" branch reads WordNet (``entity-background``).
 - ``scalar-rm`` is the same encoder and head with no branches, trained on the same pairs the same way.
 
 Python API (docs/reward.md)::
@@ -53,6 +54,9 @@ from lifelong.scorers._branches import (
     QualityBranch,
     SemanticBranch,
     StyleBranch,
+    branch_names,
+    branch_spec,
+    build_branch_config,
     make_branches,
     run_branches,
 )
@@ -61,7 +65,8 @@ from lifelong.scorers._reward_model import RewardModel, RewardResult
 __all__ = [
     "BRANCH_NAMES", "DEFAULT_BRANCHES", "Branch", "BranchCache", "BranchOutput", "BranchSettings", "FactCheckBranch",
     "FluencyBranch", "QualityBranch", "RewardModel", "RewardResult", "SRMConfig", "ScalarRMConfig", "SemanticBranch",
-    "StructuralRewardModel", "ScalarRewardModel", "StyleBranch", "load_scorer", "make_branches", "run_branches",
+    "StructuralRewardModel", "ScalarRewardModel", "StyleBranch", "branch_names", "build_branch_config", "load_scorer",
+    "make_branches", "run_branches",
 ]
 
 # ``quality`` is opt-in: on CPU it is the slowest branch (a generation per response) and the 135M local model is
@@ -124,28 +129,38 @@ class SRMConfig(ScalarRMConfig):
     join_texts: bool = True  # feed the branch texts to the encoder (the paper's joined input)
     parallel: bool = True  # run branches in parallel threads
     llm_batch_size: int = 16
+    #: each branch's own options by branch name, keys of its config class (``--set branch_config.quality.
+    #: max_new_tokens=4``); they override the scorer-wide keys above (``encoder``, ``llm``, ``facts``, ...)
+    branch_config: dict[str, Any] = field(default_factory=dict)
+
+    def settings(self) -> BranchSettings:
+        """The scorer-wide keys every branch's config may take its same-named fields from."""
+        return BranchSettings(encoder=self.encoder, llm=self.llm, facts=list(self.facts), store=self.store,
+                              fact_threshold=self.fact_threshold, batch_size=self.llm_batch_size, device="cpu")
 
     def validate(self) -> None:
         _check_common(self)
         for b in self.branches:
-            if b not in BRANCH_NAMES:
-                raise ValueError(f"branches: unknown branch {b!r}; allowed values: {', '.join(BRANCH_NAMES)}")
+            branch_spec(b)  # an unknown name: one line listing the registered branches
         if len(set(self.branches)) != len(self.branches):
             raise ValueError(f"branches: each branch may appear once, got {self.branches}")
         if self.llm_batch_size < 1:
             raise ValueError(f"llm_batch_size must be >= 1, got {self.llm_batch_size}")
         if not 0.0 <= self.fact_threshold <= 1.0:
             raise ValueError(f"fact_threshold must be in [0, 1], got {self.fact_threshold}")
-        if "fact-check" in self.branches:
-            for f in self.facts:
-                if f != "bundled" and not Path(f).is_file():
-                    raise ValueError(f"facts: file {f} not found")
-            if self.store is not None and not Path(self.store).is_dir():
-                raise ValueError(f"store: {self.store} is not an edit store folder")
+        stray = [k for k in self.branch_config if k not in self.branches]
+        if stray:
+            raise ValueError(f"branch_config: options for branch {stray[0]!r}, which branches does not name "
+                             f"({self.branches})")
+        for b in self.branches:  # every branch's config is built and checked before any work starts
+            opts = self.branch_config.get(b) or {}
+            if not isinstance(opts, dict):
+                raise ValueError(f"branch_config.{b}: expected a mapping of options, got {opts!r}")
+            build_branch_config(b, self.settings(), opts)
 
 
 @register("scorer", "srm", config=SRMConfig,
-          summary="Structural Reward Model: side branches (semantic, fact-check, style, fluency, quality) + BT head")
+          summary="Structural Reward Model: side branches (kind branch, e.g. semantic, fact-check, style) + BT head")
 class StructuralRewardModel(RewardModel):
     """An untrained SRM (train with ``.fit(pairs)``); ``StructuralRewardModel.load(folder)`` reads a saved one."""
 

@@ -4,7 +4,8 @@
   uncached pairs are computed; branches run in parallel threads) and the text helpers;
 - ``text``: ``semantic``, ``style``, ``fact-check`` (sentence encoder and rules);
 - ``llm``: ``fluency``, ``quality`` (the local causal LM);
-- ``factory``: ``BRANCH_NAMES`` and ``make_branches`` (names to branch objects).
+- ``factory``: ``make_branches`` (registered names to branch objects, through the registry's kind ``branch``),
+  ``BRANCH_NAMES`` (the built-in five) and ``branch_names()`` (every registered branch).
 
 The shared models (sentence encoder, LM) live in ``lifelong.adapters.encoders``. Users outside the scorers
 import these names from ``lifelong.scorers.srm``; docs/reward.md describes each branch.
@@ -23,12 +24,29 @@ from lifelong.scorers._branches.base import (
     states,
     words,
 )
-from lifelong.scorers._branches.factory import BRANCH_NAMES, BRANCH_TYPES, make_branches
-from lifelong.scorers._branches.llm import FluencyBranch, LLMBranch, QualityBranch
-from lifelong.scorers._branches.text import FactCheckBranch, SemanticBranch, StyleBranch, fact_file
+from lifelong.scorers._branches.factory import (
+    BRANCH_NAMES,
+    BRANCH_TYPES,
+    branch_names,
+    branch_spec,
+    build_branch_config,
+    make_branches,
+)
+from lifelong.scorers._branches.llm import FluencyBranch, LLMBranch, LLMConfig, QualityBranch, QualityConfig
+from lifelong.scorers._branches.text import (
+    FactCheckBranch,
+    FactCheckConfig,
+    SemanticBranch,
+    SemanticConfig,
+    StyleBranch,
+    StyleConfig,
+    fact_file,
+)
 
 __all__ = [
-    "BRANCH_NAMES", "BRANCH_TYPES", "CACHE_FILE", "Branch", "BranchCache", "BranchOutput", "BranchSettings", "FactCheckBranch",
-    "FluencyBranch", "Item", "LLMBranch", "QualityBranch", "SemanticBranch", "StyleBranch", "default_cache_path",
-    "fact_file", "make_branches", "run_branches", "sentences", "states", "words",
+    "BRANCH_NAMES", "BRANCH_TYPES", "CACHE_FILE", "Branch", "BranchCache", "BranchOutput", "BranchSettings",
+    "FactCheckBranch", "FactCheckConfig", "FluencyBranch", "Item", "LLMBranch", "LLMConfig", "QualityBranch",
+    "QualityConfig", "SemanticBranch", "SemanticConfig", "StyleBranch", "StyleConfig", "branch_names", "branch_spec",
+    "build_branch_config", "default_cache_path", "fact_file", "make_branches", "run_branches", "sentences", "states",
+    "words",
 ]

@@ -48,7 +48,9 @@ class BranchOutput:
 
 @dataclass
 class BranchSettings:
-    """The settings a branch may be built from (each branch reads the ones it needs); models run on ``device``.
+    """The scorer-wide settings every branch may share: a branch's config receives each one it has a field of
+    the same name for (``encoder``, ``llm``, ``facts``, ``store``, ``fact_threshold``, ``batch_size``, ``device``);
+    per-branch options (``branch_config``) override them.
 
     ``facts`` are fact JSON Lines files or ``"bundled"`` (the bundled preference set's fact list); ``store`` is an
     EditStore folder whose active edits are facts too.
@@ -64,19 +66,18 @@ class BranchSettings:
 
 
 class Branch(ABC):
-    """A side branch: ``name`` is its dimension; ``compute`` maps pairs to outputs, in order.
+    """A side branch (registry kind ``branch``): ``compute`` maps (prompt, response) pairs to outputs, in order.
 
-    ``build(settings)`` makes one from ``BranchSettings``; a branch with constructor arguments overrides it.
+    A branch is registered with ``@register("branch", name, config=SomeConfig)`` on a factory (usually the class)
+    that takes the config dataclass as its one argument. ``make_branches`` sets ``name`` to the registered name;
+    ``feature_names`` names the numbers of every ``BranchOutput`` (the same count for every pair); bump
+    ``version`` when the outputs change, and extend ``fingerprint`` with every option that changes them, so the
+    on-disk cache never serves an output of another configuration.
     """
 
     name: str = ""
     feature_names: tuple[str, ...] = ()
     version: str = "1"
-
-    @classmethod
-    def build(cls, settings: BranchSettings) -> "Branch":
-        """The branch configured by ``settings`` (default: no arguments)."""
-        return cls()
 
     def fingerprint(self) -> str:
         """Identifies the branch's configuration: a different fingerprint never reads another's cache."""

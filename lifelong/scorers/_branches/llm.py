@@ -10,24 +10,49 @@ branch's ``device``; the tokenizer is used under its lock because the branches r
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from lifelong.adapters.encoders import Device, get_llm, use_lock
 from lifelong.adapters.llm import DEFAULT_MODEL
-from lifelong.scorers._branches.base import Branch, BranchOutput, BranchSettings, Item
+from lifelong.platform.registry import register
+from lifelong.scorers._branches.base import Branch, BranchOutput, Item
+
+
+@dataclass
+class LLMConfig:
+    """``llm``: the local causal LM (a name ``lifelong.adapters.llm`` loads); ``batch_size``: responses per forward;
+    ``device``: where it runs (filled in by the scorer)."""
+
+    llm: str = DEFAULT_MODEL
+    batch_size: int = 16
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class QualityConfig(LLMConfig):
+    """The LM judge's options; ``max_new_tokens``: the length of its kept answer."""
+
+    max_new_tokens: int = 8
+
+    def validate(self) -> None:
+        super().validate()
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
 
 
 class LLMBranch(Branch):
     """A branch that runs the local LM ``llm`` on ``device``, ``batch_size`` responses at a time."""
 
-    def __init__(self, llm: str = DEFAULT_MODEL, batch_size: int = 16, *, device: Device = "cpu") -> None:
-        self.llm = llm
-        self.batch_size = batch_size
-        self.device = device
-
-    @classmethod
-    def build(cls, settings: BranchSettings) -> "LLMBranch":
-        return cls(settings.llm, settings.batch_size, device=settings.device)
+    def __init__(self, config: LLMConfig | None = None) -> None:
+        self.config = config or LLMConfig()
+        self.llm = self.config.llm
+        self.batch_size = self.config.batch_size
+        self.device: Device = self.config.device
 
     def fingerprint(self) -> str:
         return f"{super().fingerprint()}/{self.llm}"
@@ -37,6 +62,8 @@ def _context(prompt: str) -> str:
     return f"Question: {prompt.strip()}\nAnswer:"
 
 
+@register("branch", "fluency", config=LLMConfig,
+          summary="the local LM's mean and worst-quartile token log-likelihood of the response")
 class FluencyBranch(LLMBranch):
     """Mean (and worst-quartile) token log-likelihood of the response given the prompt, from the local LM."""
 
@@ -85,16 +112,17 @@ _JUDGE = ("Question: {prompt}\nAnswer: {response}\n\nIs this answer correct, on 
           "Reply with yes or no, then give a short reason.")
 
 
+@register("branch", "quality", config=QualityConfig,
+          summary="the local LM as a yes/no judge: its short answer as text, the yes-vs-no logit margin")
 class QualityBranch(LLMBranch):
     """A generative judge: the local LM answers a short yes/no judging question; its words are kept as text."""
 
     name = "quality"
     feature_names = ("yes_minus_no_logit",)
 
-    def __init__(self, llm: str = DEFAULT_MODEL, batch_size: int = 16, max_new_tokens: int = 8, *,
-                 device: Device = "cpu") -> None:
-        super().__init__(llm, batch_size, device=device)
-        self.max_new_tokens = max_new_tokens
+    def __init__(self, config: QualityConfig | None = None) -> None:
+        super().__init__(config or QualityConfig())
+        self.max_new_tokens = self.config.max_new_tokens
 
     def fingerprint(self) -> str:
         return f"{super().fingerprint()}/{self.max_new_tokens}"

@@ -18,27 +18,37 @@ import json
 import math
 import re
 import threading
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 from lifelong.adapters.encoders import DEFAULT_ENCODER, Device, encode
 from lifelong.benchmarks.preferences import BUNDLED_FACTS, load_facts
 from lifelong.editing.store import EditStore
-from lifelong.scorers._branches.base import Branch, BranchOutput, BranchSettings, Item, sentences, states, words
+from lifelong.platform.registry import register
+from lifelong.scorers._branches.base import Branch, BranchOutput, Item, sentences, states, words
 
 
+@dataclass
+class SemanticConfig:
+    """``encoder``: the sentence encoder; ``device``: where it runs (filled in by the scorer)."""
+
+    encoder: str = DEFAULT_ENCODER
+    device: str = "cpu"
+
+
+@register("branch", "semantic", config=SemanticConfig,
+          summary="relevance: sentence-encoder cosine of prompt and response (whole and best sentence)")
 class SemanticBranch(Branch):
     """Relevance of the response to the prompt from sentence embeddings."""
 
     name = "semantic"
     feature_names = ("cosine", "best_sentence_cosine")
 
-    def __init__(self, encoder: str = DEFAULT_ENCODER, *, device: Device = "cpu") -> None:
-        self.encoder = encoder
-        self.device = device
-
-    @classmethod
-    def build(cls, settings: BranchSettings) -> "SemanticBranch":
-        return cls(settings.encoder, device=settings.device)
+    def __init__(self, config: SemanticConfig | None = None) -> None:
+        self.config = config or SemanticConfig()
+        self.encoder = self.config.encoder
+        self.device: Device = self.config.device
 
     def fingerprint(self) -> str:
         return f"{super().fingerprint()}/{self.encoder}"
@@ -73,12 +83,22 @@ def _format_request(prompt: str) -> str | None:
     return None
 
 
+@dataclass
+class StyleConfig:
+    """The style branch is rule-based: it has no options."""
+
+
+@register("branch", "style", config=StyleConfig,
+          summary="surface style and format-following rules (length, repetition, capitals, filler, requests)")
 class StyleBranch(Branch):
     """Surface style: length, repetition, shouting, punctuation, filler, and format requests followed."""
 
     name = "style"
     feature_names = ("log_words", "distinct_bigrams", "repeated_sentences", "upper_fraction", "exclamations",
                      "terminal_punct", "starts_upper", "filler", "format_match")
+
+    def __init__(self, config: StyleConfig | None = None) -> None:
+        self.config = config or StyleConfig()
 
     def compute(self, items: Sequence[Item]) -> list[BranchOutput]:
         return [self._one(p, r) for p, r in items]
@@ -128,6 +148,29 @@ def fact_file(spec: str) -> str:
     return str(BUNDLED_FACTS) if spec == "bundled" else spec
 
 
+@dataclass
+class FactCheckConfig:
+    """``facts``: fact JSON Lines files (``"bundled"``: the bundled fact list); ``store``: an EditStore folder whose
+    active edits are facts too; ``fact_threshold``: the least cosine between prompt and fact that counts as a match."""
+
+    facts: list[str] = field(default_factory=list)
+    store: str | None = None
+    encoder: str = DEFAULT_ENCODER
+    fact_threshold: float = 0.6
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        if not 0.0 <= self.fact_threshold <= 1.0:
+            raise ValueError(f"fact_threshold must be in [0, 1], got {self.fact_threshold}")
+        for f in self.facts:
+            if f != "bundled" and not Path(f).is_file():
+                raise ValueError(f"facts: file {f} not found")
+        if self.store is not None and not Path(self.store).is_dir():
+            raise ValueError(f"store: {self.store} is not an edit store folder")
+
+
+@register("branch", "fact-check", config=FactCheckConfig,
+          summary="agreement with a knowledge source (fact files, an EditStore's active edits)")
 class FactCheckBranch(Branch):
     """Agreement with a knowledge source: the fact nearest to the prompt, and whether the response states it.
 
@@ -137,22 +180,17 @@ class FactCheckBranch(Branch):
     name = "fact-check"
     feature_names = ("match_similarity", "states_target", "contradicts")
 
-    def __init__(self, facts: Sequence[str] = (), store: str | None = None, encoder: str = DEFAULT_ENCODER,
-                 threshold: float = 0.6, *, device: Device = "cpu") -> None:
-        self.fact_files = [fact_file(str(f)) for f in facts]
-        self.store = store
-        self.encoder = encoder
-        self.threshold = threshold
-        self.device = device
+    def __init__(self, config: FactCheckConfig | None = None) -> None:
+        self.config = config or FactCheckConfig()
+        self.fact_files = [fact_file(str(f)) for f in self.config.facts]
+        self.store = self.config.store
+        self.encoder = self.config.encoder
+        self.threshold = self.config.fact_threshold
+        self.device: Device = self.config.device
         self._kb: list[tuple[str, str, list[str]]] | None = None  # (prompt, target, match texts)
         self._kb_emb: Any = None
         self._kb_owner: list[int] = []
         self._lock = threading.Lock()
-
-    @classmethod
-    def build(cls, settings: BranchSettings) -> "FactCheckBranch":
-        return cls(settings.facts, settings.store, settings.encoder, settings.fact_threshold,
-                   device=settings.device)
 
     def knowledge(self) -> list[tuple[str, str, list[str]]]:
         """The facts (prompt, target, texts to match against), read once: files first, then active edits."""
