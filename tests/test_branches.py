@@ -13,6 +13,7 @@ from typing import Sequence
 import pytest
 
 from lifelong.benchmarks.preferences import PreferencePair
+from lifelong.benchmarks.wordnet import wordnet_available
 from lifelong.platform.errors import UserError
 from lifelong.platform.registry import create, get, list_plugins, register
 from lifelong.scorers import _branches as sb
@@ -123,3 +124,73 @@ def test_the_example_package_adds_a_branch_through_its_entry_point(tmp_path: Pat
                           env={**os.environ, **env}, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "hedging: 2 hedge(s) (i think, maybe)"
+
+
+# ------------------------------------------------------------------------------------------- entity-background
+def _geo_wordnet(folder: Path) -> Path:
+    """A small WordNet in the real format with a hierarchy deep enough for sibling swaps."""
+    from _wordnet_files import Synset, write_wordnet
+
+    return write_wordnet(folder, [
+        Synset("entity", ["entity"], "noun.Tops", "that which is perceived to have its own distinct existence"),
+        Synset("location", ["location"], "noun.Tops", "a point or extent in space", pointers=[("@", "entity")]),
+        Synset("region", ["region"], "noun.location", "a large indefinite location on the surface of the Earth",
+               pointers=[("@", "location")]),
+        Synset("country", ["country", "state"], "noun.location", "a politically organized body of people",
+               pointers=[("@", "region")]),
+        Synset("city", ["city", "metropolis"], "noun.location", "a large and densely populated urban area",
+               pointers=[("@", "region")]),
+        Synset("national_capital", ["national capital"], "noun.location", "the capital city of a nation",
+               pointers=[("@", "city")]),
+        Synset("australia", ["Australia", "Commonwealth of Australia"], "noun.location",
+               "a nation occupying the whole of the Australian continent",
+               pointers=[("@i", "country"), ("%p", "canberra")]),
+        Synset("new_zealand", ["New Zealand"], "noun.location", "an independent country within the Commonwealth",
+               pointers=[("@i", "country")]),
+        Synset("canberra", ["Canberra", "capital of Australia"], "noun.location",
+               "the capital of Australia; located in southeastern Australia",
+               pointers=[("@i", "national_capital"), ("#p", "australia")]),
+    ])
+
+
+def test_entity_background_text_from_wordnet(tmp_path: Path) -> None:
+    root = str(_geo_wordnet(tmp_path / "wn"))
+    text = sb.entity_background("Where is Canberra?", wordnet_root=root)
+    assert text == ("canberra: the capital of Australia; located in southeastern Australia; is a national capital; "
+                    "part of Australia")
+    both = sb.entity_background("Which country is Canberra in?", "It is in Australia.", wordnet_root=root)
+    assert both.startswith("country: a politically organized body of people; is a region") and "| australia:" in both
+    assert sb.entity_background("How are you today?", wordnet_root=root) == ""
+
+
+def test_entity_branch_features_agree_and_disagree_with_wordnet(tmp_path: Path) -> None:
+    root = str(_geo_wordnet(tmp_path / "wn"))
+    (branch,) = sb.make_branches(["entity-background"], branch_config={"entity-background": {"wordnet_root": root}})
+    names = branch.feature_names
+    right, swapped, silent, none = branch.compute([
+        ("Where is Canberra?", "Canberra is a city in Australia."),
+        ("Where is Canberra?", "Canberra is a city in New Zealand."),
+        ("Where is Canberra?", "I would rather not say."),
+        ("How are you today?", "Fine, thanks."),
+    ])
+    f = lambda out, key: out.features[names.index(key)]  # noqa: E731
+    assert f(right, "supported_claims") == 2 and f(right, "contradicted_claims") == 0  # a city; in Australia
+    assert f(swapped, "contradicted_claims") == 1 and "'canberra ... new zealand' disagrees" in swapped.text
+    assert f(right, "related_mention_share") == 1.0 and f(silent, "related_mention_share") == 0.0
+    assert none.features == (0.0, 0.0, 0.0, 0.0) and "no WordNet entity found" in none.text
+    assert right.text.startswith("entity background: canberra: the capital of Australia")
+    assert root in branch.fingerprint()  # another database never reads this one's cached outputs
+
+
+def test_entity_branch_config_is_checked() -> None:
+    with pytest.raises(UserError, match="entity-background: max_entities must be >= 1"):
+        create("scorer", "srm", branches=["entity-background"], branch_config={"entity-background": {"max_entities": 0}})
+
+
+@pytest.mark.skipif(not wordnet_available(), reason="Debian's wordnet-base is not installed (make data)")
+def test_entity_branch_on_the_real_wordnet() -> None:
+    (branch,) = sb.make_branches(["entity-background"])
+    right, wrong = branch.compute([("Is a dog a mammal?", "Yes, a dog is a mammal."),
+                                   ("Is a dog a mammal?", "No, a dog is a bird.")])
+    assert right.features[2:] == (1.0, 0.0) and wrong.features[2:] == (0.0, 1.0)
+    assert "dog: a member of the genus Canis" in right.text

@@ -49,6 +49,7 @@ from lifelong.scorers._branches import (
     BranchCache,
     BranchOutput,
     BranchSettings,
+    EntityBackgroundBranch,
     FactCheckBranch,
     FluencyBranch,
     QualityBranch,
@@ -57,6 +58,7 @@ from lifelong.scorers._branches import (
     branch_names,
     branch_spec,
     build_branch_config,
+    entity_background,
     make_branches,
     run_branches,
 )
@@ -65,8 +67,8 @@ from lifelong.scorers._reward_model import RewardModel, RewardResult
 __all__ = [
     "BRANCH_NAMES", "DEFAULT_BRANCHES", "Branch", "BranchCache", "BranchOutput", "BranchSettings", "FactCheckBranch",
     "FluencyBranch", "QualityBranch", "RewardModel", "RewardResult", "SRMConfig", "ScalarRMConfig", "SemanticBranch",
-    "StructuralRewardModel", "ScalarRewardModel", "StyleBranch", "branch_names", "build_branch_config", "load_scorer",
-    "make_branches", "run_branches",
+    "StructuralRewardModel", "ScalarRewardModel", "StyleBranch", "EntityBackgroundBranch", "branch_names",
+    "build_branch_config", "entity_background", "load_scorer", "make_branches", "run_branches",
 ]
 
 # ``quality`` is opt-in: on CPU it is the slowest branch (a generation per response) and the 135M local model is

@@ -4,6 +4,7 @@
   uncached pairs are computed; branches run in parallel threads) and the text helpers;
 - ``text``: ``semantic``, ``style``, ``fact-check`` (sentence encoder and rules);
 - ``llm``: ``fluency``, ``quality`` (the local causal LM);
+- ``entity``: ``entity-background`` (WordNet background on the prompt's entities; ``entity_background``);
 - ``factory``: ``make_branches`` (registered names to branch objects, through the registry's kind ``branch``),
   ``BRANCH_NAMES`` (the built-in five) and ``branch_names()`` (every registered branch).
 
@@ -24,6 +25,7 @@ from lifelong.scorers._branches.base import (
     states,
     words,
 )
+from lifelong.scorers._branches.entity import EntityBackgroundBranch, EntityConfig, entity_background, find_entities
 from lifelong.scorers._branches.factory import (
     BRANCH_NAMES,
     BRANCH_TYPES,
@@ -45,6 +47,7 @@ from lifelong.scorers._branches.text import (
 
 __all__ = [
     "BRANCH_NAMES", "BRANCH_TYPES", "CACHE_FILE", "Branch", "BranchCache", "BranchOutput", "BranchSettings",
+    "EntityBackgroundBranch", "EntityConfig", "entity_background", "find_entities",
     "FactCheckBranch", "FactCheckConfig", "FluencyBranch", "Item", "LLMBranch", "LLMConfig", "QualityBranch",
     "QualityConfig", "SemanticBranch", "SemanticConfig", "StyleBranch", "StyleConfig", "branch_names", "branch_spec",
     "build_branch_config", "default_cache_path", "fact_file", "make_branches", "run_branches", "sentences", "states",
