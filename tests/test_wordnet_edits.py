@@ -114,3 +114,20 @@ def test_real_wordnet_poodle() -> None:
     assert obj.name() == "dog.n.01"
     assert _counterfactual(obj, poodle) in {lemma.name() for s in wn.synset("canine.n.02").hyponyms()
                                             for lemma in s.lemmas()}
+
+
+def test_make_set_command(wn40: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                          capsys: pytest.CaptureFixture) -> None:
+    from lifelong.cli.main import main
+
+    monkeypatch.setenv("LIFELONG_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "dev.jsonl"
+    args = ["edit", "make-set", "--source", "wordnet", "--split", "dev", "--wordnet-root", str(wn40),
+            "--min-count", "0"]
+    assert main(args + ["--out", str(out), "--n", "3"]) == 0
+    reqs = load_edits(out)
+    assert len(reqs) == 3 and all(r.paraphrases and r.locality for r in reqs)
+    assert main(args + ["--out", str(tmp_path / "missing" / "x.jsonl")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(args + ["--out", str(tmp_path / "y.jsonl"), "--n", "0"]) == 2
+    assert not (tmp_path / "y.jsonl").exists()

@@ -1,5 +1,5 @@
 """``lifelong edit``: apply, roll back, list, generate with, evaluate, benchmark, export and import lifelong
-edits (user guide: ``docs/editing.md``; export/import: ``docs/serving.md``).
+edits, and write counterfactual edit sets (``make-set``) (user guide: ``docs/editing.md``; export/import: ``docs/serving.md``).
 
 Every command that needs the language model loads it once, whatever the number of prompts or edits. ``rollback``
 and ``list`` only touch the store, so they do not load the model at all. Those that load it take ``--device``
@@ -113,6 +113,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     be.add_argument("--json", action="store_true", help="print results.json instead of the summary")
     _add_device_options(be)
     be.set_defaults(handler=cmd_bench)
+
+    ms = sub.add_parser("make-set", help="write a counterfactual edit set built from WordNet 3.0 (JSON Lines, the "
+                                         "format apply/eval --file read; docs/editing.md)")
+    ms.add_argument("--source", required=True, choices=["wordnet"])
+    ms.add_argument("--split", default="test", choices=["dev", "test", "all"],
+                    help="dev (to choose settings on), test (to report on) or both; disjoint in synsets")
+    ms.add_argument("--out", required=True, help="the JSON Lines file to write")
+    ms.add_argument("--n", type=int, default=None, help="only the first N edits of the split")
+    ms.add_argument("--wordnet-root", default=None, help="WordNet 3.0 folder (default $LIFELONG_WORDNET or "
+                                                         "/usr/share/wordnet)")
+    ms.add_argument("--min-count", type=int, default=1, help="least concordance count of a subject (default 1)")
+    ms.set_defaults(handler=cmd_make_set)
 
 
 def _session(args: argparse.Namespace, *, editor: str | None = None, overrides: dict | None = None,
@@ -309,6 +321,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"  rolled back {rb['n_rolled_back']}: fidelity {rb['fidelity']:.3f}  retention {rb['retention']:.3f}")
         print(f"  seconds per edit: median {res['seconds_per_edit']['median']:.2f}  mean {res['seconds_per_edit']['mean']:.2f}")
         print(f"  wrote {out / 'results.json'} and {out / 'edit_metrics.png'}")
+    return 0
+
+
+def cmd_make_set(args: argparse.Namespace) -> int:
+    from lifelong.benchmarks.wordnet_edits import wordnet_edit_set
+    from lifelong.platform.atomic import atomic_write_text
+
+    out = Path(args.out)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; name the JSON Lines file to write")
+    if not out.parent.is_dir():
+        raise UserError(f"--out {out}: the folder {out.parent} does not exist")
+    if args.n is not None and args.n < 1:
+        raise UserError(f"--n must be >= 1, got {args.n}")
+    src = wordnet_edit_set(args.split, root=args.wordnet_root, min_count=args.min_count)
+    lines = src.read_text(encoding="utf-8").splitlines(keepends=True)[: args.n]
+    atomic_write_text(out, "".join(lines))
+    print(f"wrote {len(lines)} edits (WordNet {args.split} split) to {out}")
     return 0
 
 
