@@ -7,6 +7,11 @@ the reward exactly. ``scalar-rm`` is the same model with no branches (only the t
 response). The side branches that produce the branch texts and features are in ``lifelong.scorers._branches``;
 docs/reward.md describes the model and its saved folder.
 
+``backbone=lm`` replaces the sentence encoder and MLP of the text term by a causal language model with LoRA and a
+scalar head on the last token (``lifelong.scorers._lm_backbone``), trained end to end with the same loss; the
+branch terms are unchanged. Its saved weights are the LoRA and the head only (the frozen base is named by its
+identity in ``config.json``).
+
 Saved folder (``save`` / ``load``): ``config.json`` (format version, the registered scorer name, its config,
 the branches and their feature names, training summary, and ``head_sha256``, the SHA-256 of the weights file)
 and ``head.safetensors`` (the head's weights). The folder is always written as a whole under a temporary name
@@ -44,6 +49,7 @@ from lifelong.platform.device import LossScaler, autocast, resolve_device
 from lifelong.platform.errors import UserError
 from lifelong.platform.registry import create
 from lifelong.scorers._branches import CACHE_FILE, BranchCache, default_cache_path, make_branches, run_branches
+from lifelong.scorers._lm_backbone import LMBackbone
 
 FORMAT_VERSION = 1
 TEXT_TERM = "text"
@@ -59,10 +65,13 @@ def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Te
 class RewardHead(nn.Module):
     """Text MLP plus one linear term per branch over standardised features; returns the per-term scores."""
 
-    def __init__(self, embed_dim: int, branch_dims: dict[str, int], hidden: int, dropout: float) -> None:
+    def __init__(self, embed_dim: int, branch_dims: dict[str, int], hidden: int, dropout: float,
+                 text: nn.Module | None = None) -> None:
         super().__init__()
         self.branch_names = list(branch_dims)
-        self.text = nn.Sequential(nn.Dropout(dropout), nn.Linear(embed_dim, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        # ``text`` replaces the MLP over sentence embeddings (the LM backbone: its inputs are then LM batches)
+        self.text = text if text is not None else nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(embed_dim, hidden), nn.GELU(), nn.Linear(hidden, 1))
         self.branches = nn.ModuleDict({n: nn.Linear(d, 1, bias=False) for n, d in branch_dims.items()})
         # each term's mean over the training responses: subtracted, so a contribution reads "above / below an
         # average training response" (Bradley-Terry is shift invariant, so this changes no preference)
@@ -87,6 +96,23 @@ class RewardHead(nn.Module):
 
     def forward(self, emb: torch.Tensor, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.terms(emb, feats).sum(1)
+
+    def frozen_names(self) -> set[str]:
+        """Parameters that are never trained (the LM backbone's base weights): not saved, rebuilt on load."""
+        return {n for n, p in self.named_parameters() if not p.requires_grad}
+
+    def saved_state(self) -> dict[str, torch.Tensor]:
+        """What ``save`` writes: every tensor of the state except the frozen base weights."""
+        frozen = self.frozen_names()
+        return {k: v for k, v in self.state_dict().items() if k not in frozen}
+
+    def terms_batched(self, emb: Any, feats: dict[str, torch.Tensor], n: int, batch_size: int) -> torch.Tensor:
+        """``terms`` over ``n`` rows in chunks of ``batch_size`` (an LM backbone cannot take every response at once)."""
+        if isinstance(emb, torch.Tensor):  # sentence embeddings: all rows at once
+            return self.terms(emb, feats)
+        out = [self.terms(emb[range(s, min(n, s + batch_size))], {k: v[s:s + batch_size] for k, v in feats.items()})
+               for s in range(0, n, batch_size)]
+        return torch.cat(out)
 
 
 @dataclass
@@ -125,6 +151,13 @@ class RewardModel:
             facts=list(getattr(config, "facts", [])), store=getattr(config, "store", None),
             fact_threshold=getattr(config, "fact_threshold", 0.6), batch_size=getattr(config, "llm_batch_size", 16),
             device=self.device, branch_config=getattr(config, "branch_config", None))
+        #: ``encoder`` (frozen sentence encoder + MLP) or ``lm`` (causal LM + LoRA + head, ``_lm_backbone``)
+        self.backbone: str = getattr(config, "backbone", "encoder")
+        self.lm: LMBackbone | None = None
+        if self.backbone == "lm":
+            self.lm = LMBackbone(config.llm, self.device, lora_layers=config.lora_layers, lora_rank=config.lora_rank,
+                                 lora_alpha=config.lora_alpha, dropout=config.dropout, max_length=config.max_length,
+                                 batch_size=getattr(config, "llm_batch_size", 16))
         cache_dir = config.cache_dir
         path = Path(cache_dir) / CACHE_FILE if cache_dir else default_cache_path()
         self.cache = BranchCache(path if cache_dir != ":memory:" else None)
@@ -148,7 +181,7 @@ class RewardModel:
             if self.join_texts:
                 parts += [texts[n][i] for n in self.branch_names]
             joined.append("\n".join(parts))
-        emb = self._embed(joined)
+        emb = self.lm.inputs(joined) if self.lm is not None else self._embed(joined)
         feats = {n: torch.tensor([o.features for o in outs[n]], dtype=torch.float32, device=self.device)
                  .reshape(len(items), -1) for n in self.branch_names}
         return _Features(emb, feats, texts)
@@ -185,15 +218,17 @@ class RewardModel:
         feature_time = time.perf_counter() - start
         torch.manual_seed(cfg.seed)
         dims = {k: v.shape[1] for k, v in f.feats.items()}
-        head = RewardHead(f.emb.shape[1], dims, cfg.hidden, cfg.dropout).to(self.device)
+        head = self._new_head(dims, None if self.lm is not None else f.emb.shape[1])
         head.set_standardisation(f.feats)
-        opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        epochs, lr = (cfg.lm_epochs, cfg.lm_lr) if self.lm is not None else (cfg.epochs, cfg.lr)
+        opt = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=lr,
+                                weight_decay=cfg.weight_decay)
         precision = getattr(cfg, "precision", "fp32")
         scaler = LossScaler(precision, self.device)
         gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
         head.train()
         losses = []
-        for _ in range(cfg.epochs):
+        for _ in range(epochs):
             perm = torch.randperm(n, generator=gen).to(self.device)
             for s in range(0, n, cfg.batch_size):
                 idx = perm[s:s + cfg.batch_size]
@@ -209,8 +244,9 @@ class RewardModel:
         head.eval()
         self.head = head
         with torch.no_grad():
-            head.term_offsets.copy_(head.terms(f.emb, f.feats).mean(0))
-            s = head(f.emb, f.feats)
+            terms = head.terms_batched(f.emb, f.feats, 2 * n, cfg.batch_size)
+            head.term_offsets.copy_(terms.mean(0))
+            s = (terms - head.term_offsets).sum(1)
         self.training = {
             "n_pairs": n,
             "final_loss": float(np.mean(losses[-max(1, n // cfg.batch_size):])),
@@ -219,6 +255,13 @@ class RewardModel:
             "seconds": round(time.perf_counter() - start, 2),
         }
         return dict(self.training)
+
+    def _new_head(self, dims: dict[str, int], embed_dim: int | None) -> RewardHead:
+        """A fresh head on the model's device: the encoder MLP over ``embed_dim``, or the LM text term."""
+        cfg = self.config
+        if self.lm is not None:
+            return RewardHead(0, dims, cfg.hidden, cfg.dropout, text=self.lm.new_text_term()).to(self.device)
+        return RewardHead(int(embed_dim or 0), dims, cfg.hidden, cfg.dropout).to(self.device)
 
     # ------------------------------------------------------------------ scoring
     def _require_head(self) -> RewardHead:
@@ -233,7 +276,7 @@ class RewardModel:
             return []
         f = self.featurize(items)
         with torch.no_grad():
-            terms = head.terms(f.emb, f.feats).cpu()  # one copy to the host, not one per number
+            terms = head.terms_batched(f.emb, f.feats, len(items), self.config.batch_size).cpu()  # one copy to the host
         names = [TEXT_TERM] + self.branch_names
         out = []
         for i in range(len(items)):
@@ -283,10 +326,12 @@ class RewardModel:
             "scorer": self.scorer,
             "config": config,
             "branches": {b.name: list(b.feature_names) for b in self.branches},
-            "embed_dim": int(head.text[1].in_features),
+            "embed_dim": int(head.text[1].in_features) if self.lm is None else None,
             "training": self.training,
         }
-        state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+        if self.lm is not None:
+            meta["base_model"] = self.lm.identity()
+        state = {k: v.detach().cpu().contiguous() for k, v in head.saved_state().items()}
 
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:12]}.tmp"
@@ -349,10 +394,18 @@ class RewardModel:
             raise UserError(f"{path}: does not match the checksum recorded in {CONFIG_FILE} (a damaged or "
                             "truncated file, or weights from another save); retrain it with `lifelong reward train`")
         dims = {n: len(v) for n, v in meta.get("branches", {}).items()}
+        if self.lm is not None:
+            want_base, have_base = meta.get("base_model") or {}, self.lm.identity()
+            if want_base.get("weights_sha256") != have_base["weights_sha256"]:
+                raise UserError(f"{folder}: trained on base model {want_base.get('name')!r} "
+                                f"(weights {str(want_base.get('weights_sha256'))[:12]}), but {self.config.llm!r} "
+                                f"has weights {have_base['weights_sha256'][:12]}: load it with the same llm")
         try:
-            head = RewardHead(int(meta["embed_dim"]), dims, self.config.hidden, self.config.dropout)
+            head = self._new_head(dims, None if self.lm is not None else int(meta["embed_dim"]))
             state = load_file(str(path))
-            head.load_state_dict(state)
+            missing, unexpected = head.load_state_dict(state, strict=False)
+            if unexpected or set(missing) - head.frozen_names():
+                raise ValueError(f"unexpected keys {unexpected[:3]}, missing {sorted(set(missing) - head.frozen_names())[:3]}")
         except Exception as exc:  # safetensors' own error type included: any unreadable head is one line
             text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise UserError(f"{path}: cannot load the reward head ({text})") from None

@@ -21,6 +21,10 @@ Where this departs or fills gaps the paper leaves open:
 - Branches are plugins (registry kind ``branch``): ``branches=[...]`` names registered ones, so another package
   can add a dimension; the "entity background" branch reads WordNet (``entity-background``).
 - ``scalar-rm`` is the same encoder and head with no branches, trained on the same pairs the same way.
+- ``backbone=lm`` (both scorers) is the paper's language-model reward model: the causal LM (default SmolLM2-135M)
+  reads the joined text, a scalar head on its last token gives the text term, and LoRA on its top layers is
+  trained with the head (``lifelong/scorers/_lm_backbone.py`` says where it departs). ``scalar-rm backbone=lm``
+  and ``srm backbone=lm`` are then the paper's comparison: the same backbone without and with branch texts.
 
 Python API (docs/reward.md)::
 
@@ -76,6 +80,10 @@ __all__ = [
 DEFAULT_BRANCHES: tuple[str, ...] = ("semantic", "fact-check", "style", "fluency")
 
 
+#: the text term's backbone: a frozen sentence encoder + MLP, or the causal LM with LoRA and a last-token head
+BACKBONES: tuple[str, ...] = ("encoder", "lm")
+
+
 def _check_common(cfg: Any) -> None:
     """The checks both configs share; like every config's ``validate``, a bad value raises ValueError."""
     check_precision(cfg.precision)
@@ -93,6 +101,15 @@ def _check_common(cfg: Any) -> None:
         raise ValueError(f"weight_decay must be >= 0, got {cfg.weight_decay}")
     if cfg.batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
+    if cfg.backbone not in BACKBONES:
+        raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, got {cfg.backbone!r}")
+    for key in ("lora_layers", "lora_rank", "lm_epochs"):
+        if getattr(cfg, key) < 1:
+            raise ValueError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+    if cfg.lora_alpha <= 0 or cfg.lm_lr <= 0:
+        raise ValueError(f"lora_alpha and lm_lr must be > 0, got {cfg.lora_alpha} and {cfg.lm_lr}")
+    if cfg.max_length < 8:
+        raise ValueError(f"max_length must be >= 8 tokens, got {cfg.max_length}")
 
 
 @dataclass
@@ -114,6 +131,17 @@ class ScalarRMConfig:
     #: mixed precision of the head's training: fp32, bf16 or fp16 (lifelong.platform.device); the branches
     #: and the encoder stay float32, so their cached outputs do not depend on it
     precision: str = "fp32"
+    #: ``encoder``: frozen sentence encoder + MLP; ``lm``: the causal LM ``llm`` with LoRA on its top
+    #: ``lora_layers`` layers and a scalar head on the last token, trained for ``lm_epochs`` at ``lm_lr``
+    #: (``epochs`` and ``lr`` are the encoder head's), reading at most ``max_length`` tokens
+    backbone: str = "encoder"
+    llm: str = "smollm2-135m"
+    lora_layers: int = 4
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lm_epochs: int = 2
+    lm_lr: float = 3e-4
+    max_length: int = 256
 
     def validate(self) -> None:
         _check_common(self)
@@ -126,7 +154,7 @@ class SRMConfig(ScalarRMConfig):
     branches: list[str] = field(default_factory=lambda: list(DEFAULT_BRANCHES))
     facts: list[str] = field(default_factory=lambda: ["bundled"])  # facts JSONL files; "bundled" = bundled list
     store: str | None = None  # an EditStore folder whose active edits the fact-check branch also reads
-    llm: str = "smollm2-135m"  # for the fluency and quality branches
+    llm: str = "smollm2-135m"  # for the fluency and quality branches (and the text term with backbone=lm)
     fact_threshold: float = 0.6
     join_texts: bool = True  # feed the branch texts to the encoder (the paper's joined input)
     parallel: bool = True  # run branches in parallel threads
