@@ -59,7 +59,7 @@ def test_train_score_eval_round_trip(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["reward", "train", "--scorer", "srmm", "--out", "{tmp}/o"], "unknown scorer 'srmm'; did you mean srm?"),
+    (["reward", "train", "--scorer", "srmm", "--out", "{tmp}/o"], "unknown scorer 'srmm'; did you mean srm"),
     (["reward", "train", "--scorer", "srm", "--set", "branches=[semantic,smell]", "--out", "{tmp}/o"],
      "unknown branch 'smell'; allowed values: semantic, fact-check, style, fluency, quality"),
     (["reward", "train", "--scorer", "scalar-rm", "--set", "epocs=3", "--out", "{tmp}/o"],

@@ -9,7 +9,8 @@ Scorers are reached only through the registry, never imported by name: ``train``
 scorer name that the saved folder's ``config.json`` records (key ``scorer``) and call ``load(folder)`` on that
 scorer's registered factory (a classmethod when the factory is a class). The loaded scorer needs ``score(prompt,
 response)`` (a result with ``reward``, ``contributions``, ``branch_texts`` and ``as_dict()``) and
-``evaluate(pairs)``.
+``evaluate(pairs)``. A scorer whose factory says ``trains_nothing`` (``grm``) may be named instead of a folder:
+``eval --model grm`` builds it with its default config.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     sub.required = True
 
     train = sub.add_parser("train", help="train a scorer on preference pairs (Bradley-Terry)")
-    train.add_argument("--scorer", required=True, help="registered scorer name: srm or scalar-rm")
+    train.add_argument("--scorer", required=True, help="registered scorer name: srm, scalar-rm or grm")
     train.add_argument("--data", default=None, help="preference JSONL (default: the bundled training split)")
     train.add_argument("--out", required=True, help="folder for the trained model (config.json, head.safetensors)")
     train.add_argument("--config", default=None, help="YAML file of scorer config keys")
@@ -53,7 +54,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     score.set_defaults(handler=cmd_score)
 
     ev = sub.add_parser("eval", help="pairwise accuracy on preference pairs, overall and per dimension")
-    ev.add_argument("--model", required=True, help="a folder written by `lifelong reward train`")
+    ev.add_argument("--model", required=True,
+                    help="a folder written by `lifelong reward train`, or a scorer that trains nothing (grm)")
     ev.add_argument("--data", default=None, help="preference JSONL (default: the bundled held-out split)")
     ev.add_argument("--json", action="store_true", help="print JSON only")
     ev.set_defaults(handler=cmd_eval)
@@ -70,6 +72,13 @@ def load_saved_scorer(folder: str | Path) -> tuple[str, Any]:
     """
     folder = Path(folder)
     hint = "make one with `lifelong reward train`"
+    if not folder.exists() and "/" not in str(folder):  # a scorer that trains nothing, named instead of a folder
+        try:
+            spec = get("scorer", str(folder))
+        except RegistryError:
+            spec = None
+        if spec is not None and getattr(spec.factory, "trains_nothing", False):
+            return spec.name, create("scorer", spec.name)
     aside = folder.parent / f".{folder.name}.old"  # a save killed between its two renames (scorers' save docs)
     if not folder.exists() and aside.is_dir():
         os.replace(aside, folder)
@@ -115,8 +124,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"scorer": args.scorer, "out": str(out), "training": summary}))
     else:
-        print(f"{args.scorer}: trained on {summary['n_pairs']} pairs in {summary['seconds']:.1f} s "
-              f"(train accuracy {summary['train_accuracy']:.3f}, final loss {summary['final_loss']:.4f})")
+        if summary.get("train_accuracy") is None:  # a scorer that trains nothing (grm)
+            print(f"{args.scorer}: nothing to train (saved its config; {summary['n_pairs']} pairs not used)")
+        else:
+            print(f"{args.scorer}: trained on {summary['n_pairs']} pairs in {summary['seconds']:.1f} s "
+                  f"(train accuracy {summary['train_accuracy']:.3f}, final loss {summary['final_loss']:.4f})")
         print(f"saved to {out}")
     return 0
 
@@ -146,6 +158,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps(report))
         return 0
     print(f"{name}: pairwise accuracy {report['accuracy']:.3f} on {report['n_pairs']} pairs")
+    if "order_agreement" in report:  # a pairwise judge (grm): how often both orders pick the same response
+        print(f"  both orders agree on {report['order_agreement']:.3f} of the pairs; "
+              f"first order alone {report['first_order_accuracy']:.3f}")
     for dim, row in report["per_dimension"].items():
         print(f"  {dim:<12} {row['accuracy']:.3f}  (n={row['n_pairs']})")
     return 0
