@@ -3,7 +3,7 @@
 A preference file holds one pair a line. Three shapes are read (docs/reward.md):
 
 - plain: ``{"prompt": str, "chosen": str, "rejected": str}`` with optional ``dimension`` (what separates the
-  pair) and ``id``;
+  pair), ``domain`` and ``id``;
 - HH-RLHF (Anthropic): ``{"chosen": str, "rejected": str}`` where both are whole dialogues
   (``"\\n\\nHuman: ...\\n\\nAssistant: ..."``); the prompt is the dialogue up to the last ``Assistant:`` turn;
 - UltraFeedback-binarised: ``{"prompt": str, "chosen": [messages], "rejected": [messages]}`` with chat
@@ -14,7 +14,7 @@ four dimensions (factual, relevance, fluency, style) and a fixed ``train`` / ``h
 or question, so no held-out item is seen in training. ``data/preference_facts.jsonl`` is the knowledge source
 that the ``fact-check`` branch of the structural reward model reads for it.
 
-Errors name the file, the line and the field, and raise ``UserError`` (exit code 2 from the CLI). This module
+RM-Bench and JudgeBench files are read by ``reward_formats`` (``load_pairs``). Errors name the file, the line and the field, and raise ``UserError`` (exit code 2 from the CLI). This module
 is a plugin module (it registers the ``preferences`` benchmark), so it imports nothing heavy.
 """
 
@@ -43,6 +43,10 @@ class PreferencePair:
     rejected: str
     dimension: str | None = None
     id: str | None = None
+    #: the benchmark's domain (RM-Bench: chat, code, math, safety; JudgeBench: knowledge, reasoning, ...)
+    domain: str | None = None
+    #: RM-Bench's difficulty by style: easy, normal or hard (``reward_formats``)
+    level: str | None = None
 
 
 @dataclass(frozen=True)
@@ -130,8 +134,11 @@ def parse_pair(obj: dict[str, Any], where: str) -> PreferencePair:
     dimension = obj.get("dimension")
     if dimension is not None and (not isinstance(dimension, str) or not dimension.strip()):
         raise UserError(f"{where}: field 'dimension' must be a non-empty string, got {dimension!r}")
+    domain = obj.get("domain")
+    if domain is not None and (not isinstance(domain, str) or not domain.strip()):
+        raise UserError(f"{where}: field 'domain' must be a non-empty string, got {domain!r}")
     pid = obj.get("id")
-    return PreferencePair(prompt, chosen, rejected, dimension, None if pid is None else str(pid))
+    return PreferencePair(prompt, chosen, rejected, dimension, None if pid is None else str(pid), domain)
 
 
 def load_preferences(path: str | Path) -> list[PreferencePair]:

@@ -1,6 +1,8 @@
 """``lifelong reward train | score | eval``: reward scorers (``srm``, ``scalar-rm``) from the command line (docs/reward.md).
 
-Without ``--data``, ``train`` uses the bundled preference set's training split and ``eval`` its held-out split.
+Without ``--data``, ``train`` uses the bundled preference set's training split and ``eval`` its held-out split;
+``--format`` reads RM-Bench and JudgeBench files too (``lifelong.benchmarks.reward_formats``), and ``eval`` then
+reports accuracy per domain and, for RM-Bench, per easy/normal/hard level.
 Every input is checked before any work starts; a trained model is written atomically at the end, so a failed
 run leaves no half-written model folder.
 
@@ -22,7 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lifelong.benchmarks.preferences import bundled_preferences, load_preferences
+from lifelong.benchmarks.preferences import bundled_preferences
+from lifelong.benchmarks.reward_formats import FORMATS, grouped_report, load_pairs
 from lifelong.platform.config import deep_merge, load_yaml, parse_overrides
 from lifelong.platform.errors import UserError
 from lifelong.platform.registry import RegistryError, create, get
@@ -38,6 +41,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="train a scorer on preference pairs (Bradley-Terry)")
     train.add_argument("--scorer", required=True, help="registered scorer name: srm, scalar-rm or grm")
     train.add_argument("--data", default=None, help="preference JSONL (default: the bundled training split)")
+    train.add_argument("--format", default="auto", choices=FORMATS,
+                       help="format of --data: plain/HH-RLHF/UltraFeedback preferences, RM-Bench or JudgeBench "
+                            "(auto: told by the first record)")
     train.add_argument("--out", required=True, help="folder for the trained model (config.json, head.safetensors)")
     train.add_argument("--config", default=None, help="YAML file of scorer config keys")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -57,12 +63,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--model", required=True,
                     help="a folder written by `lifelong reward train`, or a scorer that trains nothing (grm)")
     ev.add_argument("--data", default=None, help="preference JSONL (default: the bundled held-out split)")
+    ev.add_argument("--format", default="auto", choices=FORMATS,
+                    help="format of --data: plain/HH-RLHF/UltraFeedback preferences, RM-Bench (every chosen x "
+                         "rejected pair, easy/normal/hard) or JudgeBench (A>B / B>A); auto: told by the first record")
     ev.add_argument("--json", action="store_true", help="print JSON only")
     ev.set_defaults(handler=cmd_eval)
 
 
-def _load_pairs(path: str | None, split: str) -> list[Any]:
-    return load_preferences(path) if path else bundled_preferences(split)
+def _load_pairs(path: str | None, split: str, format: str = "auto") -> list[Any]:  # noqa: A002
+    return load_pairs(path, format) if path else bundled_preferences(split)
 
 
 def load_saved_scorer(folder: str | Path) -> tuple[str, Any]:
@@ -116,7 +125,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = deep_merge(config, parse_overrides(args.overrides))
     if args.seed is not None:
         config["seed"] = args.seed
-    pairs = _load_pairs(args.data, "train")
+    pairs = _load_pairs(args.data, "train", args.format)
     model = create("scorer", args.scorer, **config)
     print(f"training {args.scorer} on {len(pairs)} pairs ...", file=sys.stderr, flush=True)
     summary = model.fit(pairs)
@@ -151,9 +160,9 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    pairs = _load_pairs(args.data, "heldout")
+    pairs = _load_pairs(args.data, "heldout", args.format)
     name, model = load_saved_scorer(args.model)
-    report = model.evaluate(pairs)
+    report = grouped_report(pairs, model.evaluate)  # per domain and level too, where the data has them
     if args.json:
         print(json.dumps(report))
         return 0
@@ -161,7 +170,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if "order_agreement" in report:  # a pairwise judge (grm): how often both orders pick the same response
         print(f"  both orders agree on {report['order_agreement']:.3f} of the pairs; "
               f"first order alone {report['first_order_accuracy']:.3f}")
-    for dim, row in report["per_dimension"].items():
-        print(f"  {dim:<12} {row['accuracy']:.3f}  (n={row['n_pairs']})")
+    for key, title in (("per_dimension", "dimension"), ("per_domain", "domain"), ("per_level", "level"),
+                       ("per_domain_level", "domain/level")):
+        if report.get(key):
+            print(f" per {title}:")
+            for group, row in report[key].items():
+                print(f"  {group:<20} {row['accuracy']:.3f}  (n={row['n_pairs']})")
     return 0
 

@@ -1,0 +1,114 @@
+"""The WordNet held-out preference set: build it (``build``) and measure scorers on it (``measure``).
+
+``build`` writes ``lifelong/benchmarks/data/reward_heldout.jsonl`` by the procedure of
+``lifelong.benchmarks.reward_heldout`` (docs/reward.md, "The WordNet held-out set") from Debian's WordNet 3.0;
+``build --check`` rebuilds it in memory and fails if the shipped file differs (the file is reproducible).
+
+``measure`` trains each scorer on the bundled preference set's training split (326 pairs) and evaluates it on
+the held-out set, for each seed; it prints pairwise accuracy overall and per family as mean ± std over the
+seeds. Scorers: ``scalar-rm``; ``srm`` with the default branches (none of them reads WordNet); and, labelled as
+not held out, ``srm`` with the default branches plus ``entity-background`` (which reads WordNet, the source of
+the factual pairs).
+
+Run: ``nice -n 10 .venv/bin/python bench/reward_heldout.py build [--check]``
+     ``nice -n 10 .venv/bin/python bench/reward_heldout.py measure [--seeds 0,1,2] [--threads 1]
+     [--out runs/bench/reward_heldout.json]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def build(check: bool) -> int:
+    from lifelong.benchmarks.reward_heldout import HELDOUT_FILE, build_heldout, write_heldout
+    from lifelong.benchmarks.wordnet import open_wordnet
+
+    t = time.perf_counter()
+    records = build_heldout(open_wordnet())
+    text = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in records)
+    if check:
+        same = HELDOUT_FILE.is_file() and HELDOUT_FILE.read_text(encoding="utf-8") == text
+        print(f"{HELDOUT_FILE}: {'identical to' if same else 'DIFFERS from'} a fresh build ({len(records)} records)")
+        return 0 if same else 1
+    write_heldout(records)
+    print(f"wrote {len(records)} records to {HELDOUT_FILE} ({len(text.encode())} bytes) in {time.perf_counter() - t:.0f} s")
+    return 0
+
+
+def measure(seeds: list[int], threads: int, out: Path) -> int:
+    import torch
+
+    torch.set_num_threads(threads)
+    from lifelong.benchmarks.preferences import bundled_preferences
+    from lifelong.benchmarks.reward_heldout import heldout_preferences
+    from lifelong.platform.registry import create
+    from lifelong.scorers.srm import DEFAULT_BRANCHES
+
+    train, held = bundled_preferences("train"), heldout_preferences()
+    default = list(DEFAULT_BRANCHES)
+    configs: dict[str, tuple[str, dict]] = {
+        "scalar-rm": ("scalar-rm", {}),
+        "srm (default: " + "+".join(default) + ")": ("srm", {"branches": default}),
+        "srm default + entity-background (reads WordNet: not held out)": (
+            "srm", {"branches": default + ["entity-background"]}),
+    }
+    results: dict[str, list[dict]] = {}
+    for label, (scorer, cfg) in configs.items():
+        for seed in seeds:
+            tm = time.perf_counter()
+            rm = create("scorer", scorer, seed=seed, **cfg)
+            rm.fit(train)
+            rep = rm.evaluate(held)
+            rep["seconds"] = round(time.perf_counter() - tm, 1)
+            results.setdefault(label, []).append(rep)
+            print(f"{label} seed {seed}: {rep['accuracy']:.3f} ({rep['seconds']} s)", flush=True)
+
+    dims = sorted(results["scalar-rm"][0]["per_dimension"])
+    families = {"factual": [d for d in dims if d.startswith("factual")], "instruction": [d for d in dims if d.startswith("if-")]}
+    summary = {}
+    cols = ["overall", *families, *dims]
+    lines = ["| scorer | " + " | ".join(cols) + " |", "|---" * (1 + len(cols)) + "|"]
+    for label, reps in results.items():
+        row = {"overall": [r["accuracy"] for r in reps]}
+        for fam, members in families.items():
+            row[fam] = [sum(r["per_dimension"][d]["accuracy"] * r["per_dimension"][d]["n_pairs"] for d in members)
+                        / sum(r["per_dimension"][d]["n_pairs"] for d in members) for r in reps]
+        for d in dims:
+            row[d] = [r["per_dimension"][d]["accuracy"] for r in reps]
+        summary[label] = {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "runs": v} for k, v in row.items()}
+        lines.append(f"| {label} | " + " | ".join(f"{np.mean(row[c]):.3f} ± {np.std(row[c]):.3f}" for c in cols) + " |")
+    table = "\n".join(lines)
+    n = results["scalar-rm"][0]["per_dimension"]
+    print(f"\nWordNet held-out set ({len(held)} pairs: " + ", ".join(f"{d} {n[d]['n_pairs']}" for d in dims)
+          + f"), trained on the bundled training split ({len(train)} pairs), mean ± std over seeds {seeds}\n")
+    print(table)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"seeds": seeds, "summary": summary, "table": table}, indent=2))
+    print(f"\nwritten {out}")
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build")
+    b.add_argument("--check", action="store_true", help="compare a fresh build with the shipped file")
+    m = sub.add_parser("measure")
+    m.add_argument("--seeds", default="0,1,2")
+    m.add_argument("--threads", type=int, default=1)
+    m.add_argument("--out", default="runs/bench/reward_heldout.json")
+    args = ap.parse_args()
+    if args.command == "build":
+        return build(args.check)
+    return measure([int(s) for s in args.seeds.split(",")], args.threads, Path(args.out))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
