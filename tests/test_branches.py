@@ -182,9 +182,12 @@ def test_entity_branch_features_agree_and_disagree_with_wordnet(tmp_path: Path) 
     assert root in branch.fingerprint()  # another database never reads this one's cached outputs
 
 
-def test_entity_branch_config_is_checked() -> None:
+def test_entity_branch_config_is_checked(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="entity-background: max_entities must be >= 1"):
         create("scorer", "srm", branches=["entity-background"], branch_config={"entity-background": {"max_entities": 0}})
+    with pytest.raises(UserError, match="entity-background: WordNet 3.0 database not found"):
+        create("scorer", "srm", branches=["entity-background"],
+               branch_config={"entity-background": {"wordnet_root": str(tmp_path / "none")}})
 
 
 @pytest.mark.skipif(not wordnet_available(), reason="Debian's wordnet-base is not installed (make data)")

@@ -29,7 +29,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from lifelong.benchmarks.wordnet import open_wordnet
+from lifelong.benchmarks.wordnet import find_wordnet, open_wordnet
+from lifelong.platform.errors import UserError
 from lifelong.platform.registry import register
 from lifelong.scorers._branches.base import Branch, BranchOutput, Item, sentences, words
 
@@ -62,6 +63,10 @@ class EntityConfig:
     def validate(self) -> None:
         if self.max_entities < 1:
             raise ValueError(f"max_entities must be >= 1, got {self.max_entities}")
+        try:  # a missing database is refused when the scorer is created, not after its other branches ran
+            find_wordnet(self.wordnet_root)
+        except UserError as exc:
+            raise ValueError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -251,8 +256,6 @@ class EntityBackgroundBranch(Branch):
         self.config = config or EntityConfig()
 
     def fingerprint(self) -> str:
-        from lifelong.benchmarks.wordnet import find_wordnet
-
         root = find_wordnet(self.config.wordnet_root).resolve()
         return f"{super().fingerprint()}/{root}/{self.config.max_entities}"
 
