@@ -34,7 +34,8 @@ SAVED_CONFIG = "config.json"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    reward = subparsers.add_parser("reward", help="train, apply and evaluate reward scorers (srm, scalar-rm)")
+    reward = subparsers.add_parser("reward", help="train, apply and evaluate reward scorers (srm, scalar-rm, grm) "
+                                   "and generative side branches (sbm-train)")
     sub = reward.add_subparsers(dest="reward_command", metavar="ACTION")
     sub.required = True
 
@@ -68,6 +69,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                          "rejected pair, easy/normal/hard) or JudgeBench (A>B / B>A); auto: told by the first record")
     ev.add_argument("--json", action="store_true", help="print JSON only")
     ev.set_defaults(handler=cmd_eval)
+
+    sbm = sub.add_parser("sbm-train", help="train a generative side branch's LoRA adapter (best-of-N by a judge, "
+                         "then SFT)")
+    sbm.add_argument("--branch", required=True, help="the SBM: sbm-semantic, sbm-entity, sbm-fact-check or sbm-style")
+    sbm.add_argument("--data", default=None, help="preference JSONL (default: the bundled training split)")
+    sbm.add_argument("--format", default="auto", choices=FORMATS, help="format of --data (as for train)")
+    sbm.add_argument("--pairs", type=int, default=24,
+                     help="train on this many pairs, spread over the data (default 24; 0: all)")
+    sbm.add_argument("--out", required=True, help="folder for the adapter (adapter.safetensors, sbm.json)")
+    sbm.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="a training option, e.g. candidates=4, epochs=2, llm=PATH; repeatable")
+    sbm.add_argument("--seed", type=int, default=None, help="sampling and initialisation seed")
+    sbm.add_argument("--json", action="store_true", help="print JSON only")
+    sbm.set_defaults(handler=cmd_sbm_train)
 
 
 def _load_pairs(path: str | None, split: str, format: str = "auto") -> list[Any]:  # noqa: A002
@@ -178,3 +193,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 print(f"  {group:<20} {row['accuracy']:.3f}  (n={row['n_pairs']})")
     return 0
 
+
+def cmd_sbm_train(args: argparse.Namespace) -> int:
+    from lifelong.platform.config import build_config
+    from lifelong.scorers.sbm import DIMENSIONS, SBMTrainConfig, train_sbm
+
+    if args.branch not in DIMENSIONS:
+        raise UserError(f"unknown SBM branch {args.branch!r}; allowed values: {', '.join(DIMENSIONS)}")
+    if args.pairs < 0:
+        raise UserError(f"--pairs must be >= 0, got {args.pairs}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a directory")
+    config = build_config(SBMTrainConfig, parse_overrides(args.overrides))
+    pairs = _load_pairs(args.data, "train", args.format)
+    if args.pairs and args.pairs < len(pairs):  # spread over the file, so every kind of pair is represented
+        step = len(pairs) / args.pairs
+        pairs = [pairs[int(i * step)] for i in range(args.pairs)]
+    print(f"training {args.branch} on {len(pairs)} pairs ...", file=sys.stderr, flush=True)
+    report = train_sbm(args.branch, pairs, out, config=config, seed=args.seed)
+    if args.json:
+        print(json.dumps({"branch": args.branch, "out": str(out), "training": report}))
+    else:
+        print(f"{args.branch}: {report['n_texts']} texts, best of {report['candidates']} by {report['judge']} "
+              f"(kept {report['judge_best_mean']:.3f} vs mean candidate {report['judge_candidates_mean']:.3f}); "
+              f"SFT loss {report['sft_loss_first_epoch']:.3f} -> {report['sft_loss_last_epoch']:.3f}; "
+              f"{report['seconds']:.0f} s")
+        print(f"saved to {out}")
+    return 0
