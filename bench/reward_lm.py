@@ -1,0 +1,182 @@
+"""Language-model reward models on the bundled preference set: lm-rm with and without branch texts, grm, and srm
+with generative side-branch (SBM) texts; pairwise accuracy on the held-out split and the cost per scored pair.
+
+Parts (``--parts``, comma-separated, in this order):
+
+- ``lm-rm``: ``scalar-rm backbone=lm`` (prompt + response only) for each seed;
+- ``lm-rm-branches``: ``srm backbone=lm`` with ``--branches`` (their texts joined into the LM's input, their
+  features as linear terms): the same backbone with branch texts, the paper's comparison;
+- ``grm``: the generative RM baseline (no training, deterministic: one run);
+- ``sbm``: trains the SBM adapters named by ``--sbms`` on ``--sbm-pairs`` training pairs (timed), then
+  ``srm backbone=lm`` with those branches for each seed.
+
+Each trained model is trained on ``--train-pairs`` pairs of the training split (every k-th, so each dimension is
+represented) and evaluated on the whole held-out split. Cost per scored pair: the held-out evaluation's wall time
+divided by its pairs, once cold (empty branch cache, no memoised LM states, judgements not cached) and once warm
+(everything cached), on ``--threads`` torch threads. Results go to ``--out`` (JSON) after every model, so an
+interrupted run keeps what it measured; the tables are printed at the end.
+
+Run: ``nice -n 10 .venv/bin/python bench/reward_lm.py [--parts lm-rm,lm-rm-branches,grm,sbm] [--seeds 0,1,2]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def subset(pairs: list[Any], n: int) -> list[Any]:
+    """``n`` pairs spread over the list (every k-th), so each dimension of the bundled set is represented."""
+    if n >= len(pairs):
+        return list(pairs)
+    idx = np.linspace(0, len(pairs) - 1, n).round().astype(int)
+    return [pairs[i] for i in idx]
+
+
+def timed_eval(model: Any, pairs: list[Any]) -> tuple[dict[str, Any], float]:
+    t = time.perf_counter()
+    report = model.evaluate(pairs)
+    return report, time.perf_counter() - t
+
+
+def fmt(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--parts", default="lm-rm,lm-rm-branches,grm,sbm")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--train-pairs", type=int, default=96)
+    ap.add_argument("--lm-epochs", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--branches", default="semantic,fact-check,style,fluency")
+    ap.add_argument("--sbms", default="sbm-fact-check,sbm-entity")
+    ap.add_argument("--sbm-pairs", type=int, default=24)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default="runs/bench/reward_lm.json")
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from lifelong.benchmarks.preferences import bundled_preferences
+    from lifelong.platform.registry import create
+    from lifelong.scorers._lm_backbone import clear_split_memo
+
+    seeds = [int(s) for s in args.seeds.split(",")]
+    parts = [p for p in args.parts.split(",") if p]
+    train = subset(bundled_preferences("train"), args.train_pairs)
+    held = bundled_preferences("heldout")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {}
+    results["setup"] = {"train_pairs": len(train), "heldout_pairs": len(held), "lm_epochs": args.lm_epochs,
+                        "batch_size": args.batch_size, "threads": args.threads, "branches": args.branches}
+
+    def save() -> None:
+        out.write_text(json.dumps(results, indent=1))
+
+    def lm_runs(name: str, scorer: str, extra: dict[str, Any]) -> None:
+        rows = results.setdefault(name, {})
+        cache = Path(tempfile.mkdtemp(prefix="reward-lm-"))
+        try:
+            for seed in seeds:
+                if str(seed) in rows:
+                    continue
+                cold = not rows  # the first seed pays every cache miss
+                if cold:
+                    clear_split_memo()
+                model = create("scorer", scorer, backbone="lm", seed=seed, lm_epochs=args.lm_epochs,
+                               batch_size=args.batch_size, cache_dir=str(cache), device="cpu", **extra)
+                t = time.perf_counter()
+                summary = model.fit(train)
+                train_s = time.perf_counter() - t
+                report, eval_s = timed_eval(model, held)
+                row = {"accuracy": report["accuracy"], "per_dimension": report["per_dimension"],
+                       "train_seconds": round(train_s, 1), "train_feature_seconds": summary.get("feature_seconds"),
+                       "final_loss": summary["final_loss"], "train_accuracy": summary["train_accuracy"],
+                       "eval_seconds": round(eval_s, 1)}
+                if cold:
+                    row["eval_seconds_per_pair_cold"] = round(eval_s / len(held), 3)
+                    _, warm = timed_eval(model, held)
+                    row["eval_seconds_per_pair_warm"] = round(warm / len(held), 4)
+                rows[str(seed)] = row
+                save()
+                print(f"{name} seed {seed}: accuracy {report['accuracy']:.3f}, train {train_s:.0f} s, "
+                      f"eval {eval_s:.0f} s", flush=True)
+        finally:
+            shutil.rmtree(cache, ignore_errors=True)
+
+    branches = [b for b in args.branches.split(",") if b]
+    for part in parts:
+        if part == "lm-rm":
+            lm_runs("lm-rm (prompt + response)", "scalar-rm", {})
+        elif part == "lm-rm-branches":
+            lm_runs("lm-rm + branch texts (" + "+".join(branches) + ")", "srm", {"branches": branches})
+        elif part == "grm" and "grm" not in results:
+            cache = Path(tempfile.mkdtemp(prefix="reward-grm-"))
+            try:
+                judge = create("scorer", "grm", cache_dir=str(cache), device="cpu")
+                report, cold = timed_eval(judge, held)
+                _, warm = timed_eval(judge, held)
+            finally:
+                shutil.rmtree(cache, ignore_errors=True)
+            results["grm"] = {"accuracy": report["accuracy"], "per_dimension": report["per_dimension"],
+                              "order_agreement": report["order_agreement"],
+                              "first_order_accuracy": report["first_order_accuracy"],
+                              "eval_seconds_per_pair_cold": round(cold / len(held), 3),
+                              "eval_seconds_per_pair_warm": round(warm / len(held), 4)}
+            save()
+            print(f"grm: accuracy {report['accuracy']:.3f} (cold {cold:.0f} s)", flush=True)
+        elif part == "sbm":
+            sbms = [b for b in args.sbms.split(",") if b]
+            sbm_root = out.parent / "reward_lm_sbm"
+            timing = results.setdefault("sbm_training", {})
+            from lifelong.scorers.sbm import train_sbm
+
+            for b in sbms:
+                if b in timing:
+                    continue
+                report = train_sbm(b, subset(bundled_preferences("train"), args.sbm_pairs), sbm_root / b, seed=0)
+                timing[b] = report
+                save()
+                print(f"{b}: trained in {report['seconds']:.0f} s", flush=True)
+            opts = {f"{b}": {"adapter": str(sbm_root / b)} for b in sbms}
+            lm_runs("srm backbone=lm + SBM texts (" + "+".join(sbms) + ")", "srm",
+                    {"branches": sbms, "branch_config": opts})
+    save()
+
+    print(f"\nheld-out pairwise accuracy ({len(held)} pairs; trained on {len(train)} pairs, seeds {args.seeds}):")
+    dims = sorted({d for v in results.values() if isinstance(v, dict) for r in
+                   ([v] if "accuracy" in v else [x for x in v.values() if isinstance(x, dict)])
+                   for d in r.get("per_dimension", {})})
+    print("| scorer | overall | " + " | ".join(dims) + " | s/pair cold | s/pair warm |")
+    print("|---" * (len(dims) + 4) + "|")
+    for name, v in results.items():
+        if not isinstance(v, dict) or name in ("setup", "sbm_training"):
+            continue
+        runs = [v] if "accuracy" in v else [r for r in v.values() if isinstance(r, dict) and "accuracy" in r]
+        if not runs:
+            continue
+        cells = [fmt([r["accuracy"] for r in runs])]
+        cells += [fmt([r["per_dimension"][d]["accuracy"] for r in runs if d in r["per_dimension"]]) for d in dims]
+        cold = next((r["eval_seconds_per_pair_cold"] for r in runs if "eval_seconds_per_pair_cold" in r), None)
+        warm = next((r["eval_seconds_per_pair_warm"] for r in runs if "eval_seconds_per_pair_warm" in r), None)
+        print(f"| {name} | " + " | ".join(cells) + f" | {cold} | {warm} |")
+    if results.get("sbm_training"):
+        print("\nSBM adapter training:", json.dumps(results["sbm_training"]))
+
+
+if __name__ == "__main__":
+    main()
