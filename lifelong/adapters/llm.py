@@ -107,7 +107,8 @@ def load_causal_lm(
 ) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` in eval mode with every parameter frozen.
 
-    ``name`` is an embedded name (``smollm2-135m``), a ``.gguf`` file, a Hugging Face folder, or a hub id (only
+    ``name`` is an embedded name (``smollm2-135m``), a ``.gguf`` file, a Hugging Face folder (a causal LM, or an
+    encoder-decoder such as T5), a sentence-classifier folder (``adapters/text_classifier.py``), or a hub id (only
     when it is in the local Hugging Face cache or the hub is reachable: ``check_hub_model`` fails at once with a
     clear error otherwise). ``dtype`` defaults to float32.
     """
@@ -121,6 +122,11 @@ def load_causal_lm(
         if not path.is_file():
             raise UserError(f"model file {path} does not exist")
         model, tok = _load_gguf_cached(path, str(path), dtype, cache_dir)
+    elif path.is_dir() and (path / "classifier.json").is_file():  # a sentence classifier (edit train-classifier)
+        from lifelong.adapters.text_classifier import load_text_classifier
+
+        model, tok = load_text_classifier(path)
+        _set_identity(model, str(path.resolve()), None)
     elif path.is_dir():
         if not (path / "config.json").is_file():
             raise UserError(f"model folder {path} has no config.json (not a Hugging Face model folder)")
@@ -222,9 +228,12 @@ def load_tokenizer(name: str = DEFAULT_MODEL, *, cache_dir: str | os.PathLike | 
 
 
 def _load_hf(source: str, dtype: Any, local_only: bool = False) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """A causal LM, or an encoder-decoder (T5 family: ``is_encoder_decoder`` in its config) as a seq2seq LM."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=local_only)
+    config = AutoConfig.from_pretrained(source, local_files_only=local_only)
+    auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+    model = auto.from_pretrained(source, dtype=dtype, local_files_only=local_only)
     tok = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
     return model, tok
 

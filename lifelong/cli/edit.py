@@ -102,6 +102,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     _add_device_options(im)
     im.set_defaults(handler=cmd_import)
 
+    tc = sub.add_parser("train-classifier",
+                        help="train the WordNet-gloss classifier (MiniLM encoder + linear head) into a run folder "
+                             "that apply/eval/bench edit with --model")
+    tc.add_argument("--out", required=True, help="new folder: weights, config, edits.jsonl, trr.jsonl")
+    tc.add_argument("--train-per-class", type=int, default=60, help="training glosses per class (default 60)")
+    tc.add_argument("--test-per-class", type=int, default=20, help="held-out TRR glosses per class (default 20)")
+    tc.add_argument("--pool-per-class", type=int, default=60,
+                    help="glosses per class whose misclassified ones become edits (default 60)")
+    tc.add_argument("--epochs", type=int, default=300)
+    tc.add_argument("--seed", type=int, default=0)
+    tc.add_argument("--wordnet-root", default=None, help="WordNet 3.0 folder (default: /usr/share/wordnet)")
+    tc.add_argument("--json", action="store_true")
+    tc.set_defaults(handler=cmd_train_classifier)
+
     be = sub.add_parser("bench", help="sequential editing benchmark on a fresh store, with rollback of half")
     be.add_argument("--editor", required=True)
     be.add_argument("--file", default=None, help="edit file (default: the bundled edits-smollm2.jsonl)")
@@ -292,6 +306,52 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         for k, v in res.items():
             print(f"{k:>16}: {v:.4f}" if isinstance(v, float) else f"{k:>16}: {v}")
+    return 0
+
+
+def cmd_train_classifier(args: argparse.Namespace) -> int:
+    """Train the gloss classifier and write it with its edit set (the held-out glosses it gets wrong, each with
+    its true class as target) and its retention set (test glosses with labels, for TRR)."""
+    from lifelong.adapters.text_classifier import embed_texts, save_text_classifier, train_text_classifier
+    from lifelong.benchmarks.wordnet_glosses import class_names, edit_records, load_glosses, split_glosses
+
+    out = Path(args.out)
+    if out.exists():
+        raise UserError(f"--out {out} exists; name a new folder")
+    for name in ("train_per_class", "test_per_class", "pool_per_class", "epochs"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    t0 = time.perf_counter()
+    glosses = load_glosses(args.wordnet_root)
+    splits = split_glosses(glosses, n_train=args.train_per_class, n_test=args.test_per_class,
+                           n_pool=args.pool_per_class, seed=args.seed)
+    names = class_names(splits["train"])
+    test = [g for g in splits["test"] if g.label in set(names)]
+    pool = [g for g in splits["pool"] if g.label in set(names)]
+    print(f"WordNet glosses: {len(glosses)} ({len(names)} classes); train {len(splits['train'])}, "
+          f"test {len(test)}, edit pool {len(pool)} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    model, tok, record = train_text_classifier([(g.text, g.label) for g in splits["train"]],
+                                               [(g.text, g.label) for g in test], names, epochs=args.epochs,
+                                               seed=args.seed, log=lambda m: print(m, file=sys.stderr))
+    import torch
+
+    with torch.no_grad():
+        pred = model.head(torch.from_numpy(embed_texts(model, tok, [g.text for g in pool]))).argmax(-1).tolist()
+    wrong = [g for g, k in zip(pool, pred) if names[k] != g.label]
+    record.update({"pool_accuracy": 1.0 - len(wrong) / max(len(pool), 1), "n_pool": len(pool), "n_edits": len(wrong),
+                   "split": {"train_per_class": args.train_per_class, "test_per_class": args.test_per_class,
+                             "pool_per_class": args.pool_per_class, "seed": args.seed},
+                   "task": "WordNet 3.0 gloss -> lexicographer file"})
+    edits = "".join(json.dumps(r) + "\n" for r in edit_records(wrong, test, seed=args.seed))
+    trr = "".join(json.dumps({"prompt": g.text, "target": g.label}) + "\n" for g in test)
+    save_text_classifier(model, tok, out, record, {"edits.jsonl": edits, "trr.jsonl": trr})
+    record["seconds"] = round(time.perf_counter() - t0, 1)
+    if args.json:
+        print(json.dumps({"out": str(out), **record}))
+    else:
+        print(f"trained {out}: test accuracy {record['test_accuracy']:.3f} ({len(test)} glosses), train "
+              f"{record['train_accuracy']:.3f}; {len(wrong)} misclassified held-out glosses in {out / 'edits.jsonl'}, "
+              f"retention set {out / 'trr.jsonl'} ({record['seconds']:.0f} s)")
     return 0
 
 

@@ -20,6 +20,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from lifelong.adapters.editable import editable_io, join_ids  # noqa: F401  (join_ids: re-exported)
 from lifelong.editing.router import Router
 from lifelong.platform import registry
 from lifelong.platform.config import ConfigError, build_config, validate_config
@@ -173,17 +174,23 @@ class Editor:
         """The session's autocast block (a no-op in fp32)."""
         return autocast(self.precision, self.device)
 
-    def edit_ids(self, prompt: str, target: str) -> tuple[Any, Any, int]:
-        """``(input ids (1, n), target ids, index of the last prompt token)`` on the model's device."""
-        import torch
+    @property
+    def io(self) -> Any:
+        """The attached model family's ``adapters/editable.EditIO`` (causal LM, seq2seq or sentence classifier):
+        how an edit becomes inputs and a target loss; made once per attached model."""
+        io = getattr(self, "_io", None)
+        if io is None or io.model is not self.model:
+            io = self._io = editable_io(self.model, self.tokenizer)
+        return io
 
-        p_ids, t_ids = join_ids(self.tokenizer, prompt, target)
-        ids = torch.tensor([p_ids + t_ids], device=self.device)
-        return ids, torch.tensor(t_ids, device=self.device), len(p_ids) - 1
+    def edit_ids(self, prompt: str, target: str) -> tuple[Any, Any, int]:
+        """``(model inputs of the edit, target ids, index of the query token)`` on the model's device; for a causal
+        LM the inputs are prompt and target ids in one sequence and the query is the last prompt token."""
+        return self.io.edit_inputs(prompt, target)
 
     def fit(self, optimizer: Any, ids: Any, target: Any, start: int, max_steps: int, stop_loss: float,
             after_step: Any = None) -> tuple[int, float]:
-        """Train until every target token is the argmax and the loss is below ``stop_loss`` (at most ``max_steps``
+        """``ids``: the inputs ``edit_ids`` gave. Train until every target token is the argmax and the loss is below ``stop_loss`` (at most ``max_steps``
         steps); returns ``(steps, loss of the last forward)`` and records ``last_fit``. When ``max_steps`` runs out,
         one more forward (no gradient) after the last step says whether the target was reached after all.
 
@@ -194,11 +201,10 @@ class Editor:
         import torch
 
         scaler = LossScaler(self.precision, self.device)
-        end = start + len(target)
         steps, loss, reached = 0, float("nan"), False
         for steps in range(1, max_steps + 1):
             with self.autocast():
-                logits = self.model(input_ids=ids).logits[0, start:end]
+                logits = self.io.target_logits(ids, start, len(target))
             logits = logits.float()
             loss_t = torch.nn.functional.cross_entropy(logits, target)
             loss = float(loss_t.detach())
@@ -212,7 +218,7 @@ class Editor:
                 after_step()
         else:  # max_steps ran out: look once more, after the last step
             with torch.no_grad(), self.autocast():
-                logits = self.model(input_ids=ids).logits[0, start:end].float()
+                logits = self.io.target_logits(ids, start, len(target)).float()
             loss = float(torch.nn.functional.cross_entropy(logits, target))
             reached = bool((logits.argmax(-1) == target).all())
         self.last_fit = FitResult(steps, loss, reached)
@@ -248,11 +254,3 @@ class Editor:
         return []
 
 
-def join_ids(tokenizer: Any, prompt: str, target: str) -> tuple[list[int], list[int]]:
-    """Token ids of the prompt and of the target that follows it (a space between them, EasyEdit style)."""
-    p_ids = tokenizer(prompt, add_special_tokens=False).input_ids
-    sep = "" if (not target or target[0].isspace() or prompt.endswith((" ", "\n"))) else " "
-    full = tokenizer(prompt + sep + target, add_special_tokens=False).input_ids
-    if full[: len(p_ids)] == p_ids and len(full) > len(p_ids):
-        return p_ids, full[len(p_ids) :]
-    return p_ids, tokenizer(sep + target, add_special_tokens=False).input_ids

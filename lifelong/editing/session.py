@@ -31,8 +31,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from lifelong.adapters.editable import editor_defaults
 from lifelong.adapters.llm import DEFAULT_MODEL, load_causal_lm, model_identity
-from lifelong.editing.editor import Editor, check_edit_text, check_edit_tokens, join_ids
+from lifelong.editing.editor import Editor, check_edit_text, check_edit_tokens
 from lifelong.editing.store import CorruptEditError, EditRecord, EditStore
 from lifelong.platform import registry
 from lifelong.platform.config import ConfigError, to_dict
@@ -152,8 +153,9 @@ class EditSession:
                     f"edit store {self.store.path} fixes the {name} config ({', '.join(f'{k}={cfg.get(k)!r}' for k in changed)}); "
                     "its edits were made with it, so it cannot be changed — use a new store"
                 )
-        else:
-            name, cfg = editor or DEFAULT_EDITOR, dict(editor_config or {})
+        else:  # a new store: the model family's layer settings (adapters/editable.py), then the caller's
+            name = editor or DEFAULT_EDITOR
+            cfg = {**editor_defaults(self.model, name), **(editor_config or {})}
         self.editor = registry.create("editor", name, **cfg)
         self.editor.precision = self.precision
         self.editor_name = name
@@ -231,6 +233,7 @@ class EditSession:
         check_edit_text(target, "target", "edit")
         context = int(getattr(getattr(self.model, "config", None), "max_position_embeddings", 0) or 0)
         check_edit_tokens(self.tokenizer, prompt, target, "edit", context)
+        self.io.check_target(target)  # a classifier's target must be one of its classes
         with self.lock:
             self.sync()  # FT-L trains on top of the edits in force: have the other writers' ones
             # refuse early (before training) a store fixed to another editor spec; add_edit checks again, in the
@@ -293,53 +296,48 @@ class EditSession:
         return self.store
 
     # ------------------------------------------------------------------ inference
+    @property
+    def io(self) -> Any:
+        """The model family's ``adapters/editable.EditIO`` (the editor's: causal LM, seq2seq or classifier)."""
+        return self.editor.io
+
     def generate(self, prompts: Sequence[str], max_new_tokens: int = 16) -> list[dict[str, Any]]:
-        """Greedy completions, one prompt at a time (so a prompt's output never depends on its neighbours)."""
+        """Greedy completions, one prompt at a time (so a prompt's output never depends on its neighbours); a
+        classifier's completion is its predicted class name."""
         import torch
 
         results = []
         for prompt in prompts:
-            enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.device)
             with self.lock, torch.no_grad(), self.editor.autocast(), self.editor.routing():
-                out = self.model.generate(
-                    **enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                    pad_token_id=self.tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None,
-                )
+                new, text = self.io.generate(prompt, max_new_tokens)
                 routed = self.editor.routed_ids()
-            new = out[0, enc.input_ids.shape[1] :].tolist()
-            results.append({
-                "prompt": prompt,
-                "completion": self.tokenizer.decode(new, skip_special_tokens=True),
-                "edit_id": routed[0] if routed else None,
-                "tokens": new,
-            })
+            results.append({"prompt": prompt, "completion": text, "edit_id": routed[0] if routed else None,
+                            "tokens": new})
         return results
+
+    def _run(self, inputs: dict[str, Any], qidx: Any) -> Any:
+        """One forward of the (edited) model on a batch, routed at ``qidx``; its logits."""
+        import torch
+
+        with self.lock, torch.no_grad(), self.editor.autocast(), self.editor.routing(qidx):
+            return self.model(**inputs).logits
 
     def teacher_forced(self, prompts: Sequence[str], targets: Sequence[str], batch_size: int = 8
                        ) -> list[tuple[np.ndarray, np.ndarray]]:
-        """For each (prompt, target): ``(argmax ids, target ids)`` over the target positions, teacher-forced."""
-        import torch
+        """For each (prompt, target): ``(argmax ids, target ids)`` over the target positions, teacher-forced (a
+        classifier: the predicted class against the target class)."""
+        return self.io.teacher_forced(prompts, targets, self._run, batch_size)
 
-        pairs = [join_ids(self.tokenizer, p, t) for p, t in zip(prompts, targets)]
-        out: list[tuple[np.ndarray, np.ndarray]] = []
-        pad = self.tokenizer.pad_token_id
-        for s in range(0, len(pairs), batch_size):
-            chunk = pairs[s : s + batch_size]
-            length = max(len(p) + len(t) for p, t in chunk)
-            ids = torch.full((len(chunk), length), pad, dtype=torch.long)
-            mask = torch.zeros((len(chunk), length), dtype=torch.long)
-            for i, (p, t) in enumerate(chunk):
-                ids[i, : len(p) + len(t)] = torch.tensor(p + t)
-                mask[i, : len(p) + len(t)] = 1
-            ids, mask = ids.to(self.device), mask.to(self.device)
-            qidx = torch.tensor([len(p) - 1 for p, _ in chunk], device=self.device)
-            with self.lock, torch.no_grad(), self.editor.autocast(), self.editor.routing(qidx):
-                logits = self.model(input_ids=ids, attention_mask=mask).logits
-            preds = logits.argmax(-1).cpu().numpy()
-            for i, (p, t) in enumerate(chunk):
-                pred = preds[i, len(p) - 1 : len(p) + len(t) - 1]
-                out.append((pred, np.asarray(t)))
-        return out
+    def perplexity(self, texts: Sequence[str]) -> float | None:
+        """Perplexity of the (edited) model over ``texts`` (token-weighted, each text routed at its first token);
+        None for a model without a language-model head (a classifier) or without tokens to score."""
+        import math
+
+        nll = self.io.text_nll(texts, self._run)
+        if nll is None:
+            return None
+        total, count = sum(n for n, _ in nll), sum(c for _, c in nll)
+        return math.exp(total / count) if count else None
 
     def token_accuracy(self, prompts: Sequence[str], targets: Sequence[str]) -> list[float]:
         """EasyEdit's teacher-forced token accuracy of each target after its prompt."""

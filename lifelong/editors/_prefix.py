@@ -1,7 +1,8 @@
 """Skip the frozen decoder layers below an edit while it trains (shared by the editors, not a method).
 
-Every editor here trains parameters at one decoder layer (SoLA's LoRAs, GRACE's value, FT-L's weight) with the
-edit's prompt and target as the only input, so the layers below the first trained one see the same input and
+Every editor here trains parameters (SoLA's LoRAs, GRACE's value, FT-L's weight) at one layer of the model's
+editable stack (``adapters/editable.py``: a causal LM's decoder layers, T5's encoder blocks, a classifier's encoder
+layers) with the edit's prompt and target as the only input, so the layers below the first trained one see the same input and
 the same weights at every training step: their output never changes. ``replay_frozen_layers`` memoises each of
 those layers for the duration of one edit's training: the first forward runs them and keeps their output, later
 forwards whose input is equal (``torch.equal``, a cheap check on ``[1, seq, d]``) get the kept tensor back
@@ -18,7 +19,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from lifelong.adapters.lora import decoder_layers
+from lifelong.adapters.editable import edit_layers, layer_index
 
 
 class _Memo(nn.Module):
@@ -48,16 +49,15 @@ class _Memo(nn.Module):
 
 
 def first_layer_index(model: nn.Module, layer: int) -> int:
-    """``layer`` as a non-negative decoder layer index (negative counts from the end, as ``module_names``)."""
-    n = len(decoder_layers(model)[1])
-    return layer + n if layer < 0 else layer
+    """``layer`` as a non-negative index into the model's editable layers (negative counts from the end)."""
+    return layer_index(model, layer)
 
 
 @contextlib.contextmanager
 def replay_frozen_layers(model: nn.Module, first_trained: int) -> Iterator[None]:
     """Within the block, decoder layers ``0 .. first_trained - 1`` of ``model`` are memoised (see the module
     docstring). Nothing is memoised when one of their parameters requires a gradient (they are not frozen)."""
-    _, layers = decoder_layers(model)
+    _, layers = edit_layers(model)
     first_trained = first_layer_index(model, first_trained)
     below = list(layers[:first_trained])
     if not below or any(p.requires_grad for layer in below for p in layer.parameters()):

@@ -22,7 +22,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from lifelong.adapters.lora import module_names
+from lifelong.adapters.editable import edit_module_names
 from lifelong.editing.editor import EditArtifact, Editor
 from lifelong.editors._prefix import replay_frozen_layers
 from lifelong.platform.config import ConfigError
@@ -64,7 +64,7 @@ class FTLEditor(Editor):
 
     def attach(self, model: Any, tokenizer: Any) -> None:
         try:
-            (name,) = module_names(model, [self.config.layer], self.config.module)
+            (name,) = edit_module_names(model, [self.config.layer], self.config.module)
             mod = model.get_submodule(name)
             weight = mod.weight
         except (ValueError, AttributeError) as exc:

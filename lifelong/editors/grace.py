@@ -37,7 +37,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from lifelong.adapters.lora import module_names
+from lifelong.adapters.editable import edit_module_names
 from lifelong.editing.editor import EditArtifact, Editor
 from lifelong.editing.router import Router
 from lifelong.editors._prefix import replay_frozen_layers
@@ -122,7 +122,7 @@ class GraceEditor(Editor):
     def attach(self, model: Any, tokenizer: Any) -> None:
         self._ensure_router()
         try:
-            (name,) = module_names(model, [self.config.layer], self.config.module)
+            (name,) = edit_module_names(model, [self.config.layer], self.config.module)
             base = model.get_submodule(name)
         except (ValueError, AttributeError) as exc:
             raise ConfigError(f"grace layer/module: {exc}") from exc
@@ -216,7 +216,7 @@ class GraceEditor(Editor):
                     outs: list[Any] = []
                     h = self._wrapped.base.register_forward_hook(
                         lambda m, i, o: outs.append(o[0, lo].detach().clone()))
-                    self.model(input_ids=ids)
+                    self.io.forward(ids)
                     h.remove()
                     key = self._capture[0][0].clone()
                 finally:

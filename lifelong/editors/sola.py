@@ -40,7 +40,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from lifelong.adapters.lora import RoutedLoRA, module_names
+from lifelong.adapters.editable import edit_module_names
+from lifelong.adapters.lora import RoutedLoRA
 from lifelong.editing.editor import EditArtifact, Editor
 from lifelong.editing.router import Router
 from lifelong.editors._prefix import first_layer_index, replay_frozen_layers
@@ -118,7 +119,7 @@ class SoLAEditor(Editor):
         try:
             for layer in sorted(self.config.layers):  # forward order: by layer, then modules as listed
                 for module in self.config.modules:
-                    names += module_names(model, [layer], module)
+                    names += edit_module_names(model, [layer], module)
             for n in names:
                 model.get_submodule(n)
         except (ValueError, AttributeError) as exc:
@@ -140,16 +141,9 @@ class SoLAEditor(Editor):
         """Router inputs at the last token of each prompt (one right-padded batch), float32 (n, d) on the device."""
         import torch
 
-        enc = [self.tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
-        length = max(len(e) for e in enc)
-        ids = torch.full((len(enc), length), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, e in enumerate(enc):
-            ids[i, : len(e)], mask[i, : len(e)] = torch.tensor(e), 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        last = torch.tensor([len(e) - 1 for e in enc], device=self.device)
+        inputs, last = self.io.prompt_batch(prompts)  # the model family's inputs (adapters/editable.py)
         with torch.no_grad(), self.autocast(), self.routed.capture_keys(last) as cap, self.routed.session(last):
-            self.model(input_ids=ids, attention_mask=mask)
+            self.io.forward(inputs)
         return cap[0].float()
 
     def key_of(self, prompts: Sequence[str]) -> np.ndarray:
