@@ -15,6 +15,9 @@ Where this departs or fills gaps the paper leaves open:
   knowledge source, i.e. fact files and/or an EditStore's active edits (``fact-check``), surface and
   format-following features (``style``), the local LM's likelihood (``fluency``), and the local LM asked a
   judging question, its answer kept as text (``quality``). Each gives a short text and a few numbers.
+  The generative SBMs the paper describes are built too, as separate branches (``sbm-*``,
+  ``lifelong/scorers/sbm.py``: the LM with one LoRA adapter per dimension, best-of-N by a reference-based judge,
+  then SFT).
 - The reward model reads the joined text through a frozen all-MiniLM-L6-v2 encoder and a small MLP (the
   paper fine-tunes a larger RM). The branch numbers enter as one linear term per branch, so the reward is an
   exact sum of per-dimension contributions (the text term plus one per branch): the "why" a user sees.
