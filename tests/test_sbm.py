@@ -29,8 +29,8 @@ PAIRS = [
 
 
 def _train(model: Path, out: Path, **kw) -> dict:
-    cfg = sbm.SBMTrainConfig(llm=str(model), candidates=3, max_new_tokens=6, epochs=4, lr=2e-2, batch_size=6,
-                             lora_rank=4, **kw)
+    opts = dict(llm=str(model), candidates=3, max_new_tokens=6, epochs=4, lr=2e-2, batch_size=6, lora_rank=4)
+    cfg = sbm.SBMTrainConfig(**{**opts, **kw})
     return sbm.train_sbm("sbm-style", PAIRS, out, config=cfg)
 
 
@@ -94,7 +94,7 @@ def test_outputs_are_cached_and_srm_reads_them(tiny_llama: Path, tmp_path: Path,
 
 def test_bad_adapters_are_one_line(tiny_llama: Path, tmp_path: Path) -> None:  # noqa: F811
     out = tmp_path / "a"
-    _train(tiny_llama, out, seed=1)
+    _train(tiny_llama, out, seed=1, candidates=1, epochs=1, max_new_tokens=3)
     with pytest.raises(UserError, match="an adapter for 'sbm-style', not for 'sbm-fact-check'"):
         make_branches(["sbm-fact-check"], llm=str(tiny_llama), branch_config={"sbm-fact-check": {"adapter": str(out)}})
     with pytest.raises(UserError, match="not an SBM adapter folder"):
