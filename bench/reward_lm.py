@@ -17,6 +17,8 @@ divided by its pairs, once cold (empty branch cache, no memoised LM states, judg
 interrupted run keeps what it measured; the tables are printed at the end.
 
 Run: ``nice -n 10 .venv/bin/python bench/reward_lm.py [--parts lm-rm,lm-rm-branches,grm,sbm] [--seeds 0,1,2]``
+Parts may run as separate processes with their own ``--out``; ``--tables A.json,B.json`` prints the merged
+tables of such files.
 """
 
 from __future__ import annotations
@@ -54,6 +56,40 @@ def fmt(values: list[float]) -> str:
     return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
 
 
+def print_tables(results: dict[str, Any], seeds: str) -> None:
+    """The accuracy table (mean ± std over seeds per model; one value for grm) and the SBM training report."""
+    setup = results.get("setup", {})
+    print(f"\nheld-out pairwise accuracy ({setup.get('heldout_pairs')} pairs; trained on {setup.get('train_pairs')} "
+          f"pairs, seeds {seeds}):")
+    dims = sorted({d for k, v in results.items() if isinstance(v, dict) and k not in ("setup", "sbm_training")
+                   for r in ([v] if "accuracy" in v else [x for x in v.values() if isinstance(x, dict)])
+                   for d in r.get("per_dimension", {})})
+    print("| scorer | overall | " + " | ".join(dims) + " | s/pair cold | s/pair warm |")
+    print("|---" * (len(dims) + 4) + "|")
+    for name, v in results.items():
+        if not isinstance(v, dict) or name in ("setup", "sbm_training"):
+            continue
+        runs = [v] if "accuracy" in v else [r for r in v.values() if isinstance(r, dict) and "accuracy" in r]
+        if not runs:
+            continue
+        cells = [fmt([r["accuracy"] for r in runs])]
+        cells += [fmt([r["per_dimension"][d]["accuracy"] for r in runs if d in r["per_dimension"]]) for d in dims]
+        cold = next((r["eval_seconds_per_pair_cold"] for r in runs if "eval_seconds_per_pair_cold" in r), None)
+        warm = next((r["eval_seconds_per_pair_warm"] for r in runs if "eval_seconds_per_pair_warm" in r), None)
+        print(f"| {name} ({len(runs)} run{'s' if len(runs) > 1 else ''}) | " + " | ".join(cells)
+              + f" | {cold} | {warm} |")
+    for name, v in results.items():
+        if isinstance(v, dict) and name not in ("setup", "sbm_training") and "accuracy" not in v:
+            times = [r["train_seconds"] for r in v.values() if isinstance(r, dict) and "train_seconds" in r]
+            if times:
+                print(f"  {name}: training {', '.join(f'{t:.0f}' for t in times)} s per seed")
+    if results.get("sbm_training"):
+        for b, rep in results["sbm_training"].items():
+            print(f"\n{b}: " + json.dumps({k: v for k, v in rep.items() if k != "examples"}))
+            for ex in rep.get("examples", [])[:2]:
+                print("  example: " + json.dumps(ex))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--parts", default="lm-rm,lm-rm-branches,grm,sbm")
@@ -66,7 +102,17 @@ def main() -> None:
     ap.add_argument("--sbm-pairs", type=int, default=24)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="runs/bench/reward_lm.json")
+    ap.add_argument("--tables", default=None, metavar="A.json,B.json",
+                    help="only print the tables of result files written by earlier runs (merged), then exit")
     args = ap.parse_args()
+    if args.tables:
+        merged: dict[str, Any] = {}
+        for f in args.tables.split(","):
+            data = json.loads(Path(f).read_text())
+            merged.setdefault("setup", data.get("setup", {}))
+            merged.update({k: v for k, v in data.items() if k != "setup"})
+        print_tables(merged, args.seeds)
+        return
     import torch
 
     torch.set_num_threads(args.threads)
@@ -157,25 +203,7 @@ def main() -> None:
                     {"branches": sbms, "branch_config": opts})
     save()
 
-    print(f"\nheld-out pairwise accuracy ({len(held)} pairs; trained on {len(train)} pairs, seeds {args.seeds}):")
-    dims = sorted({d for v in results.values() if isinstance(v, dict) for r in
-                   ([v] if "accuracy" in v else [x for x in v.values() if isinstance(x, dict)])
-                   for d in r.get("per_dimension", {})})
-    print("| scorer | overall | " + " | ".join(dims) + " | s/pair cold | s/pair warm |")
-    print("|---" * (len(dims) + 4) + "|")
-    for name, v in results.items():
-        if not isinstance(v, dict) or name in ("setup", "sbm_training"):
-            continue
-        runs = [v] if "accuracy" in v else [r for r in v.values() if isinstance(r, dict) and "accuracy" in r]
-        if not runs:
-            continue
-        cells = [fmt([r["accuracy"] for r in runs])]
-        cells += [fmt([r["per_dimension"][d]["accuracy"] for r in runs if d in r["per_dimension"]]) for d in dims]
-        cold = next((r["eval_seconds_per_pair_cold"] for r in runs if "eval_seconds_per_pair_cold" in r), None)
-        warm = next((r["eval_seconds_per_pair_warm"] for r in runs if "eval_seconds_per_pair_warm" in r), None)
-        print(f"| {name} | " + " | ".join(cells) + f" | {cold} | {warm} |")
-    if results.get("sbm_training"):
-        print("\nSBM adapter training:", json.dumps(results["sbm_training"]))
+    print_tables(results, args.seeds)
 
 
 if __name__ == "__main__":
