@@ -37,6 +37,60 @@ def _add_device_options(parser: argparse.ArgumentParser) -> None:
                         help="fp32 (default), bf16 or fp16 autocast; weights and stored edits stay float32")
 
 
+def _add_paper_metric_options(parser: argparse.ArgumentParser) -> None:
+    """``--trr-file`` and ``--heldout-text``: the retention set of TRR and the held-out text of perplexity."""
+    parser.add_argument("--trr-file", default=None,
+                        help="TRR retention set: JSON Lines with 'prompt' and optional 'target' (no target: agreement "
+                             "with the unedited model); default for bench: a classifier folder's trr.jsonl, else "
+                             "every record's locality prompts")
+    parser.add_argument("--heldout-text", default=None,
+                        help="held-out text for perplexity: a file (one text per line) or 'wordnet' (200 WordNet "
+                             "usage examples); language models only")
+
+
+def _retention_set(path: str | None) -> list[tuple[str, str | None]] | None:
+    """The ``--trr-file`` records as (prompt, target or None); one-line errors naming the line."""
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"--trr-file {p} does not exist")
+    out: list[tuple[str, str | None]] = []
+    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError as exc:
+            raise UserError(f"{p}:{i}: not JSON ({exc})") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str) or not rec["prompt"].strip():
+            raise UserError(f"{p}:{i}: a record needs a non-empty string 'prompt'")
+        target = rec.get("target")
+        if target is not None and not isinstance(target, str):
+            raise UserError(f"{p}:{i}: field 'target' must be a string")
+        check_edit_text(rec["prompt"], "prompt", f"{p}:{i}")
+        out.append((rec["prompt"], target))
+    if not out:
+        raise UserError(f"--trr-file {p} holds no records")
+    return out
+
+
+def _heldout_text(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    if value == "wordnet":
+        from lifelong.benchmarks.wordnet_glosses import heldout_sentences
+
+        return heldout_sentences(200)
+    p = Path(value)
+    if not p.is_file():
+        raise UserError(f"--heldout-text {p} does not exist (give a file, one text per line, or 'wordnet')")
+    texts = [t for t in p.read_text(encoding="utf-8").splitlines() if t.strip()]
+    if not texts:
+        raise UserError(f"--heldout-text {p} holds no text")
+    return texts
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     edit = subparsers.add_parser("edit", help="apply, roll back and evaluate lifelong edits of a language model")
     sub = edit.add_subparsers(dest="edit_command", metavar="ACTION")
@@ -81,6 +135,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--store", default=None, help="edit store directory (default: none, the unedited base model)")
     ev.add_argument("--model", default=None)
     ev.add_argument("--file", required=True, help="edit file with the paraphrases and locality prompts")
+    _add_paper_metric_options(ev)
     ev.add_argument("--json", action="store_true")
     _add_device_options(ev)
     ev.set_defaults(handler=cmd_eval)
@@ -118,7 +173,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     be = sub.add_parser("bench", help="sequential editing benchmark on a fresh store, with rollback of half")
     be.add_argument("--editor", required=True)
-    be.add_argument("--file", default=None, help="edit file (default: the bundled edits-smollm2.jsonl)")
+    be.add_argument("--file", default=None, help="edit file (default: the bundled edits-smollm2.jsonl; for a "
+                                                 "classifier folder, its edits.jsonl)")
+    be.add_argument("--every", type=int, default=None,
+                    help="ERR/TRR/perplexity checkpoint every N edits (default: a tenth of the stream)")
+    _add_paper_metric_options(be)
     be.add_argument("--n", type=int, default=None, help="number of edits (default: all)")
     be.add_argument("--seed", type=int, default=0)
     be.add_argument("--out", default=None, help="output folder (default runs/edit-bench-<editor>-<seed>/)")
@@ -280,6 +339,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     requests = load_edits(args.file)
+    retention, heldout = _retention_set(args.trr_file), _heldout_text(args.heldout_text)
     if args.store is not None:
         _require_store(args.store)
     session = _session(args, create=False, readonly=True, quiet=True)  # the damaged edits are the error below
@@ -296,7 +356,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             if not matched:
                 raise UserError(f"none of the {len(requests)} records of {args.file} is an active edit of store "
                                 f"{args.store}")
-        res = evaluate_store(session, matched)
+        res = evaluate_store(session, matched, retention=retention, heldout_text=heldout)
         res["n_not_in_store"] = len(requests) - len(matched)
         res["store"] = args.store
     finally:
@@ -357,8 +417,16 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     registry.get("editor", args.editor)  # an unknown editor fails before anything loads
-    path = args.file or str(bundled_edits_path())
+    clf = args.model is not None and (Path(args.model) / "classifier.json").is_file()
+    if args.file is None and clf and not (Path(args.model) / "edits.jsonl").is_file():
+        raise UserError(f"classifier folder {args.model} has no edits.jsonl; give --file")
+    path = args.file or (str(Path(args.model) / "edits.jsonl") if clf else str(bundled_edits_path()))
     requests = load_edits(path)
+    trr_path = args.trr_file or (str(Path(args.model) / "trr.jsonl") if clf and (Path(args.model) / "trr.jsonl").is_file()
+                                 else None)
+    retention, heldout = _retention_set(trr_path), _heldout_text(args.heldout_text)
+    if args.every is not None and args.every < 1:
+        raise UserError(f"--every must be >= 1, got {args.every}")
     if args.n is not None and not 1 <= args.n <= len(requests):
         raise UserError(f"--n must be between 1 and {len(requests)} (the edits in {path}), got {args.n}")
     out = Path(args.out or f"runs/edit-bench-{args.editor}-{args.seed}")
@@ -366,7 +434,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise UserError(f"--out {out} exists and is not a folder; name a folder (created if missing)")
     res = run_edit_bench(args.editor, requests, n=args.n, seed=args.seed, out=out, model=args.model,
                          editor_config=parse_overrides(args.overrides) or None, source=path,
-                         device=args.device, precision=args.precision)
+                         device=args.device, precision=args.precision, every=args.every, retention=retention,
+                         heldout_text=heldout)
     if args.json:
         print(json.dumps(res, indent=1))
     else:
@@ -380,7 +449,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         rb = res["rollback"]
         print(f"  rolled back {rb['n_rolled_back']}: fidelity {rb['fidelity']:.3f}  retention {rb['retention']:.3f}")
         print(f"  seconds per edit: median {res['seconds_per_edit']['median']:.2f}  mean {res['seconds_per_edit']['mean']:.2f}")
-        print(f"  wrote {out / 'results.json'} and {out / 'edit_metrics.png'}")
+        print(f"  {'edits':>6} {'ERR':>6} {'TRR':>6} {'ppl':>8}   (TRR before any edit: {_fmt(res['trr_before'])})")
+        for row in res["curves"][1:]:
+            ppl = row.get("perplexity")
+            print(f"  {row['n_edits']:>6} {_fmt(row['err']):>6} {_fmt(row['trr']):>6} "
+                  f"{'n/a' if ppl is None else f'{ppl:.2f}':>8}")
+        ov = res.get("generation_overhead")
+        if ov and ov.get("ratio") is not None:
+            print(f"  routed / unedited generation time: {ov['ratio']:.3f}; store {res['store_bytes'] / 1e6:.2f} MB")
+        print(f"  wrote {out / 'results.json'}, curves.csv, edit_metrics.png and paper_metrics.png")
     return 0
 
 

@@ -1,5 +1,11 @@
 """The sequential editing benchmark (``lifelong edit bench``): edits applied one by one on a fresh store,
-measured right after each edit and after the whole stream, then a random half rolled back; results and a plot.
+measured right after each edit, at checkpoints along the stream and after it, then a random half rolled back;
+results, a CSV of the curves and plots.
+
+At every checkpoint (each ``every`` edits and at the end) it measures SoLA's paper metrics
+(``editing/metrics.py``): ERR over the edits applied so far, TRR on a fixed retention set the edits never touch,
+and, for a language model given held-out text, its perplexity. At the end: time per edit, the store's size on
+disk and the routed model's generation time against the unedited model's on the same prompts.
 """
 
 from __future__ import annotations
@@ -16,7 +22,17 @@ from typing import Any, Sequence
 import numpy as np
 
 from lifelong.editing.editor import EditRequest
-from lifelong.editing.metrics import base_references, locality_scores, mean_score
+from lifelong.editing.metrics import (
+    base_generation_seconds,
+    base_references,
+    err_rate,
+    generation_overhead,
+    locality_scores,
+    mean_score,
+    retention_targets,
+    store_bytes,
+    trr_rate,
+)
 from lifelong.editing.session import EditSession, check_edit_precision, resolve_edit_device
 from lifelong.platform.errors import UserError
 
@@ -37,6 +53,11 @@ def run_edit_bench(
     base_cache: dict | None = None,
     device: str | Any = None,
     precision: str = "fp32",
+    every: int | None = None,
+    retention: Sequence[tuple[str, str | None]] | None = None,
+    heldout_text: Sequence[str] | None = None,
+    max_fidelity_prompts: int = 200,
+    overhead_reps: int = 2,
 ) -> dict[str, Any]:
     """Sequential editing on a fresh store (``out/store``): apply the edits one by one (prompt and target only),
     measure right after each edit and after the whole stream, roll back a random half, measure rollback
@@ -46,6 +67,13 @@ def run_edit_bench(
     Rollback fidelity: the fraction of rolled-back prompts and paraphrases whose greedy output (``fidelity_tokens``
     tokens) equals the unedited model's token for token. Retention: the reliability of the edits kept.
     ``device`` and ``precision`` are the session's (see ``EditSession``); both are checked before ``out`` is made.
+
+    Curves (``curves`` in the results, ``curves.csv``, ``paper_metrics.png``): after every ``every`` edits
+    (default: a tenth of the stream) and after the last, ERR (reliability of all edits so far), TRR on
+    ``retention`` (``(prompt, target)`` pairs; a None target is the unedited model's 8-token greedy continuation,
+    so TRR is agreement with the unedited model; default: every record's locality prompts) and the perplexity of
+    ``heldout_text`` (a language model only). Rollback fidelity is checked on at most ``max_fidelity_prompts``
+    rolled-back prompts and paraphrases (a seeded sample).
     """
     check_edit_precision(precision)
     if device is not None:
@@ -54,6 +82,18 @@ def run_edit_bench(
     reqs = list(requests)
     rng.shuffle(reqs)
     reqs = reqs[: n or len(reqs)]
+    if every is not None and every < 1:
+        raise UserError(f"--every must be >= 1, got {every}")
+    every = every or max(1, len(reqs) // 10)
+    checkpoints = sorted({*range(every, len(reqs) + 1, every), len(reqs)})
+    # the half rolled back at the end, drawn now (the same draw as after the stream: rng is not used in between)
+    order = list(range(len(reqs)))
+    rng.shuffle(order)
+    back = sorted(order[: int(round(len(reqs) * rollback_fraction))])
+    fid_prompts = [[r.prompt, *r.paraphrases] for r in reqs]
+    fid_check = [(i, p) for i in back for p in fid_prompts[i]]
+    if len(fid_check) > max_fidelity_prompts:
+        fid_check = sorted(random.Random(seed + 1).sample(fid_check, max_fidelity_prompts))
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder; name a folder (created if missing)")
@@ -77,20 +117,28 @@ def run_edit_bench(
         for ps in loc_prompts:
             refs.append(refs_flat[k : k + len(ps)])
             k += len(ps)
-        fid_prompts = [[r.prompt, *r.paraphrases] for r in reqs]
-        todo = [p for p in dict.fromkeys(p for ps in fid_prompts for p in ps) if ("gen", p, fidelity_tokens) not in cache]
+        todo = [p for p in dict.fromkeys(p for _, p in fid_check) if ("gen", p, fidelity_tokens) not in cache]
         for p, g in zip(todo, session.generate(todo, max_new_tokens=fidelity_tokens) if todo else []):
             cache[("gen", p, fidelity_tokens)] = g["tokens"]
-        base_gen = {p: cache[("gen", p, fidelity_tokens)] for ps in fid_prompts for p in ps}
+        base_gen = {p: cache[("gen", p, fidelity_tokens)] for _, p in fid_check}
         pre_rel = session.token_accuracy([r.prompt for r in reqs], [r.target for r in reqs])
+        if retention is None:  # default retention set: the locality prompts of every record, unedited targets
+            retention = [(p, None) for p in dict.fromkeys(p for r in requests for p in r.locality)]
+        trr_set = retention_targets(session, retention, cache)
+        ov_prompts = [r.prompt for r in reqs[:4]] + [p for p, _, _ in trr_set[:4]]
+        base_s = base_generation_seconds(session, ov_prompts, reps=overhead_reps) if overhead_reps > 0 else None
+        curve_row = _checkpoint(session, [], trr_set, heldout_text, 0, 0.0)
+        curves: list[dict[str, Any]] = [curve_row]
 
         per_edit: list[dict[str, Any]] = []
         ids: list[int] = []
+        edit_seconds = 0.0
         for i, r in enumerate(reqs):
             t0 = time.perf_counter()
             # the benchmark measures edits that do not take instead of refusing them (their reliability shows it)
             rec = session.apply(r.prompt, r.target, {"request_id": r.id} if r.id else None, require_target=False)
             dt = time.perf_counter() - t0
+            edit_seconds += dt
             ids.append(rec.id)
             rel = session.token_accuracy([r.prompt], [r.target])[0]
             gen = session.token_accuracy(r.paraphrases, [r.target] * len(r.paraphrases)) if r.paraphrases else []
@@ -103,6 +151,14 @@ def run_edit_bench(
             print(f"[{i + 1}/{len(reqs)}] {editor}: {r.prompt!r} -> {r.target!r}  {dt:.1f} s  rel {rel:.2f}"
                   + (f"  gen {mean_score(gen):.2f}" if gen else "") + (f"  loc {mean_score(loc):.2f}" if loc else ""),
                   file=sys.stderr, flush=True)
+            if i + 1 in checkpoints:
+                row = _checkpoint(session, reqs[: i + 1], trr_set, heldout_text, i + 1, edit_seconds)
+                row["edit_success"] = mean_score([e["reliability"] for e in per_edit])
+                row["store_bytes"] = store_bytes(store_dir)
+                curves.append(row)
+                print(f"  after {i + 1} edits: ERR {row['err']:.3f}  TRR {_fmt(row['trr'])}"
+                      + (f"  ppl {row['perplexity']:.2f}" if row.get("perplexity") is not None else ""),
+                      file=sys.stderr, flush=True)
 
         # after the whole stream
         rel_all = session.token_accuracy([r.prompt for r in reqs], [r.target for r in reqs])
@@ -110,35 +166,42 @@ def run_edit_bench(
         para_t = [r.target for r in reqs for _ in r.paraphrases]
         gen_all = session.token_accuracy(para_p, para_t) if para_p else []
         loc_all = locality_scores(session, flat_loc, refs_flat) if flat_loc else []
+        edit_ppl = session.perplexity([f"{r.prompt} {r.target}" for r in reqs])
+        size = store_bytes(store_dir)
+        overhead = (generation_overhead(session, ov_prompts, reps=overhead_reps, base_seconds=base_s)
+                    if base_s is not None else None)
 
-        # roll back a random half
-        order = list(range(len(reqs)))
-        rng.shuffle(order)
-        back = sorted(order[: int(round(len(reqs) * rollback_fraction))])
+        # roll back the half drawn at the start
         kept = [i for i in range(len(reqs)) if i not in set(back)]
         session.rollback([ids[i] for i in back])
-        check = [p for i in back for p in fid_prompts[i]]
-        after = session.generate(check, max_new_tokens=fidelity_tokens) if check else []
+        after = session.generate([p for _, p in fid_check], max_new_tokens=fidelity_tokens) if fid_check else []
         same = [g["tokens"] == base_gen[g["prompt"]] for g in after]
-        retention = session.token_accuracy([reqs[i].prompt for i in kept], [reqs[i].target for i in kept]) if kept else []
+        retention_kept = session.token_accuracy([reqs[i].prompt for i in kept], [reqs[i].target for i in kept]) if kept else []
         secs = [e["seconds"] for e in per_edit]
         result: dict[str, Any] = {
             "editor": editor,
             "editor_config": session.editor_config,
             "model": session.model_name,
+            "model_family": session.io.family,
             "device": str(session.device),
             "precision": session.precision,
             "source": source,
             "seed": seed,
             "n_edits": len(reqs),
             "metric_definitions": {
-                "reliability": "teacher-forced token accuracy of the target after the edit prompt",
+                "reliability": "teacher-forced token accuracy of the target after the edit prompt (a classifier: "
+                               "predicted class == target)",
                 "generalization": "the same on the paraphrases (never shown to the editor)",
                 "locality": "fraction of argmax tokens equal to the unedited model's over its 8-token greedy "
                             "continuation of the locality prompts",
                 "fidelity": "fraction of rolled-back prompts and paraphrases whose greedy output equals the "
-                            f"unedited model's for {fidelity_tokens} tokens",
+                            f"unedited model's for {fidelity_tokens} tokens (at most {max_fidelity_prompts} checked)",
                 "retention": "reliability of the edits that were not rolled back, after the rollback",
+                "err": "edit retention rate: mean reliability of all edits applied so far, at a checkpoint",
+                "trr": "test retention rate: token accuracy on the retention set at a checkpoint (targets: labels "
+                       "given with the set, else the unedited model's 8-token greedy continuation)",
+                "perplexity": "exp of the mean next-token loss of the held-out text (language models only)",
+                "edit_success": "mean reliability right after each edit, over the edits so far",
             },
             "pre_edit_reliability": mean_score(pre_rel),
             "right_after": {
@@ -150,12 +213,23 @@ def run_edit_bench(
                 "reliability": mean_score(rel_all),
                 "generalization": mean_score(gen_all) if gen_all else None,
                 "locality": mean_score(loc_all) if loc_all else None,
+                "err": curves[-1]["err"],
+                "trr": curves[-1]["trr"],
+                "perplexity": curves[-1].get("perplexity"),
+                "edit_perplexity": edit_ppl,
             },
+            "trr_before": curves[0]["trr"],
+            "perplexity_before": curves[0].get("perplexity"),
+            "n_retention": len(trr_set),
+            "n_heldout_text": len(heldout_text or []),
+            "curves": curves,
+            "store_bytes": size,
+            "generation_overhead": overhead,
             "rollback": {
                 "n_rolled_back": len(back),
                 "fidelity": mean_score([float(x) for x in same]) if same else float("nan"),
                 "n_checked": len(same),
-                "retention": mean_score(retention) if retention else float("nan"),
+                "retention": mean_score(retention_kept) if retention_kept else float("nan"),
                 "rolled_back_ids": [ids[i] for i in back],
             },
             "seconds_per_edit": {
@@ -167,8 +241,64 @@ def run_edit_bench(
     finally:
         session.close()
     (out / "results.json").write_text(json.dumps(result, indent=1))
+    _write_curves_csv(result["curves"], out / "curves.csv")
     _plot(result, out / "edit_metrics.png")
+    _plot_curves(result, out / "paper_metrics.png")
     return result
+
+
+def _checkpoint(session: EditSession, applied: Sequence[EditRequest], trr_set: Sequence[tuple[str, str]],
+                heldout_text: Sequence[str] | None, n_edits: int, edit_seconds: float) -> dict[str, Any]:
+    """ERR over ``applied``, TRR over ``trr_set`` and the held-out perplexity, now."""
+    row: dict[str, Any] = {"n_edits": n_edits, "edit_seconds": round(edit_seconds, 3),
+                           "err": err_rate(session, applied) if applied else None,
+                           "trr": trr_rate(session, trr_set) if trr_set else None}
+    if heldout_text:
+        row["perplexity"] = session.perplexity(heldout_text)
+    return row
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+CURVE_COLUMNS = ("n_edits", "err", "trr", "perplexity", "edit_success", "edit_seconds", "store_bytes")
+
+
+def _write_curves_csv(curves: Sequence[dict[str, Any]], path: Path) -> None:
+    lines = [",".join(CURVE_COLUMNS)]
+    for row in curves:
+        lines.append(",".join("" if row.get(c) is None else str(row[c]) for c in CURVE_COLUMNS))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _plot_curves(result: dict[str, Any], path: Path) -> None:
+    """ERR and TRR (left axis) and the held-out perplexity (right axis) against the number of edits."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = result["curves"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, c in (("err", "C0"), ("trr", "C1"), ("edit_success", "C3")):
+        pts = [(r["n_edits"], r[name]) for r in curves if r.get(name) is not None]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", color=c, label=name.upper() if name != "edit_success" else "edit success")
+    ax.set_xlabel("number of edits")
+    ax.set_ylabel("rate")
+    ax.set_ylim(-0.02, 1.02)
+    pts = [(r["n_edits"], r["perplexity"]) for r in curves if r.get("perplexity") is not None]
+    if pts:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*pts), marker="s", color="C2", linestyle="--", label="held-out perplexity")
+        ax2.set_ylabel("perplexity")
+        ax2.legend(fontsize=7, loc="lower right")
+    ax.set_title(f"{result['editor']} on {result['model_family']}: {result['n_edits']} sequential edits")
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _mean_opt(xs: Sequence[float | None]) -> float | None:

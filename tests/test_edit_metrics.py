@@ -1,0 +1,90 @@
+"""SoLA's paper metrics in ``edit bench`` and ``edit eval``: ERR and TRR curves over the number of edits, the
+perplexity of held-out text, store size and generation overhead, on a tiny Llama (plumbing, not quality)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import torch
+from _llm_fixtures import TINY_SOLA, tiny_llama  # noqa: F401  (session fixture)
+
+from lifelong.cli.main import main
+from lifelong.editing.bench import run_edit_bench
+from lifelong.editing.editor import EditRequest
+from lifelong.editing.metrics import retention_targets, trr_rate
+from lifelong.editing.session import EditSession
+
+REQS = [
+    EditRequest("The capital of Australia is", "Canberra", ["Australia's capital is"], ["The capital of Spain is"]),
+    EditRequest("The Night Watch was painted by", "Rembrandt", [], ["Cats like to"]),
+    EditRequest("The author of Hamlet is", "Shakespeare", [], ["Dogs like to"]),
+]
+HELDOUT = ["The cat sat on the mat and looked out of the window.", "Rivers flow into the sea."]
+SOLA = {"layers": [1], "modules": ["mlp.down_proj"], "max_steps": 30, "lr": 0.05}
+
+
+def _manual_perplexity(model, tok, texts):
+    """exp of the mean next-token loss, one unpadded text per forward (the definition, computed directly)."""
+    nll, n = 0.0, 0
+    for t in texts:
+        ids = torch.tensor([tok(t, add_special_tokens=False).input_ids])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+        nll -= float(logp.gather(-1, ids[0, 1:, None]).sum())
+        n += ids.shape[1] - 1
+    return math.exp(nll / n)
+
+
+def test_bench_curves_err_trr_perplexity(tmp_path, tiny_llama):  # noqa: F811
+    retention = [("Birds can", None), ("The sun rises in the", "east")]
+    res = run_edit_bench("sola", REQS, seed=0, out=tmp_path / "b", model=str(tiny_llama), editor_config=SOLA,
+                         every=2, retention=retention, heldout_text=HELDOUT, overhead_reps=1, device="cpu")
+    curves = res["curves"]
+    assert [r["n_edits"] for r in curves] == [0, 2, 3]  # before, every 2, and the end
+    assert curves[0]["err"] is None and all(0.0 <= r["err"] <= 1.0 for r in curves[1:])
+    assert curves[-1]["err"] == res["after_stream"]["reliability"]  # ERR after all edits: every edit, now
+    with EditSession(None, model=str(tiny_llama), device="cpu") as base:
+        items = retention_targets(base, retention)
+        # unlabelled: agreement with the unedited model (1.0 for itself); labelled: plain accuracy against the label
+        assert trr_rate(base, items[:1]) == 1.0
+        assert trr_rate(base, items[1:]) == base.token_accuracy(["The sun rises in the"], ["east"])[0]
+        assert curves[0]["trr"] == trr_rate(base, items)
+        assert math.isclose(res["perplexity_before"], _manual_perplexity(base.model, base.tokenizer, HELDOUT),
+                            rel_tol=1e-4)
+    assert res["after_stream"]["perplexity"] == curves[-1]["perplexity"] > 0
+    assert res["store_bytes"] > 0 and curves[-1]["store_bytes"] >= curves[1]["store_bytes"]
+    assert res["generation_overhead"]["ratio"] > 0
+    rows = list(csv.DictReader((tmp_path / "b" / "curves.csv").open()))
+    assert [int(r["n_edits"]) for r in rows] == [0, 2, 3] and float(rows[-1]["err"]) == curves[-1]["err"]
+    assert (tmp_path / "b" / "paper_metrics.png").stat().st_size > 1000
+
+
+def test_eval_and_bench_take_trr_file_and_heldout_text(tmp_path, capsys, tiny_llama):  # noqa: F811
+    edits = tmp_path / "edits.jsonl"
+    edits.write_text("".join(json.dumps({"prompt": r.prompt, "target": r.target, "locality": r.locality}) + "\n"
+                             for r in REQS))
+    trr = tmp_path / "trr.jsonl"
+    trr.write_text(json.dumps({"prompt": "Birds can"}) + "\n" + json.dumps({"prompt": "Fish live in"}) + "\n")
+    text = tmp_path / "heldout.txt"
+    text.write_text("\n".join(HELDOUT) + "\n")
+    code = main(["edit", "eval", "--model", str(tiny_llama), "--file", str(edits), "--trr-file", str(trr),
+                 "--heldout-text", str(text), "--device", "cpu", "--json"])
+    res = json.loads(capsys.readouterr().out)
+    assert code == 0 and res["trr"] == 1.0 and res["n_retention"] == 2 and res["perplexity"] > 0
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"target": "x"}\n')
+    code = main(["edit", "eval", "--model", str(tiny_llama), "--file", str(edits), "--trr-file", str(bad)])
+    err = capsys.readouterr().err
+    assert code == 2 and "bad.jsonl:1" in err and "'prompt'" in err and len(err.strip().splitlines()) == 1
+    code = main(["edit", "bench", "--editor", "sola", "--file", str(edits), "--every", "0", "--out",
+                 str(tmp_path / "never")])
+    assert code == 2 and "--every" in capsys.readouterr().err and not (tmp_path / "never").exists()
+    code = main(["edit", "bench", "--editor", "sola", "--file", str(edits), "--n", "2", "--every", "1",
+                 "--trr-file", str(trr), "--out", str(tmp_path / "b"), "--model", str(tiny_llama), *TINY_SOLA,
+                 "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert code == 0 and "ERR" in out and "TRR" in out
+    res = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert [r["n_edits"] for r in res["curves"]] == [0, 1, 2] and res["n_retention"] == 2
