@@ -13,6 +13,8 @@ the factual pairs).
 Run: ``nice -n 10 .venv/bin/python bench/reward_heldout.py build [--check]``
      ``nice -n 10 .venv/bin/python bench/reward_heldout.py measure [--seeds 0,1,2] [--threads 1]
      [--out runs/bench/reward_heldout.json]``
+     ``nice -n 10 .venv/bin/python bench/reward_heldout.py claims`` (how often the entity-background claim check
+     fires on the held-out set and on the training split)
 """
 
 from __future__ import annotations
@@ -95,6 +97,28 @@ def measure(seeds: list[int], threads: int, out: Path) -> int:
     return 0
 
 
+def claims() -> int:
+    """How often the entity-background branch's WordNet claim check fires, on the held-out set and on the
+    bundled training split (its outputs come from the branch cache when ``measure`` filled it)."""
+    from lifelong.benchmarks.preferences import bundled_preferences
+    from lifelong.benchmarks.reward_heldout import heldout_preferences
+    from lifelong.scorers._branches import default_cache_path
+    from lifelong.scorers.srm import BranchCache, make_branches, run_branches
+
+    cache = BranchCache(default_cache_path())
+    (branch,) = make_branches(["entity-background"])
+    for name, pairs in (("held-out set", heldout_preferences()), ("bundled training split", bundled_preferences("train"))):
+        items = [(p.prompt, r) for p in pairs for r in (p.chosen, p.rejected)]
+        outs = run_branches([branch], items, cache)["entity-background"]
+        fired = sum(1 for o in outs if o.features[2] + o.features[3] > 0)
+        print(f"{name}: {fired} of {len(items)} responses have a claim checked against WordNet")
+        factual = [(p, c, r) for p, c, r in zip(pairs, outs[0::2], outs[1::2]) if (p.dimension or "").startswith("factual")]
+        if factual and name == "held-out set":
+            print(f"  factual pairs: chosen supported in {sum(c.features[2] > 0 for _, c, _ in factual)}, rejected "
+                  f"contradicted in {sum(r.features[3] > 0 for _, _, r in factual)}, of {len(factual)}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -104,9 +128,12 @@ def main() -> int:
     m.add_argument("--seeds", default="0,1,2")
     m.add_argument("--threads", type=int, default=1)
     m.add_argument("--out", default="runs/bench/reward_heldout.json")
+    sub.add_parser("claims", help="how often the entity-background claim check fires")
     args = ap.parse_args()
     if args.command == "build":
         return build(args.check)
+    if args.command == "claims":
+        return claims()
     return measure([int(s) for s in args.seeds.split(",")], args.threads, Path(args.out))
 
 
