@@ -119,7 +119,7 @@ def train_text_classifier(train: Sequence[tuple[str, str]], test: Sequence[tuple
         loss.backward()
         opt.step()
         if log is not None and (epoch + 1) % 100 == 0:
-            log(f"epoch {epoch + 1}/{epochs}: loss {float(loss):.4f}")
+            log(f"epoch {epoch + 1}/{epochs}: loss {float(loss.detach()):.4f}")
     for p in head.parameters():
         p.requires_grad_(False)
     with torch.no_grad():
