@@ -57,6 +57,7 @@ def run_edit_bench(
     retention: Sequence[tuple[str, str | None]] | None = None,
     heldout_text: Sequence[str] | None = None,
     max_fidelity_prompts: int = 200,
+    max_retention: int = 200,
     overhead_reps: int = 2,
 ) -> dict[str, Any]:
     """Sequential editing on a fresh store (``out/store``): apply the edits one by one (prompt and target only),
@@ -71,7 +72,8 @@ def run_edit_bench(
     Curves (``curves`` in the results, ``curves.csv``, ``paper_metrics.png``): after every ``every`` edits
     (default: a tenth of the stream) and after the last, ERR (reliability of all edits so far), TRR on
     ``retention`` (``(prompt, target)`` pairs; a None target is the unedited model's 8-token greedy continuation,
-    so TRR is agreement with the unedited model; default: every record's locality prompts) and the perplexity of
+    so TRR is agreement with the unedited model; default: every record's locality prompts, a seeded
+    ``max_retention`` of them at most) and the perplexity of
     ``heldout_text`` (a language model only). Rollback fidelity is checked on at most ``max_fidelity_prompts``
     rolled-back prompts and paraphrases (a seeded sample).
     """
@@ -122,8 +124,11 @@ def run_edit_bench(
             cache[("gen", p, fidelity_tokens)] = g["tokens"]
         base_gen = {p: cache[("gen", p, fidelity_tokens)] for _, p in fid_check}
         pre_rel = session.token_accuracy([r.prompt for r in reqs], [r.target for r in reqs])
-        if retention is None:  # default retention set: the locality prompts of every record, unedited targets
-            retention = [(p, None) for p in dict.fromkeys(p for r in requests for p in r.locality)]
+        if retention is None:  # default: the locality prompts of every record (a seeded 200 at most), unlabelled
+            pool = list(dict.fromkeys(p for r in requests for p in r.locality))
+            if len(pool) > max_retention:
+                pool = random.Random(seed + 2).sample(pool, max_retention)
+            retention = [(p, None) for p in pool]
         trr_set = retention_targets(session, retention, cache)
         ov_prompts = [r.prompt for r in reqs[:4]] + [p for p, _, _ in trr_set[:4]]
         base_s = base_generation_seconds(session, ov_prompts, reps=overhead_reps) if overhead_reps > 0 else None

@@ -1,0 +1,103 @@
+"""Sequential editing at the paper's scale: SoLA, GRACE and FT-L over up to 1,000 edits, in the decoder setting
+(SmolLM2-135M on the WordNet counterfactual edit set, ``lifelong/benchmarks/wordnet_edits.py``) and the classifier
+setting (the WordNet-gloss classifier of ``lifelong edit train-classifier``, edited on the held-out glosses it
+gets wrong). Each (setting, editor) is one ``run_edit_bench`` on a fresh store with checkpoints every ``--every``
+edits: ERR, TRR, held-out perplexity (decoder), time per edit, store size, and the routed/unedited generation
+time at the end. Prints a markdown table per setting and writes ``summary.json`` in ``--out``.
+
+    nice -n 10 python bench/edit_scale.py --settings decoder --n 200 --every 50 --out runs/edit-scale
+    nice -n 10 python bench/edit_scale.py --settings classifier --classifier runs/gloss-clf --n 200 --every 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    """One markdown row per (editor, checkpoint): ERR, TRR, perplexity, edit success, cumulative edit time."""
+    lines = ["| editor | edits | ERR | TRR | held-out ppl | edit success | s/edit (mean so far) | store MB |",
+             "|---|---|---|---|---|---|---|---|"]
+    for res in results:
+        for row in res["curves"]:
+            k = row["n_edits"]
+            per = row["edit_seconds"] / k if k else None
+            mb = row.get("store_bytes")
+            lines.append(f"| {res['editor']} | {k} | {_fmt(row['err'])} | {_fmt(row['trr'])} | "
+                         f"{_fmt(row.get('perplexity'), 2)} | {_fmt(row.get('edit_success'))} | {_fmt(per, 2)} | "
+                         f"{_fmt(mb / 1e6 if mb else None, 2)} |")
+    return "\n".join(lines)
+
+
+def end_table(results: list[dict[str, Any]]) -> str:
+    """After the whole stream: generalization, locality, rollback, time per edit, store size, routed overhead."""
+    lines = ["| editor | n | reliability | generalization | locality | fidelity | retention | s/edit median | "
+             "store MB | routed/unedited gen. time |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        s, rb, ov = r["after_stream"], r["rollback"], r.get("generation_overhead") or {}
+        lines.append(f"| {r['editor']} | {r['n_edits']} | {_fmt(s['reliability'])} | {_fmt(s['generalization'])} | "
+                     f"{_fmt(s['locality'])} | {_fmt(rb['fidelity'])} ({rb['n_checked']}) | {_fmt(rb['retention'])} | "
+                     f"{_fmt(r['seconds_per_edit']['median'], 2)} | {_fmt(r['store_bytes'] / 1e6, 2)} | "
+                     f"{_fmt(ov.get('ratio'))} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--settings", default="decoder,classifier")
+    ap.add_argument("--editors", default="sola,grace,ft-l")
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--every", type=int, default=50)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--split", default="all", help="WordNet edit split for the decoder setting (dev, test, all)")
+    ap.add_argument("--classifier", default="runs/gloss-clf", help="folder made by `lifelong edit train-classifier`")
+    ap.add_argument("--out", default="runs/edit-scale")
+    args = ap.parse_args(argv)
+
+    from lifelong.adapters.llm import load_causal_lm
+    from lifelong.benchmarks.edits import load_edits
+    from lifelong.benchmarks.wordnet_edits import wordnet_edit_set
+    from lifelong.benchmarks.wordnet_glosses import heldout_sentences
+    from lifelong.editing.bench import run_edit_bench
+
+    summary: dict[str, Any] = {"args": vars(args), "settings": {}}
+    out = Path(args.out)
+    for setting in args.settings.split(","):
+        if setting == "decoder":
+            path = wordnet_edit_set(args.split)
+            model_name, heldout, retention = "smollm2-135m", heldout_sentences(200), None
+        elif setting == "classifier":
+            path = Path(args.classifier) / "edits.jsonl"
+            model_name, heldout = args.classifier, None
+            retention = [(r["prompt"], r["target"]) for r in map(json.loads, (Path(args.classifier) / "trr.jsonl")
+                                                                   .read_text().splitlines())]
+        else:
+            raise SystemExit(f"unknown setting {setting!r}: decoder or classifier")
+        reqs = load_edits(path)
+        n = min(args.n, len(reqs))
+        loaded = load_causal_lm(model_name)
+        cache: dict = {}
+        results = []
+        for editor in args.editors.split(","):
+            print(f"== {setting} / {editor}: {n} edits from {path}", file=sys.stderr, flush=True)
+            res = run_edit_bench(editor, reqs, n=n, seed=args.seed, out=out / setting / editor, model=model_name,
+                                 loaded=loaded, source=str(path), base_cache=cache, every=args.every,
+                                 retention=retention, heldout_text=heldout, device="cpu")
+            res.pop("per_edit", None)
+            results.append(res)
+            summary["settings"].setdefault(setting, []).append(res)
+            (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        print(f"\n### {setting}: {n} edits from {path}\n\n{table(results)}\n\n{end_table(results)}\n", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
