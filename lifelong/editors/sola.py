@@ -20,9 +20,14 @@ Where the paper is silent or where this module departs from it:
   record, not in a copy held by the model: exact below 20,000 keys, IVF above (approximate for paraphrases).
   Ties (the same prompt edited twice) go to the newest edit. A key whose edit this session could not load (a
   corrupted adapter file) routes to the base model rather than to the next-nearest edit.
-- Defaults: the key site and the threshold were measured on SmolLM2-135M with ``bench/edit_keys.py`` (see the
-  table in ``docs/editing.md``); rank, modules and the training schedule were chosen so every bundled edit
-  converges in a few steps (``bench/edit_bench.py``).
+- Defaults: the key site and the threshold were measured on SmolLM2-135M with ``bench/edit_keys.py`` (bundled
+  set) and ``bench/edit_routing.py`` (ROC over key sites and poolings on the WordNet development split; see
+  ``docs/editing.md``); rank, modules and the training schedule were chosen so every bundled edit converges in a
+  few steps (``bench/edit_bench.py``).
+- Key options (ours; the paper fixes the last token of the edited layer): ``key_layer``/``key_module`` read the
+  key at another module's input at or below the first edited module (a forward pre-hook keeps it for the
+  decision), ``key_pooling`` ``mean`` averages it over the prompt's tokens (padding and target positions left
+  out). Measured, none beat the default site on the WordNet set, so the defaults keep the original key.
 - PEFT export (``editing/export.py``, ``lifelong edit export|import``): an edit's tensors already carry PEFT's
   names (``lora_tensor_names``) and shapes (A ``(r, in)``, B ``(out, r)``, scale ``alpha / r``), so an edit is a
   standard LoRA adapter (``peft_adapter``); what PEFT cannot express is the routing: the adapter is on for every
@@ -36,12 +41,12 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, ClassVar, Iterator, Sequence
 
 import numpy as np
 
 from lifelong.adapters.editable import edit_module_names
-from lifelong.adapters.lora import RoutedLoRA
+from lifelong.adapters.lora import RoutedLoRA, decoder_layers
 from lifelong.editing.editor import EditArtifact, Editor
 from lifelong.editing.router import Router
 from lifelong.editors._prefix import first_layer_index, replay_frozen_layers
@@ -62,6 +67,9 @@ GENERIC_PROMPTS: tuple[str, ...] = (
 )
 
 
+KEY_POOLINGS = ("last", "mean")
+
+
 @dataclass
 class SoLAConfig:
     """Where the LoRA sits, how it is trained, and how close a query must be to a key to use it."""
@@ -76,6 +84,18 @@ class SoLAConfig:
     max_steps: int = 60
     stop_loss: float = 0.1
     seed: int = 0
+    #: the key site: the input of ``key_module`` in decoder layer ``key_layer`` (``""``: of the decoder layer itself,
+    #: the residual stream; ``key_layer`` None: the first edited module's input, the site before these fields
+    #: existed); it must run before the first edited module (``key_layer <= min(layers)``)
+    key_layer: int | None = None
+    key_module: str = "self_attn.o_proj"
+    #: ``last``: the last prompt token; ``mean``: the mean over the prompt's tokens (padding left out)
+    key_pooling: str = "last"
+
+    #: the key fields' values that reproduce the key of stores made before the fields existed. They are the
+    #: defaults (the measured best site, ``bench/edit_routing.py``), and a store's recorded config that lacks a
+    #: field gets its default, so older stores keep routing with the keys they hold.
+    LEGACY: ClassVar[dict[str, Any]] = {"key_layer": None, "key_module": "self_attn.o_proj", "key_pooling": "last"}
 
     def validate(self) -> None:
         if not self.layers:
@@ -90,6 +110,59 @@ class SoLAConfig:
             raise ValueError(f"max_steps: must be >= 1, got {self.max_steps}")
         if self.lr <= 0:
             raise ValueError(f"lr: must be > 0, got {self.lr}")
+        if self.key_pooling not in KEY_POOLINGS:
+            raise ValueError(f"key_pooling: {self.key_pooling!r} is not allowed; allowed values: {', '.join(KEY_POOLINGS)}")
+
+
+class KeyedRoutedLoRA(RoutedLoRA):
+    """``RoutedLoRA`` whose query is taken at a chosen key site and pooled (SoLA's ``key_layer``, ``key_module``,
+    ``key_pooling``): a forward pre-hook on the key module keeps its input, which the first edited module (where
+    the decision is taken) pools; without a key module the first edited module's own input is used, as before."""
+
+    def __init__(self, model: Any, names: Sequence[str], *, key_module: Any = None, pooling: str = "last",
+                 **kwargs: Any) -> None:
+        super().__init__(model, names, **kwargs)
+        self.pooling = pooling
+        self._key_input: Any = None
+        self._mask: Any = None
+        self._hooks: list[Any] = []
+        if key_module is not None:
+            self._hooks.append(key_module.register_forward_pre_hook(self._keep_input, with_kwargs=True))
+        if pooling == "mean":
+            self._hooks.append(model.register_forward_pre_hook(self._keep_mask, with_kwargs=True))
+
+    def _keep_input(self, module: Any, args: tuple, kwargs: dict) -> None:
+        self._key_input = args[0] if args else kwargs.get("hidden_states", kwargs.get("input"))
+
+    def _keep_mask(self, module: Any, args: tuple, kwargs: dict) -> None:
+        self._mask = kwargs.get("attention_mask")
+
+    def _query(self, x: Any) -> Any:
+        import torch
+
+        h = x
+        kept = self._key_input
+        if kept is not None and tuple(kept.shape[:2]) == tuple(x.shape[:2]):
+            h = kept
+        if self.pooling == "last":
+            return super()._query(h)
+        bsz, seq = h.shape[0], h.shape[1]
+        keep = torch.ones((bsz, seq), dtype=torch.bool, device=h.device)
+        if self._query_index is not None:  # right-padded prompts (and targets): positions up to the last prompt token
+            idx = self._query_index.to(h.device).clamp(max=seq - 1)
+            keep &= torch.arange(seq, device=h.device)[None] <= idx[:, None]
+        mask = self._mask
+        if mask is not None and mask.dim() == 2 and tuple(mask.shape) == (bsz, seq):  # left padding
+            keep &= mask.to(h.device).bool()
+        w = keep.to(h.dtype)[..., None]
+        return (h * w).sum(1) / w.sum(1).clamp(min=1)
+
+    def unwrap(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        self._key_input = self._mask = None
+        super().unwrap()
 
 
 def lora_tensor_names(module_name: str) -> tuple[str, str]:
@@ -124,9 +197,29 @@ class SoLAEditor(Editor):
                 model.get_submodule(n)
         except (ValueError, AttributeError) as exc:
             raise ConfigError(f"sola layers/modules: {exc}") from exc
+        key_module = None
+        if self.config.key_layer is not None:
+            path, blocks = decoder_layers(model)
+            first = min(first_layer_index(model, layer) for layer in self.config.layers)
+            k = first_layer_index(model, self.config.key_layer)
+            if not 0 <= k < len(blocks) or k > first:
+                raise ConfigError(f"sola key_layer: {self.config.key_layer} must be a decoder layer at or below the "
+                                  f"first edited layer ({first}); the key is read before the routing decision")
+            try:
+                key_module = model.get_submodule(f"{path}.{k}" + (f".{self.config.key_module}"
+                                                                  if self.config.key_module else ""))
+            except AttributeError as exc:
+                raise ConfigError(f"sola key_module: {exc}") from exc
+            if k == first and self.config.key_module not in ("", *self.config.modules[:1]):
+                # inside the first edited layer, the key module must run before the first edited module
+                order = [n for n, _ in model.get_submodule(f"{path}.{k}").named_modules()]
+                if order.index(self.config.key_module) > order.index(self.config.modules[0]):
+                    raise ConfigError(f"sola key_module: {self.config.key_module} runs after {self.config.modules[0]} "
+                                      f"in layer {k}; the key is read before the routing decision")
         self.model, self.tokenizer = model, tokenizer
-        self.routed = RoutedLoRA(model, names, rank=self.config.rank, alpha=self.config.alpha,
-                                 threshold=self.config.threshold, router=self._ensure_router())
+        self.routed = KeyedRoutedLoRA(model, names, rank=self.config.rank, alpha=self.config.alpha,
+                                      threshold=self.config.threshold, router=self._ensure_router(),
+                                      key_module=key_module, pooling=self.config.key_pooling)
         if self.config.center_keys:
             self.routed.centre = self._raw_keys(GENERIC_PROMPTS).mean(0)
 
