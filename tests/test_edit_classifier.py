@@ -87,3 +87,14 @@ def test_editors_change_a_prediction_and_roll_back_exactly(tmp_path, classifier,
         s.rollback([rec.id])
         assert [g["completion"] for g in s.generate([text, other])] == base
         assert torch.equal(s._run(inputs, qidx), base_logits)
+
+
+def test_heldout_sentences_are_the_usage_examples(tmp_path):
+    from lifelong.benchmarks.wordnet_glosses import heldout_sentences
+
+    synsets = _synsets()
+    synsets[0] = Synset("a0", ["wolf"], "noun.animal",
+                        'a wild wolf; "the old wolf hunts alone at night"; "wolves howl"')
+    root = write_wordnet(tmp_path / "wordnet", synsets)
+    assert heldout_sentences(5, root=root) == ["the old wolf hunts alone at night"]  # five words at least
+    assert load_glosses(root)[0].text == "a wild wolf"  # NLTK's definition() leaves the examples out
