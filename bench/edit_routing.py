@@ -24,6 +24,8 @@ fidelity), then mean ± sample std over the seeds, per editor:
     python bench/edit_routing.py --results [--split test] [--n 40] [--seeds 0,1,2] [--editors sola,grace,ft-l]
                                  [--set threshold=0.2 ...] [--out bench/out/edit-routing]
 
+``--bundled-alphas 0.08,0.19`` prints paraphrase and locality routing on the bundled set at those thresholds.
+
     python bench/edit_routing.py [--n 0 (all)] [--layers 8,16,24] [--oproj 8,12,16,20,24,28] [--locality 0.98]
                                  [--json out.json]
 """
@@ -117,6 +119,36 @@ def evaluate(x: np.ndarray, centre: np.ndarray | None, kinds: np.ndarray, owner:
     return {"auc": a, "alpha": alpha, "para_at_alpha": para_ok, "loc_at_alpha": loc_ok}
 
 
+def bundled_alphas(alphas: list[float]) -> None:
+    """Routing on the bundled set at given thresholds, with SoLA's own keys (default config): the fraction of
+    paraphrases whose nearest edit key is their own edit's and within α, and of locality prompts with no key
+    within α, all 77 edits' keys in the index."""
+    from lifelong.adapters.llm import load_causal_lm
+    from lifelong.benchmarks.edits import bundled_edits_path, load_edits
+    from lifelong.platform import registry
+
+    model, tok = load_causal_lm()
+    ed = registry.create("editor", "sola")
+    ed.attach(model, tok)
+    reqs = load_edits(bundled_edits_path())
+
+    def keys(prompts: list[str]) -> np.ndarray:
+        y = np.concatenate([ed.key_of(prompts[i: i + 16]) for i in range(0, len(prompts), 16)])
+        return y / np.linalg.norm(y, axis=1, keepdims=True)
+
+    k = keys([r.prompt for r in reqs])
+    sp = keys([p for r in reqs for p in r.paraphrases]) @ k.T
+    po = np.array([i for i, r in enumerate(reqs) for _ in r.paraphrases])
+    sl = keys([p for r in reqs for p in r.locality]) @ k.T
+    print(f"bundled set: {len(reqs)} edits, {len(po)} paraphrases, {len(sl)} locality prompts")
+    print("| α | paraphrases routed to their edit | locality prompts not routed |")
+    print("|---|---|---|")
+    for a in alphas:
+        para = float(((1 - sp.max(1) <= a) & (sp.argmax(1) == po)).mean())
+        loc = float((1 - sl.max(1) > a).mean())
+        print(f"| {a:.2f} | {para:.3f} | {loc:.3f} |")
+
+
 def results(args: argparse.Namespace) -> None:
     """The editors on a split, mean ± std over seeds (see the module docstring)."""
     from pathlib import Path
@@ -177,12 +209,16 @@ def main() -> None:
     ap.add_argument("--editors", default="sola,grace,ft-l")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="sola config overrides")
     ap.add_argument("--out", default="bench/out/edit-routing")
+    ap.add_argument("--bundled-alphas", default="", help="e.g. 0.08,0.12,0.19: routing on the bundled set at these α")
     ap.add_argument("--n", type=int, default=0, help="dev edits to use (0: all)")
     ap.add_argument("--layers", default="8,16,24", help="residual-stream sites (decoder layer inputs)")
     ap.add_argument("--oproj", default="8,12,16,20,24,28", help="self_attn.o_proj input sites")
     ap.add_argument("--locality", type=float, default=0.98)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    if args.bundled_alphas:
+        bundled_alphas([float(x) for x in args.bundled_alphas.split(",")])
+        return
     if args.results:
         args.n = args.n or 40
         results(args)

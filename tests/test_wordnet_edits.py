@@ -23,17 +23,20 @@ GROUPS = {  # hypernym -> (lexname, hyponyms), all under "entity" via "thing"
 
 
 def wordnet_40(folder: Path) -> Path:
-    """Four hypernyms under one root, ten one-word hyponyms each, and two part relations; every pointer has its
+    """Four hypernyms under one root, ten one-word hyponyms each, and three part relations (the dog is both a kind
+    of animal and, for the test, a part of the pig: one synset with two relations); every pointer has its
     reverse (``~`` hyponym, ``%p`` part meronym), as in the real database."""
     synsets = [Synset("entity", ["entity"], "noun.Tops", "that which exists", pointers=[("~", "thing")]),
                Synset("thing", ["thing"], "noun.Tops", "a separate entity",
                       pointers=[("@", "entity")] + [("~", h) for h in GROUPS])]
-    parts = {"dog": "tail", "cat": "paw"}
+    parts = {"dog": "tail", "cat": "paw", "pig": "dog"}
     for hyper, (lex, members) in GROUPS.items():
         synsets.append(Synset(hyper, [hyper], lex, f"a kind of {hyper}",
                               pointers=[("@", "thing")] + [("~", m) for m in members]))
         for m in members:
             pointers = [("@", hyper)] + ([("%p", parts[m])] if m in parts else [])
+            if m == "dog":
+                pointers.append(("#p", "pig"))
             synsets.append(Synset(m, [m], lex, f"a kind of {hyper} called {m}", pointers=pointers))
     for part, whole in (("tail", "dog"), ("paw", "cat")):
         synsets.append(Synset(part, [part], "noun.body", f"part of a {whole}", pointers=[("#p", whole)]))
@@ -52,6 +55,7 @@ def test_build_is_deterministic_and_disjoint(wn40: Path) -> None:
     assert again == sets
     dev, test = {r["synset"] for r in sets["dev"]}, {r["synset"] for r in sets["test"]}
     assert not dev & test
+    assert len({r["split"] for r in sets["dev"] + sets["test"] if r["subject"] == "dog"}) <= 1  # two relations, one split
     edited = {r["subject"] for r in sets["dev"] + sets["test"]}
     for r in sets["dev"] + sets["test"]:
         assert r["target"] != r["true_target"]

@@ -19,10 +19,10 @@ Procedure (``build_wordnet_edits``):
    name is one word, differs from ``s`` and ``o`` and is not a lemma of ``s`` or ``o``; the one with the highest
    concordance count (ties: the name); where ``o`` has several hypernyms, the first by synset name.
    "A poodle is a kind of" -> " wolf" (dog and wolf are both canines).
-4. **Split**: eligible (subject, relation) pairs are ordered by SHA-1 of ``relation:synset name``; position
-   ``i mod 10`` in 0-2 goes to ``dev``, 3-5 to ``test``, 6-9 to the **locality pool** (never edited). A subject
-   synset is in one part only, so dev and test are disjoint in synsets.
-5. **Prompts**: the edit prompt uses one of its relation's three templates (chosen by the same hash), the two
+4. **Split**: the subject synsets are ordered by SHA-1 of their name; position ``i mod 10`` in 0-2 goes to
+   ``dev``, 3-5 to ``test``, 6-9 to the **locality pool** (never edited), with all of a synset's relations, so
+   dev, test and the pool are disjoint in synsets.
+5. **Prompts**: the edit prompt uses one of its relation's three templates (by SHA-1 of ``relation:synset``), the two
    paraphrases use the other two. The two locality prompts use the *edit prompt's own template* with subjects
    from the pool: a near neighbour (a pool subject with the same true object, e.g. "A beagle is a kind of",
    else the next pool subject of the relation by hash) and one more pool subject of the relation (by hash). A
@@ -48,7 +48,7 @@ from lifelong.platform.atomic import atomic_write_text, file_sha256
 from lifelong.platform.errors import UserError
 
 #: bump when the procedure changes: the cache key includes it
-BUILD_VERSION = 1
+BUILD_VERSION = 2
 SPLITS = ("dev", "test", "all")
 RELATIONS = ("hypernym", "part")
 SUBJECT_LEXNAMES = frozenset({
@@ -156,10 +156,14 @@ def build_wordnet_edits(wn: Any, *, min_count: int = 1, relations: Iterable[str]
                 continue
             facts.append({"relation": rel, "subject": name, "synset": synset.name(), "true_target": obj_name,
                           "false": false, "hash": _digest(f"{rel}:{synset.name()}")})
+    # the split is by synset (a synset with two relations lands in one part), so no synset is both edited in one
+    # split and edited or used as a locality subject in another
+    synsets = sorted({f["synset"] for f in facts}, key=lambda name: _digest(name))
+    part_of = {name: "dev" if i % 10 < 3 else "test" if i % 10 < 6 else "pool" for i, name in enumerate(synsets)}
     facts.sort(key=lambda f: f["hash"])
     parts: dict[str, list[dict[str, Any]]] = {"dev": [], "test": [], "pool": []}
-    for i, f in enumerate(facts):
-        parts["dev" if i % 10 < 3 else "test" if i % 10 < 6 else "pool"].append(f)
+    for f in facts:
+        parts[part_of[f["synset"]]].append(f)
     pool_by_rel: dict[str, list[dict[str, Any]]] = {}
     pool_by_obj: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for f in parts["pool"]:
