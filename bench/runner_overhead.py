@@ -8,12 +8,15 @@ the CSV and the plots. Runs alternate so that machine noise hits both alike.
     .venv/bin/python bench/runner_overhead.py [--repeats 5] [--epochs 4,20]
 
 The platform's extra work is mostly fixed (two PNG plots, results.json/CSV, one checkpoint per step), so the
-ratio shrinks as runs get longer; it is reported at each epoch count given.
+ratio shrinks as runs get longer; it is reported at each epoch count given, as the median over repeats of the
+wall-time ratio and of the CPU-time ratio (``time.process_time``: the process's CPU seconds, all threads; on a
+machine that other work also uses it varies less than wall time), with the load average before and after.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -23,7 +26,7 @@ import torch
 from torch import nn
 
 
-def hand_written(stream, epochs: int, batch_size: int, lr: float, seed: int) -> tuple[float, float]:
+def hand_written(stream, epochs: int, batch_size: int, lr: float, seed: int) -> tuple[float, float, float]:
     """The reference: Avalanche's Naive with its own evaluation plugin, as its tutorials write it."""
     from avalanche.evaluation.metrics import accuracy_metrics
     from avalanche.training import Naive
@@ -37,25 +40,25 @@ def hand_written(stream, epochs: int, batch_size: int, lr: float, seed: int) -> 
     evaluator = EvaluationPlugin(accuracy_metrics(experience=True, stream=True), loggers=[])
     strategy = Naive(model=model, optimizer=optimizer, criterion=nn.CrossEntropyLoss(), train_mb_size=batch_size,
                      train_epochs=epochs, eval_mb_size=256, device="cpu", evaluator=evaluator)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for experience in stream.train_stream:
         strategy.train(experience, num_workers=0)
         metrics = strategy.eval(stream.test_stream, num_workers=0)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     last = next(v for k, v in metrics.items() if k.startswith("Top1_Acc_Stream/eval_phase/test_stream"))
-    return elapsed, float(last)
+    return elapsed, cpu, float(last)
 
 
-def platform_run(epochs: int, batch_size: int, lr: float, seed: int) -> tuple[float, float]:
+def platform_run(epochs: int, batch_size: int, lr: float, seed: int) -> tuple[float, float, float]:
     from lifelong.platform.runner import resolve_config, run_experiment
 
     config = resolve_config(strategy="naive", benchmark="split-digits", seed=seed,
                             overrides={"epochs": epochs, "batch_size": batch_size, "lr": lr})
     with tempfile.TemporaryDirectory() as out:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         results = run_experiment(config, out=out, progress=False)
-        elapsed = time.perf_counter() - start
-    return elapsed, results["last_accuracy"]
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return elapsed, cpu, results["last_accuracy"]
 
 
 def main() -> None:
@@ -80,20 +83,25 @@ def main() -> None:
 def measure(stream, epochs: int, args: argparse.Namespace) -> None:
     from lifelong.platform.quiet import quiet_avalanche
 
-    platform_times, hand_times, platform_acc, hand_acc = [], [], [], []
+    times: dict[str, list[tuple[float, float, float]]] = {"platform": [], "hand": []}
+    load_before = os.getloadavg()[0]
     with quiet_avalanche():
+        platform_run(epochs, args.batch_size, args.lr, args.seed)  # warm-up: first-call imports and caches
         for _ in range(args.repeats):
-            t, acc = platform_run(epochs, args.batch_size, args.lr, args.seed)
-            platform_times.append(t)
-            platform_acc.append(acc)
-            t, acc = hand_written(stream, epochs, args.batch_size, args.lr, args.seed)
-            hand_times.append(t)
-            hand_acc.append(acc)
-    ratios = [p / h for p, h in zip(platform_times, hand_times)]
-    print(f"naive on split-digits, {epochs} epochs, batch {args.batch_size}, {args.repeats} alternating repeats")
-    print(f"  platform run_experiment: median {statistics.median(platform_times):.2f} s, last accuracy {statistics.mean(platform_acc):.4f}")
-    print(f"  hand-written Avalanche:  median {statistics.median(hand_times):.2f} s, last accuracy {statistics.mean(hand_acc):.4f}")
-    print(f"  wall-time ratio platform/hand: median {statistics.median(ratios):.3f} (per repeat: {', '.join(f'{r:.3f}' for r in ratios)})")
+            times["platform"].append(platform_run(epochs, args.batch_size, args.lr, args.seed))
+            times["hand"].append(hand_written(stream, epochs, args.batch_size, args.lr, args.seed))
+    load_after = os.getloadavg()[0]
+    print(f"naive on split-digits, {epochs} epochs, batch {args.batch_size}, {args.repeats} alternating repeats "
+          f"(load average {load_before:.1f} before, {load_after:.1f} after)")
+    for side, name in (("platform", "platform run_experiment"), ("hand", "hand-written Avalanche")):
+        wall, cpu, acc = zip(*times[side])
+        print(f"  {name + ':':<25} median {statistics.median(wall):.2f} s wall, {statistics.median(cpu):.2f} s CPU, "
+              f"last accuracy {statistics.mean(acc):.4f}")
+    for k, label in ((0, "wall-time"), (1, "CPU-time")):
+        ratios = [p[k] / h[k] for p, h in zip(times["platform"], times["hand"])]
+        print(f"  {label} ratio platform/hand: median {statistics.median(ratios):.3f} "
+              f"(per repeat: {', '.join(f'{r:.3f}' for r in ratios)})")
+
 
 if __name__ == "__main__":
     main()

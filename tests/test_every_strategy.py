@@ -4,11 +4,13 @@ A label-only stream (no task labels) is what breaks several of Avalanche's own s
 catches that for every strategy that will ever be registered.
 """
 
+import hashlib
+
 import numpy as np
 import pytest
 
 from lifelong.platform.registry import list_plugins
-from lifelong.platform.runner import resolve_config, run_experiment
+from lifelong.platform.runner import build_stream, resolve_config, run_experiment
 
 STRATEGIES = [spec.name for spec in list_plugins("strategy")]
 
@@ -17,10 +19,26 @@ STRATEGIES = [spec.name for spec in list_plugins("strategy")]
 def test_strategy_runs_on_a_label_only_stream(strategy, tmp_path):
     config = resolve_config(strategy=strategy, benchmark="split-digits",
                             overrides={"task_labels": False, "n_experiences": 2, "train_per_class": 20, "epochs": 1})
+    stream = build_stream(config.benchmark, config.benchmark_config)  # the object the run will reuse
+    before = _digest(stream)
     results = run_experiment(config, out=tmp_path, progress=False)
+    assert _digest(stream) == before, "the run changed the stream it shares with later runs of this process"
     matrix = np.asarray(results["accuracy_matrix"])
     assert matrix.shape == (2, 2)
     assert np.all(np.isfinite(matrix) & (0 <= matrix) & (matrix <= 1))
     assert len(results["seen_accuracy"]) == 2 and results["config"]["strategy"] == strategy
     # How well each method learns is its own tests' business (with one epoch on 100 images, methods made for
     # pre-trained backbones sit at chance); this test is about running on a stream without task labels.
+
+
+def _digest(stream) -> str:
+    """Every sample, label and class list of a (tiny) stream: what a run must leave as it found it, since
+    ``build_stream`` hands the same object to every run of the process."""
+    h = hashlib.sha256(repr((stream.class_order, stream.classes_per_experience, stream.input_shape)).encode())
+    for part in (stream.train_stream, stream.test_stream):
+        for experience in part:
+            dataset = experience.dataset
+            h.update(f"{len(dataset)}:{list(dataset.targets)}".encode())
+            for i in range(len(dataset)):
+                h.update(np.ascontiguousarray(dataset[i][0].numpy()).tobytes())
+    return h.hexdigest()

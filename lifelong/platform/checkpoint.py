@@ -6,6 +6,13 @@ next torch without the code that wrote it. The file is ``MAGIC``, the SHA-256 of
 resume never starts from silently wrong weights. Writing goes through ``platform/atomic.py`` (temporary file,
 fsync, rename): a crash leaves the previous checkpoint or the new one, never half of one. ``load_checkpoint`` is
 the one place that turns a checkpoint that cannot be used into a ``UserError`` naming the file and the problem.
+
+``CheckpointWriter`` is how the runner saves one checkpoint per step without waiting for the disk: the state is
+serialised at once (the tensors are still being trained), and checksum, write, fsync and rename go on in a
+background thread while the next step trains. One write at a time, in order, so an older checkpoint never
+replaces a newer one; a write's error comes out of the next ``submit`` or ``wait``. A crash while a write is under
+way leaves the previous checkpoint (the rename is atomic), and a resume from it gives the same results as an
+uninterrupted run, because every step is reseeded.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import json
 import pickle
 import random
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +42,51 @@ REQUIRED: dict[str, type | tuple[type, ...]] = {
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Save a state tree atomically with ``torch.save`` (tensors and plain containers only), behind its checksum."""
+    _write_body(path, serialise(payload))
+
+
+def serialise(payload: dict[str, Any]) -> bytes:
+    """The ``torch.save`` bytes of a state tree: a snapshot, so the tensors may change afterwards."""
     import torch
 
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    body = buffer.getvalue()
+    return buffer.getvalue()
+
+
+def _write_body(path: Path, body: bytes) -> None:
     atomic_write_bytes(path, MAGIC + hashlib.sha256(body).digest() + body)
+
+
+class CheckpointWriter:
+    """Checkpoints written in a background thread, one at a time and in order (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, path: Path, payload: dict[str, Any]) -> None:
+        """Serialise ``payload`` now and write it to ``path`` in the background, after the previous write; an
+        error of the previous write is raised here (and this checkpoint is then not written)."""
+        body = serialise(payload)
+        self.wait()
+        self._thread = threading.Thread(target=self._write, args=(Path(path), body), name="lifelong-checkpoint")
+        self._thread.start()
+
+    def _write(self, path: Path, body: bytes) -> None:
+        try:
+            _write_body(path, body)
+        except BaseException as exc:  # handed to the caller by wait()
+            self._error = exc
+
+    def wait(self) -> None:
+        """Block until the write under way is on disk; raise its error, if it had one."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def load_checkpoint(path: Path, required: dict[str, type | tuple[type, ...]] | None = None) -> dict[str, Any]:

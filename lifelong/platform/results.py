@@ -13,20 +13,30 @@ import io
 import json
 import math
 import platform as _platform
+import threading
+from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from lifelong.platform.atomic import atomic_write_bytes, atomic_write_text
 from lifelong.platform.metrics import METRIC_DEFINITIONS, mean_std, seen_accuracy
+from lifelong.platform.plots import heatmap_png, line_plot_png
 
 SCALAR_METRICS: tuple[str, ...] = ("average_incremental_accuracy", "last_accuracy", "forgetting", "bwt")
 SHORT_NAMES = {"average_incremental_accuracy": "AIA", "last_accuracy": "last", "forgetting": "forgetting", "bwt": "BWT"}
 
 
 def package_versions() -> dict[str, str]:
+    """The versions of Python and the packages a result depends on (read once per process: the package
+    metadata scan costs as much as a short training step)."""
+    return dict(_package_versions())
+
+
+@lru_cache(maxsize=1)
+def _package_versions() -> dict[str, str]:
     versions = {"python": _platform.python_version()}
     for name in ("lifelong", "torch", "torchvision", "avalanche-lib", "numpy", "transformers", "peft", "open_clip_torch", "faiss-cpu"):
         try:
@@ -54,8 +64,12 @@ def to_json(value: Any, indent: int | None = 2) -> str:
     return json.dumps(json_safe(value), indent=indent, allow_nan=False)
 
 
-def write_run(out: Path, results: dict[str, Any]) -> None:
-    """results.json, results.csv (the accuracy matrix and the metrics) and the two plots of one run."""
+def write_run(out: Path, results: dict[str, Any], before_json: Callable[[], None] | None = None) -> None:
+    """results.json, results.csv (the accuracy matrix and the metrics) and the two plots of one run.
+
+    The CSV and the plots are written side by side (each atomically: their fsyncs overlap instead of queueing),
+    then ``before_json`` is called (the runner waits there for the run's last checkpoint), then results.json.
+    """
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").unlink(missing_ok=True)  # until the new one is written, no results.json
     results = dict(results, metric_definitions=METRIC_DEFINITIONS)
@@ -68,53 +82,47 @@ def write_run(out: Path, results: dict[str, Any]) -> None:
     writer.writerow([])
     for key in SCALAR_METRICS:
         writer.writerow([key, f"{results[key]:.4f}"])
-    atomic_write_text(out / "results.csv", buffer.getvalue())
-    plot_run(out, results)
+    plots = {out / name: data for name, data in run_plots(results).items()}
+    write_concurrently({out / "results.csv": buffer.getvalue().encode("utf-8"), **plots})
+    if before_json is not None:
+        before_json()
     atomic_write_text(out / "results.json", to_json(results) + "\n")
 
 
-def _savefig(fig: Any, path: Path) -> None:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)  # a fixed canvas: bbox_inches="tight" would render twice
-    atomic_write_bytes(path, buffer.getvalue())
+def write_concurrently(files: dict[Path, bytes]) -> None:
+    """Write each file atomically, all at once in threads (the waits for the disk overlap); the first error is
+    raised once every write has ended, and a failed write leaves no temporary file."""
+    errors: list[BaseException] = []
+
+    def write(path: Path, data: bytes) -> None:
+        try:
+            atomic_write_bytes(path, data)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=item) for item in files.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+def run_plots(results: dict[str, Any]) -> dict[Path, bytes]:
+    """accuracy_matrix.png (the heatmap of R) and accuracy_curve.png (accuracy on the classes seen so far), as
+    PNG bytes by file name."""
+    title = f"R[i][j]: {results['strategy']} on {results['benchmark']} (seed {results['seed']})"
+    return {
+        Path("accuracy_matrix.png"): heatmap_png(results["accuracy_matrix"], title),
+        Path("accuracy_curve.png"): line_plot_png([{"label": results["strategy"], "values": results["seen_accuracy"]}],
+                                                  xlabel="training step", ylabel="accuracy on classes seen so far"),
+    }
 
 
 def plot_run(out: Path, results: dict[str, Any]) -> None:
-    plt = _pyplot()
-    matrix = np.asarray(results["accuracy_matrix"])
-    n = matrix.shape[0]
-    fig, ax = plt.subplots(figsize=(1.6 + 0.6 * n, 1.2 + 0.55 * n))
-    im = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
-    for i in range(n):
-        for j in range(n):
-            ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", color="w" if matrix[i, j] < 0.6 else "k", fontsize=8)
-    ax.set_xlabel("test experience j")
-    ax.set_ylabel("after training step i")
-    ax.set_title(f"R[i][j]: {results['strategy']} on {results['benchmark']} (seed {results['seed']})", fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.subplots_adjust(left=0.14, bottom=0.14, top=0.9)
-    _savefig(fig, out / "accuracy_matrix.png")
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot(range(1, n + 1), results["seen_accuracy"], marker="o", label=results["strategy"])
-    ax.set_xlabel("training step")
-    ax.set_ylabel("accuracy on classes seen so far")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.subplots_adjust(left=0.14, bottom=0.16)
-    _savefig(fig, out / "accuracy_curve.png")
-    plt.close(fig)
+    """Write the two plots of one run into ``out``."""
+    write_concurrently({out / name: data for name, data in run_plots(results).items()})
 
 
 def seen_curve(matrix: Sequence[Sequence[float]], test_sizes: Sequence[int]) -> list[float]:
@@ -149,23 +157,11 @@ def write_summary(out: Path, benchmark: str, summary: dict[str, Any]) -> None:
     for strategy, entry in summary.items():
         writer.writerow([strategy, entry["n_runs"]] + [f"{entry[k][s]:.4f}" for k in SCALAR_METRICS + ("wall_time_s",) for s in ("mean", "std")])
     atomic_write_text(out / "summary.csv", buffer.getvalue())
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    for strategy, entry in summary.items():
-        mean = np.asarray(entry["seen_accuracy"]["mean"])
-        std = np.asarray(entry["seen_accuracy"]["std"])
-        steps = np.arange(1, len(mean) + 1)
-        ax.plot(steps, mean, marker="o", label=strategy)
-        ax.fill_between(steps, mean - std, mean + std, alpha=0.15)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("accuracy on classes seen so far")
-    ax.set_title(f"{benchmark}: mean ± std over seeds", fontsize=9)
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.subplots_adjust(left=0.12, bottom=0.15)
-    _savefig(fig, out / "comparison.png")
-    plt.close(fig)
+    series = [{"label": strategy, "values": entry["seen_accuracy"]["mean"], "band": entry["seen_accuracy"]["std"]}
+              for strategy, entry in summary.items()]
+    atomic_write_bytes(out / "comparison.png", line_plot_png(
+        series, xlabel="training step", ylabel="accuracy on classes seen so far",
+        title=f"{benchmark}: mean ± std over seeds", size=(600, 360), legend_columns=2))
 
 
 def format_summary_table(summary: dict[str, Any]) -> str:

@@ -4,6 +4,12 @@ The runner owns the loop: train on experience i, evaluate on every test experien
 checkpoint, repeat. Every step is reseeded from the run seed, so a run resumed from its checkpoint gives the
 same accuracy matrix as an uninterrupted one. Evaluation is done here, not by the strategy's own evaluator,
 so every strategy is measured the same way.
+
+What a run costs beyond training and evaluation is kept small (docs/scaling.md, "Speed"): the stream is built once
+per process for a benchmark configuration (``build_stream``), each step's checkpoint is written in the background
+while the next step trains (``checkpoint.CheckpointWriter``), and the plots are drawn once, at the end, with Pillow.
+``compare --jobs N`` forks its workers from the process that has already imported torch, Avalanche and the
+plugins, so a worker starts in milliseconds instead of re-importing them.
 """
 
 from __future__ import annotations
@@ -23,9 +29,9 @@ from lifelong.platform import distributed, registry
 from lifelong.platform.atomic import atomic_write_text, folder_lock
 from lifelong.platform.checkpoint import (
     CHECKPOINT_NAME,
+    CheckpointWriter,
     config_fingerprint,
     load_checkpoint,
-    save_checkpoint,
     seed_everything,
     step_seed,
 )
@@ -258,7 +264,8 @@ def run_experiment(
 
     seed_everything(config.seed)
     strategy_cfg = config.strategy_config
-    stream = registry.get("benchmark", config.benchmark).factory(config.benchmark_config)
+    stream = build_stream(config.benchmark, config.benchmark_config)
+    seed_everything(config.seed)  # the learner starts from the same random state whether the stream was cached or not
 
     dist = distributed.current_distributed_info()
     strategy_spec = registry.get("strategy", config.strategy)
@@ -274,6 +281,25 @@ def run_experiment(
         state = _load_resume_state(checkpoint_path, fingerprint, stream.n_experiences) if resume else None
         return _run_locked(config, out_dir, state, stream, dist, strategy_spec, device, fingerprint,
                            checkpoint_path, progress, stop_after, log_group)
+
+
+_STREAMS: dict[str, Any] = {}  # the last stream built in this process, by its benchmark configuration
+
+
+def build_stream(benchmark: str, benchmark_config: Any) -> Any:
+    """The stream of ``benchmark`` with this configuration, built once per process and then reused.
+
+    Building means reading and splitting the data set, which every run of a comparison or a benchmark loop would
+    otherwise repeat for the same seed. Streams are read-only for the runner and the strategies (they train on
+    experiences and build their own buffers and views; ``tests/test_every_strategy.py`` checks every strategy
+    leaves the stream as it found it), so one object serves every run. Only the last stream is kept, so a process
+    never holds more than one data set beyond the one in use; ``compare`` orders its runs seed by seed, which
+    makes consecutive runs share theirs."""
+    key = config_fingerprint({"benchmark": benchmark, "config": to_dict(benchmark_config)})
+    if key not in _STREAMS:
+        _STREAMS.clear()  # let the previous one go before the next is built
+        _STREAMS[key] = registry.get("benchmark", benchmark).factory(benchmark_config)
+    return _STREAMS[key]
 
 
 def _load_resume_state(path: Path, fingerprint: str, n: int) -> dict[str, Any]:
@@ -332,23 +358,38 @@ def _run_locked(config: RunConfig, out_dir: Path, state: dict[str, Any] | None, 
         logs = create_loggers(config.loggers, out_dir, to_dict(config), n_experiences=n, start=start,
                               steps=(state or {}).get("log_steps"), group=log_group)
         context.metric_sink = logs.report
+    writer = CheckpointWriter()
+    written = False
     try:
         results = _run_steps(config, learner, stream, dist, device, matrix, test_sizes, eval_batch, start, end,
-                             elapsed, divergence, fingerprint, checkpoint_path, progress, logs)
+                             elapsed, divergence, fingerprint, checkpoint_path, progress, logs, writer)
         if results is not None and dist.is_main:
+            # the last checkpoint is still being written while the plots are drawn; results.json waits for it
             with user_os_errors("cannot write the results of the run to", out_dir):
-                write_run(out_dir, results)
+                write_run(out_dir, results, before_json=lambda: _wait_for(writer, checkpoint_path))
             logs.finish(results)
+        _wait_for(writer, checkpoint_path)
+        written = True
     finally:
+        if not written:  # failing anyway: the checkpoint under way still ends before the folder's lock is let go
+            with contextlib.suppress(Exception):
+                writer.wait()
         logs.close()
         context.metric_sink = None
     return results if results is not None else {"completed": end, "accuracy_matrix": matrix[:end].tolist()}
 
 
+def _wait_for(writer: CheckpointWriter, checkpoint_path: Path) -> None:
+    with user_os_errors("cannot write the checkpoint", checkpoint_path):
+        writer.wait()
+
+
 def _run_steps(config: RunConfig, learner: Any, stream: Any, dist: Any, device: Any, matrix: np.ndarray,
                test_sizes: list[int], eval_batch: int, start: int, end: int, elapsed: float, divergence: float,
-               fingerprint: str, checkpoint_path: Path, progress: bool, logs: LoggerSet) -> dict[str, Any] | None:
-    """Experiences ``start`` to ``end`` of ``run_experiment``; the results when the stream is complete."""
+               fingerprint: str, checkpoint_path: Path, progress: bool, logs: LoggerSet,
+               writer: CheckpointWriter) -> dict[str, Any] | None:
+    """Experiences ``start`` to ``end`` of ``run_experiment``; the results when the stream is complete (each
+    step's checkpoint may still be being written by ``writer`` when this returns)."""
     n = stream.n_experiences
     for i in _progress(range(start, end), end - start, f"{config.strategy} on {config.benchmark}", progress):
         t0 = time.perf_counter()
@@ -366,7 +407,7 @@ def _run_steps(config: RunConfig, learner: Any, stream: Any, dist: Any, device: 
         rank_extra = distributed.gather_to_main(learner_state["extra"], dist) if dist.enabled else None
         if dist.is_main:
             with user_os_errors("cannot write the checkpoint", checkpoint_path):
-                save_checkpoint(checkpoint_path, {
+                writer.submit(checkpoint_path, {
                     "fingerprint": fingerprint,
                     "config": to_dict(config),
                     "completed": i + 1,
@@ -452,11 +493,11 @@ def compare(
     unusable = [k for k in overrides if not any(k in keys for keys in per_strategy.values())]
     if unusable:
         raise ConfigError(f"unknown config key {unusable[0]!r}: neither {benchmark} nor any of {', '.join(strategies)} has it")
-    configs = [
+    configs = [  # seed by seed: consecutive runs share one stream (build_stream); the summary's order is unchanged
         resolve_config(strategy=s, benchmark=benchmark, config_file=config_file, seed=seed, device=device,
                        overrides={k: v for k, v in overrides.items() if k in per_strategy[s]})
-        for s in strategies
         for seed in seeds
+        for s in strategies
     ]
     if jobs > 1:
         configs = _spread_over_gpus(configs)
@@ -512,14 +553,14 @@ def _run_many(configs: list[RunConfig], out: Path, jobs: int, threads: int, prog
             return [_checked(_run_one(c, out, progress, resume)) for c in configs]
         finally:
             torch.set_num_threads(previous)
-    import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
 
+    context = _pool_context()
     # the first failure ends the comparison: runs not started are cancelled, runs under way finish (their
     # results stay in their folders for --resume)
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
-                             initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+    with ProcessPoolExecutor(max_workers=max(1, min(jobs, len(configs))), mp_context=context, initializer=_start_worker,
+                             initargs=(threads, context.get_start_method() != "fork")) as pool:
         futures = [pool.submit(_run_one, c, out, False, resume) for c in configs]
         try:
             for future in as_completed(futures):
@@ -533,6 +574,52 @@ def _run_many(configs: list[RunConfig], out: Path, jobs: int, threads: int, prog
         finally:
             for future in futures:
                 future.cancel()
+
+
+def _preload() -> None:
+    """Import what every run needs (torch, Avalanche's training and data code, every plugin), once."""
+    import torch  # noqa: F401
+
+    from lifelong.platform.quiet import quiet_avalanche
+
+    with quiet_avalanche():
+        import avalanche.benchmarks.utils  # noqa: F401
+        import avalanche.training  # noqa: F401
+        import avalanche.training.plugins  # noqa: F401
+    registry.ensure_loaded()
+
+
+def _pool_context() -> Any:
+    """How ``compare --jobs`` starts its workers.
+
+    On Linux they are forked from this process after ``_preload``: a worker then starts in milliseconds with
+    everything imported, where a spawned one spends seconds importing torch and Avalanche again (as long as a
+    short run). Forking is not safe once this process has initialised CUDA (a forked child cannot use it), and
+    is not offered everywhere: then a fork server that has done the same imports starts the workers (one import
+    for the whole comparison), or, where there is none, spawned workers import once each (``_start_worker``)."""
+    import multiprocessing as mp
+
+    import torch
+
+    methods = mp.get_all_start_methods()
+    if sys.platform.startswith("linux") and "fork" in methods and not torch.cuda.is_initialized():
+        _preload()
+        return mp.get_context("fork")
+    if "forkserver" in methods:
+        context = mp.get_context("forkserver")
+        context.set_forkserver_preload(["torch", "avalanche.training", __name__])
+        return context
+    return mp.get_context("spawn")
+
+
+def _start_worker(threads: int, preload: bool) -> None:
+    """A worker's start: its torch threads (the same number as a serial run, so the summaries are identical),
+    and the imports, unless it was forked with them done."""
+    import torch
+
+    torch.set_num_threads(threads)
+    if preload:
+        _preload()
 
 
 def _spread_over_gpus(configs: list[RunConfig]) -> list[RunConfig]:
