@@ -3,7 +3,7 @@
 setting (the WordNet-gloss classifier of ``lifelong edit train-classifier``, edited on the held-out glosses it
 gets wrong). Each (setting, editor) is one ``run_edit_bench`` on a fresh store with checkpoints every ``--every``
 edits: ERR, TRR, held-out perplexity (decoder), time per edit, store size, and the routed/unedited generation
-time at the end. Prints a markdown table per setting and writes ``summary.json`` in ``--out``.
+time at the end. Prints a markdown table per setting and writes ``summary-<setting>.json`` in ``--out``.
 
     nice -n 10 python bench/edit_scale.py --settings decoder --n 200 --every 50 --out runs/edit-scale
     nice -n 10 python bench/edit_scale.py --settings classifier --classifier runs/gloss-clf --n 200 --every 50
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             res.pop("per_edit", None)
             results.append(res)
             summary["settings"].setdefault(setting, []).append(res)
-            (out / "summary.json").write_text(json.dumps(summary, indent=1))
+            (out / f"summary-{setting}.json").write_text(json.dumps(summary["settings"][setting], indent=1))
         print(f"\n### {setting}: {n} edits from {path}\n\n{table(results)}\n\n{end_table(results)}\n", flush=True)
     return 0
 
