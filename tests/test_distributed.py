@@ -123,3 +123,57 @@ def test_each_rank_trains_on_its_whole_shard_plus_replay(tmp_path):
     for r in reports:
         assert r["counts"][0] == r["shards"][0]  # first experience: every sample of the shard, once
         assert r["counts"][1] > r["shards"][1]  # then the shard again, plus replayed memory
+
+
+COMPONENT_STATE = '''
+import hashlib, json, sys
+import torch
+from lifelong.benchmarks.split_digits import SplitDigitsConfig, split_digits
+from lifelong.platform import distributed, registry
+from lifelong.platform.learner import RunContext
+
+info = distributed.current_distributed_info()
+stream = split_digits(SplitDigitsConfig(n_experiences=2, train_per_class=30, seed=0))
+device = distributed.setup(info, torch.device("cpu"))
+torch.manual_seed(info.rank)  # the ranks' random states differ, as they may in a real run
+spec = registry.get("strategy", "naive")
+config = spec.config(epochs=2, batch_size=16, model="spiking-tiny", components=["kd", "esl"],
+                     component_config={"kd": {"feature": "hint", "teacher_model": "mlp"}, "esl": {"T_iter": 2}})
+config.validate()
+learner = spec.factory(config, RunContext(stream=stream, device=device, seed=0, distributed=info))
+learner.train_experience(distributed.shard_experience(stream.train_stream[0], info))
+
+def digest(tree):
+    h = hashlib.sha256()
+    def walk(node, key=""):
+        if isinstance(node, dict):
+            for k in sorted(node):
+                walk(node[k], f"{key}.{k}")
+        elif isinstance(node, (list, tuple)):
+            for i, v in enumerate(node):
+                walk(v, f"{key}.{i}")
+        elif isinstance(node, torch.Tensor):
+            h.update(key.encode()); h.update(node.detach().cpu().contiguous().numpy().tobytes())
+    walk(tree)
+    return h.hexdigest()
+
+parts = {"student": {k: v for k, v in distributed.unwrap(learner.model).named_parameters()},
+         "kd": learner.components.components["kd"].state_dict(),
+         "esl": learner.components.components["esl"].state_dict()}
+with open(f"{sys.argv[1]}/rank{info.rank}.json", "w") as report:
+    json.dump({name: digest(tree) for name, tree in parts.items()}
+              | {"has_teacher": parts["kd"].get("teacher") is not None,
+                 "adapters": len(parts["kd"]["adapters"])}, report)
+distributed.teardown(info)
+'''
+
+
+def test_training_components_stay_equal_on_every_rank(tmp_path):
+    """A joint distillation teacher and its adapters train outside DDP and the sparse masks are drawn by each
+    rank: they must be the same on every rank, or the ranks distil from different teachers."""
+    script = tmp_path / "component_state.py"
+    script.write_text(COMPONENT_STATE)
+    _launch(str(script), str(tmp_path))
+    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert ranks[0]["has_teacher"] and ranks[0]["adapters"] > 0  # the parts under test exist
+    assert ranks[0] == ranks[1]

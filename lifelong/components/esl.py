@@ -24,12 +24,17 @@ density never changes. The paper has no public code; what it leaves open is chos
   so weight decay and momentum cannot move them); prediction uses the union of all masks (no task labels).
   The heads and batch-norm layers are shared and keep training, so this isolates features, not the classifier.
 
+The random draws (initial masks, random regrowth) come from a generator seeded by the run's seed, the experience,
+the update count and the layer's name, not from the global random state: every rank of a torchrun group draws
+the same masks, and a resumed run draws what the uninterrupted one would have.
+
 Masked dense kernels cost the same time as dense ones: the sparsity is measured in weights and multiply-
 accumulates that a sparse kernel would skip, not in wall-clock time.
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -122,6 +127,13 @@ class EvolutionarySparsity(Component):
         owner = self.owner[name]
         return owner == self.experience if self.config.per_experience else owner >= 0
 
+    def _draw(self, name: str, n: int, k: int, device: torch.device) -> torch.Tensor:
+        """``k`` of ``range(n)`` in random order, the same on every rank and on resume (module docstring)."""
+        seed = (int(self.context.seed) * 1_000_003 + self.experience * 10_007 + self.updates * 101
+                + zlib.crc32(name.encode())) % (2**63)
+        generator = torch.Generator().manual_seed(seed)
+        return torch.randperm(n, generator=generator)[:k].to(device)
+
     def active(self, name: str) -> torch.Tensor:
         """Where weight ``name`` takes part in the forward pass."""
         return self.owner[name] >= 0
@@ -146,7 +158,7 @@ class EvolutionarySparsity(Component):
                 owner = torch.full(p.shape, -1, dtype=torch.int16, device=p.device)
             free = (owner < 0).flatten().nonzero().squeeze(1)
             k = min(len(free), max(1, round(densities[name] * p.numel())))
-            pick = free[torch.randperm(len(free), device=free.device)[:k]]
+            pick = free[self._draw(name, len(free), k, free.device)]
             owner.view(-1)[pick] = self.experience
             self.owner[name] = owner
 
@@ -224,7 +236,7 @@ class EvolutionarySparsity(Component):
         if self.config.grow == "gradient" and grad is not None:
             grown = candidates[torch.topk(grad.view(-1)[candidates].float(), k).indices]
         else:
-            grown = candidates[torch.randperm(len(candidates), device=candidates.device)[:k]]
+            grown = candidates[self._draw(name, len(candidates), k, candidates.device)]
         owner[grown] = self.experience if self.config.per_experience else 0
         changed = torch.zeros_like(trainable)
         changed[pruned] = True

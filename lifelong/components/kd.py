@@ -40,6 +40,7 @@ from torch import nn
 from lifelong.adapters.backbones import BACKBONES, build_backbone
 from lifelong.adapters.spiking import SpikingBasicBlock, SpikingResNet
 from lifelong.platform.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from lifelong.platform.distributed import average_gradients, broadcast_parameters
 from lifelong.platform.errors import UserError
 from lifelong.platform.learner import Component, RunContext, TrainingState
 from lifelong.platform.registry import register
@@ -291,10 +292,14 @@ class KnowledgeDistillation(Component):
 
     def _ensure_optimizer(self) -> None:
         if self.optimizer is None and self._trainable():
+            # under torchrun the joint teacher and the adapters start equal on every rank and (after_step) take
+            # the step of the gradients averaged over the ranks, as the DDP-wrapped student does
+            broadcast_parameters(self._trainable(), self.context.distributed)
             self.optimizer = torch.optim.SGD(self._trainable(), lr=self.config.teacher_lr, momentum=0.9)
 
     def after_step(self, state: TrainingState) -> None:
         if self.optimizer is not None:
+            average_gradients(self._trainable(), self.context.distributed)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
 

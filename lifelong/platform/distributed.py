@@ -105,13 +105,41 @@ def sum_over_ranks(values: list[float], info: DistributedInfo, device: Any) -> l
     return tensor.tolist()
 
 
+def broadcast_parameters(parameters: list[Any], info: DistributedInfo) -> None:
+    """Make ``parameters`` rank 0's on every rank (modules outside DDP that train beside the model, such as a
+    distillation teacher, start equal)."""
+    if not info.enabled:
+        return
+    import torch
+    import torch.distributed as dist
+
+    with torch.no_grad():
+        for p in parameters:
+            dist.broadcast(p.data, src=0)
+
+
+def average_gradients(parameters: list[Any], info: DistributedInfo) -> None:
+    """Average the gradients of ``parameters`` over the ranks, as DDP does for the model: a module outside DDP
+    that learns from each rank's shard then takes the same step on every rank."""
+    if not info.enabled:
+        return
+    import torch.distributed as dist
+
+    for p in parameters:
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad.div_(info.world_size)
+
+
 def synchronise_replicas(module: Any, info: DistributedInfo, device: Any) -> float:
     """Make every rank's copy of ``module`` rank 0's, and return how far apart they were (max abs difference).
 
     DDP keeps the parameters equal by averaging gradients, but buffers such as batch-norm running statistics
     are updated by each rank's own last forward, and a strategy's own whole-data steps could drift on
     non-deterministic kernels. After each experience the runner calls this, so every rank evaluates and later
-    trains from the same model, and records the divergence: 0.0 on CPU, where any other value would be a bug.
+    trains from the same model (buffers included), and records the divergence of the *parameters*: 0.0 on CPU,
+    where any other value would be a bug. The buffers' difference is expected (each rank's last batch moved its
+    running statistics) and is not counted.
     """
     if not info.enabled:
         return 0.0
@@ -119,16 +147,15 @@ def synchronise_replicas(module: Any, info: DistributedInfo, device: Any) -> flo
     import torch.distributed as dist
 
     divergence = 0.0
+    parameters = {name for name, _ in module.named_parameters()}
     with torch.no_grad():
-        for tensor in module.state_dict().values():
+        for name, tensor in module.state_dict().items():
             if not isinstance(tensor, torch.Tensor) or tensor.numel() == 0:
                 continue
             reference = tensor.detach().clone()
             dist.broadcast(reference, src=0)
-            if tensor.is_floating_point():
+            if name in parameters:  # a buffer is made rank 0's too, but its difference is not counted
                 divergence = max(divergence, float((tensor.double() - reference.double()).abs().max()))
-            elif not torch.equal(tensor, reference):
-                divergence = max(divergence, float("inf"))
             tensor.copy_(reference)
     worst = torch.tensor([divergence], dtype=torch.float64, device=device)
     dist.all_reduce(worst, op=dist.ReduceOp.MAX)
