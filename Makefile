@@ -18,8 +18,13 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)
 	$(BIN)/lifelong demo
 
+# Two workers (pytest-xdist) on the two cores of the development machine; each module runs whole in one worker, so
+# its fixtures are made once (tests/conftest.py gives each worker its share of torch threads). TEST_WORKERS=0 runs
+# the suite in this process.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope
 
 # The offline data sets: Debian's dataset-fashion-mnist (the four IDX files in /usr/share/datasets/fashion-mnist,
 # where split-fashion-mnist looks without data_root; docs/fashion-mnist.md) and wordnet-base (the WordNet 3.0
