@@ -7,8 +7,6 @@ from conftest import TINY_STREAM
 from lifelong.platform.errors import UserError
 from lifelong.platform.runner import resolve_config, run_experiment
 
-BASELINES = ["naive", "joint", "ewc", "lwf", "replay", "icarl", "gdumb", "dark-er"]
-
 
 def _config(strategy, seed=0, **extra):
     return resolve_config(strategy=strategy, benchmark="split-digits", seed=seed,
@@ -39,15 +37,6 @@ def test_same_seed_same_matrix_and_other_seed_differs(tmp_path):
     assert a["class_order"] != c["class_order"]
 
 
-@pytest.mark.parametrize("strategy", BASELINES)
-def test_resume_gives_the_same_results_as_an_uninterrupted_run(strategy, tmp_path):
-    full = run_experiment(_config(strategy), out=tmp_path / "full", progress=False)
-    partial = run_experiment(_config(strategy), out=tmp_path / "cut", progress=False, stop_after=1)
-    assert partial["completed"] == 1 and not (tmp_path / "cut" / "results.json").exists()
-    resumed = run_experiment(_config(strategy), out=tmp_path / "cut", resume=True, progress=False)
-    assert resumed["accuracy_matrix"] == full["accuracy_matrix"]
-
-
 def test_resume_refuses_another_configuration(tmp_path):
     run_experiment(_config("naive"), out=tmp_path, progress=False, stop_after=1)
     with pytest.raises(UserError, match="another configuration"):
@@ -56,11 +45,20 @@ def test_resume_refuses_another_configuration(tmp_path):
         run_experiment(_config("naive"), out=tmp_path / "empty", resume=True, progress=False)
 
 
-def test_compare_summarises_mean_and_std(tmp_path):
+COMPARE = dict(overrides={**TINY_STREAM, "epochs": 3, "mem_size": 50}, progress=False)
+
+
+@pytest.fixture(scope="module")
+def serial_compare(tmp_path_factory):
+    """naive and replay over seeds 0 and 1, one run after the other: made once, read by two tests."""
     from lifelong.platform.runner import compare
 
-    summary = compare(["naive", "replay"], "split-digits", [0, 1], out=tmp_path, progress=False,
-                      overrides={**TINY_STREAM, "epochs": 3, "mem_size": 50})
+    out = tmp_path_factory.mktemp("serial")
+    return out, compare(["naive", "replay"], "split-digits", [0, 1], out=out, jobs=1, **COMPARE)
+
+
+def test_compare_summarises_mean_and_std(serial_compare):
+    tmp_path, summary = serial_compare
     saved = json.loads((tmp_path / "summary.json").read_text())["strategies"]
     assert set(saved) == {"naive", "replay"} and saved["replay"]["n_runs"] == 2
     runs = [json.loads((tmp_path / f"replay-seed{s}" / "results.json").read_text()) for s in (0, 1)]
@@ -72,25 +70,24 @@ def test_compare_summarises_mean_and_std(tmp_path):
     assert summary["naive"]["last_accuracy"]["mean"] < summary["replay"]["last_accuracy"]["mean"]
 
 
-def test_compare_in_parallel_processes_gives_the_serial_summary(tmp_path):
+def test_compare_in_parallel_processes_gives_the_serial_summary(serial_compare, tmp_path):
     """Bit for bit: every number of summary.json but the wall times, and every run's accuracy matrix."""
     import sys
 
     from lifelong.platform.runner import _pool_context, compare
 
-    kwargs = dict(overrides={**TINY_STREAM, "epochs": 1}, progress=False)
-    compare(["naive", "replay"], "split-digits", [0, 1], out=tmp_path / "serial", jobs=1, **kwargs)
-    compare(["naive", "replay"], "split-digits", [0, 1], out=tmp_path / "parallel", jobs=2, **kwargs)
+    serial_dir, _ = serial_compare
+    compare(["naive", "replay"], "split-digits", [0, 1], out=tmp_path / "parallel", jobs=2, **COMPARE)
     summaries = []
-    for folder in ("serial", "parallel"):
-        summary = json.loads((tmp_path / folder / "summary.json").read_text())
+    for folder in (serial_dir, tmp_path / "parallel"):
+        summary = json.loads((folder / "summary.json").read_text())
         for entry in summary["strategies"].values():
             assert entry.pop("wall_time_s")["mean"] > 0
         summaries.append(summary)
     assert summaries[0] == summaries[1]
     assert list(summaries[0]["strategies"]) == ["naive", "replay"]  # the order the strategies were given
     for run in ("naive-seed0", "naive-seed1", "replay-seed0", "replay-seed1"):
-        serial, parallel = (json.loads((tmp_path / f / run / "results.json").read_text()) for f in ("serial", "parallel"))
+        serial, parallel = (json.loads((f / run / "results.json").read_text()) for f in (serial_dir, tmp_path / "parallel"))
         assert serial["accuracy_matrix"] == parallel["accuracy_matrix"], run
     if sys.platform.startswith("linux"):  # workers are forked from this process, with everything imported
         assert _pool_context().get_start_method() == "fork" and "avalanche.training" in sys.modules
