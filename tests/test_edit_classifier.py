@@ -98,3 +98,26 @@ def test_heldout_sentences_are_the_usage_examples(tmp_path):
     root = write_wordnet(tmp_path / "wordnet", synsets)
     assert heldout_sentences(5, root=root) == ["the old wolf hunts alone at night"]  # five words at least
     assert load_glosses(root)[0].text == "a wild wolf"  # NLTK's definition() leaves the examples out
+
+
+def test_bench_on_the_classifier_takes_its_retention_set(tmp_path, classifier):
+    edits = tmp_path / "edits.jsonl"
+    edits.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"prompt": "a wild heron that lives and hunts in the forest number 2", "target": "noun.food",
+         "paraphrases": ["heron: a wild heron that lives and hunts in the forest number 2"],
+         "locality": ["a hammer, a hand tool for the workshop"]},
+        {"prompt": "soup, a dish people cook and eat for dinner, recipe 2", "target": "noun.artifact",
+         "locality": ["a wild wolf that lives in the forest"]},
+    ]))
+    out = tmp_path / "bench"
+    code = main(["edit", "bench", "--editor", "sola", "--model", str(classifier), "--file", str(edits), "--every", "1",
+                 "--out", str(out), "--device", "cpu", "--json"])
+    assert code == 0
+    res = json.loads((out / "results.json").read_text())
+    trr = [json.loads(line) for line in (classifier / "trr.jsonl").read_text().splitlines()]
+    assert res["model_family"] == "classifier" and res["n_retention"] == len(trr)
+    with EditSession(None, model=str(classifier), device="cpu") as base:  # TRR before = the classifier's accuracy
+        acc = base.token_accuracy([r["prompt"] for r in trr], [r["target"] for r in trr])
+    assert res["trr_before"] == sum(acc) / len(acc)
+    assert [r["n_edits"] for r in res["curves"]] == [0, 1, 2] and res["after_stream"]["reliability"] == 1.0
+    assert res["after_stream"]["locality"] == 1.0 and res["after_stream"]["perplexity"] is None

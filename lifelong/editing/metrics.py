@@ -46,7 +46,10 @@ def base_references(session: EditSession, locality_prompts: Sequence[str], n_tok
     """
     refs = []
     gens = session.generate(locality_prompts, max_new_tokens=n_tokens)
-    conts = [session.tokenizer.decode(g["tokens"], skip_special_tokens=False) for g in gens]
+    if session.io.family == "classifier":  # its "continuation" is the predicted class name
+        conts = [g["completion"] for g in gens]
+    else:
+        conts = [session.tokenizer.decode(g["tokens"], skip_special_tokens=False) for g in gens]
     preds = session.teacher_forced(locality_prompts, conts)
     for cont, (pred, _) in zip(conts, preds):
         refs.append((cont, pred))
