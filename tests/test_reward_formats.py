@@ -4,6 +4,7 @@ per-level report, and the bundled WordNet held-out set."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -144,8 +145,8 @@ def test_the_shipped_heldout_set_obeys_its_procedure() -> None:
         if p.dimension == "if-length":  # rejected one does not
             assert len(p.chosen.split()) <= 8 < len(p.rejected.split())
         elif p.dimension == "if-keyword":
-            word = p.prompt.split("Use the word '")[1].split("'")[0]
-            assert word in p.chosen and word not in p.rejected
+            word = re.compile(r"\b" + re.escape(p.prompt.split("Use the word '")[1].split("'")[0]) + r"\b")
+            assert word.search(p.chosen) and not word.search(p.rejected)  # as a word: "aircraft" is not "craft"
         elif p.dimension == "if-list":
             assert [line[:2] for line in p.chosen.splitlines()] == ["- "] * 3 and "\n" not in p.rejected
         elif p.dimension == "if-ending":

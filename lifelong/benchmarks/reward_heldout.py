@@ -11,11 +11,11 @@ from this set.
 Procedure (``build_heldout``; seed 0; candidates in WordNet's own order, then a seeded sample):
 
 - ``factual-isa`` (60): a common noun x (single-word lemma, the lemma's most frequent noun sense, WordNet
-  frequency count >= 10, not a person noun) whose first hypernym h is specific (depth >= 4); a co-hyponym s of
+  frequency count >= 10, not a person noun) whose first hypernym h (by synset name) is specific (depth >= 4); a co-hyponym s of
   h (the first by synset name among the other hyponyms of h's hypernym that are single words, not in x's
   hypernym closure). Prompt "What is a x?"; chosen "A x is a kind of h."; rejected "A x is a kind of s.".
 - ``factual-part`` (40): a named place x (an instance of a city, capital, port or town whose name has one noun
-  sense only) with a part holonym h that is a named instance (a country, state, region); s another instance of
+  sense only) with a part holonym h (the first by synset name) that is a named instance (a country, state, region); s another instance of
   h's class. Prompt "Where is x?"; chosen "x is in h."; rejected "x is in s.".
 - instruction following (20 each), after IFEval's constraint families (Zhou et al., 2023), over common nouns x
   chosen as for ``factual-isa``, with hypernym h and gloss g (up to its first ";"); both responses are true,
@@ -52,6 +52,12 @@ _PLACE_CLASSES = {"city.n.01", "national_capital.n.01", "state_capital.n.01", "p
 _WORD = re.compile(r"^[a-z]+$")
 
 
+def _by_name(synsets: Any) -> list[Any]:
+    """Related synsets in a fixed order: NLTK's lists of related synsets follow set order, which changes from one
+    process to the next (string hashing), so every list the procedure takes a first element of is sorted by name."""
+    return sorted(synsets, key=lambda s: str(s.name()))
+
+
 def _name(s: Any) -> str:
     return s.lemma_names()[0].replace("_", " ")
 
@@ -85,7 +91,7 @@ def _common_nouns(wn: Any, min_count: int, min_depth: int) -> Iterator[tuple[Any
             continue
         if wn.synsets(word, pos="n")[0] != x:  # the word's most frequent sense only: what a reader takes it to mean
             continue
-        h = x.hypernyms()[0]
+        h = _by_name(x.hypernyms())[0]
         if h.min_depth() < min_depth or _count(x) < min_count:
             continue
         yield x, h
@@ -116,7 +122,7 @@ def _part_candidates(wn: Any) -> list[dict[str, str]]:
             continue
         if len(wn.synsets(x.lemma_names()[0], pos="n")) != 1:  # "Where is Athens?" must not be ambiguous
             continue
-        for h in x.part_holonyms():
+        for h in _by_name(x.part_holonyms()):
             classes = h.instance_hypernyms()
             if not classes:
                 continue

@@ -198,7 +198,7 @@ def _closure(s: Any, step: Any, depth: int = 8) -> set[Any]:
 def _related(wn: Any, a: Entity, b: Entity) -> tuple[bool, bool]:
     """(WordNet holds a is-a / part-of / has relation between some senses of a and b, b is a co-hyponym of
     something a is or belongs to)."""
-    senses_a = [a.synset] + [s for s in _noun_senses(wn, a.lemma)[:4] if s != a.synset]
+    senses_a = [a.synset] + [s for s in _noun_senses(wn, a.lemma)[:4] if s != a.synset]  # WordNet's sense order
     senses_b = set(_noun_senses(wn, b.lemma)[:4]) | {b.synset}
     truth: set[Any] = set()
     for sa in senses_a:
@@ -240,7 +240,8 @@ def _claims(wn: Any, response: str, context: str) -> tuple[int, int, list[str]]:
 
 
 def _neighbourhood(s: Any) -> set[str]:
-    rel = [s] + _hypernyms(s) + _holonyms(s) + _meronyms(s) + list(s.hyponyms())[:20] + list(s.instance_hyponyms())[:20]
+    rel = ([s] + _hypernyms(s) + _holonyms(s) + _meronyms(s) + sorted(s.hyponyms(), key=_key)[:20]
+           + sorted(s.instance_hyponyms(), key=_key)[:20])
     return {w for r in rel for n in r.lemma_names() for w in words(n.replace("_", " ")) if w not in _STOP}
 
 
