@@ -252,6 +252,7 @@ class EntityBackgroundBranch(Branch):
 
     name = "entity-background"
     feature_names = ("log_entities", "related_mention_share", "supported_claims", "contradicted_claims")
+    version = "2"  # 2: related synsets in a fixed order (outputs of 1 could depend on the process's string hashing)
 
     def __init__(self, config: EntityConfig | None = None) -> None:
         self.config = config or EntityConfig()
