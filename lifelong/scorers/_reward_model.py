@@ -221,8 +221,17 @@ class RewardModel:
         head = self._new_head(dims, None if self.lm is not None else f.emb.shape[1])
         head.set_standardisation(f.feats)
         epochs, lr = (cfg.lm_epochs, cfg.lm_lr) if self.lm is not None else (cfg.epochs, cfg.lr)
-        opt = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=lr,
-                                weight_decay=cfg.weight_decay)
+        groups: list[dict[str, Any]] = [{"params": [p for n, p in head.named_parameters()
+                                                    if p.requires_grad and not n.startswith("branches.")], "lr": lr}]
+        if self.lm is not None and head.branch_names:
+            # with the LM backbone the few steps at lm_lr would leave the branch terms at their random start (a
+            # random-signed vote on strong features): they start at zero and learn at the encoder head's lr
+            for lin in head.branches.values():
+                nn.init.zeros_(lin.weight)
+            groups.append({"params": list(head.branches.parameters()), "lr": cfg.lr})
+        else:
+            groups[0]["params"] += list(head.branches.parameters())
+        opt = torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay)
         precision = getattr(cfg, "precision", "fp32")
         scaler = LossScaler(precision, self.device)
         gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
