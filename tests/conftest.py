@@ -44,9 +44,11 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
     and runs ``lifelong.cli.main.main`` with its own working folder, standard streams and exit code: what a fresh
     interpreter does, without its seconds of imports. A fresh interpreter is started instead where the fork would
     not be the same: with ``env`` (variables read at import time, ``PYTHONPATH`` plugins), off Linux, once CUDA is
-    initialised here, or with ``LIFELONG_TEST_SUBPROCESS=1`` set.
+    initialised here, for ``plugins`` (it lists this process's registry, which tests change), or with
+    ``LIFELONG_TEST_SUBPROCESS=1`` set.
     """
-    forked = _forked_cli(args, cwd or REPO, timeout) if _can_fork(env) else None
+    # `plugins` lists the registry, which tests change in-process (test plugins registered here would show)
+    forked = _forked_cli(args, cwd or REPO, timeout) if _can_fork(env) and args[:1] != ("plugins",) else None
     if forked is not None:
         return forked
     proc = subprocess.run(
