@@ -26,8 +26,8 @@ def main() -> None:
     ap.add_argument("--layers", default="4,8,12,16,20,24")
     ap.add_argument("--modules", default="mlp.down_proj,self_attn.q_proj,mlp.gate_proj")
     args = ap.parse_args()
+    from lifelong.adapters.editable import edit_module_names
     from lifelong.adapters.llm import load_causal_lm
-    from lifelong.adapters.lora import module_names
     from lifelong.editors.sola import GENERIC_PROMPTS
 
     model, tok = load_causal_lm()
@@ -42,7 +42,7 @@ def main() -> None:
     all_texts = texts + list(GENERIC_PROMPTS)
     layers = [int(x) for x in args.layers.split(",")]
     mods = args.modules.split(",")
-    sites = [(m, n) for m in mods for n in module_names(model, layers, m)]
+    sites = [(m, n) for m in mods for n in edit_module_names(model, layers, m)]
     caught: dict[str, list[torch.Tensor]] = {n: [] for _, n in sites}
     hooks = []
     for _, n in sites:

@@ -32,31 +32,6 @@ import torch
 from torch import nn
 
 
-def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """``(path, layers)`` of a causal LM's decoder blocks (Llama/Mistral/Qwen ``model.layers``, GPT-2 ``transformer.h``)."""
-    for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"):
-        try:
-            mod = model.get_submodule(path)
-        except AttributeError:
-            continue
-        if isinstance(mod, nn.ModuleList):
-            return path, mod
-    raise ValueError(f"cannot find the decoder layers of {type(model).__name__}")
-
-
-def module_names(model: nn.Module, layers: Sequence[int], module: str) -> list[str]:
-    """Full names of ``module`` (e.g. ``mlp.down_proj``) inside the given decoder layers (negative = from the end)."""
-    path, blocks = decoder_layers(model)
-    n = len(blocks)
-    names = []
-    for i in layers:
-        j = i + n if i < 0 else i
-        if not 0 <= j < n:
-            raise ValueError(f"layer {i} does not exist; the model has layers 0..{n - 1}")
-        names.append(f"{path}.{j}.{module}")
-    return names
-
-
 @dataclass
 class Decision:
     """Per-sequence routing result: ``slots[b]`` is the edit slot of sequence b, or -1; ``ids`` the edit ids."""

@@ -45,8 +45,8 @@ from typing import Any, ClassVar, Iterator, Sequence
 
 import numpy as np
 
-from lifelong.adapters.editable import edit_module_names
-from lifelong.adapters.lora import RoutedLoRA, decoder_layers
+from lifelong.adapters.editable import edit_layers, edit_module_names
+from lifelong.adapters.lora import RoutedLoRA
 from lifelong.editing.editor import EditArtifact, Editor
 from lifelong.editing.router import Router
 from lifelong.editors._prefix import first_layer_index, replay_frozen_layers
@@ -199,7 +199,7 @@ class SoLAEditor(Editor):
             raise ConfigError(f"sola layers/modules: {exc}") from exc
         key_module = None
         if self.config.key_layer is not None:
-            path, blocks = decoder_layers(model)
+            path, blocks = edit_layers(model)
             first = min(first_layer_index(model, layer) for layer in self.config.layers)
             k = first_layer_index(model, self.config.key_layer)
             if not 0 <= k < len(blocks) or k > first:
