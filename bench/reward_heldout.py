@@ -27,6 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from srm_compare import fit_and_evaluate  # noqa: E402  (the reward benches share the train-and-evaluate loop)
+
 
 def build(check: bool) -> int:
     from lifelong.benchmarks.reward_heldout import HELDOUT_FILE, build_heldout, write_heldout
@@ -50,7 +53,6 @@ def measure(seeds: list[int], threads: int, out: Path) -> int:
     torch.set_num_threads(threads)
     from lifelong.benchmarks.preferences import bundled_preferences
     from lifelong.benchmarks.reward_heldout import heldout_preferences
-    from lifelong.platform.registry import create
     from lifelong.scorers.srm import DEFAULT_BRANCHES
 
     train, held = bundled_preferences("train"), heldout_preferences()
@@ -61,16 +63,7 @@ def measure(seeds: list[int], threads: int, out: Path) -> int:
         "srm default + entity-background (reads WordNet: not held out)": (
             "srm", {"branches": default + ["entity-background"]}),
     }
-    results: dict[str, list[dict]] = {}
-    for label, (scorer, cfg) in configs.items():
-        for seed in seeds:
-            tm = time.perf_counter()
-            rm = create("scorer", scorer, seed=seed, **cfg)
-            rm.fit(train)
-            rep = rm.evaluate(held)
-            rep["seconds"] = round(time.perf_counter() - tm, 1)
-            results.setdefault(label, []).append(rep)
-            print(f"{label} seed {seed}: {rep['accuracy']:.3f} ({rep['seconds']} s)", flush=True)
+    results = fit_and_evaluate(configs, seeds, train, held)
 
     dims = sorted(results["scalar-rm"][0]["per_dimension"])
     families = {"factual": [d for d in dims if d.startswith("factual")], "instruction": [d for d in dims if d.startswith("if-")]}

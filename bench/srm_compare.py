@@ -20,6 +20,25 @@ from pathlib import Path
 import numpy as np
 
 
+def fit_and_evaluate(configs: dict[str, tuple[str, dict]], seeds: list[int], train: list, held: list
+                     ) -> dict[str, list[dict]]:
+    """For each labelled (scorer, config) and seed: train on ``train``, evaluate on ``held``; the reports by label
+    (each with its ``seconds``), printed as they come."""
+    from lifelong.platform.registry import create
+
+    results: dict[str, list[dict]] = {}
+    for label, (scorer, cfg) in configs.items():
+        for seed in seeds:
+            tm = time.perf_counter()
+            rm = create("scorer", scorer, seed=seed, **cfg)
+            rm.fit(train)
+            rep = rm.evaluate(held)
+            rep["seconds"] = round(time.perf_counter() - tm, 1)
+            results.setdefault(label, []).append(rep)
+            print(f"{label} seed {seed}: {rep['accuracy']:.3f} ({rep['seconds']} s)", flush=True)
+    return results
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", default="0,1,2")
@@ -60,16 +79,7 @@ def main() -> None:
         configs[f"srm all minus {b}"] = ("srm", {"branches": [x for x in all_branches if x != b]})
     configs["srm default, features only (no joined texts)"] = ("srm", {"branches": default, "join_texts": False})
 
-    results: dict[str, list[dict]] = {}
-    for label, (scorer, cfg) in configs.items():
-        for seed in seeds:
-            tm = time.perf_counter()
-            rm = create("scorer", scorer, seed=seed, **cfg)
-            rm.fit(train)
-            rep = rm.evaluate(held)
-            rep["seconds"] = round(time.perf_counter() - tm, 1)
-            results.setdefault(label, []).append(rep)
-            print(f"{label} seed {seed}: {rep['accuracy']:.3f} ({rep['seconds']} s)", flush=True)
+    results = fit_and_evaluate(configs, seeds, train, held)
 
     dims = sorted(results["scalar-rm"][0]["per_dimension"])
     summary = {}
