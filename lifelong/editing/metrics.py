@@ -153,36 +153,22 @@ def store_bytes(path: str | os.PathLike) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
-def generation_overhead(session: EditSession, prompts: Sequence[str], *, reps: int = 2, max_new_tokens: int = 16,
-                        base_seconds: float | None = None) -> dict[str, Any]:
-    """Median seconds of ``session.generate(prompts)`` with the edits in force, over ``reps`` runs, and the ratio
-    to ``base_seconds`` (the unedited model's median on the same prompts, measured by the caller before the first
-    edit; without it, the edits are switched off and on around interleaved base runs)."""
+def generation_overhead(session: EditSession, prompts: Sequence[str], *, reps: int = 2,
+                        max_new_tokens: int = 16) -> dict[str, Any]:
+    """Median seconds of ``session.generate(prompts)`` with the edits in force and with them switched off, over
+    ``reps`` interleaved rounds, and their ratio: both sides in the same minutes, so the machine's load is shared."""
     routed, base = [], []
     for _ in range(reps):
         t0 = time.perf_counter()
         session.generate(prompts, max_new_tokens=max_new_tokens)
         routed.append(time.perf_counter() - t0)
-        if base_seconds is None:
-            with _edits_off(session, list(session.loaded_ids)):
-                t0 = time.perf_counter()
-                session.generate(prompts, max_new_tokens=max_new_tokens)
-                base.append(time.perf_counter() - t0)
-    b = base_seconds if base_seconds is not None else float(np.median(base))
-    r = float(np.median(routed))
+        with _edits_off(session, list(session.loaded_ids)):
+            t0 = time.perf_counter()
+            session.generate(prompts, max_new_tokens=max_new_tokens)
+            base.append(time.perf_counter() - t0)
+    b, r = float(np.median(base)), float(np.median(routed))
     return {"routed_s": r, "base_s": b, "ratio": r / b if b else None, "n_prompts": len(prompts),
-            "max_new_tokens": max_new_tokens, "reps": reps, "interleaved": base_seconds is None}
-
-
-def base_generation_seconds(session: EditSession, prompts: Sequence[str], *, reps: int = 2,
-                            max_new_tokens: int = 16) -> float:
-    """Median seconds of ``session.generate(prompts)`` now (before any edit: the unedited model)."""
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        session.generate(prompts, max_new_tokens=max_new_tokens)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+            "max_new_tokens": max_new_tokens, "reps": reps, "interleaved": True}
 
 
 @contextlib.contextmanager
