@@ -11,7 +11,9 @@ Parts (``--parts``, comma-separated, in this order):
   ``srm backbone=lm`` with those branches for each seed.
 
 Each trained model is trained on ``--train-pairs`` pairs of the training split (every k-th, so each dimension is
-represented) and evaluated on the whole held-out split. Cost per scored pair: the held-out evaluation's wall time
+represented) and evaluated on the whole held-out split and on the independent WordNet held-out set
+(``lifelong/benchmarks/data/reward_heldout.jsonl``, never used to tune anything; its accuracy is reported under
+``independent``). Cost per scored pair: the held-out evaluation's wall time
 divided by its pairs, once cold (empty branch cache, no memoised LM states, judgements not cached) and once warm
 (everything cached), on ``--threads`` torch threads. Results go to ``--out`` (JSON) after every model, so an
 interrupted run keeps what it measured; the tables are printed at the end.
@@ -56,28 +58,39 @@ def fmt(values: list[float]) -> str:
     return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
 
 
-def print_tables(results: dict[str, Any], seeds: str) -> None:
-    """The accuracy table (mean ± std over seeds per model; one value for grm) and the SBM training report."""
-    setup = results.get("setup", {})
-    print(f"\nheld-out pairwise accuracy ({setup.get('heldout_pairs')} pairs; trained on {setup.get('train_pairs')} "
-          f"pairs, seeds {seeds}):")
-    dims = sorted({d for k, v in results.items() if isinstance(v, dict) and k not in ("setup", "sbm_training")
-                   for r in ([v] if "accuracy" in v else [x for x in v.values() if isinstance(x, dict)])
-                   for d in r.get("per_dimension", {})})
-    print("| scorer | overall | " + " | ".join(dims) + " | s/pair cold | s/pair warm |")
-    print("|---" * (len(dims) + 4) + "|")
-    for name, v in results.items():
-        if not isinstance(v, dict) or name in ("setup", "sbm_training"):
-            continue
-        runs = [v] if "accuracy" in v else [r for r in v.values() if isinstance(r, dict) and "accuracy" in r]
+def _runs(v: dict[str, Any]) -> list[dict[str, Any]]:
+    """The measured runs of one result entry: itself (grm) or its per-seed rows."""
+    return [v] if "accuracy" in v else [r for r in v.values() if isinstance(r, dict) and "accuracy" in r]
+
+
+def _accuracy_table(results: dict[str, Any], view: str | None) -> None:
+    """One markdown table, mean ± std over seeds per model: ``view`` None reads the bundled held-out split's
+    accuracy and costs, ``"independent"`` the WordNet held-out set's accuracy (rows without it are left out)."""
+    models = {k: v for k, v in results.items() if isinstance(v, dict) and k not in ("setup", "sbm_training")}
+    pick = (lambda r: r) if view is None else (lambda r: r.get(view))
+    dims = sorted({d for v in models.values() for r in _runs(v) if pick(r) for d in pick(r)["per_dimension"]})
+    print("| scorer | overall | " + " | ".join(dims) + (" | s/pair cold | s/pair warm |" if view is None else " |"))
+    print("|---" * (len(dims) + (4 if view is None else 2)) + "|")
+    for name, v in models.items():
+        runs = [pick(r) for r in _runs(v) if pick(r)]
         if not runs:
             continue
         cells = [fmt([r["accuracy"] for r in runs])]
         cells += [fmt([r["per_dimension"][d]["accuracy"] for r in runs if d in r["per_dimension"]]) for d in dims]
-        cold = next((r["eval_seconds_per_pair_cold"] for r in runs if "eval_seconds_per_pair_cold" in r), None)
-        warm = next((r["eval_seconds_per_pair_warm"] for r in runs if "eval_seconds_per_pair_warm" in r), None)
-        print(f"| {name} ({len(runs)} run{'s' if len(runs) > 1 else ''}) | " + " | ".join(cells)
-              + f" | {cold} | {warm} |")
+        if view is None:
+            cells.append(str(next((r["eval_seconds_per_pair_cold"] for r in runs if "eval_seconds_per_pair_cold" in r), None)))
+            cells.append(str(next((r["eval_seconds_per_pair_warm"] for r in runs if "eval_seconds_per_pair_warm" in r), None)))
+        print(f"| {name} ({len(runs)} run{'s' if len(runs) > 1 else ''}) | " + " | ".join(cells) + " |")
+
+
+def print_tables(results: dict[str, Any], seeds: str) -> None:
+    """The accuracy tables (bundled held-out split, independent WordNet set) and the SBM training report."""
+    setup = results.get("setup", {})
+    print(f"\nheld-out pairwise accuracy ({setup.get('heldout_pairs')} pairs; trained on {setup.get('train_pairs')} "
+          f"pairs, seeds {seeds}):")
+    _accuracy_table(results, None)
+    print(f"\nindependent WordNet held-out set ({setup.get('independent_pairs')} pairs; same models):")
+    _accuracy_table(results, "independent")
     for name, v in results.items():
         if isinstance(v, dict) and name not in ("setup", "sbm_training") and "accuracy" not in v:
             times = [r["train_seconds"] for r in v.values() if isinstance(r, dict) and "train_seconds" in r]
@@ -124,10 +137,14 @@ def main() -> None:
     parts = [p for p in args.parts.split(",") if p]
     train = subset(bundled_preferences("train"), args.train_pairs)
     held = bundled_preferences("heldout")
+    from lifelong.benchmarks.reward_heldout import heldout_preferences
+
+    independent = heldout_preferences()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {}
-    results["setup"] = {"train_pairs": len(train), "heldout_pairs": len(held), "lm_epochs": args.lm_epochs,
+    results["setup"] = {"train_pairs": len(train), "heldout_pairs": len(held),
+                        "independent_pairs": len(independent), "lm_epochs": args.lm_epochs,
                         "batch_size": args.batch_size, "threads": args.threads, "branches": args.branches}
 
     def save() -> None:
@@ -157,6 +174,8 @@ def main() -> None:
                     row["eval_seconds_per_pair_cold"] = round(eval_s / len(held), 3)
                     _, warm = timed_eval(model, held)
                     row["eval_seconds_per_pair_warm"] = round(warm / len(held), 4)
+                ind, _ = timed_eval(model, independent)
+                row["independent"] = {"accuracy": ind["accuracy"], "per_dimension": ind["per_dimension"]}
                 rows[str(seed)] = row
                 save()
                 print(f"{name} seed {seed}: accuracy {report['accuracy']:.3f}, train {train_s:.0f} s, "
@@ -176,13 +195,15 @@ def main() -> None:
                 judge = create("scorer", "grm", cache_dir=str(cache), device="cpu")
                 report, cold = timed_eval(judge, held)
                 _, warm = timed_eval(judge, held)
+                ind, _ = timed_eval(judge, independent)
             finally:
                 shutil.rmtree(cache, ignore_errors=True)
             results["grm"] = {"accuracy": report["accuracy"], "per_dimension": report["per_dimension"],
                               "order_agreement": report["order_agreement"],
                               "first_order_accuracy": report["first_order_accuracy"],
                               "eval_seconds_per_pair_cold": round(cold / len(held), 3),
-                              "eval_seconds_per_pair_warm": round(warm / len(held), 4)}
+                              "eval_seconds_per_pair_warm": round(warm / len(held), 4),
+                              "independent": {"accuracy": ind["accuracy"], "per_dimension": ind["per_dimension"]}}
             save()
             print(f"grm: accuracy {report['accuracy']:.3f} (cold {cold:.0f} s)", flush=True)
         elif part == "sbm":
