@@ -5,7 +5,7 @@ batch size) and evaluate on every test experience after each step; the platform 
 ``run_experiment`` (what ``lifelong run --strategy naive`` calls), which also writes checkpoints, results.json,
 the CSV and the plots. Runs alternate so that machine noise hits both alike.
 
-    .venv/bin/python bench/runner_overhead.py [--repeats 5] [--epochs 4,20]
+    .venv/bin/python bench/runner_overhead.py [--repeats 15] [--epochs 4,20]
 
 The platform's extra work is mostly fixed (two PNG plots, results.json/CSV, one checkpoint per step), so the
 ratio shrinks as runs get longer; it is reported at each epoch count given, as the median over repeats of the
@@ -63,7 +63,7 @@ def platform_run(epochs: int, batch_size: int, lr: float, seed: int) -> tuple[fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--epochs", default="4,20", help="comma-separated epoch counts to measure")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=0.01)
