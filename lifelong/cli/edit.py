@@ -19,13 +19,14 @@ from typing import Any
 
 from lifelong.benchmarks.edits import bundled_edits_path, load_edits, load_prompts
 from lifelong.editing.bench import run_edit_bench
+from lifelong.editing.calibrate import calibrate_threshold
 from lifelong.editing.editor import MAX_TARGET_CHARS, EditRequest, check_edit_text, check_edit_tokens
 from lifelong.editing.export import export_peft, import_into
 from lifelong.editing.metrics import evaluate_store
 from lifelong.editing.session import EditSession
 from lifelong.editing.store import EditStore
 from lifelong.platform import registry
-from lifelong.platform.config import parse_overrides
+from lifelong.platform.config import build_config, parse_overrides
 from lifelong.platform.device import PRECISIONS
 from lifelong.platform.errors import UserError
 
@@ -186,6 +187,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     be.add_argument("--json", action="store_true", help="print results.json instead of the summary")
     _add_device_options(be)
     be.set_defaults(handler=cmd_bench)
+
+    ca = sub.add_parser("calibrate", help="choose SoLA's routing threshold on a development edit file (paraphrases "
+                                          "and locality prompts): the largest one that keeps --locality of the "
+                                          "unrelated prompts unrouted")
+    ca.add_argument("--file", required=True, help="development edits (JSON Lines with paraphrases and locality, "
+                                                  "e.g. `edit make-set --split dev`); not the edits you report on")
+    ca.add_argument("--locality", type=float, default=0.98,
+                    help="share of locality prompts that must stay unrouted (default 0.98)")
+    ca.add_argument("--n", type=int, default=None, help="only the first N records of the file")
+    ca.add_argument("--model", default=None)
+    ca.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="SoLA config of the store to be (key_layer, key_module, key_pooling, center_keys, layers)")
+    ca.add_argument("--json", action="store_true", help="print JSON only")
+    _add_device_options(ca)
+    ca.set_defaults(handler=cmd_calibrate)
 
     ms = sub.add_parser("make-set", help="write a counterfactual edit set built from WordNet 3.0 (JSON Lines, the "
                                          "format apply/eval --file read; docs/editing.md)")
@@ -458,6 +474,33 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if ov and ov.get("ratio") is not None:
             print(f"  routed / unedited generation time: {ov['ratio']:.3f}; store {res['store_bytes'] / 1e6:.2f} MB")
         print(f"  wrote {out / 'results.json'}, curves.csv, edit_metrics.png and paper_metrics.png")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    if not 0.0 < args.locality <= 1.0:
+        raise UserError(f"--locality must be in (0, 1], got {args.locality}")
+    requests = load_edits(args.file)
+    if args.n is not None:
+        if args.n < 1:
+            raise UserError(f"--n must be >= 1, got {args.n}")
+        requests = requests[: args.n]
+    overrides = parse_overrides(args.overrides)
+    build_config(registry.get("editor", "sola").config, overrides)  # a bad key or value fails before the model loads
+    base = EditSession(None, model=args.model, device=args.device, precision=args.precision, quiet=True)
+    res = calibrate_threshold(requests, base.model, base.tokenizer, editor_config=overrides,
+                              locality=args.locality, precision=base.precision)
+    res["file"] = args.file
+    if args.json:
+        print(json.dumps(res, indent=1))
+        return 0
+    print(f"SoLA routing on {res['n_edits']} edits of {args.file} ({res['n_paraphrases']} paraphrases, "
+          f"{res['n_locality']} locality prompts; ROC area {res['auc']:.3f})")
+    print(f"  threshold {res['threshold']:.4f}: {res['locality_kept']:.3f} of the locality prompts unrouted "
+          f"(target {args.locality}), {res['paraphrases_routed']:.3f} of the paraphrases routed to their edit")
+    print(f"  configured threshold {res['configured_threshold']:.4f}: {res['configured']['locality_kept']:.3f} "
+          f"unrouted, {res['configured']['paraphrases_routed']:.3f} routed")
+    print(f"  use it on a new store: lifelong edit apply --store NEW --set threshold={res['threshold']:.4f} ...")
     return 0
 
 

@@ -1,0 +1,119 @@
+"""Choosing SoLA's routing threshold on a development set of edits (``lifelong edit calibrate``).
+
+SoLA switches an edit on for a query whose key lies within a cosine distance α of the edit's key. The paper fixes
+α without saying how to choose it, and no one value serves every kind of edit: on SmolLM2-135M the bundled
+corrections need 0.08 (their unrelated prompts lie close to the edits), WordNet counterfactual edits 0.29
+(docs/editing.md, "One threshold does not fit both sets"). So the threshold is chosen per store, on edits like
+the ones the store will hold, from the curve that ``bench/edit_routing.py`` draws for research:
+
+- the keys a new store would compute (the model family's editor defaults, then the caller's overrides) for every
+  edit prompt, paraphrase and locality prompt of the file;
+- all edit keys in one index, as the store's router holds them; a paraphrase is *routed* when its nearest key
+  is its own edit's and within α, a locality prompt is *kept* when no key is within α;
+- α = the largest threshold (less a margin of 1e-4) at which at least ``locality`` of the locality prompts are kept, and the share of
+  paraphrases routed there. A larger α routes more paraphrases and more unrelated prompts; the ROC area of
+  (edit, paraphrase) against (edit, locality prompt) distances says how well the key separates them at all.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from lifelong.adapters.editable import editor_defaults
+from lifelong.editing.editor import EditRequest
+from lifelong.platform import registry
+from lifelong.platform.errors import UserError
+
+KEY_BATCH = 32
+MARGIN = 1e-4  # below the distance of the nearest locality prompt that must stay unrouted
+
+
+def calibrate_threshold(requests: Sequence[EditRequest], model: Any, tokenizer: Any, *,
+                        editor_config: dict[str, Any] | None = None, locality: float = 0.98,
+                        precision: str = "fp32") -> dict[str, Any]:
+    """The threshold for SoLA on these edits (see the module docstring), the routing it gives and a curve.
+
+    ``requests`` need paraphrases and locality prompts (records without either are left out; none left is a
+    ``UserError``). ``editor_config`` may set the key site (``key_layer``, ``key_module``, ``key_pooling``,
+    ``center_keys``); its ``threshold``, if any, is reported beside the calibrated one."""
+    if not 0.0 < locality <= 1.0:
+        raise UserError(f"--locality must be in (0, 1], got {locality}")
+    usable = [r for r in requests if r.paraphrases and r.locality]
+    if not usable:
+        raise UserError("calibration needs edits with paraphrases and locality prompts; none of the "
+                        f"{len(requests)} records has both")
+    config = {**editor_defaults(model, "sola"), **(editor_config or {})}
+    editor = registry.create("editor", "sola", **config)
+    editor.precision = precision
+    editor.attach(model, tokenizer)
+    try:
+        edit_keys = _keys(editor, [r.prompt for r in usable])
+        para_keys = _keys(editor, [p for r in usable for p in r.paraphrases])
+        loc_keys = _keys(editor, [p for r in usable for p in r.locality])
+    finally:
+        editor.detach()
+    para_owner = np.array([i for i, r in enumerate(usable) for _ in r.paraphrases])
+    loc_owner = np.array([i for i, r in enumerate(usable) for _ in r.locality])
+
+    para_dist = 1.0 - para_keys @ edit_keys.T  # cosine distances to every edit key, as the router measures them
+    loc_dist = 1.0 - loc_keys @ edit_keys.T
+    para_nearest, para_nearest_d = para_dist.argmin(1), para_dist.min(1)
+    loc_nearest_d = loc_dist.min(1)
+
+    def routed(alpha: float) -> float:
+        return float(np.mean((para_nearest == para_owner) & (para_nearest_d <= alpha)))
+
+    def kept(alpha: float) -> float:
+        return float(np.mean(loc_nearest_d > alpha))
+
+    threshold = _largest_threshold(loc_nearest_d, locality)
+    own_para = para_dist[np.arange(len(para_owner)), para_owner]
+    own_loc = loc_dist[np.arange(len(loc_owner)), loc_owner]
+    configured = float(editor.config.threshold)
+    grid = sorted({*np.quantile(loc_nearest_d, [0.0, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5]).round(4).tolist(),
+                   round(threshold, 4), round(configured, 4)})
+    return {
+        "threshold": threshold,
+        "locality_target": locality,
+        "locality_kept": kept(threshold),
+        "paraphrases_routed": routed(threshold),
+        "configured_threshold": configured,
+        "configured": {"locality_kept": kept(configured), "paraphrases_routed": routed(configured)},
+        "auc": _auc(own_para, own_loc),
+        "n_edits": len(usable),
+        "n_paraphrases": len(para_owner),
+        "n_locality": len(loc_owner),
+        "n_left_out": len(requests) - len(usable),
+        "key": {k: getattr(editor.config, k) for k in ("layers", "key_layer", "key_module", "key_pooling",
+                                                        "center_keys")},
+        "curve": [{"threshold": a, "locality_kept": kept(a), "paraphrases_routed": routed(a)} for a in grid],
+    }
+
+
+def _keys(editor: Any, prompts: list[str]) -> np.ndarray:
+    """L2-normalised routing keys (the router compares them by inner product: cosine)."""
+    keys = np.concatenate([editor.key_of(prompts[i : i + KEY_BATCH]) for i in range(0, len(prompts), KEY_BATCH)])
+    keys = keys.astype(np.float64)
+    return keys / np.maximum(np.linalg.norm(keys, axis=1, keepdims=True), 1e-12)
+
+
+def _largest_threshold(loc_nearest_d: np.ndarray, locality: float) -> float:
+    """The largest α (less a margin of ``MARGIN``) with at least ``locality`` of the locality prompts farther than α
+    from every key. The margin keeps the first prompt that must stay unrouted outside α also when the router's
+    float32 search measures its distance a few ulps smaller than this float64 computation does."""
+    d = np.sort(loc_nearest_d)
+    allowed = int(np.floor((1.0 - locality) * len(d) + 1e-9))  # prompts that may fall within α
+    if allowed >= len(d):
+        return 2.0  # every prompt may route: the whole cosine range
+    return float(max(0.0, d[allowed] - MARGIN))
+
+
+def _auc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """P(a positive distance < a negative one), ties counting half: the ROC area (Mann-Whitney form)."""
+    neg = np.sort(negative)
+    below = np.searchsorted(neg, positive, side="left")  # negatives smaller than each positive
+    ties = np.searchsorted(neg, positive, side="right") - below
+    greater = len(neg) - below - ties
+    return float((greater.sum() + 0.5 * ties.sum()) / (len(positive) * len(neg)))
