@@ -7,6 +7,7 @@ time at the end. Prints a markdown table per setting and writes ``summary-<setti
 
     nice -n 10 python bench/edit_scale.py --settings decoder --n 200 --every 50 --out runs/edit-scale
     nice -n 10 python bench/edit_scale.py --settings classifier --classifier runs/gloss-clf --n 200 --every 50
+    nice -n 10 python bench/edit_scale.py --settings decoder --editors sola --set sola.threshold=0.29 --n 1000 --every 100
 """
 
 from __future__ import annotations
@@ -60,7 +61,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", default="all", help="WordNet edit split for the decoder setting (dev, test, all)")
     ap.add_argument("--classifier", default="runs/gloss-clf", help="folder made by `lifelong edit train-classifier`")
     ap.add_argument("--out", default="runs/edit-scale")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="EDITOR.KEY=VALUE",
+                    help="an editor's config key for this bench, e.g. sola.threshold=0.29 (repeatable)")
     args = ap.parse_args(argv)
+    from lifelong.platform.config import parse_overrides
+
+    per_editor = parse_overrides(args.overrides)  # {"sola": {"threshold": 0.29}}
+    for editor, config in per_editor.items():
+        if not isinstance(config, dict):
+            raise SystemExit(f"--set {editor}={config}: name the editor and its key, as in sola.threshold=0.29")
 
     from lifelong.adapters.llm import load_causal_lm
     from lifelong.benchmarks.edits import load_edits
@@ -90,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {setting} / {editor}: {n} edits from {path}", file=sys.stderr, flush=True)
             res = run_edit_bench(editor, reqs, n=n, seed=args.seed, out=out / setting / editor, model=model_name,
                                  loaded=loaded, source=str(path), base_cache=cache, every=args.every,
+                                 editor_config=per_editor.get(editor),
                                  retention=retention, heldout_text=heldout, device="cpu")
             res.pop("per_edit", None)
             results.append(res)
