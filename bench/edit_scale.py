@@ -8,6 +8,9 @@ time at the end. Prints a markdown table per setting and writes ``summary-<setti
     nice -n 10 python bench/edit_scale.py --settings decoder --n 200 --every 50 --out runs/edit-scale
     nice -n 10 python bench/edit_scale.py --settings classifier --classifier runs/gloss-clf --n 200 --every 50
     nice -n 10 python bench/edit_scale.py --settings decoder --editors sola --set sola.threshold=0.29 --n 1000 --every 100
+    python bench/edit_scale.py --plot runs/edit-scale/summary-classifier.json --png docs/img/edit-scale-classifier.png
+
+Each setting's curves of all editors are also drawn side by side in ``curves-<setting>.png`` in ``--out``.
 """
 
 from __future__ import annotations
@@ -51,6 +54,34 @@ def end_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def plot(results: list[dict[str, Any]], title: str, png: Path) -> None:
+    """ERR and TRR of every editor over the number of edits, one panel each, so the editors compare at a glance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharex=True)
+    styles = [("-", "o", 6), ("--", "s", 4), (":", "^", 4)]  # editors with equal curves stay visible
+    for i, res in enumerate(results):
+        line, marker, size = styles[i % len(styles)]
+        for ax, key in zip(axes, ("err", "trr")):
+            pts = [(r["n_edits"], r[key]) for r in res["curves"] if r.get(key) is not None]
+            ax.plot([k for k, _ in pts], [v for _, v in pts], linestyle=line, marker=marker, ms=size,
+                    label=res["editor"])
+    for ax, name in zip(axes, ("ERR: reliability of all edits so far", "TRR: retention-set accuracy")):
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("number of edits")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=90)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--settings", default="decoder,classifier")
@@ -63,7 +94,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="runs/edit-scale")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="EDITOR.KEY=VALUE",
                     help="an editor's config key for this bench, e.g. sola.threshold=0.29 (repeatable)")
+    ap.add_argument("--plot", default=None, metavar="SUMMARY.json", help="only draw the curves of a finished run")
+    ap.add_argument("--png", default=None, help="where --plot writes its figure (default beside the summary)")
     args = ap.parse_args(argv)
+    if args.plot:
+        results = json.loads(Path(args.plot).read_text())
+        png = Path(args.png) if args.png else Path(args.plot).with_suffix(".png")
+        n = max(r["n_edits"] for r in results)
+        plot(results, f"{results[0]['model_family']} setting: {n} sequential edits, seed {results[0]['seed']}", png)
+        print(f"wrote {png}")
+        return 0
     from lifelong.platform.config import parse_overrides
 
     per_editor = parse_overrides(args.overrides)  # {"sola": {"threshold": 0.29}}
@@ -105,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(res)
             summary["settings"].setdefault(setting, []).append(res)
             (out / f"summary-{setting}.json").write_text(json.dumps(summary["settings"][setting], indent=1))
+        plot(results, f"{setting} setting: {n} sequential edits, seed {args.seed}", out / f"curves-{setting}.png")
         print(f"\n### {setting}: {n} edits from {path}\n\n{table(results)}\n\n{end_table(results)}\n", flush=True)
     return 0
 
