@@ -7,6 +7,7 @@ import csv
 import json
 import math
 
+import pytest
 import torch
 from _llm_fixtures import TINY_SOLA, tiny_llama  # noqa: F401  (session fixture)
 
@@ -88,3 +89,17 @@ def test_eval_and_bench_take_trr_file_and_heldout_text(tmp_path, capsys, tiny_ll
     assert code == 0 and "ERR" in out and "TRR" in out
     res = json.loads((tmp_path / "b" / "results.json").read_text())
     assert [r["n_edits"] for r in res["curves"]] == [0, 1, 2] and res["n_retention"] == 2
+
+
+def test_generate_unedited_batched_equals_one_by_one_and_refuses_routed_edits(tmp_path, tiny_llama):  # noqa: F811
+    # prompts of different lengths, so the batch is left-padded; the references must be each prompt's own decode
+    prompts = ["Birds can", "The sun rises in the", "A", "The capital of Spain is", "Rivers flow into the"]
+    with EditSession(tmp_path / "s", model=str(tiny_llama), editor="sola", editor_config=SOLA,
+                     device="cpu") as s:
+        single = [g["tokens"] for g in s.generate(prompts, max_new_tokens=8)]
+        batched = [g["tokens"] for g in s.generate_unedited(prompts, max_new_tokens=8, batch_size=3)]
+        assert batched == single and all(len(t) > 0 for t in single)
+        s.apply(REQS[0].prompt, REQS[0].target)
+        assert s.generate([REQS[0].prompt])[0]["edit_id"] is not None
+        with pytest.raises(RuntimeError, match="in force"):
+            s.generate_unedited([REQS[0].prompt])

@@ -178,6 +178,10 @@ class EditIO:
     def generate(self, prompt: str, max_new_tokens: int) -> tuple[list[int], str]:
         raise NotImplementedError
 
+    def generate_batch(self, prompts: Sequence[str], max_new_tokens: int) -> list[tuple[list[int], str]]:
+        """Greedy continuations of several prompts in one call (a family without a batched path: one by one)."""
+        return [self.generate(p, max_new_tokens) for p in prompts]
+
     def text_nll(self, texts: Sequence[str], run: Runner, batch_size: int = 8) -> list[tuple[float, int]] | None:
         return None
 
@@ -225,6 +229,35 @@ class CausalIO(EditIO):
                                   pad_token_id=self.pad_id, temperature=None, top_p=None, top_k=None)
         new = out[0, enc.input_ids.shape[1] :].tolist()
         return new, self.tokenizer.decode(new, skip_special_tokens=True)
+
+    def generate_batch(self, prompts: Sequence[str], max_new_tokens: int) -> list[tuple[list[int], str]]:
+        """Greedy continuations of the prompts in one left-padded ``generate`` call (positions follow the attention
+        mask, so each row is its prompt's own greedy decode up to float rounding); tokens after an end of sequence
+        are dropped, as a single-prompt call would stop there."""
+        import torch
+
+        enc = [self.tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+        length = max(max(len(e) for e in enc), 1)
+        ids = torch.full((len(enc), length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(enc), length), dtype=torch.long)
+        for i, e in enumerate(enc):
+            if e:
+                ids[i, length - len(e) :] = torch.tensor(e, dtype=torch.long)
+                mask[i, length - len(e) :] = 1
+        out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                  max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                  pad_token_id=self.pad_id, temperature=None, top_p=None, top_k=None)
+        eos = getattr(self.model.generation_config, "eos_token_id", None)
+        stops = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
+        results = []
+        for row in out[:, length:].tolist():
+            new: list[int] = []
+            for t in row:
+                new.append(t)
+                if t in stops:
+                    break
+            results.append((new, self.tokenizer.decode(new, skip_special_tokens=True)))
+        return results
 
     def text_nll(self, texts: Sequence[str], run: Runner, batch_size: int = 8) -> list[tuple[float, int]] | None:
         """Summed next-token negative log-likelihood of each text (from its second token on) and its count; the

@@ -45,7 +45,8 @@ def base_references(session: EditSession, locality_prompts: Sequence[str], n_tok
     Must be computed before any edit is switched on (the session's model is still the base model).
     """
     refs = []
-    gens = session.generate(locality_prompts, max_new_tokens=n_tokens)
+    # batched: the continuation is only the text the teacher-forced argmax (the reference) is taken over
+    gens = session.generate_unedited(locality_prompts, max_new_tokens=n_tokens)
     if session.io.family == "classifier":  # its "continuation" is the predicted class name
         conts = [g["completion"] for g in gens]
     else:
