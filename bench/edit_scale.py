@@ -101,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         results = json.loads(Path(args.plot).read_text())
         png = Path(args.png) if args.png else Path(args.plot).with_suffix(".png")
         n = max(r["n_edits"] for r in results)
-        plot(results, f"{results[0]['model_family']} setting: {n} sequential edits, seed {results[0]['seed']}", png)
+        stem = Path(args.plot).stem  # summary-<setting>
+        setting = stem.removeprefix("summary-") if stem.startswith("summary-") else results[0]["model_family"]
+        plot(results, f"{setting} setting: {n} sequential edits, seed {results[0]['seed']}", png)
         print(f"wrote {png}")
         return 0
     from lifelong.platform.config import parse_overrides
