@@ -9,6 +9,7 @@ time at the end. Prints a markdown table per setting and writes ``summary-<setti
     nice -n 10 python bench/edit_scale.py --settings classifier --classifier runs/gloss-clf --n 200 --every 50
     nice -n 10 python bench/edit_scale.py --settings decoder --editors sola --set sola.threshold=0.29 --n 1000 --every 100
     python bench/edit_scale.py --plot runs/edit-scale/summary-classifier.json --png docs/img/edit-scale-classifier.png
+    python bench/edit_scale.py --aggregate runs/s0/summary-classifier.json runs/s1/summary-classifier.json ...
 
 Each setting's curves of all editors are also drawn side by side in ``curves-<setting>.png`` in ``--out``.
 """
@@ -54,6 +55,33 @@ def end_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def seeds_table(summaries: list[list[dict[str, Any]]]) -> str:
+    """Mean ± standard deviation over runs (one summary per seed) of each editor's figures after the stream."""
+    import numpy as np
+
+    fields = [("ERR", lambda r: r["curves"][-1]["err"]), ("TRR", lambda r: r["curves"][-1]["trr"]),
+              ("generalization", lambda r: r["after_stream"]["generalization"]),
+              ("locality", lambda r: r["after_stream"]["locality"]),
+              ("rollback fidelity", lambda r: r["rollback"]["fidelity"]),
+              ("retention", lambda r: r["rollback"]["retention"]),
+              ("s/edit median", lambda r: r["seconds_per_edit"]["median"]),
+              ("store MB", lambda r: r["store_bytes"] / 1e6)]
+    by_editor: dict[str, list[dict[str, Any]]] = {}
+    for summary in summaries:
+        for res in summary:
+            by_editor.setdefault(res["editor"], []).append(res)
+    lines = ["| editor | runs (seeds) | edits | " + " | ".join(name for name, _ in fields) + " |",
+             "|---" * (len(fields) + 3) + "|"]
+    for editor, runs in by_editor.items():
+        cells = []
+        for _, get in fields:
+            xs = np.array([get(r) for r in runs if get(r) is not None], dtype=float)
+            cells.append("n/a" if not len(xs) else f"{xs.mean():.3f} ± {xs.std(ddof=1) if len(xs) > 1 else 0.0:.3f}")
+        seeds = ",".join(str(r["seed"]) for r in runs)
+        lines.append(f"| {editor} | {len(runs)} ({seeds}) | {runs[0]['n_edits']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot(results: list[dict[str, Any]], title: str, png: Path) -> None:
     """ERR and TRR of every editor over the number of edits, one panel each, so the editors compare at a glance."""
     import matplotlib
@@ -96,7 +124,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="an editor's config key for this bench, e.g. sola.threshold=0.29 (repeatable)")
     ap.add_argument("--plot", default=None, metavar="SUMMARY.json", help="only draw the curves of a finished run")
     ap.add_argument("--png", default=None, help="where --plot writes its figure (default beside the summary)")
+    ap.add_argument("--aggregate", nargs="+", default=None, metavar="SUMMARY.json",
+                    help="only print mean ± std over finished runs (one summary per seed)")
     args = ap.parse_args(argv)
+    if args.aggregate:
+        summaries = [json.loads(Path(f).read_text()) for f in args.aggregate]
+        kinds = {(r["model_family"], r["n_edits"]) for summary in summaries for r in summary}
+        if len(kinds) > 1:
+            ap.error(f"--aggregate: the runs differ in setting or length {sorted(kinds)}; give one setting")
+        print(seeds_table(summaries))
+        return 0
     if args.plot:
         results = json.loads(Path(args.plot).read_text())
         png = Path(args.png) if args.png else Path(args.plot).with_suffix(".png")
