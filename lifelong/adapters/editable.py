@@ -106,15 +106,19 @@ def editable_io(model: nn.Module, tokenizer: Any) -> "EditIO":
     return cls(model, tokenizer)
 
 
-def _right_pad(seqs: Sequence[Sequence[int]], pad: int, device: Any) -> tuple["torch.Tensor", "torch.Tensor"]:
+def _pad(seqs: Sequence[Sequence[int]], pad: int, device: Any, *, left: bool = False
+         ) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Token ids padded to one length and their attention mask: right-padded (teacher forcing, keys at a query
+    index), or left-padded for ``generate`` (every row's last prompt token in the last column)."""
     import torch
 
     length = max(max(len(s) for s in seqs), 1)
     ids = torch.full((len(seqs), length), pad, dtype=torch.long)
     mask = torch.zeros((len(seqs), length), dtype=torch.long)
     for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
-        mask[i, : len(s)] = 1
+        cols = slice(length - len(s), length) if left else slice(0, len(s))
+        ids[i, cols] = torch.tensor(list(s), dtype=torch.long)
+        mask[i, cols] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -205,7 +209,7 @@ class CausalIO(EditIO):
         import torch
 
         enc = [self.tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
-        ids, mask = _right_pad(enc, self.pad_id, self.device)
+        ids, mask = _pad(enc, self.pad_id, self.device)
         return {"input_ids": ids, "attention_mask": mask}, torch.tensor([len(e) - 1 for e in enc], device=self.device)
 
     def teacher_forced(self, prompts: Sequence[str], targets: Sequence[str], run: Runner, batch_size: int = 8
@@ -216,7 +220,7 @@ class CausalIO(EditIO):
         out: list[tuple[np.ndarray, np.ndarray]] = []
         for s in range(0, len(pairs), batch_size):
             chunk = pairs[s : s + batch_size]
-            ids, mask = _right_pad([p + t for p, t in chunk], self.pad_id, self.device)
+            ids, mask = _pad([p + t for p, t in chunk], self.pad_id, self.device)
             qidx = torch.tensor([len(p) - 1 for p, _ in chunk], device=self.device)
             preds = run({"input_ids": ids, "attention_mask": mask}, qidx).argmax(-1).cpu().numpy()
             for i, (p, t) in enumerate(chunk):
@@ -234,17 +238,10 @@ class CausalIO(EditIO):
         """Greedy continuations of the prompts in one left-padded ``generate`` call (positions follow the attention
         mask, so each row is its prompt's own greedy decode up to float rounding); tokens after an end of sequence
         are dropped, as a single-prompt call would stop there."""
-        import torch
-
         enc = [self.tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
-        length = max(max(len(e) for e in enc), 1)
-        ids = torch.full((len(enc), length), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(enc), length), dtype=torch.long)
-        for i, e in enumerate(enc):
-            if e:
-                ids[i, length - len(e) :] = torch.tensor(e, dtype=torch.long)
-                mask[i, length - len(e) :] = 1
-        out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+        ids, mask = _pad(enc, self.pad_id, self.device, left=True)
+        length = ids.shape[1]
+        out = self.model.generate(input_ids=ids, attention_mask=mask,
                                   max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                   pad_token_id=self.pad_id, temperature=None, top_p=None, top_k=None)
         eos = getattr(self.model.generation_config, "eos_token_id", None)
@@ -268,7 +265,7 @@ class CausalIO(EditIO):
         out: list[tuple[float, int]] = []
         for s in range(0, len(enc), batch_size):
             chunk = enc[s : s + batch_size]
-            ids, mask = _right_pad(chunk, self.pad_id, self.device)
+            ids, mask = _pad(chunk, self.pad_id, self.device)
             qidx = torch.zeros(len(chunk), dtype=torch.long, device=self.device)
             logp = torch.log_softmax(run({"input_ids": ids, "attention_mask": mask}, qidx).float(), -1)
             for i, e in enumerate(chunk):
@@ -313,7 +310,7 @@ class Seq2SeqIO(EditIO):
         import torch
 
         enc = [self._prompt_ids(p) for p in prompts]
-        ids, mask = _right_pad(enc, self.pad_id, self.device)
+        ids, mask = _pad(enc, self.pad_id, self.device)
         dec = torch.full((len(enc), 1), self.start_id, dtype=torch.long, device=self.device)
         return ({"input_ids": ids, "attention_mask": mask, "decoder_input_ids": dec},
                 torch.tensor([len(e) - 1 for e in enc], device=self.device))
@@ -326,8 +323,8 @@ class Seq2SeqIO(EditIO):
         pairs = [(self._prompt_ids(p), self._target_ids(t)) for p, t in zip(prompts, targets)]
         for s in range(0, len(pairs), batch_size):
             chunk = pairs[s : s + batch_size]
-            ids, mask = _right_pad([p for p, _ in chunk], self.pad_id, self.device)
-            dec, dmask = _right_pad([[self.start_id] + t[:-1] for _, t in chunk], self.pad_id, self.device)
+            ids, mask = _pad([p for p, _ in chunk], self.pad_id, self.device)
+            dec, dmask = _pad([[self.start_id] + t[:-1] for _, t in chunk], self.pad_id, self.device)
             qidx = torch.tensor([len(p) - 1 for p, _ in chunk], device=self.device)
             logits = run({"input_ids": ids, "attention_mask": mask, "decoder_input_ids": dec,
                           "decoder_attention_mask": dmask}, qidx)
@@ -380,7 +377,7 @@ class ClassifierIO(EditIO):
         import torch
 
         enc = [self._ids(p) for p in prompts]
-        ids, mask = _right_pad(enc, self.pad_id, self.device)
+        ids, mask = _pad(enc, self.pad_id, self.device)
         return {"input_ids": ids, "attention_mask": mask}, torch.tensor([len(e) - 1 for e in enc], device=self.device)
 
     def teacher_forced(self, prompts: Sequence[str], targets: Sequence[str], run: Runner, batch_size: int = 32
