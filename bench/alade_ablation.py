@@ -50,8 +50,8 @@ def one(args: tuple[str, int, str, dict[str, Any], bool]) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)
+    from lifelong.incremental.run import resolve_config, run_experiment
     from lifelong.platform.config import load_yaml
-    from lifelong.platform.runner import resolve_config, run_experiment
 
     folder = run_dir(out, variant, seed)
     done = folder / "results.json"

@@ -53,10 +53,10 @@ def plain(args: tuple[str, int, str, dict[str, Any], bool]) -> dict[str, Any]:
     import avalanche.training as avl
     from avalanche.training.plugins import EvaluationPlugin
 
-    from lifelong.adapters.backbones import build_backbone
+    from lifelong.adapters.nets.backbones import build_backbone
+    from lifelong.incremental.metrics import cil_metrics
     from lifelong.platform import registry
     from lifelong.platform.config import load_yaml
-    from lifelong.platform.metrics import cil_metrics
 
     cfg = load_yaml(REPO / "configs" / strategy / "split-fashion-mnist.yaml")["strategy_config"]
     random.seed(seed)

@@ -1,7 +1,7 @@
 """Class-incremental split-digits (5 experiences): ALADE-SNN against DER and the baselines, with its ablations.
 
 Every replay method has the same memory budget (``mem_size``, 200 by default). Each (variant, seed) pair is one
-``lifelong.platform.runner.run_experiment`` call, so the numbers are exactly what ``lifelong run`` gives; the
+``lifelong.incremental.run.run_experiment`` call, so the numbers are exactly what ``lifelong run`` gives; the
 ablations are ``alade-snn`` with one switch turned off. Prints AIA / last accuracy / forgetting as mean ± std
 over the seeds, then the cost of one forward pass: alade-snn's spike rate and synaptic operations against der's
 multiply-accumulates (same ResNet layout, ReLU instead of LIF). Runs already finished in ``--out`` are reused, so
@@ -44,7 +44,7 @@ def _one(args: tuple[str, str, dict[str, Any], int, str, dict[str, Any], bool]) 
     import torch
 
     torch.set_num_threads(1)
-    from lifelong.platform.runner import resolve_config, run_experiment
+    from lifelong.incremental.run import resolve_config, run_experiment
 
     run_dir = Path(out) / f"{_slug(label)}-seed{seed}"
     done = run_dir / "results.json"

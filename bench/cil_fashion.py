@@ -1,6 +1,6 @@
 """The evidence table on split-fashion-mnist (5 experiences of 2 classes): every offline class-incremental strategy,
 several seeds, mean ± std of AIA, last accuracy, forgetting and BWT, the wall time of a run and, for der and
-alade-snn, the estimated energy of one forward pass per sample (45 nm figures, adapters/spiking.py).
+alade-snn, the estimated energy of one forward pass per sample (45 nm figures, adapters/nets/spiking.py).
 
 Each (strategy, seed) run is ``run_experiment`` on ``configs/<strategy>/split-fashion-mnist.yaml`` (exactly what
 ``lifelong run --config ... --seed S`` gives) with the bench's protocol on top, the same for every strategy:
@@ -34,7 +34,7 @@ def one(args: tuple[str, int, str, dict[str, Any], bool]) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)
-    from lifelong.platform.runner import resolve_config, run_experiment
+    from lifelong.incremental.run import resolve_config, run_experiment
 
     folder = run_dir(out, strategy, seed)
     done = folder / "results.json"

@@ -114,7 +114,7 @@ def _state_after_kill(folder: Path, runs: list[str]) -> dict[str, int]:
     """What the kill left: checkpoints per run folder, completed results, orphan temporaries."""
     import torch  # noqa: F401  (load_checkpoint needs it; already imported by the parent's warm-up)
 
-    from lifelong.platform.checkpoint import load_checkpoint
+    from lifelong.incremental.checkpoint import load_checkpoint
 
     found = {"checkpoints": 0, "results": 0, "orphans": len(list(folder.rglob(".*.tmp"))), "completed_steps": 0}
     for run in runs:

@@ -29,7 +29,7 @@ from typing import Any, Callable
 import torch
 
 from lifelong.benchmarks.fashion_mnist import FILES, SplitFashionMNISTConfig, locate_files, split_fashion_mnist
-from lifelong.platform.streams import quiet_avalanche
+from lifelong.incremental.streams import quiet_avalanche
 
 ORDER = list(range(10))
 

@@ -23,7 +23,7 @@ def main() -> None:
     ap.add_argument("--editors", default="sola,grace,ft-l")
     ap.add_argument("--out", default="bench/out/edit")
     args = ap.parse_args()
-    from lifelong.adapters.llm import load_causal_lm
+    from lifelong.adapters.lm.model_loading import load_causal_lm
     from lifelong.benchmarks.edits import bundled_edits_path, load_edits
     from lifelong.editing.bench import run_edit_bench
 

@@ -26,8 +26,8 @@ def main() -> None:
     ap.add_argument("--layers", default="4,8,12,16,20,24")
     ap.add_argument("--modules", default="mlp.down_proj,self_attn.q_proj,mlp.gate_proj")
     args = ap.parse_args()
-    from lifelong.adapters.editable import edit_module_names
-    from lifelong.adapters.llm import load_causal_lm
+    from lifelong.adapters.lm.edit_io import edit_module_names
+    from lifelong.adapters.lm.model_loading import load_causal_lm
     from lifelong.editors.sola import GENERIC_PROMPTS
 
     model, tok = load_causal_lm()

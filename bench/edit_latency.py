@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from lifelong.adapters.llm import load_causal_lm
+    from lifelong.adapters.lm.model_loading import load_causal_lm
 
     t1 = time.perf_counter()
     loaded = load_causal_lm()

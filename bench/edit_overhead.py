@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()
-    from lifelong.adapters.llm import load_causal_lm
+    from lifelong.adapters.lm.model_loading import load_causal_lm
     from lifelong.editors.sola import SoLAConfig, SoLAEditor, lora_tensor_names
 
     model, tok = load_causal_lm()

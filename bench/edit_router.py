@@ -4,7 +4,7 @@ recall of every stored key's own query.
     python bench/edit_router.py [--sizes 1000,100000,1000000] [--reps 3] [--new-tokens 16] [--threads 2]
     python bench/edit_router.py --scan      # flat vs IVF look-up time by store size (the IVF threshold)
 
-(a) SmolLM2 (the default model of ``lifelong.adapters.llm``), a real ``EditStore`` in a temporary folder, the SoLA
+(a) SmolLM2 (the default model of ``lifelong.adapters.lm.model_loading``), a real ``EditStore`` in a temporary folder, the SoLA
 editor bound to the store's router exactly as ``EditSession`` binds it: 4 edits of the bundled set are stored
 with their real keys (random LoRA weights: the routing cost does not depend on them), then synthetic keys of the
 key size (Gaussian, 576 dimensions) are bulk-inserted into the same store (``EditStore.add_keys``) up to each size,
@@ -85,7 +85,7 @@ def main() -> None:
         _scan(args)
         return
 
-    from lifelong.adapters.llm import load_causal_lm
+    from lifelong.adapters.lm.model_loading import load_causal_lm
     from lifelong.editing.router import IVF_MIN_KEYS
     from lifelong.editing.store import EditStore
     from lifelong.editors.sola import lora_tensor_names

@@ -123,7 +123,7 @@ def bundled_alphas(alphas: list[float]) -> None:
     """Routing on the bundled set at given thresholds, with SoLA's own keys (default config): the fraction of
     paraphrases whose nearest edit key is their own edit's and within α, and of locality prompts with no key
     within α, all 77 edits' keys in the index."""
-    from lifelong.adapters.llm import load_causal_lm
+    from lifelong.adapters.lm.model_loading import load_causal_lm
     from lifelong.benchmarks.edits import bundled_edits_path, load_edits
     from lifelong.platform import registry
 
@@ -153,7 +153,7 @@ def results(args: argparse.Namespace) -> None:
     """The editors on a split, mean ± std over seeds (see the module docstring)."""
     from pathlib import Path
 
-    from lifelong.adapters.llm import load_causal_lm
+    from lifelong.adapters.lm.model_loading import load_causal_lm
     from lifelong.benchmarks.edits import load_edits
     from lifelong.benchmarks.wordnet_edits import wordnet_edit_set
     from lifelong.editing.bench import run_edit_bench
@@ -223,7 +223,7 @@ def main() -> None:
         args.n = args.n or 40
         results(args)
         return
-    from lifelong.adapters.llm import load_causal_lm
+    from lifelong.adapters.lm.model_loading import load_causal_lm
     from lifelong.benchmarks.wordnet_edits import wordnet_edit_set
     from lifelong.editors.sola import GENERIC_PROMPTS
 

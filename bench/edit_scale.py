@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(config, dict):
             raise SystemExit(f"--set {editor}={config}: name the editor and its key, as in sola.threshold=0.29")
 
-    from lifelong.adapters.llm import load_causal_lm
+    from lifelong.adapters.lm.model_loading import load_causal_lm
     from lifelong.benchmarks.edits import load_edits
     from lifelong.benchmarks.wordnet_edits import wordnet_edit_set
     from lifelong.benchmarks.wordnet_glosses import heldout_sentences

@@ -16,7 +16,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from lifelong.adapters.backbones import build_backbone
+from lifelong.adapters.nets.backbones import build_backbone
 
 
 def mean_seconds(step, repeats: int = 200) -> float:

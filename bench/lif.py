@@ -26,7 +26,7 @@ from typing import Callable
 
 import torch
 
-from lifelong.adapters.spiking import lif_multistep, lif_multistep_autograd
+from lifelong.adapters.nets.spiking import lif_multistep, lif_multistep_autograd
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
 

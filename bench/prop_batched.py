@@ -32,8 +32,8 @@ def _time_pair(a, b, reps: int) -> tuple[float, float]:
 
 
 def run(name: str, batch: int, reps: int, tasks: list[int], prompt_length: int, cap: int = 256) -> None:
-    from lifelong.adapters.clip import load_backbone
-    from lifelong.adapters.prompts import forward_all_prompts, forward_each_prompt
+    from lifelong.adapters.nets.clip import load_backbone
+    from lifelong.adapters.nets.prompts import forward_all_prompts, forward_each_prompt
 
     backbone = load_backbone(name).visual.eval()
     size = backbone.visual.image_size

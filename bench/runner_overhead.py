@@ -32,7 +32,7 @@ def hand_written(stream, epochs: int, batch_size: int, lr: float, seed: int) -> 
     from avalanche.training import Naive
     from avalanche.training.plugins import EvaluationPlugin
 
-    from lifelong.adapters.backbones import build_backbone
+    from lifelong.adapters.nets.backbones import build_backbone
 
     torch.manual_seed(seed)
     model = build_backbone("auto", stream.input_shape, stream.n_classes)
@@ -50,7 +50,7 @@ def hand_written(stream, epochs: int, batch_size: int, lr: float, seed: int) -> 
 
 
 def platform_run(epochs: int, batch_size: int, lr: float, seed: int) -> tuple[float, float, float]:
-    from lifelong.platform.runner import resolve_config, run_experiment
+    from lifelong.incremental.run import resolve_config, run_experiment
 
     config = resolve_config(strategy="naive", benchmark="split-digits", seed=seed,
                             overrides={"epochs": epochs, "batch_size": batch_size, "lr": lr})

@@ -29,7 +29,7 @@ from torch import nn
 
 def _setups(name: str) -> dict[str, tuple[list[nn.Parameter], object, int]]:
     """(trainable params, forward fn, prompt length) for sime / prop / full-ft on fresh copies of ``name``."""
-    from lifelong.adapters.clip import attach_adapters, freeze, load_backbone, resolve_blocks
+    from lifelong.adapters.nets.clip import attach_adapters, freeze, load_backbone, resolve_blocks
 
     out = {}
     n_cls = 10
@@ -56,7 +56,7 @@ def _setups(name: str) -> dict[str, tuple[list[nn.Parameter], object, int]]:
 
 
 def measure(name: str, batch: int, steps: int, task_steps: dict[str, int], task_label: str) -> None:
-    from lifelong.adapters.clip import load_backbone
+    from lifelong.adapters.nets.clip import load_backbone
 
     probe = load_backbone(name).visual
     size = probe.visual.image_size

@@ -23,8 +23,8 @@ def main() -> None:
     parser.add_argument("--out", default="bench/out/split-digits-pretrained")
     args = parser.parse_args()
 
-    from lifelong.platform.results import format_summary_table
-    from lifelong.platform.runner import compare
+    from lifelong.incremental.compare import compare
+    from lifelong.incremental.results import format_summary_table
 
     seeds = [int(s) for s in args.seeds.split(",")]
     start = time.perf_counter()

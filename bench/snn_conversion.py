@@ -29,7 +29,7 @@ def train(model: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     """The finished run of ``model`` and ``seed`` (reused from ``--out`` unless ``--fresh``)."""
     import torch
 
-    from lifelong.platform.runner import resolve_config, run_experiment
+    from lifelong.incremental.run import resolve_config, run_experiment
 
     torch.set_num_threads(args.threads)
     folder = Path(args.out) / f"{model}-seed{seed}"
@@ -45,7 +45,7 @@ def train(model: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
 def one(model: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from lifelong.cli.convert import convert_run
+    from lifelong.incremental.convert import convert_run
 
     folder = Path(args.out) / f"{model}-seed{seed}"
     t0 = time.perf_counter()

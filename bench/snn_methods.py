@@ -113,7 +113,7 @@ def one(task: tuple[str, str, int, str, dict[str, Any], bool]) -> dict[str, Any]
     import torch
 
     torch.set_num_threads(1)
-    from lifelong.platform.runner import resolve_config, run_experiment
+    from lifelong.incremental.run import resolve_config, run_experiment
 
     strategy, overrides = PARTS[part][row]
     if part == "pre" and row == "ann cnn-28 teacher":
@@ -154,7 +154,7 @@ def inference_cost(names: tuple[str, ...] = ("cnn-28", "spiking-mnist", "spiking
 
     import torch
 
-    from lifelong.adapters.backbones import build_backbone, spiking_network
+    from lifelong.adapters.nets.backbones import build_backbone, spiking_network
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

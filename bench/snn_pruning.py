@@ -26,7 +26,7 @@ from typing import Any
 
 
 def train(sparsity: float, seed: int, args: argparse.Namespace) -> Path:
-    from lifelong.platform.runner import resolve_config, run_experiment
+    from lifelong.incremental.run import resolve_config, run_experiment
 
     folder = Path(args.out) / f"s{sparsity:g}-seed{seed}"
     overrides: dict[str, Any] = {"model": args.model, "n_experiences": 1, "train_per_class": args.train_per_class,
@@ -46,9 +46,9 @@ def measure(folder: Path) -> dict[str, Any]:
     """Accuracy, sparsity, parameters and MACs of the masked model and its slim copy (logits compared)."""
     import torch
 
-    from lifelong.adapters.spiking import count_ops
-    from lifelong.cli.convert import load_finished_run
+    from lifelong.adapters.nets.spiking import count_ops
     from lifelong.components.sca import find_units, pruned_channels, slim
+    from lifelong.incremental.convert import load_finished_run
 
     results, learner, stream = load_finished_run(folder, torch.device("cpu"))
     model = learner.model.eval()
@@ -82,8 +82,8 @@ def timing(folder: Path, batch: int, repeats: int) -> dict[str, Any]:
     """Median forward time of the masked and the slim network, interleaved (one, then the other, ``repeats``)."""
     import torch
 
-    from lifelong.cli.convert import load_finished_run
     from lifelong.components.sca import slim
+    from lifelong.incremental.convert import load_finished_run
 
     _, learner, stream = load_finished_run(folder, torch.device("cpu"))
     model = learner.model.eval()

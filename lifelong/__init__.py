@@ -16,11 +16,11 @@ _API: dict[str, str] = {
     "create": "lifelong.platform.registry",
     "list_plugins": "lifelong.platform.registry",
     "Capabilities": "lifelong.platform.registry",
-    "Learner": "lifelong.platform.learner",
-    "StrategyConfig": "lifelong.platform.learner",
-    "run_experiment": "lifelong.platform.runner",
-    "compare": "lifelong.platform.runner",
-    "cil_metrics": "lifelong.platform.metrics",
+    "Learner": "lifelong.incremental.learner",
+    "StrategyConfig": "lifelong.incremental.learner",
+    "run_experiment": "lifelong.incremental.run",
+    "compare": "lifelong.incremental.compare",
+    "cil_metrics": "lifelong.incremental.metrics",
     "EditStore": "lifelong.editing.store",
 }
 

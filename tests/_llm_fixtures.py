@@ -23,7 +23,7 @@ def make_tiny_llama(folder: Path, *, seed: int = 0, max_positions: int = 64) -> 
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from lifelong.adapters.llm import load_tokenizer
+    from lifelong.adapters.lm.model_loading import load_tokenizer
 
     tok = load_tokenizer()  # the tokenizer of the default model (from the weight cache when present)
     torch.manual_seed(seed)
@@ -42,7 +42,7 @@ def make_tiny_llama(folder: Path, *, seed: int = 0, max_positions: int = 64) -> 
 def smollm():
     """``(model, tokenizer)`` of the default model, shared by the whole test session (never edited in place:
     every editor detaches itself when its session closes)."""
-    from lifelong.adapters.llm import load_causal_lm
+    from lifelong.adapters.lm.model_loading import load_causal_lm
 
     return load_causal_lm()
 

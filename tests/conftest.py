@@ -67,7 +67,7 @@ def _can_fork(env: dict[str, str] | None) -> bool:
 
 
 def _forked_cli(args: tuple[str, ...], cwd: Path, timeout: int) -> CliResult:
-    from lifelong.platform.runner import _preload
+    from lifelong.incremental.compare import _preload
 
     _preload()  # once per test process: torch, Avalanche, the plugins; every forked command starts with them
     with tempfile.TemporaryDirectory() as tmp:

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from lifelong.benchmarks.split_digits import SplitDigitsConfig, split_digits
+from lifelong.incremental.learner import RunContext
 from lifelong.platform.config import ConfigError, build_config
-from lifelong.platform.learner import RunContext
 from lifelong.strategies.alade_snn import AladeSNNConfig, AladeSNNLearner, AlignedLogits, LogitAlignmentController
 
 TINY = {"epochs": 3, "finetune_epochs": 6, "finetune_milestones": [3], "batch_size": 32, "width_mult": 0.5,

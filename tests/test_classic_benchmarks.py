@@ -324,7 +324,7 @@ def test_cli_missing_data_root_exits_2_with_one_line(tmp_path: Path) -> None:
 
 
 def test_naive_runs_end_to_end_on_cifar10_files(cifar10_root: Path, tmp_path: Path) -> None:
-    from lifelong.platform.runner import resolve_config, run_experiment
+    from lifelong.incremental.run import resolve_config, run_experiment
 
     config = resolve_config(strategy="naive", benchmark="split-cifar10", seed=0, device="cpu",
                             overrides={"data_root": str(cifar10_root), "verify_checksums": False, "epochs": 1,
@@ -343,7 +343,7 @@ def test_classic_benchmarks_are_listed() -> None:
 
 
 def test_streams_declare_their_normalisation_for_pretrained_backbones(cifar10_root):
-    from lifelong.adapters.transforms import stream_normalization
+    from lifelong.adapters.nets.transforms import stream_normalization
 
     stream = build("split-cifar10", data_root=str(cifar10_root), verify_checksums=False)
     mean, std = stream_normalization(stream.info)

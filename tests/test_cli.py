@@ -90,7 +90,7 @@ def test_plugins_list_every_kind_including_components(cli):
 def test_compare_routes_component_options_to_the_strategies_that_take_them(tmp_path, monkeypatch):
     """``compare --set components=[kd] --set kd.alpha=..`` reaches the strategies that accept components and
     skips the others (lwf), as plain strategy keys do; the runs themselves are not started here."""
-    from lifelong.platform import runner
+    from lifelong.incremental import compare as runner
     from lifelong.platform.config import parse_overrides
 
     seen = []

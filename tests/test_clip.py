@@ -1,11 +1,11 @@
-"""open_clip / timm backbones, input transforms, parallel adapters and local checkpoints (adapters/clip.py)."""
+"""open_clip / timm backbones, input transforms, parallel adapters and local checkpoints (adapters/nets/clip.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from lifelong.adapters.clip import (
+from lifelong.adapters.nets.clip import (
     BottleneckAdapter,
     VisionBackbone,
     attach_adapters,
@@ -15,10 +15,9 @@ from lifelong.adapters.clip import (
     resolve_blocks,
     save_weights,
 )
-from lifelong.adapters.transforms import ImageFit
+from lifelong.adapters.nets.transforms import ImageFit
 from lifelong.platform.config import ConfigError
 from lifelong.platform.errors import UserError
-
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 
@@ -165,7 +164,7 @@ def test_open_clip_without_embeds_and_pool_helpers(tiny, monkeypatch):
 
 
 def test_image_fit_undoes_a_streams_own_normalisation():
-    from lifelong.adapters.transforms import stream_normalization
+    from lifelong.adapters.nets.transforms import stream_normalization
 
     mean, std = stream_normalization({"normalization": {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}})
     assert mean == (0.5, 0.4, 0.3) and std == (0.2, 0.25, 0.3)

@@ -13,10 +13,10 @@ from torch import nn
 
 from lifelong.components.esl import ESLConfig, EvolutionarySparsity, layer_densities, maskable
 from lifelong.components.kd import attention_map, response_kd
+from lifelong.incremental.learner import TrainingState, tet_loss
+from lifelong.incremental.run import resolve_config, run_experiment
 from lifelong.platform.config import ConfigError
 from lifelong.platform.errors import UserError
-from lifelong.platform.learner import TrainingState, tet_loss
-from lifelong.platform.runner import resolve_config, run_experiment
 
 
 def _config(strategy: str, **extra):

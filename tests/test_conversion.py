@@ -1,4 +1,4 @@
-"""ECL conversion (adapters/conversion.py) and ``lifelong convert``: neurons on hand-made inputs, a one-layer net
+"""ECL conversion (adapters/nets/snn_conversion.py) and ``lifelong convert``: neurons on hand-made inputs, a one-layer net
 that the SNN approaches as T grows, and the command on a finished tiny run."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import torch
 from conftest import TINY_STREAM
 from torch import nn
 
-from lifelong.adapters.conversion import (
+from lifelong.adapters.nets.backbones import ClipReLU
+from lifelong.adapters.nets.snn_conversion import (
     CALIBRATION_GRID,
     ECL,
     ECL_OPT,
     PLAIN,
-    ClipReLU,
     DualThresholdIF,
     calibrate_v_init,
     run_timesteps,
@@ -115,7 +115,7 @@ def test_clip_threshold_learns_and_levels_round() -> None:
 
 @pytest.fixture(scope="module")
 def finished_runs(tmp_path_factory):
-    from lifelong.platform.runner import resolve_config, run_experiment
+    from lifelong.incremental.run import resolve_config, run_experiment
 
     root = tmp_path_factory.mktemp("convert")
     for name, model, per_class in (("clip", "cnn-28-clip", 20), ("mlp", "mlp", 5)):

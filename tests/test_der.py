@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from lifelong.benchmarks.split_digits import SplitDigitsConfig, split_digits
+from lifelong.incremental.learner import RunContext, StrategyConfig, make_optimizer
 from lifelong.platform.config import ConfigError, build_config
 from lifelong.platform.errors import UserError
-from lifelong.platform.learner import RunContext, StrategyConfig, make_optimizer
 from lifelong.strategies._herding import ExemplarMemory, balanced_indices, herding_select
 from lifelong.strategies._samples import materialise
 from lifelong.strategies.alade_snn import AladeSNNConfig
@@ -199,8 +199,8 @@ def test_model_names_the_same_architectures_for_der_and_alade_snn() -> None:
 
 
 def test_auto_extractor_by_input_size_and_the_28x28_resnet() -> None:
-    from lifelong.adapters.expandable import extractor_factory, resolve_architecture
-    from lifelong.adapters.spiking import NeuronConfig
+    from lifelong.adapters.nets.expandable import extractor_factory, resolve_architecture
+    from lifelong.adapters.nets.spiking import NeuronConfig
 
     assert [resolve_architecture("auto", (1, s, s)) for s in (8, 28, 32)] == [
         "resnet-tiny", "resnet-mnist", "resnet-cifar"]

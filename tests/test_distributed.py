@@ -7,10 +7,10 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import REPO
-from lifelong.platform.distributed import local_share, shard_indices
-from lifelong.platform.learner import DistributedInfo
+
+from lifelong.incremental.distributed import local_share, shard_indices
+from lifelong.incremental.learner import DistributedInfo
 
 ARGS = ["--set", "n_experiences=2", "--set", "train_per_class=60", "--set", "epochs=5", "--set", "batch_size=32"]
 
@@ -84,8 +84,9 @@ COUNT_SAMPLES = '''
 import json, sys
 import torch
 from lifelong.benchmarks.split_digits import SplitDigitsConfig, split_digits
-from lifelong.platform import distributed, registry
-from lifelong.platform.learner import RunContext
+from lifelong.incremental import distributed
+from lifelong.platform import registry
+from lifelong.incremental.learner import RunContext
 
 info = distributed.current_distributed_info()
 stream = split_digits(SplitDigitsConfig(n_experiences=2, train_per_class=30, seed=0))  # imports Avalanche first
@@ -129,8 +130,9 @@ COMPONENT_STATE = '''
 import hashlib, json, sys
 import torch
 from lifelong.benchmarks.split_digits import SplitDigitsConfig, split_digits
-from lifelong.platform import distributed, registry
-from lifelong.platform.learner import RunContext
+from lifelong.incremental import distributed
+from lifelong.platform import registry
+from lifelong.incremental.learner import RunContext
 
 info = distributed.current_distributed_info()
 stream = split_digits(SplitDigitsConfig(n_experiences=2, train_per_class=30, seed=0))

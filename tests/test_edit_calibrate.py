@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from _llm_fixtures import tiny_llama  # noqa: F401  (session fixture)
 
-from lifelong.adapters.llm import load_causal_lm
+from lifelong.adapters.lm.model_loading import load_causal_lm
 from lifelong.editing.calibrate import MARGIN, _auc, _largest_threshold, calibrate_threshold
 from lifelong.editing.editor import EditRequest
 from lifelong.editing.session import EditSession

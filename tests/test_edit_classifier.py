@@ -13,7 +13,7 @@ import pytest
 import torch
 from _wordnet_files import Synset, write_wordnet
 
-from lifelong.adapters.editable import edit_layers, model_family
+from lifelong.adapters.lm.edit_io import edit_layers, model_family
 from lifelong.benchmarks.wordnet_glosses import load_glosses, split_glosses
 from lifelong.cli.main import main
 from lifelong.editing.session import EditSession

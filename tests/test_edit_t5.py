@@ -1,7 +1,7 @@
 """The editors on an encoder-decoder model: a tiny randomly initialised T5 (no T5 weights exist offline) with a
 word-level tokenizer, saved as a Hugging Face folder and loaded through ``EditSession`` like any model. For each
 editor: the edit takes, SoLA and GRACE route only the edited prompt to it, and rollback gives the unedited
-model's logits bit for bit (``adapters/editable.py``: the editors sit in T5's encoder blocks)."""
+model's logits bit for bit (``adapters/lm/edit_io.py``: the editors sit in T5's encoder blocks)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import _llm_fixtures  # noqa: F401  (offline environment for transformers)
 import pytest
 import torch
 
-from lifelong.adapters.editable import edit_layers, editor_defaults, model_family
+from lifelong.adapters.lm.edit_io import edit_layers, editor_defaults, model_family
 from lifelong.editing.session import EditSession
 
 WORDS = ("the capital of australia is canberra sydney turkey ankara water boils at a temperature hundred degrees "

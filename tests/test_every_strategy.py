@@ -11,8 +11,8 @@ import hashlib
 import numpy as np
 import pytest
 
+from lifelong.incremental.run import build_stream, resolve_config, run_experiment
 from lifelong.platform.registry import list_plugins
-from lifelong.platform.runner import build_stream, resolve_config, run_experiment
 
 STRATEGIES = [spec.name for spec in list_plugins("strategy")]
 

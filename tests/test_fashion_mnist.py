@@ -232,8 +232,8 @@ def test_cli_bad_input_is_one_line_exit_2_nothing_written(cli, tmp_path: Path, c
 
 
 def test_auto_backbone_for_28x28_and_the_spiking_layout() -> None:
-    from lifelong.adapters.backbones import build_backbone, default_backbone
-    from lifelong.adapters.spiking import SpikingResNet
+    from lifelong.adapters.nets.backbones import build_backbone, default_backbone
+    from lifelong.adapters.nets.spiking import SpikingResNet
 
     assert default_backbone((1, 28, 28)) == "cnn-28" and default_backbone((1, 8, 8)) == "mlp"
     assert default_backbone((3, 32, 32)) == "resnet-reduced"
@@ -247,7 +247,7 @@ def test_auto_backbone_for_28x28_and_the_spiking_layout() -> None:
 
 
 def test_every_fashion_config_resolves(fashion_root: Path) -> None:
-    from lifelong.platform.runner import resolve_config
+    from lifelong.incremental.run import resolve_config
 
     found = sorted(p.parent.name for p in (REPO / "configs").glob("*/split-fashion-mnist.yaml"))
     assert found == sorted(FASHION_STRATEGIES)

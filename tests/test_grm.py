@@ -36,7 +36,7 @@ def test_margin_is_the_first_answer_tokens_log_probability(tiny_llama: Path, tmp
     judge = _grm(tiny_llama, tmp_path, batch_size=2)
     triples = [(p.prompt, p.chosen, p.rejected) for p in PAIRS]
     got = judge.margins(triples)  # batched, padded to the longest of each batch
-    from lifelong.adapters.encoders import get_llm
+    from lifelong.adapters.lm.model_pool import get_llm
 
     model, tok = get_llm(str(tiny_llama), torch.device("cpu"))
     a_ids, b_ids = first_token_ids(tok, ["A", " A"]), first_token_ids(tok, ["B", " B"])

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from _llm_fixtures import tiny_llama  # noqa: F401
+
 from lifelong.cli.main import main
 from lifelong.editing.session import EditSession
 from lifelong.editing.store import ADAPTER_DIR, EditStore
@@ -105,7 +105,7 @@ def test_a_later_writer_with_another_spec_is_refused_in_process(tmp_path):
 
 _HALF = textwrap.dedent("""
     from lifelong.platform.registry import register
-    from lifelong.platform.learner import Learner
+    from lifelong.incremental.learner import Learner
 
     @register("strategy", "half-registered")
     class Half(Learner):

@@ -310,7 +310,7 @@ def test_a_refused_first_apply_leaves_no_store_and_the_context_is_checked(tmp_pa
 
 
 def test_a_hub_id_that_is_not_cached_fails_at_once_offline(monkeypatch):
-    from lifelong.adapters.llm import load_causal_lm
+    from lifelong.adapters.lm.model_loading import load_causal_lm
 
     for offline, endpoint, why in (("1", None, "the hub is switched off"),
                                    ("0", "http://127.0.0.1:9", "http://127.0.0.1:9 cannot be reached")):

@@ -24,12 +24,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lifelong.cli.main import main
+from lifelong.incremental.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from lifelong.incremental.results import to_json, write_run
+from lifelong.incremental.run import resolve_config
 from lifelong.platform import atomic, registry
-from lifelong.platform.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from lifelong.platform.config import ConfigError, Rule, build_config, parse_overrides
 from lifelong.platform.errors import UserError, one_line
-from lifelong.platform.results import to_json, write_run
-from lifelong.platform.runner import resolve_config
 
 TINY = ["--set", "n_experiences=2", "--set", "train_per_class=20", "--set", "epochs=1"]
 TINY_OVERRIDES = {"n_experiences": 2, "train_per_class": 20, "epochs": 1}

@@ -7,11 +7,10 @@ import json
 import pytest
 import torch
 
+from lifelong.incremental.learner import RunContext
 from lifelong.platform.config import ConfigError, build_config
 from lifelong.platform.errors import UserError
-from lifelong.platform.learner import RunContext
 from lifelong.strategies.l2p import L2P, L2PConfig
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # ViT steps: one thread avoids oversubscription
 

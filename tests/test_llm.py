@@ -1,4 +1,4 @@
-"""adapters/llm.py: the embedded GGUF model through the hash-checked cache, HF folders, identities, errors."""
+"""adapters/lm/model_loading.py: the embedded GGUF model through the hash-checked cache, HF folders, identities, errors."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import json
 import os
 
 import pytest
-
 from _llm_fixtures import smollm, tiny_llama, tiny_llama_other  # noqa: F401
-from lifelong.adapters import llm
+
+from lifelong.adapters.lm import model_loading as llm
 from lifelong.platform.errors import UserError
 
 

@@ -9,11 +9,11 @@ import json
 from pathlib import Path
 
 import pytest
-
-from lifelong.platform.config import ConfigError
-from lifelong.platform.runner import compare, resolve_config, run_experiment
-
 from conftest import TINY_STREAM
+
+from lifelong.incremental.compare import compare
+from lifelong.incremental.run import resolve_config, run_experiment
+from lifelong.platform.config import ConfigError
 
 EPOCHS = 2
 

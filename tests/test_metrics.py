@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from lifelong.platform.metrics import cil_metrics, mean_std
+from lifelong.incremental.metrics import cil_metrics, mean_std
 
 R = [[0.9, 0.0, 0.0],
      [0.6, 0.8, 0.0],
@@ -46,7 +46,7 @@ def test_heatmap_cells_have_the_viridis_colour_of_their_value():
 
     from PIL import Image
 
-    from lifelong.platform.plots import heatmap_png, viridis
+    from lifelong.incremental.plots import heatmap_png, viridis
 
     matrix = [[0.9, 0.0, 0.0], [0.6, 0.8, 0.0], [0.5, 0.4, 0.7]]
     image = Image.open(io.BytesIO(heatmap_png(matrix, "R[i][j]: naive on split-digits (seed 0)"))).convert("RGB")
@@ -60,7 +60,7 @@ def test_heatmap_cells_have_the_viridis_colour_of_their_value():
 def test_viridis_matches_matplotlib_within_three_levels():
     import matplotlib
 
-    from lifelong.platform.plots import viridis
+    from lifelong.incremental.plots import viridis
 
     reference = matplotlib.colormaps["viridis"]
     for value in np.linspace(0, 1, 101):
@@ -73,7 +73,7 @@ def test_line_plot_draws_each_series_in_its_colour_and_the_band_lighter():
 
     from PIL import Image
 
-    from lifelong.platform.plots import TAB10, line_plot_png
+    from lifelong.incremental.plots import TAB10, line_plot_png
 
     series = [{"label": "a", "values": [0.9, 0.5, 0.3], "band": [0.0, 0.1, 0.2]},
               {"label": "b", "values": [0.95, 0.9, 0.85]}]

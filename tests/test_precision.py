@@ -7,12 +7,12 @@ forward runs in the reduced dtype, fp16 goes through a GradScaler, weights stay 
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY_STREAM
+
+from lifelong.incremental.learner import RunContext
+from lifelong.incremental.run import resolve_config, run_experiment
 from lifelong.platform import registry
-from lifelong.platform.learner import RunContext
 from lifelong.platform.device import LossScaler, autocast, check_precision
-from lifelong.platform.runner import resolve_config, run_experiment
 
 REDUCED = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

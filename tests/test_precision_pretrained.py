@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import torch
 
+from lifelong.incremental.learner import RunContext
 from lifelong.platform.config import ConfigError, build_config
 from lifelong.platform.errors import UserError
-from lifelong.platform.learner import RunContext
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # ViT steps: one thread avoids oversubscription
 
@@ -98,7 +98,7 @@ def test_sime_trains_and_predicts_under_reduced_precision(stream, precision):
 
 # ---------------------------------------------------------------------------------------------------- ProP
 def test_prop_trains_its_prompt_in_bf16_and_keeps_it_float32(stream):
-    from lifelong.adapters.prompts import PromptBank
+    from lifelong.adapters.nets.prompts import PromptBank
     from lifelong.strategies.prop import ProP, ProPConfig
 
     prop = ProP(build_config(ProPConfig, {"epochs": 1, "batch_size": 64, "precision": "bf16"}), _ctx(stream))

@@ -7,12 +7,11 @@ import json
 import pytest
 import torch
 
-from lifelong.adapters.clip import load_backbone
-from lifelong.adapters.prompts import PromptBank, forward_all_prompts, forward_each_prompt, prompt_regulariser
+from lifelong.adapters.nets.clip import load_backbone
+from lifelong.adapters.nets.prompts import PromptBank, forward_all_prompts, forward_each_prompt, prompt_regulariser
+from lifelong.incremental.learner import RunContext
 from lifelong.platform.config import ConfigError, build_config
-from lifelong.platform.learner import RunContext
 from lifelong.strategies.prop import ProP, ProPConfig
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # ViT steps: one thread avoids oversubscription
 
@@ -29,7 +28,7 @@ def test_batched_multi_prompt_forward_equals_loop(which):
     else:
         from timm.models.vision_transformer import VisionTransformer
 
-        from lifelong.adapters.clip import VisionBackbone
+        from lifelong.adapters.nets.clip import VisionBackbone
 
         backbone = VisionBackbone(VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2,
                                                     num_heads=2, num_classes=0).eval())
@@ -145,7 +144,7 @@ def test_prop_runs_through_the_cli(tmp_path, capsys):
     assert results["strategy_summary"]["prompt_parameters"] == 2 * 4 * 64
 
     # interrupted after the first experience and resumed: the same accuracy matrix as the uninterrupted run
-    from lifelong.platform.runner import resolve_config, run_experiment
+    from lifelong.incremental.run import resolve_config, run_experiment
 
     config = resolve_config(strategy="prop", benchmark="split-digits", device="cpu",
                             overrides={"n_experiences": 2, "epochs": 1, "task_labels": False})

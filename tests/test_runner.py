@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from conftest import TINY_STREAM
 
+from lifelong.incremental.run import resolve_config, run_experiment
 from lifelong.platform.errors import UserError
-from lifelong.platform.runner import resolve_config, run_experiment
 
 
 def _config(strategy, seed=0, **extra):
@@ -51,7 +51,7 @@ COMPARE = dict(overrides={**TINY_STREAM, "epochs": 3, "mem_size": 50}, progress=
 @pytest.fixture(scope="module")
 def serial_compare(tmp_path_factory):
     """naive and replay over seeds 0 and 1, one run after the other: made once, read by two tests."""
-    from lifelong.platform.runner import compare
+    from lifelong.incremental.compare import compare
 
     out = tmp_path_factory.mktemp("serial")
     return out, compare(["naive", "replay"], "split-digits", [0, 1], out=out, jobs=1, **COMPARE)
@@ -74,7 +74,7 @@ def test_compare_in_parallel_processes_gives_the_serial_summary(serial_compare, 
     """Bit for bit: every number of summary.json but the wall times, and every run's accuracy matrix."""
     import sys
 
-    from lifelong.platform.runner import _pool_context, compare
+    from lifelong.incremental.compare import _pool_context, compare
 
     serial_dir, _ = serial_compare
     compare(["naive", "replay"], "split-digits", [0, 1], out=tmp_path / "parallel", jobs=2, **COMPARE)
@@ -97,7 +97,8 @@ def test_parallel_jobs_take_the_gpus_in_turn(monkeypatch):
     """No GPU here: the count is faked, to check which device each job is given (explicit devices are kept)."""
     import torch
 
-    from lifelong.platform.runner import _spread_over_gpus, resolve_config
+    from lifelong.incremental.compare import _spread_over_gpus
+    from lifelong.incremental.run import resolve_config
 
     configs = [resolve_config(strategy="naive", benchmark="split-digits", seed=s) for s in range(3)]
     configs.append(resolve_config(strategy="naive", benchmark="split-digits", seed=3, device="cpu"))

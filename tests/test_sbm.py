@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from _llm_fixtures import tiny_llama  # noqa: F401  (fixture)
 
-from lifelong.adapters.encoders import get_llm
-from lifelong.adapters.llm import weights_sha256
+from lifelong.adapters.lm.model_loading import weights_sha256
+from lifelong.adapters.lm.model_pool import get_llm
 from lifelong.benchmarks.preferences import PreferencePair
 from lifelong.cli.main import main
 from lifelong.platform.errors import UserError

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from conftest import TINY_STREAM
 
-from lifelong.adapters.backbones import build_backbone
+from lifelong.adapters.nets.backbones import build_backbone
 from lifelong.components.sca import SCA, SCAConfig, find_units, slim
-from lifelong.platform.learner import TrainingState
+from lifelong.incremental.learner import TrainingState
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 
@@ -109,7 +109,7 @@ def test_regrowth_swaps_channels_at_the_target() -> None:
 
 
 def test_sca_through_lifelong_run_and_resume(tmp_path) -> None:
-    from lifelong.platform.runner import resolve_config, run_experiment
+    from lifelong.incremental.run import resolve_config, run_experiment
 
     config = resolve_config(strategy="naive", benchmark="split-digits", seed=0,
                             overrides={**TINY_STREAM, "train_per_class": 10, "epochs": 2, "model": "spiking-tiny",

@@ -8,12 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lifelong.incremental.learner import RunContext
 from lifelong.platform.config import ConfigError, build_config
 from lifelong.platform.errors import UserError
-from lifelong.platform.learner import RunContext
 from lifelong.strategies.continual_clip import ContinualClip, ContinualClipConfig
 from lifelong.strategies.sime import SimE, SimEConfig
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # ViT steps: one thread avoids oversubscription
 
@@ -129,9 +128,9 @@ def test_shipped_configs_are_valid():
     ones resolve as whole runs (the data-set ones need their data, which the benchmark checks at build time)."""
     from pathlib import Path
 
+    from lifelong.incremental.run import resolve_config
     from lifelong.platform import registry
     from lifelong.platform.config import field_names, load_yaml
-    from lifelong.platform.runner import resolve_config
 
     root = Path(__file__).resolve().parents[1] / "configs"
     files = sorted(p for d in ("sime", "prop", "l2p") for p in (root / d).glob("*.yaml"))

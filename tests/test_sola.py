@@ -7,8 +7,8 @@ import contextlib
 
 import pytest
 import torch
-
 from _llm_fixtures import smollm  # noqa: F401  (session fixture)
+
 from lifelong.editing.session import EditSession
 
 P1, T1 = "The capital of Australia is", "Canberra"
@@ -120,7 +120,7 @@ def test_routed_lora_per_sequence_newest_wins_and_exact_fallback():
     the newest edit, removing it falls back to the older one, and unmatched rows are the base output bit for bit."""
     from torch import nn
 
-    from lifelong.adapters.lora import RoutedLoRA
+    from lifelong.adapters.lm.routed_lora import RoutedLoRA
     from lifelong.editing.router import Router
 
     class Toy(nn.Module):

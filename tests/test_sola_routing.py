@@ -12,7 +12,7 @@ import pytest
 import torch
 from _llm_fixtures import tiny_llama  # noqa: F401  (session fixture)
 
-from lifelong.adapters.llm import load_causal_lm
+from lifelong.adapters.lm.model_loading import load_causal_lm
 from lifelong.editing.session import EditSession
 from lifelong.editors.sola import SoLAConfig
 from lifelong.platform import registry

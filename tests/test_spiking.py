@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from lifelong.adapters.spiking import (
+from lifelong.adapters.nets.spiking import (
     LIF,
     NeuronConfig,
     SpikingResNet,

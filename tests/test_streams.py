@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
+from lifelong.incremental.streams import resolve_class_order, split_class_counts
 from lifelong.platform.config import ConfigError
 from lifelong.platform.registry import create
-from lifelong.platform.streams import resolve_class_order, split_class_counts
 
 
 def test_even_split_and_initial_classes():

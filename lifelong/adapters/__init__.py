@@ -1,2 +1,2 @@
-"""Model families (backbones, spiking nets, expandable nets, CLIP, LLMs, sentence encoders) and the trainable
-pieces attached to them (adapters, prompts, LoRA), with the input transforms they need. No plugin lives here."""
+"""Model families and the trainable pieces attached to them, in two halves that never import each other:
+``nets/`` (vision and spiking networks) and ``lm/`` (language models). No plugin lives here."""

@@ -31,15 +31,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from lifelong.platform.config import ConfigError
-from lifelong.platform.errors import UserError
-from lifelong.platform.registry import register
-from lifelong.platform.streams import (
+from lifelong.incremental.streams import (
     Stream,
     build_class_incremental_stream,
     resolve_class_order,
     split_class_counts,
 )
+from lifelong.platform.config import ConfigError
+from lifelong.platform.errors import UserError
+from lifelong.platform.registry import register
 
 # Normalisation statistics of Avalanche 0.6.0's classic benchmarks (cmnist.py, ccifar10.py, ccifar100.py,
 # ctiny_imagenet.py, which reuses the CIFAR-10 statistics).

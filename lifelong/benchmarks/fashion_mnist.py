@@ -12,7 +12,7 @@ uncompressed bytes are those of the official release, so MNIST's files, which ha
 are refused). Each failure is one line naming the file and the problem.
 
 The protocol follows ``split-digits``: the official train/test split, the class order fixed by the seed (or
-given), ``n_experiences`` / ``initial_classes`` / ``uneven`` split arithmetic from ``platform/streams.py``, labels
+given), ``n_experiences`` / ``initial_classes`` / ``uneven`` split arithmetic from ``incremental/streams.py``, labels
 relabelled in class order. Images are float tensors in [0, 1], normalised with Fashion-MNIST's training-set
 mean and std (0.2860, 0.3530) unless ``normalize: false``; no augmentation. ``train_per_class`` (and
 ``test_per_class``) keep a seeded random subset of each class, for quick runs.
@@ -28,14 +28,14 @@ from typing import Any
 import numpy as np
 
 from lifelong.benchmarks._idx import IdxError, check_header, read_header, read_idx
-from lifelong.platform.config import ConfigError
-from lifelong.platform.registry import register
-from lifelong.platform.streams import (
+from lifelong.incremental.streams import (
     Stream,
     build_class_incremental_stream,
     resolve_class_order,
     split_class_counts,
 )
+from lifelong.platform.config import ConfigError
+from lifelong.platform.registry import register
 
 #: where Debian's ``dataset-fashion-mnist`` puts the four gzipped files
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lifelong.platform.registry import register
-from lifelong.platform.streams import (
+from lifelong.incremental.streams import (
     Stream,
     build_class_incremental_stream,
     resolve_class_order,
     split_class_counts,
 )
+from lifelong.platform.registry import register
 
 
 @dataclass

@@ -6,12 +6,13 @@ import argparse
 import json
 import sys
 
+from lifelong.incremental.compare import RunFailed, compare
+from lifelong.incremental.distributed import current_distributed_info
+from lifelong.incremental.results import format_run_table, format_summary_table, to_json
+from lifelong.incremental.run import default_out_dir, resolve_config, run_experiment
 from lifelong.platform.config import parse_overrides
-from lifelong.platform.distributed import current_distributed_info
 from lifelong.platform.errors import UserError, one_line
 from lifelong.platform.registry import KINDS, list_plugins, load_errors
-from lifelong.platform.results import format_run_table, format_summary_table, to_json
-from lifelong.platform.runner import RunFailed, compare, default_out_dir, resolve_config, run_experiment
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

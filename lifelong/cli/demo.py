@@ -16,9 +16,9 @@ from typing import Callable
 
 from lifelong.benchmarks.preferences import bundled_preferences
 from lifelong.editing.session import EditSession
+from lifelong.incremental.compare import compare
+from lifelong.incremental.results import format_summary_table
 from lifelong.platform.registry import create
-from lifelong.platform.results import format_summary_table
-from lifelong.platform.runner import compare
 
 DEMO_STRATEGIES = ("naive", "ewc", "lwf", "replay", "icarl", "gdumb", "dark-er", "joint")
 

@@ -388,7 +388,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_train_classifier(args: argparse.Namespace) -> int:
     """Train the gloss classifier and write it with its edit set (the held-out glosses it gets wrong, each with
     its true class as target) and its retention set (test glosses with labels, for TRR)."""
-    from lifelong.adapters.text_classifier import embed_texts, save_text_classifier, train_text_classifier
+    from lifelong.adapters.lm.text_classifier import embed_texts, save_text_classifier, train_text_classifier
     from lifelong.benchmarks.wordnet_glosses import class_names, edit_records, load_glosses, split_glosses
 
     out = Path(args.out)

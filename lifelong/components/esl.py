@@ -41,7 +41,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from lifelong.platform.learner import Component, RunContext, TrainingState
+from lifelong.incremental.learner import Component, RunContext, TrainingState
 from lifelong.platform.registry import register
 
 HEAD_NAMES: tuple[str, ...] = ("classifier", "aux_classifier")

@@ -21,7 +21,7 @@ distilled one after the other. Neither paper has public code; what they leave op
 - the teacher: ``joint`` is an ANN backbone (``teacher_model``) trained at the same time on the same batches with
   its own cross-entropy and optimizer (SGD, ``teacher_lr``, momentum 0.9), its outputs detached for the student;
   ``checkpoint`` is the model of an earlier run (``teacher_run``: its folder, whose ``checkpoint.pt`` holds a
-  backbone of ``adapters/backbones.py``; same benchmark and seed, so the class order matches), frozen;
+  backbone of ``adapters/nets/backbones.py``; same benchmark and seed, so the class order matches), frozen;
   ``previous`` is the learner's model at the end of the previous experience, frozen, distilled on the old
   classes only (KD against forgetting, as LwF); nothing to distil in the first experience.
 """
@@ -37,12 +37,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lifelong.adapters.backbones import BACKBONES, build_backbone
-from lifelong.adapters.spiking import SpikingBasicBlock, SpikingResNet
-from lifelong.platform.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from lifelong.platform.distributed import average_gradients, broadcast_parameters
+from lifelong.adapters.nets.backbones import BACKBONES, build_backbone
+from lifelong.adapters.nets.spiking import SpikingBasicBlock, SpikingResNet
+from lifelong.incremental.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from lifelong.incremental.distributed import average_gradients, broadcast_parameters
+from lifelong.incremental.learner import Component, RunContext, TrainingState
 from lifelong.platform.errors import UserError
-from lifelong.platform.learner import Component, RunContext, TrainingState
 from lifelong.platform.registry import register
 
 
@@ -58,7 +58,7 @@ class KDConfig:
     schedule: Literal["joint", "layerwise"] = "joint"
     epochs_per_layer: int = 1
     teacher: Literal["joint", "checkpoint", "previous"] = "joint"
-    teacher_model: str = "auto"  # the joint teacher's backbone (adapters/backbones.py); auto by input size
+    teacher_model: str = "auto"  # the joint teacher's backbone (adapters/nets/backbones.py); auto by input size
     teacher_run: str = ""  # the run folder of a checkpoint teacher
     teacher_lr: float = 0.01  # the joint teacher's and the adapters' learning rate
 

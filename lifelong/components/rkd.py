@@ -26,7 +26,7 @@ from torch import nn
 
 from lifelong.components.esl import ESLConfig, EvolutionarySparsity, maskable
 from lifelong.components.kd import KDConfig, KnowledgeDistillation
-from lifelong.platform.learner import Component, RunContext, TrainingState
+from lifelong.incremental.learner import Component, RunContext, TrainingState
 from lifelong.platform.registry import register
 
 

@@ -43,9 +43,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from lifelong.adapters.spiking import LIF, SpikingBasicBlock
-from lifelong.platform.distributed import sum_over_ranks
-from lifelong.platform.learner import Component, RunContext, TrainingState
+from lifelong.adapters.nets.spiking import LIF, SpikingBasicBlock
+from lifelong.incremental.distributed import sum_over_ranks
+from lifelong.incremental.learner import Component, RunContext, TrainingState
 from lifelong.platform.registry import register
 
 
@@ -116,7 +116,7 @@ def find_units(model: nn.Module) -> list[Unit]:
 
 def _membrane(lif: LIF, x_seq: torch.Tensor, spikes: torch.Tensor) -> torch.Tensor:
     """The LIF's membrane potential before firing at every step, replayed from its input and its spikes
-    (the charge and reset rules of ``adapters/spiking.lif_multistep``)."""
+    (the charge and reset rules of ``adapters/nets/spiking.lif_multistep``)."""
     c = lif.cfg
     v_reset = None if c.reset == "soft" else c.v_reset
     v = torch.zeros_like(x_seq[0]) if not v_reset else torch.full_like(x_seq[0], v_reset)

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lifelong.adapters.editable import editor_defaults
+from lifelong.adapters.lm.edit_io import editor_defaults
 from lifelong.editing.editor import EditRequest
 from lifelong.platform import registry
 from lifelong.platform.errors import UserError

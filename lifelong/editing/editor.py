@@ -20,7 +20,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from lifelong.adapters.editable import editable_io, join_ids  # noqa: F401  (join_ids: re-exported)
+from lifelong.adapters.lm.edit_io import editable_io, join_ids  # noqa: F401  (join_ids: re-exported)
 from lifelong.editing.router import Router
 from lifelong.platform import registry
 from lifelong.platform.config import ConfigError, build_config, validate_config
@@ -176,7 +176,7 @@ class Editor:
 
     @property
     def io(self) -> Any:
-        """The attached model family's ``adapters/editable.EditIO`` (causal LM, seq2seq or sentence classifier):
+        """The attached model family's ``adapters/lm/edit_io.EditIO`` (causal LM, seq2seq or sentence classifier):
         how an edit becomes inputs and a target loss; made once per attached model."""
         io = getattr(self, "_io", None)
         if io is None or io.model is not self.model:

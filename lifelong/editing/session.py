@@ -31,8 +31,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lifelong.adapters.editable import editor_defaults
-from lifelong.adapters.llm import DEFAULT_MODEL, load_causal_lm, model_identity
+from lifelong.adapters.lm.edit_io import editor_defaults
+from lifelong.adapters.lm.model_loading import DEFAULT_MODEL, load_causal_lm, model_identity
 from lifelong.editing.editor import Editor, check_edit_text, check_edit_tokens
 from lifelong.editing.store import CorruptEditError, EditRecord, EditStore
 from lifelong.platform import registry
@@ -153,7 +153,7 @@ class EditSession:
                     f"edit store {self.store.path} fixes the {name} config ({', '.join(f'{k}={cfg.get(k)!r}' for k in changed)}); "
                     "its edits were made with it, so it cannot be changed — use a new store"
                 )
-        else:  # a new store: the model family's layer settings (adapters/editable.py), then the caller's
+        else:  # a new store: the model family's layer settings (adapters/lm/edit_io.py), then the caller's
             name = editor or DEFAULT_EDITOR
             cfg = {**editor_defaults(self.model, name), **(editor_config or {})}
         self.editor = registry.create("editor", name, **cfg)
@@ -298,7 +298,7 @@ class EditSession:
     # ------------------------------------------------------------------ inference
     @property
     def io(self) -> Any:
-        """The model family's ``adapters/editable.EditIO`` (the editor's: causal LM, seq2seq or classifier)."""
+        """The model family's ``adapters/lm/edit_io.EditIO`` (the editor's: causal LM, seq2seq or classifier)."""
         return self.editor.io
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int = 16) -> list[dict[str, Any]]:

@@ -33,7 +33,7 @@ writer checks them inside its own insert transaction, so of two first writers wi
 whose meta said ``ip`` whatever the editor) get it from their editor's name: ``l2`` for ``grace`` and ``ft-l``,
 ``ip`` for ``sola`` and any other name; the migration is written on open.
 
-The store also records the identity of the base model (name and weight hash, see ``adapters/llm.py``) and
+The store also records the identity of the base model (name and weight hash, see ``adapters/lm/model_loading.py``) and
 refuses to be used with another model.
 
 Damage and read-only media (schema 3). Opening runs ``PRAGMA quick_check`` (the structure of every page); every

@@ -1,7 +1,7 @@
 """Skip the frozen decoder layers below an edit while it trains (shared by the editors, not a method).
 
 Every editor here trains parameters (SoLA's LoRAs, GRACE's value, FT-L's weight) at one layer of the model's
-editable stack (``adapters/editable.py``: a causal LM's decoder layers, T5's encoder blocks, a classifier's encoder
+editable stack (``adapters/lm/edit_io.py``: a causal LM's decoder layers, T5's encoder blocks, a classifier's encoder
 layers) with the edit's prompt and target as the only input, so the layers below the first trained one see the same input and
 the same weights at every training step: their output never changes. ``replay_frozen_layers`` memoises each of
 those layers for the duration of one edit's training: the first forward runs them and keeps their output, later
@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from lifelong.adapters.editable import edit_layers, layer_index
+from lifelong.adapters.lm.edit_io import edit_layers, layer_index
 
 
 class _Memo(nn.Module):

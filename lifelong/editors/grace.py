@@ -37,7 +37,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from lifelong.adapters.editable import edit_module_names
+from lifelong.adapters.lm.edit_io import edit_module_names
 from lifelong.editing.editor import EditArtifact, Editor
 from lifelong.editing.router import Router
 from lifelong.editors._prefix import replay_frozen_layers

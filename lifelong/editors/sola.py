@@ -45,8 +45,8 @@ from typing import Any, ClassVar, Iterator, Sequence
 
 import numpy as np
 
-from lifelong.adapters.editable import edit_layers, edit_module_names
-from lifelong.adapters.lora import RoutedLoRA
+from lifelong.adapters.lm.edit_io import edit_layers, edit_module_names
+from lifelong.adapters.lm.routed_lora import RoutedLoRA
 from lifelong.editing.editor import EditArtifact, Editor
 from lifelong.editing.router import Router
 from lifelong.editors._prefix import first_layer_index, replay_frozen_layers
@@ -234,7 +234,7 @@ class SoLAEditor(Editor):
         """Router inputs at the last token of each prompt (one right-padded batch), float32 (n, d) on the device."""
         import torch
 
-        inputs, last = self.io.prompt_batch(prompts)  # the model family's inputs (adapters/editable.py)
+        inputs, last = self.io.prompt_batch(prompts)  # the model family's inputs (adapters/lm/edit_io.py)
         with torch.no_grad(), self.autocast(), self.routed.capture_keys(last) as cap, self.routed.session(last):
             self.io.forward(inputs)
         return cap[0].float()

@@ -1,2 +1,2 @@
-"""What every plugin shares and no method owns: registry, configs, device and precision, checkpoints, learner,
-streams, runner, distributed runs, metrics, results. It imports no plugin, no model family and no data set."""
+"""The core every family shares and no method owns: the plugin registry, typed configs, the atomic writes, device
+and precision, user errors, and quieting Avalanche's import. It imports no engine, plugin, model or data set."""

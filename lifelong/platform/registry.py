@@ -24,7 +24,7 @@ from lifelong.platform.config import build_config
 from lifelong.platform.errors import UserError
 from lifelong.platform.quiet import quiet_avalanche
 
-#: ``component``: a training component a learner calls around its own loop (``platform/learner.py``: ``Component``);
+#: ``component``: a training component a learner calls around its own loop (``incremental/learner.py``: ``Component``);
 #: ``branch``: a side branch of a reward scorer (features and a text per (prompt, response); docs/reward.md)
 KINDS: tuple[str, ...] = ("strategy", "editor", "scorer", "benchmark", "component", "branch")
 #: what a benchmark's factory returns: a class-incremental stream (``run``, ``compare``) or preference pairs

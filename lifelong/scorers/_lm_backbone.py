@@ -5,7 +5,7 @@ Paper: Liu et al., "Structural Reward Model", arXiv 2509.25361. There the reward
 reads the prompt, the response and the side-branch texts and gives one scalar, fine-tuned with the Bradley-Terry
 loss; the paper compares it with a scalar RM on the same backbone (no side-branch texts) and a generative RM.
 
-What this module builds: the causal LM (default the embedded SmolLM2-135M, ``lifelong.adapters.llm``) reads the
+What this module builds: the causal LM (default the embedded SmolLM2-135M, ``lifelong.adapters.lm.model_loading``) reads the
 joined text ``Prompt: .. / Response: .. / branch texts`` (right-truncated to ``max_length`` tokens, an end-of-text
 token appended); a linear head on the final hidden state of the last token gives the text term of the reward;
 LoRA adapters (peft) on the decoder layers and the head are trained with Bradley-Terry, as in the paper.
@@ -34,8 +34,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from lifelong.adapters.encoders import Device, get_llm, use_lock
-from lifelong.adapters.llm import model_identity
+from lifelong.adapters.lm.model_loading import model_identity
+from lifelong.adapters.lm.model_pool import Device, get_llm, use_lock
 from lifelong.platform.errors import UserError
 
 #: the split states kept in memory per process (bytes); the least recently used go first
@@ -173,7 +173,7 @@ class LMTextTerm(nn.Module):
 # ---------------------------------------------------------------------------------------------- the backbone
 class LMBackbone:
     """The frozen part of the LM backbone: tokenises joined texts, computes (and memoises) their split states, and
-    builds fresh trainable text terms on top. ``llm`` names the model (``lifelong.adapters.llm.load_causal_lm``)."""
+    builds fresh trainable text terms on top. ``llm`` names the model (``lifelong.adapters.lm.model_loading.load_causal_lm``)."""
 
     def __init__(self, llm: str, device: Device, *, lora_layers: int, lora_rank: int, lora_alpha: float,
                  dropout: float, max_length: int, batch_size: int = 16) -> None:

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lifelong.adapters.encoders import encode
+from lifelong.adapters.lm.model_pool import encode
 from lifelong.platform.atomic import atomic_write_text, atomic_write_with, file_sha256, fsync_dir
 from lifelong.platform.config import to_dict
 from lifelong.platform.device import LossScaler, autocast, resolve_device

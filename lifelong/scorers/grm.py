@@ -34,7 +34,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lifelong.adapters.encoders import get_llm, use_lock
+from lifelong.adapters.lm.model_pool import get_llm, use_lock
 from lifelong.platform.atomic import atomic_write_text, fsync_dir
 from lifelong.platform.config import to_dict
 from lifelong.platform.device import resolve_device

@@ -46,8 +46,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from lifelong.adapters.encoders import get_llm, use_lock
-from lifelong.adapters.llm import DEFAULT_MODEL, model_identity
+from lifelong.adapters.lm.model_loading import DEFAULT_MODEL, model_identity
+from lifelong.adapters.lm.model_pool import get_llm, use_lock
 from lifelong.platform.atomic import atomic_write_text, atomic_write_with, file_sha256, fsync_dir
 from lifelong.platform.errors import UserError
 from lifelong.platform.registry import register

@@ -12,7 +12,7 @@ What this fixes (measured on avalanche-lib 0.6.0, torch 2.14):
   ``AvalancheState`` (``_avalanche_state.py``) as tensors and plain values, so checkpoints load with
   ``weights_only=True``.
 
-Training components (``platform/learner.py``: ``Component``) reach an Avalanche strategy through
+Training components (``incremental/learner.py``: ``Component``) reach an Avalanche strategy through
 ``ComponentPlugin``, which maps Avalanche's callbacks onto the component hooks; the same plugin captures the
 per-time-step logits that ``loss=tet`` trains on.
 """
@@ -28,10 +28,9 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from lifelong.adapters.backbones import StepLogits, build_backbone
-from lifelong.platform import distributed
-from lifelong.platform.device import LossScaler, autocast
-from lifelong.platform.learner import (
+from lifelong.adapters.nets.backbones import StepLogits, build_backbone
+from lifelong.incremental import distributed
+from lifelong.incremental.learner import (
     ComposableConfig,
     Learner,
     RunContext,
@@ -42,7 +41,8 @@ from lifelong.platform.learner import (
     make_optimizer,
     tet_loss,
 )
-from lifelong.platform.loggers import epoch_loss_plugin
+from lifelong.incremental.loggers import epoch_loss_plugin
+from lifelong.platform.device import LossScaler, autocast
 from lifelong.platform.quiet import quiet_avalanche
 from lifelong.strategies._avalanche_state import AvalancheState, register_missing_buffers
 
@@ -137,7 +137,7 @@ class ComponentPlugin:
     """Avalanche callbacks onto the learner's training components (Avalanche calls plugins by callback name).
 
     ``reports_only``: the components are not checkpointed as an Avalanche plugin but by the learner
-    (``state["components"]``, ``platform/learner.py``).
+    (``state["components"]``, ``incremental/learner.py``).
     """
 
     reports_only = True

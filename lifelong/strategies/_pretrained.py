@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lifelong.adapters.clip import freeze, load_backbone
-from lifelong.adapters.transforms import iterate_batches, stream_normalization
+from lifelong.adapters.nets.clip import freeze, load_backbone
+from lifelong.adapters.nets.transforms import iterate_batches, stream_normalization
+from lifelong.incremental.learner import Learner, RunContext, StrategyConfig, make_optimizer
 from lifelong.platform.device import LossScaler, autocast
 from lifelong.platform.errors import UserError
-from lifelong.platform.learner import Learner, RunContext, StrategyConfig, make_optimizer
 
 NEG = -1.0e4  # the logit of a class not seen yet: finite, so softmax and argmax stay well defined
 

@@ -3,8 +3,8 @@
 Paper: Ni, Shen, Xu et al., AAAI 2025 (arXiv 2412.12696); the authors' code is the first commits of
 HOOKke/PS-SNN. This module follows the paper and that code (usage, settings and results: docs/alade-snn.md):
 
-- the network is ``der``'s expandable representation (``adapters/expandable.py``) with spiking extractors: the
-  spiking version of the ResNet ``model`` names (``adapters/spiking.py``: LIF with tau 2, hard reset, triangle
+- the network is ``der``'s expandable representation (``adapters/nets/expandable.py``) with spiking extractors: the
+  spiking version of the ResNet ``model`` names (``adapters/nets/spiking.py``: LIF with tau 2, hard reset, triangle
   surrogate with gamma 1, direct encoding over T steps); a new bias-free classifier
   over the concatenated features is built at every task (old weights not copied) and applied at every step;
   prediction is the argmax of the logits averaged over time;
@@ -44,9 +44,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lifelong.adapters.expandable import RESNET_ARCHITECTURES, extractor_factory
-from lifelong.adapters.spiking import NeuronConfig, count_ops, record_spikes, spike_rates
-from lifelong.platform.learner import RunContext
+from lifelong.adapters.nets.expandable import RESNET_ARCHITECTURES, extractor_factory
+from lifelong.adapters.nets.spiking import NeuronConfig, count_ops, record_spikes, spike_rates
+from lifelong.incremental.learner import RunContext
 from lifelong.platform.registry import Capabilities, register
 from lifelong.strategies.der import DERConfig, DERLearner, FinetuneLogits
 
@@ -56,7 +56,7 @@ class AladeSNNConfig(DERConfig):
     """Settings of ``alade-snn``; every ALADE component is one switch (``oton``, ``logit_alignment``,
     ``aux_loss``, ``distillation``) so an ablation is one ``--set``."""
 
-    #: the architectures with a spiking version (``adapters/expandable.py``); ``model`` may also be ``auto``
+    #: the architectures with a spiking version (``adapters/nets/expandable.py``); ``model`` may also be ``auto``
     MODELS: ClassVar[tuple[str, ...]] = tuple(RESNET_ARCHITECTURES)
 
     model: str = "auto"  # the extractor, built spiking: resnet-tiny (8x8 inputs) | resnet-cifar; auto by input size

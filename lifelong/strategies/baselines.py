@@ -17,10 +17,10 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from lifelong.adapters.backbones import build_backbone
-from lifelong.platform import distributed
-from lifelong.platform.distributed import OutsideModuleTree, shard_indices
-from lifelong.platform.learner import ComposableConfig, StrategyConfig
+from lifelong.adapters.nets.backbones import build_backbone
+from lifelong.incremental import distributed
+from lifelong.incremental.distributed import OutsideModuleTree, shard_indices
+from lifelong.incremental.learner import ComposableConfig, StrategyConfig
 from lifelong.platform.registry import Capabilities, register
 from lifelong.strategies._avalanche import (
     AvalancheLearner,
@@ -35,7 +35,7 @@ from lifelong.strategies._avalanche import (
 _DDP = Capabilities(distributed_safe=True)
 _SINGLE = Capabilities()
 _REPLAY_DDP = Capabilities(uses_replay_memory=True, distributed_safe=True)
-# naive and replay call training components (``components=[...]``, ``loss=tet``; platform/learner.py)
+# naive and replay call training components (``components=[...]``, ``loss=tet``; incremental/learner.py)
 _DDP_COMPONENTS = Capabilities(distributed_safe=True, accepts_components=True)
 _REPLAY_DDP_COMPONENTS = Capabilities(uses_replay_memory=True, distributed_safe=True, accepts_components=True)
 _REPLAY_SINGLE = Capabilities(uses_replay_memory=True)

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lifelong.incremental.learner import RunContext
 from lifelong.platform.errors import UserError
-from lifelong.platform.learner import RunContext
 from lifelong.platform.registry import Capabilities, register
 from lifelong.strategies._pretrained import NEG, PretrainedConfig, PretrainedLearner
 

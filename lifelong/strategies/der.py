@@ -13,7 +13,7 @@ What it takes from the paper (and from PyCIL's ``DER`` learner):
   data and the memory, with the representation frozen (SGD with momentum 0.9, as PyCIL).
 
 Where it departs or fills gaps: no channel-pruning (the "DER w/o P" row of the papers); the extractor
-(``model``) is a ResNet of ``adapters/expandable.py`` with ReLU neurons (``resnet-tiny`` for 8x8 digits,
+(``model``) is a ResNet of ``adapters/nets/expandable.py`` with ReLU neurons (``resnet-tiny`` for 8x8 digits,
 ``resnet-cifar`` otherwise; ``auto`` picks by input size), an architecture that also exists as a spiking
 network so that a spiking method can be compared on the same one, or any platform backbone by name; the
 balanced fine-tuning set is drawn once per task from non-augmented samples and the classifier is trained on
@@ -21,11 +21,11 @@ their cached (frozen) features, which is exact because the representation is fro
 step learning rate is computed in closed form (``lr_at``), not by ``MultiStepLR``.
 
 The learner is a plain PyTorch loop over a DataLoader of the experience's dataset plus the memory, with the
-network (``adapters/expandable.py``'s ``ExpandableNet``) in ``self.model``, so that DDP wrapping stays possible.
+network (``adapters/nets/expandable.py``'s ``ExpandableNet``) in ``self.model``, so that DDP wrapping stays possible.
 A learner built on it may change the extractor (``_extractor_factory``), add a loss term (``_extra_loss``), act
 after every optimizer step (``_after_optimizer_step``) and change the logits the classifier stage trains on
 (``_finetune_logits``); DER itself does none of these. Training components (``components=[...]``,
-``platform/learner.py``) are called around the representation stage (their loss terms join the loss, their
+``incremental/learner.py``) are called around the representation stage (their loss terms join the loss, their
 ``after_step`` follows ``_after_optimizer_step``; the classifier stage is the learner's own), and ``loss=tet``
 replaces the cross-entropy of the time-averaged logits by TET's per-time-step cross-entropy (the auxiliary
 loss stays on time-averaged logits).
@@ -42,13 +42,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
-from lifelong.adapters.backbones import BACKBONES
-from lifelong.adapters.expandable import RESNET_ARCHITECTURES, ExpandableNet, check_architecture, extractor_factory
-from lifelong.adapters.spiking import count_ops
-from lifelong.platform import distributed
-from lifelong.platform.device import LossScaler, autocast
-from lifelong.platform.errors import UserError
-from lifelong.platform.learner import (
+from lifelong.adapters.nets.backbones import BACKBONES
+from lifelong.adapters.nets.expandable import RESNET_ARCHITECTURES, ExpandableNet, check_architecture, extractor_factory
+from lifelong.adapters.nets.spiking import count_ops
+from lifelong.incremental import distributed
+from lifelong.incremental.learner import (
     ComposableConfig,
     Learner,
     RunContext,
@@ -58,6 +56,8 @@ from lifelong.platform.learner import (
     make_optimizer,
     tet_loss,
 )
+from lifelong.platform.device import LossScaler, autocast
+from lifelong.platform.errors import UserError
 from lifelong.platform.registry import Capabilities, list_plugins, register
 from lifelong.strategies._herding import ExemplarMemory, balanced_indices
 from lifelong.strategies._samples import MemoryDataset, collate, materialise
@@ -67,7 +67,7 @@ from lifelong.strategies._samples import MemoryDataset, collate, materialise
 class DERConfig(ComposableConfig):
     """Settings of ``der``; the defaults finish a 5-experience split-digits run in well under a minute."""
 
-    #: the extractor architectures ``model`` may name besides ``auto`` (see ``adapters/expandable.py``)
+    #: the extractor architectures ``model`` may name besides ``auto`` (see ``adapters/nets/expandable.py``)
     MODELS: ClassVar[tuple[str, ...]] = (*RESNET_ARCHITECTURES, *BACKBONES)
 
     model: str = "auto"  # the extractor: resnet-tiny | resnet-cifar | a platform backbone (mlp, ...); auto by input size

@@ -31,11 +31,11 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from lifelong.adapters.clip import read_state_dict
-from lifelong.adapters.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageFit, stream_normalization
+from lifelong.adapters.nets.clip import read_state_dict
+from lifelong.adapters.nets.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageFit, stream_normalization
+from lifelong.incremental.learner import Learner, RunContext, StrategyConfig, make_optimizer
 from lifelong.platform.device import LossScaler, autocast
 from lifelong.platform.errors import UserError
-from lifelong.platform.learner import Learner, RunContext, StrategyConfig, make_optimizer
 from lifelong.platform.registry import Capabilities, register
 from lifelong.strategies._avalanche import silent_evaluator
 

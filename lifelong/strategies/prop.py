@@ -10,7 +10,7 @@ settings and measurements are in docs/pretrained.md:
    only, with cross-entropy of a cosine classifier (scale 16) over task t's classes whose weights start from
    the prototypes under the initial prompt. The classifier is dropped afterwards; earlier prompts are frozen.
 2. The regulariser on prompt values, added to the loss: ``bound`` (default) λ·Σ max(|P|−b, 0)², which only
-   penalises excessively large values, or ``l2`` λ·Σ P² (``adapters/prompts.prompt_regulariser``).
+   penalises excessively large values, or ``l2`` λ·Σ P² (``adapters/nets/prompts.prompt_regulariser``).
    ``prompt_init`` chooses the start: U(-s, s) as L2 does (default), N(0, s²), or a warm start from P_{t-1}.
 3. After training task t: per-class prototypes μ_c = normalised mean of f(x; P_t) for t's classes; each
    prototype stays bound to its task's prompt.
@@ -35,9 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lifelong.adapters.clip import count_parameters
-from lifelong.adapters.prompts import PromptBank, forward_all_prompts, forward_each_prompt, prompt_regulariser
-from lifelong.platform.learner import RunContext
+from lifelong.adapters.nets.clip import count_parameters
+from lifelong.adapters.nets.prompts import PromptBank, forward_all_prompts, forward_each_prompt, prompt_regulariser
+from lifelong.incremental.learner import RunContext
 from lifelong.platform.registry import Capabilities, register
 from lifelong.strategies._pretrained import (
     NEG,

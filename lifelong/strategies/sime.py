@@ -36,9 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lifelong.adapters.clip import attach_adapters, count_parameters, resolve_blocks
+from lifelong.adapters.nets.clip import attach_adapters, count_parameters, resolve_blocks
+from lifelong.incremental.learner import RunContext
 from lifelong.platform.errors import UserError
-from lifelong.platform.learner import RunContext
 from lifelong.platform.registry import Capabilities, register
 from lifelong.strategies._pretrained import (
     CosineHead,

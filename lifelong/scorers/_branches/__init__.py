@@ -8,7 +8,7 @@
 - ``factory``: ``make_branches`` (registered names to branch objects, through the registry's kind ``branch``),
   ``BRANCH_NAMES`` (the built-in five) and ``branch_names()`` (every registered branch).
 
-The shared models (sentence encoder, LM) live in ``lifelong.adapters.encoders``. Users outside the scorers
+The shared models (sentence encoder, LM) live in ``lifelong.adapters.lm.model_pool``. Users outside the scorers
 import these names from ``lifelong.scorers.srm``; docs/reward.md describes each branch.
 """
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from lifelong.adapters.encoders import DEFAULT_ENCODER, Device
-from lifelong.adapters.llm import DEFAULT_MODEL, cache_root
+from lifelong.adapters.lm.model_loading import DEFAULT_MODEL, cache_root
+from lifelong.adapters.lm.model_pool import DEFAULT_ENCODER, Device
 
 Item = tuple[str, str]  # (prompt, response)
 CACHE_FILE = "srm-branches.sqlite"

@@ -12,8 +12,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping, Sequence
 
-from lifelong.adapters.encoders import DEFAULT_ENCODER, Device
-from lifelong.adapters.llm import DEFAULT_MODEL
+from lifelong.adapters.lm.model_loading import DEFAULT_MODEL
+from lifelong.adapters.lm.model_pool import DEFAULT_ENCODER, Device
 from lifelong.platform.config import build_config
 from lifelong.platform.errors import UserError
 from lifelong.platform.registry import PluginSpec, get, list_plugins

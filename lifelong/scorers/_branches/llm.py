@@ -4,7 +4,7 @@
 - ``quality``: a generative judge: the LM is asked whether the answer is correct and well written; its short
   answer is kept as text and its yes-vs-no logit margin is the feature.
 
-The LM and its tokenizer are the process-wide shared ones (``lifelong.adapters.encoders.get_llm``), loaded on the
+The LM and its tokenizer are the process-wide shared ones (``lifelong.adapters.lm.model_pool.get_llm``), loaded on the
 branch's ``device``; the tokenizer is used under its lock because the branches run in threads.
 """
 
@@ -13,15 +13,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from lifelong.adapters.encoders import Device, get_llm, use_lock
-from lifelong.adapters.llm import DEFAULT_MODEL
+from lifelong.adapters.lm.model_loading import DEFAULT_MODEL
+from lifelong.adapters.lm.model_pool import Device, get_llm, use_lock
 from lifelong.platform.registry import register
 from lifelong.scorers._branches.base import Branch, BranchOutput, Item
 
 
 @dataclass
 class LLMConfig:
-    """``llm``: the local causal LM (a name ``lifelong.adapters.llm`` loads); ``batch_size``: responses per forward;
+    """``llm``: the local causal LM (a name ``lifelong.adapters.lm.model_loading`` loads); ``batch_size``: responses per forward;
     ``device``: where it runs (filled in by the scorer)."""
 
     llm: str = DEFAULT_MODEL

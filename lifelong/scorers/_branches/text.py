@@ -6,7 +6,7 @@
 - ``fact-check``: agreement with a knowledge source (facts JSON Lines files and/or the active edits of an
   EditStore): the fact nearest to the prompt, and whether the response states its target.
 
-The sentence encoder is the process-wide shared one (``lifelong.adapters.encoders``), loaded on the branch's
+The sentence encoder is the process-wide shared one (``lifelong.adapters.lm.model_pool``), loaded on the branch's
 ``device``. The device is not part of a branch's fingerprint: the outputs are the same up to floating-point
 rounding, so the cache is shared across devices.
 """
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from lifelong.adapters.encoders import DEFAULT_ENCODER, Device, encode
+from lifelong.adapters.lm.model_pool import DEFAULT_ENCODER, Device, encode
 from lifelong.benchmarks.preferences import BUNDLED_FACTS, load_facts
 from lifelong.editing.store import EditStore
 from lifelong.platform.registry import register

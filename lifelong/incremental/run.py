@@ -8,8 +8,7 @@ so every strategy is measured the same way.
 What a run costs beyond training and evaluation is kept small (docs/scaling.md, "Speed"): the stream is built once
 per process for a benchmark configuration (``build_stream``), each step's checkpoint is written in the background
 while the next step trains (``checkpoint.CheckpointWriter``), and the plots are drawn once, at the end, with Pillow.
-``compare --jobs N`` forks its workers from the process that has already imported torch, Avalanche and the
-plugins, so a worker starts in milliseconds instead of re-importing them.
+Many runs (``compare``) are scheduled by ``compare.py``.
 """
 
 from __future__ import annotations
@@ -18,16 +17,14 @@ import contextlib
 import dataclasses
 import sys
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
-from lifelong.platform import distributed, registry
-from lifelong.platform.atomic import atomic_write_text, folder_lock
-from lifelong.platform.checkpoint import (
+from lifelong.incremental import distributed
+from lifelong.incremental.checkpoint import (
     CHECKPOINT_NAME,
     CheckpointWriter,
     config_fingerprint,
@@ -35,14 +32,16 @@ from lifelong.platform.checkpoint import (
     seed_everything,
     step_seed,
 )
+from lifelong.incremental.distributed import shard_experience, sum_over_ranks
+from lifelong.incremental.learner import DistributedInfo, RunContext
+from lifelong.incremental.loggers import LoggerSet, check_loggers, create_loggers
+from lifelong.incremental.metrics import cil_metrics, seen_accuracy
+from lifelong.incremental.results import package_versions, seen_curve, write_run
+from lifelong.platform import registry
+from lifelong.platform.atomic import folder_lock
 from lifelong.platform.config import ConfigError, build_config, deep_merge, field_names, load_yaml, to_dict
 from lifelong.platform.device import resolve_device
-from lifelong.platform.distributed import shard_experience, sum_over_ranks
 from lifelong.platform.errors import UserError, user_os_errors
-from lifelong.platform.learner import DistributedInfo, RunContext
-from lifelong.platform.loggers import LoggerSet, check_loggers, create_loggers
-from lifelong.platform.metrics import cil_metrics, seen_accuracy
-from lifelong.platform.results import package_versions, seen_curve, summarise, write_run, write_summary
 
 TOP_LEVEL_KEYS: tuple[str, ...] = ("strategy", "benchmark", "seed", "device", "loggers", "strategy_config",
                                    "benchmark_config")
@@ -56,7 +55,7 @@ class RunConfig:
     default filled in; the benchmark's ``seed`` is the run's); the runner hands those objects to the plugins as
     they are. A plain dict is accepted too and is built (and validated) when the run starts. ``loggers`` names
     the run loggers beyond results.json / CSV / plots (``csv``, ``tensorboard``, ``wandb``;
-    ``platform/loggers.py``).
+    ``incremental/loggers.py``).
     """
 
     strategy: str
@@ -104,14 +103,14 @@ def _stream_benchmark(name: str) -> registry.PluginSpec:
 
 def route_overrides(flat: dict[str, Any], strategy: str, benchmark: str) -> dict[str, Any]:
     """Put ``--set`` keys where they belong: top-level keys stay, other keys go to the one config that has them."""
-    strategy_fields = _config_fields("strategy", strategy)
-    benchmark_fields = _config_fields("benchmark", benchmark)
+    strategy_fields = config_fields("strategy", strategy)
+    benchmark_fields = config_fields("benchmark", benchmark)
     routed: dict[str, Any] = {}
     for key, value in flat.items():
         if key in TOP_LEVEL_KEYS:
             routed = deep_merge(routed, {key: value})
             continue
-        if key == "components" or (key not in strategy_fields and key in _names("component")):
+        if key == "components" or (key not in strategy_fields and key in plugin_names("component")):
             if not registry.get("strategy", strategy).capabilities.accepts_components:
                 takers = [s.name for s in registry.list_plugins("strategy") if s.capabilities.accepts_components]
                 raise ConfigError(f"--set {key}: strategy {strategy} does not accept training components; "
@@ -133,11 +132,11 @@ def route_overrides(flat: dict[str, Any], strategy: str, benchmark: str) -> dict
     return routed
 
 
-def _names(kind: str) -> set[str]:
+def plugin_names(kind: str) -> set[str]:
     return {s.name for s in registry.list_plugins(kind)}
 
 
-def _config_fields(kind: str, name: str) -> list[str]:
+def config_fields(kind: str, name: str) -> list[str]:
     spec = registry.get(kind, name)
     return field_names(spec.config) if spec.config else []
 
@@ -440,196 +439,3 @@ def _run_steps(config: RunConfig, learner: Any, stream: Any, dist: Any, device: 
         "strategy_summary": learner.summary(),
         "versions": package_versions(),
     }
-
-
-class RunFailed(Exception):
-    """One run of a comparison failed: the message names the run (strategy, seed) and why, in one line.
-
-    ``user_error`` says whether the cause was bad input (a ``UserError``: exit 2) or something else (exit 1; its
-    traceback is in ``traceback_file``)."""
-
-    def __init__(self, message: str, *, user_error: bool, traceback_file: Path | None = None):
-        super().__init__(message)
-        self.user_error = user_error
-        self.traceback_file = traceback_file
-
-
-def compare(
-    strategies: list[str],
-    benchmark: str,
-    seeds: list[int],
-    *,
-    out: str | Path,
-    overrides: dict[str, Any] | None = None,
-    config_file: str | Path | None = None,
-    jobs: int = 1,
-    threads: int = 1,
-    device: str = "auto",
-    progress: bool = True,
-    resume: bool = False,
-) -> dict[str, Any]:
-    """Run every (strategy, seed) pair and write summary.json / summary.csv / comparison.png to ``out``.
-
-    Every run uses ``threads`` intra-op torch threads, whether the runs go one after the other or in ``jobs``
-    parallel processes: float reductions then happen in the same order, so both give the same summary, bit for
-    bit. With several GPUs and ``device=auto``, parallel jobs take them in turn. A strategy or seed named twice
-    is refused (the pair would run twice into one folder). ``resume`` continues every pair from the checkpoint
-    in its folder, where there is one. The first run that fails stops the comparison with ``RunFailed``.
-    """
-
-    out = Path(out)
-    for flag, values in (("--strategies", strategies), ("--seeds", seeds)):
-        twice = sorted({str(v) for v in values if values.count(v) > 1})
-        if twice:
-            raise UserError(f"{flag}: {', '.join(twice)} given more than once; name each once")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a folder; choose another path")
-    overrides = overrides or {}
-    known = set(TOP_LEVEL_KEYS) | set(_config_fields("benchmark", benchmark))
-    per_strategy = {s: known | set(_config_fields("strategy", s)) for s in strategies}
-    for s in strategies:  # components=[..] and kd.alpha=..: the keys of training components, where accepted
-        if registry.get("strategy", s).capabilities.accepts_components:
-            per_strategy[s] |= {"components", *_names("component")}
-    unusable = [k for k in overrides if not any(k in keys for keys in per_strategy.values())]
-    if unusable:
-        raise ConfigError(f"unknown config key {unusable[0]!r}: neither {benchmark} nor any of {', '.join(strategies)} has it")
-    configs = [  # seed by seed: consecutive runs share one stream (build_stream); the summary's order is unchanged
-        resolve_config(strategy=s, benchmark=benchmark, config_file=config_file, seed=seed, device=device,
-                       overrides={k: v for k, v in overrides.items() if k in per_strategy[s]})
-        for seed in seeds
-        for s in strategies
-    ]
-    if jobs > 1:
-        configs = _spread_over_gpus(configs)
-    with folder_lock(out, "--out"):  # one comparison per folder; each run also locks its own folder
-        runs = _run_many(configs, out, jobs, threads, progress, resume)
-        summary = summarise(runs)
-        with user_os_errors("cannot write the summary to", out):
-            write_summary(out, benchmark, summary)
-    return summary
-
-
-def _run_dir(out: Path, config: RunConfig) -> Path:
-    return out / f"{config.strategy}-seed{config.seed}"
-
-
-def _run_one(config: RunConfig, out: Path, progress: bool, resume: bool = False) -> dict[str, Any]:
-    """One run of a comparison; a failure comes back as ``{"failed": one line, ...}`` rather than raised, so a
-    worker process never sends its traceback through the pool."""
-    # the runs of a comparison share one parent folder (``out``), so each logger sees one run per pair
-    run_dir = _run_dir(out, config)
-    try:
-        return run_experiment(config, out=run_dir, progress=progress, log_group=out.name,
-                              resume=resume and (run_dir / CHECKPOINT_NAME).exists())
-    except UserError as exc:
-        return {"failed": f"run {config.strategy} seed {config.seed} failed: {exc}", "user_error": True}
-    except Exception as exc:  # a bug or the environment: one line here, the traceback in a file
-        log = run_dir / "error.log"
-        try:
-            atomic_write_text(log, traceback.format_exc())
-        except OSError:
-            log = None
-        first = (str(exc).strip().splitlines() or [""])[0]
-        where = f"; traceback in {log}" if log else ""
-        return {"failed": f"run {config.strategy} seed {config.seed} failed with {type(exc).__name__}: {first}{where}",
-                "user_error": False, "traceback_file": str(log) if log else None}
-
-
-def _checked(result: dict[str, Any]) -> dict[str, Any]:
-    if "failed" in result:
-        log = result.get("traceback_file")
-        raise RunFailed(result["failed"], user_error=result["user_error"], traceback_file=Path(log) if log else None)
-    return result
-
-
-def _run_many(configs: list[RunConfig], out: Path, jobs: int, threads: int, progress: bool,
-              resume: bool = False) -> list[dict[str, Any]]:
-    import torch
-
-    if jobs <= 1:
-        previous = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            return [_checked(_run_one(c, out, progress, resume)) for c in configs]
-        finally:
-            torch.set_num_threads(previous)
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from concurrent.futures.process import BrokenProcessPool
-
-    context = _pool_context()
-    # the first failure ends the comparison: runs not started are cancelled, runs under way finish (their
-    # results stay in their folders for --resume)
-    with ProcessPoolExecutor(max_workers=max(1, min(jobs, len(configs))), mp_context=context, initializer=_start_worker,
-                             initargs=(threads, context.get_start_method() != "fork")) as pool:
-        futures = [pool.submit(_run_one, c, out, False, resume) for c in configs]
-        try:
-            for future in as_completed(futures):
-                _checked(future.result())
-            return [f.result() for f in futures]
-        except BrokenProcessPool:
-            lost = [f"{c.strategy} seed {c.seed}" for c, f in zip(configs, futures)
-                    if not f.done() or f.exception() is not None]
-            raise RunFailed(f"a worker process of the comparison died (killed, or out of memory) while running "
-                            f"{lost[0] if lost else 'a run'}; continue with --resume", user_error=False) from None
-        finally:
-            for future in futures:
-                future.cancel()
-
-
-def _preload() -> None:
-    """Import what every run needs (torch, Avalanche's training and data code, every plugin), once."""
-    import torch  # noqa: F401
-
-    from lifelong.platform.quiet import quiet_avalanche
-
-    with quiet_avalanche():
-        import avalanche.benchmarks.utils  # noqa: F401
-        import avalanche.training  # noqa: F401
-        import avalanche.training.plugins  # noqa: F401
-    registry.ensure_loaded()
-
-
-def _pool_context() -> Any:
-    """How ``compare --jobs`` starts its workers.
-
-    On Linux they are forked from this process after ``_preload``: a worker then starts in milliseconds with
-    everything imported, where a spawned one spends seconds importing torch and Avalanche again (as long as a
-    short run). Forking is not safe once this process has initialised CUDA (a forked child cannot use it), and
-    is not offered everywhere: then a fork server that has done the same imports starts the workers (one import
-    for the whole comparison), or, where there is none, spawned workers import once each (``_start_worker``)."""
-    import multiprocessing as mp
-
-    import torch
-
-    methods = mp.get_all_start_methods()
-    if sys.platform.startswith("linux") and "fork" in methods and not torch.cuda.is_initialized():
-        _preload()
-        return mp.get_context("fork")
-    if "forkserver" in methods:
-        context = mp.get_context("forkserver")
-        context.set_forkserver_preload(["torch", "avalanche.training", __name__])
-        return context
-    return mp.get_context("spawn")
-
-
-def _start_worker(threads: int, preload: bool) -> None:
-    """A worker's start: its torch threads (the same number as a serial run, so the summaries are identical),
-    and the imports, unless it was forked with them done."""
-    import torch
-
-    torch.set_num_threads(threads)
-    if preload:
-        _preload()
-
-
-def _spread_over_gpus(configs: list[RunConfig]) -> list[RunConfig]:
-    """Runs left on ``device=auto`` take the visible GPUs in turn (unchanged with fewer than two GPUs)."""
-    import dataclasses
-
-    import torch
-
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if count < 2:
-        return configs
-    return [dataclasses.replace(c, device=f"cuda:{k % count}") if c.device == "auto" else c
-            for k, c in enumerate(configs)]

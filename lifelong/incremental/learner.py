@@ -17,10 +17,10 @@ import abc
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal
 
+from lifelong.incremental.streams import Stream
 from lifelong.platform import registry
 from lifelong.platform.config import ConfigError, build_config
 from lifelong.platform.device import autocast, check_precision
-from lifelong.platform.streams import Stream
 
 if TYPE_CHECKING:
     import torch
@@ -162,7 +162,7 @@ class RunContext:
 
     def log_metric(self, name: str, value: float, *, epoch: int | None = None) -> None:
         """Report a training metric of the experience being trained, e.g. ``log_metric("train_loss", mean_loss,
-        epoch=e)`` at the end of each epoch; the run's loggers record it (``platform/loggers.py``). A no-op when
+        epoch=e)`` at the end of each epoch; the run's loggers record it (``incremental/loggers.py``). A no-op when
         the run has no loggers, so a learner may always call it; call it on every rank or on rank 0, only rank
         0 records."""
         if self.metric_sink is not None:

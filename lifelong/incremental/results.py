@@ -21,9 +21,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from lifelong.incremental.metrics import METRIC_DEFINITIONS, mean_std, seen_accuracy
+from lifelong.incremental.plots import heatmap_png, line_plot_png
 from lifelong.platform.atomic import atomic_write_bytes, atomic_write_text
-from lifelong.platform.metrics import METRIC_DEFINITIONS, mean_std, seen_accuracy
-from lifelong.platform.plots import heatmap_png, line_plot_png
 
 SCALAR_METRICS: tuple[str, ...] = ("average_incremental_accuracy", "last_accuracy", "forgetting", "bwt")
 SHORT_NAMES = {"average_incremental_accuracy": "AIA", "last_accuracy": "last", "forgetting": "forgetting", "bwt": "BWT"}

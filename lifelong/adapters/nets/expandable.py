@@ -8,9 +8,9 @@
 - The extractor vocabulary (``model`` of the strategies that grow this network): the architectures
   ``resnet-tiny`` (8x8 digits: 16-wide stem, two one-block stages), ``resnet-mnist`` (28x28: stride-2 16-wide
   stem, one-block stages at 16/32/64) and ``resnet-cifar`` (64-wide stem, [3, 3, 2] blocks at 128/256/512) of
-  ``adapters/spiking.py``, built with ReLU neurons or, given a
+  ``adapters/nets/spiking.py``, built with ReLU neurons or, given a
   ``NeuronConfig``, as spiking networks of LIF neurons over T steps; ``auto`` picks one by input size. The
-  platform backbones (``mlp``, ``cnn-small``, ...; ``adapters/backbones.py``) can serve as ordinary extractors.
+  platform backbones (``mlp``, ``cnn-small``, ...; ``adapters/nets/backbones.py``) can serve as ordinary extractors.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from typing import Callable
 import torch
 from torch import nn
 
-from lifelong.adapters.backbones import BACKBONES
-from lifelong.adapters.spiking import NeuronConfig, SpikingResNet
+from lifelong.adapters.nets.backbones import BACKBONES
+from lifelong.adapters.nets.spiking import NeuronConfig, SpikingResNet
 from lifelong.platform.errors import UserError
 
 #: the ResNet architectures an extractor may be, each with a ReLU and a spiking version, and their layouts in
-#: ``adapters/spiking.py``
+#: ``adapters/nets/spiking.py``
 RESNET_ARCHITECTURES: dict[str, str] = {"resnet-tiny": "tiny", "resnet-mnist": "mnist", "resnet-cifar": "cifar"}
 
 

@@ -39,7 +39,6 @@ the mean output over T steps is the network applied to the neurons' mean rates.
 
 from __future__ import annotations
 
-import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
@@ -47,88 +46,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from lifelong.adapters.backbones import ClassifierNet
-from lifelong.platform.config import ConfigError
-
-INITIAL_THRESHOLD = 2.0
-
-
-class _RoundSTE(torch.autograd.Function):
-    """``floor(x + 1/2)`` forward, identity backward (straight-through)."""
-
-    @staticmethod
-    def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return torch.floor(x + 0.5)
-
-    @staticmethod
-    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return grad
-
-
-class ClipReLU(nn.Module):
-    """``clamp(x, 0, lambda)`` with a trainable ``lambda``; with ``levels > 0`` rounded to ``levels`` steps."""
-
-    def __init__(self, threshold: float = INITIAL_THRESHOLD, levels: int = 0) -> None:
-        super().__init__()
-        if threshold <= 0:
-            raise ValueError(f"threshold must be positive, got {threshold}")
-        if levels < 0:
-            raise ValueError(f"levels must be 0 (no rounding) or positive, got {levels}")
-        self.threshold = nn.Parameter(torch.tensor(float(threshold)))
-        self.levels = int(levels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lam = self.threshold.to(x.dtype)
-        if self.levels == 0:
-            return torch.minimum(torch.relu(x), lam)
-        q = _RoundSTE.apply(x * self.levels / lam)
-        return lam * torch.clamp(q / self.levels, 0.0, 1.0)
-
-    def extra_repr(self) -> str:
-        return f"threshold={float(self.threshold.detach()):.4g}, levels={self.levels}"
-
-
-# ------------------------------------------------------------------------------------------------ backbones
-def _clip_cnn(input_shape: tuple[int, ...], widths: tuple[int, ...], pools: tuple[bool, ...], levels: int,
-              ) -> tuple[nn.Module, int]:
-    layers: list[nn.Module] = []
-    c_in = input_shape[0]
-    for width, pool in zip(widths, pools):
-        layers += [nn.Conv2d(c_in, width, 3, padding=1), nn.BatchNorm2d(width), ClipReLU(levels=levels)]
-        if pool:
-            layers.append(nn.AvgPool2d(2))
-        c_in = width
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-    return nn.Sequential(*layers), c_in
-
-
-#: the backbones that have a clip variant: their channel widths and where they pool
-_CLIP_LAYOUTS: dict[str, tuple[tuple[int, ...], tuple[bool, ...]]] = {
-    "cnn-28": ((16, 32, 64), (True, True, False)),
-    "cnn-small": ((32, 64, 128), (False, True, False)),
-}
-CLIP_BACKBONES: tuple[str, ...] = tuple(f"{name}-clip" for name in _CLIP_LAYOUTS)
-_CLIP_NAME = re.compile(r"^(?P<base>.+)-clip(?P<levels>\d*)$")
-
-
-def is_clip_backbone(name: str) -> bool:
-    """Whether ``name`` names a clip backbone (``cnn-28-clip``, ``cnn-small-clip8``, ...)."""
-    return _CLIP_NAME.match(name) is not None
-
-
-def build_clip_backbone(name: str, input_shape: tuple[int, ...], n_classes: int) -> ClassifierNet:
-    """``BASE-clip`` (continuous clip) or ``BASE-clipL`` (rounded to L levels): the conversion-ready twin of
-    backbone ``BASE``, with ``ClipReLU`` for ReLU and average for max pooling."""
-    match = _CLIP_NAME.match(name)
-    if match is None or match["base"] not in _CLIP_LAYOUTS:
-        raise ConfigError(f"model: unknown clip backbone {name!r}; allowed values: "
-                          f"{', '.join(CLIP_BACKBONES)} (add a number of levels, e.g. cnn-28-clip4)")
-    levels = int(match["levels"] or 0)
-    if match["levels"] and levels < 1:
-        raise ConfigError(f"model: {name!r}: the number of levels after -clip must be at least 1")
-    widths, pools = _CLIP_LAYOUTS[match["base"]]
-    features, dim = _clip_cnn(tuple(input_shape), widths, pools, levels)
-    return ClassifierNet(features, dim, n_classes)
+from lifelong.adapters.nets.backbones import ClipReLU
 
 
 # ---------------------------------------------------------------------------------------------------- neurons

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lifelong.adapters.lm.encoder_files import encoder_path
 from lifelong.platform.atomic import atomic_write_text, fsync_tree
 from lifelong.platform.errors import UserError
 
@@ -74,8 +75,6 @@ class TextClassifier(nn.Module):
 
 def _base_encoder(name: str) -> tuple[nn.Module, Any]:
     from transformers import AutoModel, AutoTokenizer
-
-    from lifelong.adapters.encoders import encoder_path
 
     path = encoder_path(name)
     return AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path)

@@ -19,7 +19,7 @@
 
 Training loss: the runner logs, for every experience, the cross-entropy of the learner's ``predict`` on that
 experience's training data after training on it (``loss_after_experience``). Per-epoch losses come from the
-learner itself, through ``RunContext.log_metric`` (``platform/learner.py``); a learner that does not call it
+learner itself, through ``RunContext.log_metric`` (``incremental/learner.py``); a learner that does not call it
 reports none. ``epoch_loss_plugin`` is the Avalanche plugin through which every Avalanche-backed strategy
 reports its mean training loss per epoch; learners with their own loop (DER, ALADE-SNN) call it themselves.
 """
@@ -34,9 +34,9 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from lifelong.incremental.results import to_json
 from lifelong.platform.atomic import atomic_write_text
 from lifelong.platform.config import ConfigError
-from lifelong.platform.results import to_json
 
 #: the loggers ``loggers`` may name, and the module each needs
 LOGGERS: dict[str, str] = {"csv": "csv", "tensorboard": "tensorboard", "wandb": "wandb"}
@@ -126,7 +126,7 @@ class CsvLogger(RunLogger):
         self._write("accuracy.csv", self.accuracy_header, self.accuracy_rows)
 
     def finish(self, results: dict[str, Any]) -> None:
-        from lifelong.platform.results import SCALAR_METRICS
+        from lifelong.incremental.results import SCALAR_METRICS
 
         self._write("train.csv", self.TRAIN_HEADER, self.train_rows)
         self._write("metrics.csv", ["metric", "value"],
@@ -157,7 +157,7 @@ class TensorBoardLogger(RunLogger):
         self.writer.flush()
 
     def finish(self, results: dict[str, Any]) -> None:
-        from lifelong.platform.results import SCALAR_METRICS
+        from lifelong.incremental.results import SCALAR_METRICS
 
         last = len(results["accuracy_matrix"]) - 1
         for key in SCALAR_METRICS:
@@ -192,7 +192,7 @@ class WandbLogger(RunLogger):
                       "time/wall_s": wall_time_s, "experience": step})
 
     def finish(self, results: dict[str, Any]) -> None:
-        from lifelong.platform.results import SCALAR_METRICS
+        from lifelong.incremental.results import SCALAR_METRICS
 
         matrix = results["accuracy_matrix"]
         table = self.wandb.Table(columns=["after_step"] + [f"exp{j}" for j in range(len(matrix))],

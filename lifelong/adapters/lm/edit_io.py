@@ -10,7 +10,7 @@ The editors (``lifelong/editors/``: SoLA, GRACE, FT-L) work on any of three fami
   the decoder start token. The editors sit in the *encoder* blocks (``encoder.block``), as GRACE's T5 setting puts
   its codebook in an encoder block's feed-forward layer; the query token is the last encoder token of the prompt,
   and a decision taken there holds for every decoder step (the encoder runs once per generation).
-- **sentence classifier** (``adapters/text_classifier.py``, a BERT-family encoder with a linear head): the prompt
+- **sentence classifier** (``adapters/lm/text_classifier.py``, a BERT-family encoder with a linear head): the prompt
   is the input text and the target a class name; an edit has one "target token", the class index, and its loss is
   the cross-entropy of the class logits. The editors sit in the encoder's layers (``encoder.encoder.layer``); the
   query token is the last token of the input (``[SEP]``, which attends over the whole sentence).
@@ -345,7 +345,7 @@ class Seq2SeqIO(EditIO):
 
 
 class ClassifierIO(EditIO):
-    """A sentence classifier (``adapters/text_classifier.TextClassifier``): the target is a class name."""
+    """A sentence classifier (``adapters/lm/text_classifier.TextClassifier``): the target is a class name."""
 
     family = "classifier"
 

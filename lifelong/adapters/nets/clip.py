@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lifelong.adapters.transforms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, ImageFit
+from lifelong.adapters.nets.transforms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, ImageFit
 from lifelong.platform.atomic import atomic_write_with
 from lifelong.platform.config import ConfigError
 from lifelong.platform.errors import UserError

@@ -15,7 +15,7 @@ import copy
 import os
 from typing import Any
 
-from lifelong.platform.learner import DistributedInfo
+from lifelong.incremental.learner import DistributedInfo
 
 
 def current_distributed_info() -> DistributedInfo:

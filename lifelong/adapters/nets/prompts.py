@@ -1,7 +1,7 @@
 """Task prompts for a frozen vision transformer: one prompt per task, a value regulariser, batched inference.
 
 Used by ProP (``lifelong.strategies.prop``). A prompt is ``P`` learnable tokens of the backbone's width that
-:class:`~lifelong.adapters.clip.VisionBackbone` inserts after the class token (shallow prompt tuning, as in
+:class:`~lifelong.adapters.nets.clip.VisionBackbone` inserts after the class token (shallow prompt tuning, as in
 VPT-shallow and L2P). :func:`forward_all_prompts` evaluates every task's prompt on a batch in ONE forward of the
 blocks: the patch embedding does not depend on the prompt, so it is computed once, then the ``T`` prompted
 sequences are stacked along the batch axis (``T*B`` sequences) and pushed through the blocks together.
@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from lifelong.adapters.clip import VisionBackbone
+from lifelong.adapters.nets.clip import VisionBackbone
 from lifelong.platform.config import ConfigError
 
 RegKind = Literal["l2", "bound", "none"]

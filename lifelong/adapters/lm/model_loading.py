@@ -108,7 +108,7 @@ def load_causal_lm(
     """Load ``(model, tokenizer)`` in eval mode with every parameter frozen.
 
     ``name`` is an embedded name (``smollm2-135m``), a ``.gguf`` file, a Hugging Face folder (a causal LM, or an
-    encoder-decoder such as T5), a sentence-classifier folder (``adapters/text_classifier.py``), or a hub id (only
+    encoder-decoder such as T5), a sentence-classifier folder (``adapters/lm/text_classifier.py``), or a hub id (only
     when it is in the local Hugging Face cache or the hub is reachable: ``check_hub_model`` fails at once with a
     clear error otherwise). ``dtype`` defaults to float32.
     """
@@ -123,7 +123,7 @@ def load_causal_lm(
             raise UserError(f"model file {path} does not exist")
         model, tok = _load_gguf_cached(path, str(path), dtype, cache_dir)
     elif path.is_dir() and (path / "classifier.json").is_file():  # a sentence classifier (edit train-classifier)
-        from lifelong.adapters.text_classifier import load_text_classifier
+        from lifelong.adapters.lm.text_classifier import load_text_classifier  # torch-heavy: imported on use
 
         model, tok = load_text_classifier(path)
         _set_identity(model, str(path.resolve()), None)

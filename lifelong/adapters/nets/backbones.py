@@ -3,7 +3,7 @@
 Every backbone is a ``ClassifierNet``: a feature extractor with a known ``feature_dim`` and a linear head over
 all classes of the stream, so strategies that need the two parts apart (iCaRL, DER) can take them.
 
-The ``spiking-*`` backbones are the spiking ResNets of ``adapters/spiking.py`` (LIF neurons, direct encoding
+The ``spiking-*`` backbones are the spiking ResNets of ``adapters/nets/spiking.py`` (LIF neurons, direct encoding
 over T = 4 steps): their features are the spike rates averaged over time, so the logits are the time-averaged
 logits and every strategy, metric and memory works on them unchanged; ``StepLogits`` recovers the
 per-time-step logits ``[T, B, C]`` (for the TET loss and for components) from the same forward.
@@ -11,12 +11,13 @@ per-time-step logits ``[T, B, C]`` (for the TET loss and for components) from th
 
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 import torch
 from torch import nn
 
-from lifelong.adapters.spiking import SpikingResNet, time_average
+from lifelong.adapters.nets.spiking import SpikingResNet, time_average
 from lifelong.platform.config import ConfigError
 
 
@@ -109,7 +110,7 @@ class TimeAveraged(nn.Module):
 
 
 def _spiking(layout: str, width_mult: float = 1.0) -> Callable[[tuple[int, ...]], tuple[nn.Module, int]]:
-    """The spiking ResNet ``layout`` of ``adapters/spiking.py`` (default LIF, T = 4), time-averaged features."""
+    """The spiking ResNet ``layout`` of ``adapters/nets/spiking.py`` (default LIF, T = 4), time-averaged features."""
 
     def build(input_shape: tuple[int, ...]) -> tuple[nn.Module, int]:
         if len(input_shape) != 3:
@@ -125,7 +126,7 @@ BACKBONES: dict[str, Callable[[tuple[int, ...]], tuple[nn.Module, int]]] = {
     "cnn-small": _cnn_small,
     "resnet-reduced": _resnet_reduced,
     "cnn-28": _cnn_28,
-    # spiking ResNets (adapters/spiking.py layouts): 8x8 digits, 28x28 images, 28x28 at half width, CIFAR
+    # spiking ResNets (adapters/nets/spiking.py layouts): 8x8 digits, 28x28 images, 28x28 at half width, CIFAR
     "spiking-tiny": _spiking("tiny"),
     "spiking-mnist": _spiking("mnist"),
     "spiking-mnist-half": _spiking("mnist", 0.5),
@@ -165,6 +166,88 @@ class StepLogits:
         self._handle, self._steps = None, None
 
 
+# ------------------------------------------------ conversion-ready twins (clip activations, docs/snn-conversion.md)
+INITIAL_THRESHOLD = 2.0
+
+
+class _RoundSTE(torch.autograd.Function):
+    """``floor(x + 1/2)`` forward, identity backward (straight-through)."""
+
+    @staticmethod
+    def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return torch.floor(x + 0.5)
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return grad
+
+
+class ClipReLU(nn.Module):
+    """``clamp(x, 0, lambda)`` with a trainable ``lambda``; with ``levels > 0`` rounded to ``levels`` steps."""
+
+    def __init__(self, threshold: float = INITIAL_THRESHOLD, levels: int = 0) -> None:
+        super().__init__()
+        if threshold <= 0:
+            raise ValueError(f"threshold must be positive, got {threshold}")
+        if levels < 0:
+            raise ValueError(f"levels must be 0 (no rounding) or positive, got {levels}")
+        self.threshold = nn.Parameter(torch.tensor(float(threshold)))
+        self.levels = int(levels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lam = self.threshold.to(x.dtype)
+        if self.levels == 0:
+            return torch.minimum(torch.relu(x), lam)
+        q = _RoundSTE.apply(x * self.levels / lam)
+        return lam * torch.clamp(q / self.levels, 0.0, 1.0)
+
+    def extra_repr(self) -> str:
+        return f"threshold={float(self.threshold.detach()):.4g}, levels={self.levels}"
+
+
+# ------------------------------------------------------------------------------------------------ backbones
+def _clip_cnn(input_shape: tuple[int, ...], widths: tuple[int, ...], pools: tuple[bool, ...], levels: int,
+              ) -> tuple[nn.Module, int]:
+    layers: list[nn.Module] = []
+    c_in = input_shape[0]
+    for width, pool in zip(widths, pools):
+        layers += [nn.Conv2d(c_in, width, 3, padding=1), nn.BatchNorm2d(width), ClipReLU(levels=levels)]
+        if pool:
+            layers.append(nn.AvgPool2d(2))
+        c_in = width
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return nn.Sequential(*layers), c_in
+
+
+#: the backbones that have a clip variant: their channel widths and where they pool
+_CLIP_LAYOUTS: dict[str, tuple[tuple[int, ...], tuple[bool, ...]]] = {
+    "cnn-28": ((16, 32, 64), (True, True, False)),
+    "cnn-small": ((32, 64, 128), (False, True, False)),
+}
+CLIP_BACKBONES: tuple[str, ...] = tuple(f"{name}-clip" for name in _CLIP_LAYOUTS)
+_CLIP_NAME = re.compile(r"^(?P<base>.+)-clip(?P<levels>\d*)$")
+
+
+def is_clip_backbone(name: str) -> bool:
+    """Whether ``name`` names a clip backbone (``cnn-28-clip``, ``cnn-small-clip8``, ...)."""
+    return _CLIP_NAME.match(name) is not None
+
+
+def build_clip_backbone(name: str, input_shape: tuple[int, ...], n_classes: int) -> ClassifierNet:
+    """``BASE-clip`` (continuous clip) or ``BASE-clipL`` (rounded to L levels): the conversion-ready twin of
+    backbone ``BASE``, with ``ClipReLU`` for ReLU and average for max pooling."""
+    match = _CLIP_NAME.match(name)
+    if match is None or match["base"] not in _CLIP_LAYOUTS:
+        raise ConfigError(f"model: unknown clip backbone {name!r}; allowed values: "
+                          f"{', '.join(CLIP_BACKBONES)} (add a number of levels, e.g. cnn-28-clip4)")
+    levels = int(match["levels"] or 0)
+    if match["levels"] and levels < 1:
+        raise ConfigError(f"model: {name!r}: the number of levels after -clip must be at least 1")
+    widths, pools = _CLIP_LAYOUTS[match["base"]]
+    features, dim = _clip_cnn(tuple(input_shape), widths, pools, levels)
+    return ClassifierNet(features, dim, n_classes)
+
+
 def default_backbone(input_shape: tuple[int, ...]) -> str:
     """The backbone ``model=auto`` picks: an MLP for tiny images (8x8 digits), up to 28x28 the CNN sized for
     MNIST-like images (``cnn-28``; ``cnn-small`` was the choice before, 15x the cost at 28x28), else the ResNet."""
@@ -181,8 +264,6 @@ def build_backbone(name: str, input_shape: tuple[int, ...], n_classes: int) -> C
     if name == "auto":
         name = default_backbone(input_shape)
     if name not in BACKBONES and "-clip" in name:  # conversion-ready twins with clip activations (ECL)
-        from lifelong.adapters.conversion import build_clip_backbone
-
         return build_clip_backbone(name, input_shape, n_classes)
     if name not in BACKBONES:
         raise ConfigError(f"model: unknown backbone {name!r}; allowed values: auto, {', '.join(BACKBONES)}, "

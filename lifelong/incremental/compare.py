@@ -1,0 +1,221 @@
+"""Many runs of a comparison: every (strategy, seed) pair, serially or in a pool of worker processes.
+
+``compare --jobs N`` forks its workers from the process that has already imported torch, Avalanche and the
+plugins, so a worker starts in milliseconds instead of re-importing them (docs/scaling.md, "Speed"). One run is
+``run.run_experiment``; this module only schedules runs, collects their results and writes the summary.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from lifelong.incremental.checkpoint import CHECKPOINT_NAME
+from lifelong.incremental.results import summarise, write_summary
+from lifelong.incremental.run import (
+    TOP_LEVEL_KEYS,
+    RunConfig,
+    config_fields,
+    plugin_names,
+    resolve_config,
+    run_experiment,
+)
+from lifelong.platform import registry
+from lifelong.platform.atomic import atomic_write_text, folder_lock
+from lifelong.platform.config import ConfigError
+from lifelong.platform.errors import UserError, user_os_errors
+
+
+class RunFailed(Exception):
+    """One run of a comparison failed: the message names the run (strategy, seed) and why, in one line.
+
+    ``user_error`` says whether the cause was bad input (a ``UserError``: exit 2) or something else (exit 1; its
+    traceback is in ``traceback_file``)."""
+
+    def __init__(self, message: str, *, user_error: bool, traceback_file: Path | None = None):
+        super().__init__(message)
+        self.user_error = user_error
+        self.traceback_file = traceback_file
+
+
+def compare(
+    strategies: list[str],
+    benchmark: str,
+    seeds: list[int],
+    *,
+    out: str | Path,
+    overrides: dict[str, Any] | None = None,
+    config_file: str | Path | None = None,
+    jobs: int = 1,
+    threads: int = 1,
+    device: str = "auto",
+    progress: bool = True,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Run every (strategy, seed) pair and write summary.json / summary.csv / comparison.png to ``out``.
+
+    Every run uses ``threads`` intra-op torch threads, whether the runs go one after the other or in ``jobs``
+    parallel processes: float reductions then happen in the same order, so both give the same summary, bit for
+    bit. With several GPUs and ``device=auto``, parallel jobs take them in turn. A strategy or seed named twice
+    is refused (the pair would run twice into one folder). ``resume`` continues every pair from the checkpoint
+    in its folder, where there is one. The first run that fails stops the comparison with ``RunFailed``.
+    """
+
+    out = Path(out)
+    for flag, values in (("--strategies", strategies), ("--seeds", seeds)):
+        twice = sorted({str(v) for v in values if values.count(v) > 1})
+        if twice:
+            raise UserError(f"{flag}: {', '.join(twice)} given more than once; name each once")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder; choose another path")
+    overrides = overrides or {}
+    known = set(TOP_LEVEL_KEYS) | set(config_fields("benchmark", benchmark))
+    per_strategy = {s: known | set(config_fields("strategy", s)) for s in strategies}
+    for s in strategies:  # components=[..] and kd.alpha=..: the keys of training components, where accepted
+        if registry.get("strategy", s).capabilities.accepts_components:
+            per_strategy[s] |= {"components", *plugin_names("component")}
+    unusable = [k for k in overrides if not any(k in keys for keys in per_strategy.values())]
+    if unusable:
+        raise ConfigError(f"unknown config key {unusable[0]!r}: neither {benchmark} nor any of {', '.join(strategies)} has it")
+    configs = [  # seed by seed: consecutive runs share one stream (build_stream); the summary's order is unchanged
+        resolve_config(strategy=s, benchmark=benchmark, config_file=config_file, seed=seed, device=device,
+                       overrides={k: v for k, v in overrides.items() if k in per_strategy[s]})
+        for seed in seeds
+        for s in strategies
+    ]
+    if jobs > 1:
+        configs = _spread_over_gpus(configs)
+    with folder_lock(out, "--out"):  # one comparison per folder; each run also locks its own folder
+        runs = _run_many(configs, out, jobs, threads, progress, resume)
+        summary = summarise(runs)
+        with user_os_errors("cannot write the summary to", out):
+            write_summary(out, benchmark, summary)
+    return summary
+
+
+def _run_dir(out: Path, config: RunConfig) -> Path:
+    return out / f"{config.strategy}-seed{config.seed}"
+
+
+def _run_one(config: RunConfig, out: Path, progress: bool, resume: bool = False) -> dict[str, Any]:
+    """One run of a comparison; a failure comes back as ``{"failed": one line, ...}`` rather than raised, so a
+    worker process never sends its traceback through the pool."""
+    # the runs of a comparison share one parent folder (``out``), so each logger sees one run per pair
+    run_dir = _run_dir(out, config)
+    try:
+        return run_experiment(config, out=run_dir, progress=progress, log_group=out.name,
+                              resume=resume and (run_dir / CHECKPOINT_NAME).exists())
+    except UserError as exc:
+        return {"failed": f"run {config.strategy} seed {config.seed} failed: {exc}", "user_error": True}
+    except Exception as exc:  # a bug or the environment: one line here, the traceback in a file
+        log = run_dir / "error.log"
+        try:
+            atomic_write_text(log, traceback.format_exc())
+        except OSError:
+            log = None
+        first = (str(exc).strip().splitlines() or [""])[0]
+        where = f"; traceback in {log}" if log else ""
+        return {"failed": f"run {config.strategy} seed {config.seed} failed with {type(exc).__name__}: {first}{where}",
+                "user_error": False, "traceback_file": str(log) if log else None}
+
+
+def _checked(result: dict[str, Any]) -> dict[str, Any]:
+    if "failed" in result:
+        log = result.get("traceback_file")
+        raise RunFailed(result["failed"], user_error=result["user_error"], traceback_file=Path(log) if log else None)
+    return result
+
+
+def _run_many(configs: list[RunConfig], out: Path, jobs: int, threads: int, progress: bool,
+              resume: bool = False) -> list[dict[str, Any]]:
+    import torch
+
+    if jobs <= 1:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return [_checked(_run_one(c, out, progress, resume)) for c in configs]
+        finally:
+            torch.set_num_threads(previous)
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    context = _pool_context()
+    # the first failure ends the comparison: runs not started are cancelled, runs under way finish (their
+    # results stay in their folders for --resume)
+    with ProcessPoolExecutor(max_workers=max(1, min(jobs, len(configs))), mp_context=context, initializer=_start_worker,
+                             initargs=(threads, context.get_start_method() != "fork")) as pool:
+        futures = [pool.submit(_run_one, c, out, False, resume) for c in configs]
+        try:
+            for future in as_completed(futures):
+                _checked(future.result())
+            return [f.result() for f in futures]
+        except BrokenProcessPool:
+            lost = [f"{c.strategy} seed {c.seed}" for c, f in zip(configs, futures)
+                    if not f.done() or f.exception() is not None]
+            raise RunFailed(f"a worker process of the comparison died (killed, or out of memory) while running "
+                            f"{lost[0] if lost else 'a run'}; continue with --resume", user_error=False) from None
+        finally:
+            for future in futures:
+                future.cancel()
+
+
+def _preload() -> None:
+    """Import what every run needs (torch, Avalanche's training and data code, every plugin), once."""
+    import torch  # noqa: F401
+
+    from lifelong.platform.quiet import quiet_avalanche
+
+    with quiet_avalanche():
+        import avalanche.benchmarks.utils  # noqa: F401
+        import avalanche.training  # noqa: F401
+        import avalanche.training.plugins  # noqa: F401
+    registry.ensure_loaded()
+
+
+def _pool_context() -> Any:
+    """How ``compare --jobs`` starts its workers.
+
+    On Linux they are forked from this process after ``_preload``: a worker then starts in milliseconds with
+    everything imported, where a spawned one spends seconds importing torch and Avalanche again (as long as a
+    short run). Forking is not safe once this process has initialised CUDA (a forked child cannot use it), and
+    is not offered everywhere: then a fork server that has done the same imports starts the workers (one import
+    for the whole comparison), or, where there is none, spawned workers import once each (``_start_worker``)."""
+    import multiprocessing as mp
+
+    import torch
+
+    methods = mp.get_all_start_methods()
+    if sys.platform.startswith("linux") and "fork" in methods and not torch.cuda.is_initialized():
+        _preload()
+        return mp.get_context("fork")
+    if "forkserver" in methods:
+        context = mp.get_context("forkserver")
+        context.set_forkserver_preload(["torch", "avalanche.training", __name__])
+        return context
+    return mp.get_context("spawn")
+
+
+def _start_worker(threads: int, preload: bool) -> None:
+    """A worker's start: its torch threads (the same number as a serial run, so the summaries are identical),
+    and the imports, unless it was forked with them done."""
+    import torch
+
+    torch.set_num_threads(threads)
+    if preload:
+        _preload()
+
+
+def _spread_over_gpus(configs: list[RunConfig]) -> list[RunConfig]:
+    """Runs left on ``device=auto`` take the visible GPUs in turn (unchanged with fewer than two GPUs)."""
+    import dataclasses
+
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count < 2:
+        return configs
+    return [dataclasses.replace(c, device=f"cuda:{k % count}") if c.device == "auto" else c
+            for k, c in enumerate(configs)]
