@@ -179,8 +179,15 @@ class _BodyLimit:
 def create_app(engine: Engine, *, token: str | None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
     """The API over ``engine``; ``token`` None leaves the write endpoints open (see ``server.check_security``)."""
     app = FastAPI(title="lifelong serve", docs_url=None, redoc_url=None, openapi_url=None)
-    created = int(time.time())
+    _add_error_handlers(app)
+    _add_generation_routes(app, engine)
+    _add_edit_routes(app, engine, token)
+    app.add_middleware(_BodyLimit, limit=max_body_bytes)
+    return app
 
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error leaves as OpenAI's error object; anything unexpected as a generic 500 with no detail."""
     @app.exception_handler(RequestError)
     async def _request_error(request: Request, exc: RequestError) -> JSONResponse:
         return _error(exc.status, exc.message, type=exc.type, param=exc.param, code=exc.code)
@@ -205,66 +212,74 @@ def create_app(engine: Engine, *, token: str | None, max_body_bytes: int = DEFAU
     async def _internal(request: Request, exc: Exception) -> JSONResponse:
         return _error(500, "internal server error", type="server_error")
 
-    def _check_token(request: Request) -> None:
-        if token is None:
-            return
-        auth = request.headers.get("authorization", "")
-        scheme, _, given = auth.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-            raise RequestError("a valid bearer token is needed to change the edits (Authorization: Bearer TOKEN)",
-                               type="authentication_error", code="invalid_api_key", status=401)
+def _check_token(request: Request, token: str | None) -> None:
+    if token is None:
+        return
+    auth = request.headers.get("authorization", "")
+    scheme, _, given = auth.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise RequestError("a valid bearer token is needed to change the edits (Authorization: Bearer TOKEN)",
+                           type="authentication_error", code="invalid_api_key", status=401)
 
-    def _params(req: _Sampling, max_tokens: int | None, supported: str) -> GenParams:
-        if req.model != engine.model_name:
-            raise RequestError(f"the model {req.model!r} does not exist; this server serves {engine.model_name!r}",
-                               param="model", code="model_not_found", status=404)
-        _check_fields(req, supported)
-        if (req.n or 1) != 1:
-            raise RequestError(f"n={req.n} is not supported by this server (one choice per request: leave it out "
-                               f"or send 1); supported: {supported}", param="n", code="unsupported_parameter")
-        if req.stream_options is not None:
-            if not req.stream:
-                raise RequestError("stream_options is only allowed with stream: true", param="stream_options")
-            unknown = sorted(set(req.stream_options) - {"include_usage"})
-            if unknown or not isinstance(req.stream_options.get("include_usage", False), bool):
-                raise RequestError(f"stream_options: only include_usage (true or false) is supported, got "
-                                   f"{json.dumps(req.stream_options)[:60]}", param="stream_options",
-                                   code="unsupported_parameter")
-        stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-        if len(stop) > 4 or any(not s for s in stop):
-            raise RequestError("stop: at most 4 non-empty strings", param="stop")
-        return GenParams(max_tokens=max_tokens,
-                         temperature=float(1.0 if req.temperature is None else req.temperature),
-                         top_p=float(1.0 if req.top_p is None else req.top_p), stop=stop, seed=req.seed)
 
-    def _usage(g: Generation) -> dict[str, int]:
-        n = len(g.tokens)
-        return {"prompt_tokens": g.prompt_tokens, "completion_tokens": n, "total_tokens": g.prompt_tokens + n}
+def _params(engine: Engine, req: _Sampling, max_tokens: int | None, supported: str) -> GenParams:
+    if req.model != engine.model_name:
+        raise RequestError(f"the model {req.model!r} does not exist; this server serves {engine.model_name!r}",
+                           param="model", code="model_not_found", status=404)
+    _check_fields(req, supported)
+    if (req.n or 1) != 1:
+        raise RequestError(f"n={req.n} is not supported by this server (one choice per request: leave it out "
+                           f"or send 1); supported: {supported}", param="n", code="unsupported_parameter")
+    if req.stream_options is not None:
+        if not req.stream:
+            raise RequestError("stream_options is only allowed with stream: true", param="stream_options")
+        unknown = sorted(set(req.stream_options) - {"include_usage"})
+        if unknown or not isinstance(req.stream_options.get("include_usage", False), bool):
+            raise RequestError(f"stream_options: only include_usage (true or false) is supported, got "
+                               f"{json.dumps(req.stream_options)[:60]}", param="stream_options",
+                               code="unsupported_parameter")
+    stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    if len(stop) > 4 or any(not s for s in stop):
+        raise RequestError("stop: at most 4 non-empty strings", param="stop")
+    return GenParams(max_tokens=max_tokens,
+                     temperature=float(1.0 if req.temperature is None else req.temperature),
+                     top_p=float(1.0 if req.top_p is None else req.top_p), stop=stop, seed=req.seed)
 
-    def _sse(ids: list[int], params: GenParams, chunk: Any, usage: bool = False) -> StreamingResponse:
-        """Server-sent events; ``usage`` (``stream_options.include_usage``): every chunk has ``usage: null`` and a
-        last chunk with no choices carries the usage, as OpenAI does."""
-        def events() -> Any:
-            try:
-                for item in engine.stream(ids, params):
-                    final = isinstance(item, Generation)
-                    data = chunk(None, item) if final else chunk(item, None)
-                    if usage:
-                        data["usage"] = None
-                    yield f"data: {json.dumps(data)}\n\n"
-                    if final and usage:
-                        yield f"data: {json.dumps({**data, 'choices': [], 'usage': _usage(item)})}\n\n"
-            except RequestError as exc:
-                yield f"data: {json.dumps({'error': {'message': exc.message, 'type': exc.type, 'param': exc.param, 'code': exc.code}})}\n\n"
-            except Exception:
-                yield f"data: {json.dumps({'error': {'message': 'internal server error', 'type': 'server_error', 'param': None, 'code': None}})}\n\n"
-            yield "data: [DONE]\n\n"
 
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+def _usage(g: Generation) -> dict[str, int]:
+    n = len(g.tokens)
+    return {"prompt_tokens": g.prompt_tokens, "completion_tokens": n, "total_tokens": g.prompt_tokens + n}
+
+
+def _sse(engine: Engine, ids: list[int], params: GenParams, chunk: Any, usage: bool = False) -> StreamingResponse:
+    """Server-sent events; ``usage`` (``stream_options.include_usage``): every chunk has ``usage: null`` and a
+    last chunk with no choices carries the usage, as OpenAI does."""
+    def events() -> Any:
+        try:
+            for item in engine.stream(ids, params):
+                final = isinstance(item, Generation)
+                data = chunk(None, item) if final else chunk(item, None)
+                if usage:
+                    data["usage"] = None
+                yield f"data: {json.dumps(data)}\n\n"
+                if final and usage:
+                    yield f"data: {json.dumps({**data, 'choices': [], 'usage': _usage(item)})}\n\n"
+        except RequestError as exc:
+            yield f"data: {json.dumps({'error': {'message': exc.message, 'type': exc.type, 'param': exc.param, 'code': exc.code}})}\n\n"
+        except Exception:
+            yield f"data: {json.dumps({'error': {'message': 'internal server error', 'type': 'server_error', 'param': None, 'code': None}})}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _add_generation_routes(app: FastAPI, engine: Engine) -> None:
+    """The OpenAI-compatible read side: completions, chat completions (both streamed or not) and the model list."""
+    created = int(time.time())
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest) -> Any:
-        params = _params(req, req.max_tokens or 16, _SUPPORTED.format("prompt"))  # 16: OpenAI's default
+        params = _params(engine, req, req.max_tokens or 16, _SUPPORTED.format("prompt"))  # 16: OpenAI's default
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if len(prompts) != 1 or not isinstance(prompts[0], str):
             raise RequestError("prompt: give one string (batches of prompts are not supported)", param="prompt")
@@ -278,7 +293,7 @@ def create_app(engine: Engine, *, token: str | None, max_body_bytes: int = DEFAU
                     choice["edit_id"] = g.edit_id
                 return {"id": cid, "object": "text_completion", "created": now, "model": engine.model_name,
                         "choices": [choice]}
-            return _sse(ids, params, chunk, bool((req.stream_options or {}).get("include_usage")))
+            return _sse(engine, ids, params, chunk, bool((req.stream_options or {}).get("include_usage")))
         g = await run_in_threadpool(engine.generate, ids, params)
         return {"id": cid, "object": "text_completion", "created": now, "model": engine.model_name,
                 "choices": [{"index": 0, "text": g.text, "logprobs": None, "finish_reason": g.finish_reason,
@@ -287,7 +302,7 @@ def create_app(engine: Engine, *, token: str | None, max_body_bytes: int = DEFAU
     @app.post("/v1/chat/completions")
     async def chat(req: ChatRequest) -> Any:
         # None: up to the limit (OpenAI: the model's)
-        params = _params(req, req.max_completion_tokens or req.max_tokens,
+        params = _params(engine, req, req.max_completion_tokens or req.max_tokens,
                          _SUPPORTED.format("messages, max_completion_tokens"))
         prompt = engine.chat_prompt([m.model_dump() for m in req.messages])
         ids = engine.encode(prompt, params)
@@ -306,7 +321,7 @@ def create_app(engine: Engine, *, token: str | None, max_body_bytes: int = DEFAU
                     choice["edit_id"] = g.edit_id
                 return {"id": cid, "object": "chat.completion.chunk", "created": now, "model": engine.model_name,
                         "choices": [choice]}
-            return _sse(ids, params, chunk, bool((req.stream_options or {}).get("include_usage")))
+            return _sse(engine, ids, params, chunk, bool((req.stream_options or {}).get("include_usage")))
         g = await run_in_threadpool(engine.generate, ids, params)
         return {"id": cid, "object": "chat.completion", "created": now, "model": engine.model_name,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": g.text},
@@ -318,9 +333,12 @@ def create_app(engine: Engine, *, token: str | None, max_body_bytes: int = DEFAU
         return {"object": "list", "data": [{"id": engine.model_name, "object": "model", "created": created,
                                             "owned_by": "lifelong"}]}
 
+
+def _add_edit_routes(app: FastAPI, engine: Engine, token: str | None) -> None:
+    """The write side (apply, rollback: bearer token when one is set), the edit list and the health check."""
     @app.post("/v1/edits", status_code=201)
     async def post_edits(request: Request) -> Any:
-        _check_token(request)
+        _check_token(request, token)
         try:
             body = json.loads(await request.body())
         except ValueError:
@@ -335,7 +353,7 @@ def create_app(engine: Engine, *, token: str | None, max_body_bytes: int = DEFAU
 
     @app.delete("/v1/edits/{edit_id}")
     async def delete_edit(edit_id: str, request: Request) -> Any:
-        _check_token(request)
+        _check_token(request, token)
         if not edit_id.isdigit():
             raise RequestError(f"edit id must be a positive integer, got {edit_id!r}", param="id")
         return await run_in_threadpool(engine.rollback, int(edit_id))
@@ -343,6 +361,3 @@ def create_app(engine: Engine, *, token: str | None, max_body_bytes: int = DEFAU
     @app.get("/healthz")
     async def healthz() -> Any:
         return engine.health()
-
-    app.add_middleware(_BodyLimit, limit=max_body_bytes)
-    return app
