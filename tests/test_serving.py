@@ -28,7 +28,7 @@ TINY_SET = ["--set", "layers=[1]", "--set", "modules=[self_attn.o_proj,mlp.down_
 def served(tiny_llama, tmp_path_factory):  # noqa: F811
     store = tmp_path_factory.mktemp("serve") / "store"
     session = EditSession(store, model=str(tiny_llama), editor="sola", editor_config=SOLA, quiet=True)
-    app = build_app(session, ServerOptions(token=TOKEN, max_tokens_limit=64, max_body_bytes=4096))
+    app = build_app(session, ServerOptions(token=TOKEN, max_tokens_limit=64, max_body_bytes=4096, body_timeout_s=2.0))
     server = BackgroundServer(app).start()
     client = openai.OpenAI(base_url=server.url + "/v1", api_key=TOKEN, timeout=120, max_retries=0)
     yield {"server": server, "session": session, "client": client, "url": server.url, "store": store,
@@ -121,14 +121,22 @@ def test_wrong_or_missing_token_is_401_and_writes_nothing(served):
     ("/v1/edits", [{"prompt": "x", "target": "y"}, {"prompt": "x", "target": " "}], 400, "edits[1].target"),
     ("/v1/edits", {"prompt": "x", "target": "y", "colour": "red"}, 400, "body.colour"),
     ("/v1/edits", b"[", 400, None),
+    # hardening: a seed torch cannot take, lone surrogates (JSON can escape them), a NUL in a later edit of a list
+    ("/v1/completions", {"model": None, "prompt": "x", "seed": 10**30}, 400, "seed"),
+    ("/v1/completions", {"model": None, "prompt": "a\ud800b"}, 400, "prompt"),
+    ("/v1/chat/completions", {"model": None, "messages": [{"role": "user", "content": "\udfff"}]}, 400, "messages"),
+    ("/v1/edits", {"prompt": "x\ud800", "target": "y"}, 400, "body.prompt"),
+    ("/v1/edits", [{"prompt": "The sky is", "target": "green"}, {"prompt": "x\u0000", "target": "y"}], 400,
+     "edits[1].prompt"),
 ])
 def test_bad_requests_get_openai_errors_and_change_nothing(served, path, body, status, param):
     s = served
     if isinstance(body, dict) and body.get("model", "") is None:
         body = {**body, "model": s["model"]}
     version = s["session"].store.version()
-    kw = {"content": body} if isinstance(body, bytes) else {"json": body}
-    r = httpx.post(s["url"] + path, headers={**_auth(), "Content-Type": "application/json"}, timeout=60, **kw)
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()  # ASCII: lone surrogates as escapes
+    r = httpx.post(s["url"] + path, headers={**_auth(), "Content-Type": "application/json"}, timeout=60,
+                   content=content)
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert set(err) == {"message", "type", "param", "code"} and err["message"]
@@ -440,3 +448,67 @@ def test_a_batch_stays_within_the_context(served):
     assert engine._batcher._compatible(long) == [long, other]
     engine._batcher._queue[:] = [short, long, sampled, other]
     assert engine._batcher._compatible(short) == [short, other]
+
+
+def test_edit_ids_take_ascii_digits_only(served):
+    r = httpx.delete(served["url"] + "/v1/edits/\u00b2", headers=_auth(), timeout=60)  # "²".isdigit() is True
+    assert r.status_code == 400 and r.json()["error"]["param"] == "id", r.text
+
+
+def test_a_half_sent_body_is_timed_out_with_408(served):
+    """A client that announces a body and sends half of it gets 408 once the body timeout passes (2 s here),
+    instead of holding the connection and a worker for ever."""
+    import socket
+    import time
+
+    host, port = served["url"].removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as conn:
+        conn.sendall(b"POST /v1/edits HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
+                     b"Content-Length: 100\r\n\r\n{\"prompt\": ")
+        start = time.monotonic()
+        reply = conn.recv(4096).decode()
+        waited = time.monotonic() - start
+    assert reply.startswith("HTTP/1.1 408"), reply[:200]
+    assert 1.5 <= waited < 20, waited
+
+
+def test_a_rollback_does_not_queue_behind_waiting_generations(served):
+    """Sixty completions wait for the session (a generation is in progress: this test holds the session's lock);
+    they hold the server's worker threads, more than its pool of 40. A rollback then sent is a write: it goes
+    first once the generation in progress ends, so at most a couple of the sixty finish before it is answered
+    (before the write threads of its own, it queued for a thread behind the 20 that had none and waited for 40)."""
+    import time
+
+    s = served
+    session, gate, held = s["session"], threading.Event(), threading.Event()
+    finished: list[float] = []
+
+    def hold_lock():
+        with session.lock:
+            held.set()
+            gate.wait(60)
+
+    def complete():
+        httpx.post(s["url"] + "/v1/completions", json={"model": s["model"], "prompt": "Hi", "max_tokens": 2},
+                   timeout=180)
+        finished.append(time.monotonic())
+
+    holder = threading.Thread(target=hold_lock)
+    holder.start()
+    assert held.wait(10)
+    clients = [threading.Thread(target=complete) for _ in range(60)]
+    for c in clients:
+        c.start()
+    time.sleep(2.0)  # every client connected and waiting
+    answer = {}
+    writer = threading.Thread(target=lambda: answer.update(
+        r=httpx.delete(s["url"] + "/v1/edits/999999", headers=_auth(), timeout=180), t=time.monotonic()))
+    writer.start()
+    time.sleep(1.0)  # the rollback is queued too
+    gate.set()
+    for thread in (holder, writer, *clients):
+        thread.join()
+    assert answer["r"].status_code == 404, answer["r"].text  # no such edit: still a write, through the turn lock
+    before = sum(1 for t in finished if t < answer["t"])
+    assert len(finished) == 60 and before <= 3, before

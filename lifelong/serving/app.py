@@ -26,12 +26,15 @@ generic message and no traceback.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
+import re
 import time
 import uuid
 from typing import Any, Callable, Literal, Optional, Union
 
+from anyio import CapacityLimiter, to_thread
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -42,6 +45,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lifelong.serving.engine import Engine, Generation, GenParams, RequestError, validate_edits
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20
+#: a request body must arrive whole within this many seconds (a client that sends half a body and waits gets 408)
+DEFAULT_BODY_TIMEOUT_S = 30.0
+#: the edit endpoints' own worker threads: generations waiting for their turn hold the shared thread pool's 40
+#: threads, and a write queued behind them for a thread would wait for all of them instead of only the generation
+#: in progress (the session's turn lock already lets a waiting write go first)
+_WRITE_THREADS = 4
 
 
 def _off(*values: Any) -> Callable[[Any], bool]:
@@ -108,7 +117,7 @@ class _Sampling(BaseModel):
     top_p: Optional[float] = Field(default=1.0, gt=0.0, le=1.0)
     n: Optional[int] = 1
     stop: Optional[Union[str, list[str]]] = None
-    seed: Optional[int] = None
+    seed: Optional[int] = Field(default=None, ge=-(2**63), le=2**63 - 1)  # what torch.manual_seed takes
     stream: Optional[bool] = False
     stream_options: Optional[dict[str, Any]] = None
 
@@ -135,11 +144,16 @@ def _error(status: int, message: str, *, type: str = "invalid_request_error", pa
                         status_code=status, headers=headers)
 
 
-class _BodyLimit:
-    """ASGI middleware: refuse a body over ``limit`` bytes (by Content-Length, or while it streams in)."""
+class _TooBig(Exception):
+    pass
 
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app, self.limit = app, limit
+
+class _BodyLimit:
+    """ASGI middleware: refuse a body over ``limit`` bytes (by Content-Length, or while it streams in), and one that
+    does not arrive whole within ``timeout_s`` seconds (408): the body is read here, then replayed to the app."""
+
+    def __init__(self, app: Any, limit: int, timeout_s: float = DEFAULT_BODY_TIMEOUT_S) -> None:
+        self.app, self.limit, self.timeout_s = app, limit, timeout_s
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -152,19 +166,16 @@ class _BodyLimit:
                     return await too_big(scope, receive, send)
             except ValueError:
                 return await _error(400, "bad Content-Length header")(scope, receive, send)
-            return await self.app(scope, receive, send)
-        chunks, size = [], 0  # chunked: read it here, up to the limit, then replay it
-        while True:
-            msg = await receive()
-            if msg["type"] != "http.request":
-                return
-            size += len(msg.get("body", b""))
-            if size > self.limit:
-                return await too_big(scope, receive, send)
-            chunks.append(msg.get("body", b""))
-            if not msg.get("more_body"):
-                break
-        body, sent = b"".join(chunks), False
+        try:
+            body = await asyncio.wait_for(self._read(receive), self.timeout_s)
+        except asyncio.TimeoutError:
+            return await _error(408, f"the request body did not arrive within {self.timeout_s:g} s",
+                                code="request_timeout")(scope, receive, send)
+        except _TooBig:
+            return await too_big(scope, receive, send)
+        if body is None:  # the client left before its body was whole
+            return None
+        sent = False
 
         async def replay() -> Any:
             nonlocal sent
@@ -175,15 +186,40 @@ class _BodyLimit:
 
         return await self.app(scope, replay, send)
 
+    async def _read(self, receive: Any) -> bytes | None:
+        chunks, size = [], 0
+        while True:
+            msg = await receive()
+            if msg["type"] != "http.request":
+                return None
+            size += len(msg.get("body", b""))
+            if size > self.limit:
+                raise _TooBig
+            chunks.append(msg.get("body", b""))
+            if not msg.get("more_body"):
+                return b"".join(chunks)
 
-def create_app(engine: Engine, *, token: str | None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+
+def create_app(engine: Engine, *, token: str | None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+               body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S) -> FastAPI:
     """The API over ``engine``; ``token`` None leaves the write endpoints open (see ``server.check_security``)."""
     app = FastAPI(title="lifelong serve", docs_url=None, redoc_url=None, openapi_url=None)
     _add_error_handlers(app)
     _add_generation_routes(app, engine)
     _add_edit_routes(app, engine, token)
-    app.add_middleware(_BodyLimit, limit=max_body_bytes)
+    app.add_middleware(_BodyLimit, limit=max_body_bytes, timeout_s=body_timeout_s)
     return app
+
+
+def _unicode(text: str, param: str) -> str:
+    """``text`` if it is Unicode text; a lone UTF-16 surrogate (which JSON's ``\\ud800`` escapes can carry) cannot be
+    tokenized, and is a 400 naming the field rather than a 500."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise RequestError(f"{param} holds a lone UTF-16 surrogate at character {exc.start + 1}; it must be valid "
+                           "Unicode text", param=param) from None
+    return text
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -283,7 +319,7 @@ def _add_generation_routes(app: FastAPI, engine: Engine) -> None:
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if len(prompts) != 1 or not isinstance(prompts[0], str):
             raise RequestError("prompt: give one string (batches of prompts are not supported)", param="prompt")
-        ids = engine.encode(prompts[0], params)
+        ids = engine.encode(_unicode(prompts[0], "prompt"), params)
         cid, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         if req.stream:
             def chunk(delta: str | None, g: Generation | None) -> dict[str, Any]:
@@ -304,6 +340,8 @@ def _add_generation_routes(app: FastAPI, engine: Engine) -> None:
         # None: up to the limit (OpenAI: the model's)
         params = _params(engine, req, req.max_completion_tokens or req.max_tokens,
                          _SUPPORTED.format("messages, max_completion_tokens"))
+        for n, message in enumerate(req.messages):
+            _unicode(message.content, f"messages[{n}].content")
         prompt = engine.chat_prompt([m.model_dump() for m in req.messages])
         ids = engine.encode(prompt, params)
         cid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
@@ -336,6 +374,7 @@ def _add_generation_routes(app: FastAPI, engine: Engine) -> None:
 
 def _add_edit_routes(app: FastAPI, engine: Engine, token: str | None) -> None:
     """The write side (apply, rollback: bearer token when one is set), the edit list and the health check."""
+    writes = CapacityLimiter(_WRITE_THREADS)  # per app: made outside the loop, anyio binds it on first use
     @app.post("/v1/edits", status_code=201)
     async def post_edits(request: Request) -> Any:
         _check_token(request, token)
@@ -344,19 +383,19 @@ def _add_edit_routes(app: FastAPI, engine: Engine, token: str | None) -> None:
         except ValueError:
             raise RequestError("the request body is not valid JSON", code="invalid_json") from None
         edits = validate_edits(body, engine.max_edits_per_request)
-        rows = await run_in_threadpool(engine.apply, edits)
+        rows = await to_thread.run_sync(engine.apply, edits, limiter=writes)
         return {"object": "list", "data": rows}
 
     @app.get("/v1/edits")
     async def get_edits() -> Any:
-        return {"object": "list", "data": await run_in_threadpool(engine.list_edits)}
+        return {"object": "list", "data": await to_thread.run_sync(engine.list_edits, limiter=writes)}
 
     @app.delete("/v1/edits/{edit_id}")
     async def delete_edit(edit_id: str, request: Request) -> Any:
         _check_token(request, token)
-        if not edit_id.isdigit():
+        if not re.fullmatch(r"[0-9]{1,18}", edit_id):  # ASCII digits only: str.isdigit also takes "²"
             raise RequestError(f"edit id must be a positive integer, got {edit_id!r}", param="id")
-        return await run_in_threadpool(engine.rollback, int(edit_id))
+        return await to_thread.run_sync(engine.rollback, int(edit_id), limiter=writes)
 
     @app.get("/healthz")
     async def healthz() -> Any:

@@ -512,7 +512,24 @@ def validate_edits(body: Any, limit: int) -> list[dict[str, Any]]:
                 v = [v]
             if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
                 raise RequestError(f"{where}: field {f!r} must be a list of strings", param=f"{where}.{f}")
+        _check_texts(e, where)
         if e.get("id") is not None and not isinstance(e["id"], (str, int)):
             raise RequestError(f"{where}: field 'id' must be a string or a number", param=f"{where}.id")
         out.append(e)
     return out
+
+
+def _check_texts(edit: dict[str, Any], where: str) -> None:
+    """The text checks the session makes at apply time (a lone surrogate, a control character such as NUL), made
+    here for every edit of the request before any is applied: a bad second edit no longer leaves the first one
+    applied behind a 409."""
+    from lifelong.editing.editor import check_edit_text
+    from lifelong.platform.errors import UserError
+
+    for field in ("prompt", "target", "paraphrases", "locality"):
+        values = edit.get(field, [])
+        for value in [values] if isinstance(values, str) else values:
+            try:
+                check_edit_text(value, field, where)
+            except UserError as exc:
+                raise RequestError(str(exc), param=f"{where}.{field}") from None

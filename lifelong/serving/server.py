@@ -67,6 +67,7 @@ class ServerOptions:
     token: str | None = None
     max_tokens_limit: int = 512
     max_body_bytes: int = 1 << 20
+    body_timeout_s: float = 30.0  # a request body must arrive whole within this time (408)
     max_edits_per_request: int = 16
     max_batch: int = 1  # dynamic batching off: one generation at a time
     batch_wait_ms: float = 10.0
@@ -80,7 +81,8 @@ def build_app(session: EditSession, options: ServerOptions) -> Any:
     engine = Engine(session, max_tokens_limit=options.max_tokens_limit,
                     max_edits_per_request=options.max_edits_per_request, max_batch=options.max_batch,
                     batch_wait_ms=options.batch_wait_ms)
-    return create_app(engine, token=options.token, max_body_bytes=options.max_body_bytes)
+    return create_app(engine, token=options.token, max_body_bytes=options.max_body_bytes,
+                      body_timeout_s=options.body_timeout_s)
 
 
 def _config(app: Any, host: str, port: int, log_level: str) -> Any:
