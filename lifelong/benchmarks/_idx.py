@@ -30,6 +30,11 @@ TYPE_NAMES = {0x08: "unsigned byte", 0x09: "signed byte", 0x0B: "int16", 0x0C: "
               0x0E: "float64"}
 
 
+#: the most data one IDX file may hold (Fashion-MNIST's training images are 47 MB): a header announcing more, or
+#: a compressed file that inflates past what its header announces, is refused without reading it all
+MAX_DATA_BYTES = 1 << 30
+
+
 class IdxError(UserError):
     """A file that is not the IDX file expected; the message names the file and the problem."""
 
@@ -128,9 +133,13 @@ def read_idx(path: str | Path, *, ndim: int, trailing_shape: tuple[int, ...] = (
     path = Path(path)
     header = read_header(path)
     check_header(path, header, ndim=ndim, trailing_shape=trailing_shape)
+    if header.data_bytes > MAX_DATA_BYTES:
+        raise IdxError(f"{path}: the header announces {header.data_bytes} bytes of data "
+                       f"(shape {'x'.join(map(str, header.shape))}); at most {MAX_DATA_BYTES} are read")
+    expected = header.header_bytes + header.data_bytes
     try:
-        with _open(path) as f:
-            raw = f.read()
+        with _open(path) as f:  # never more than the header announces, plus one byte to see that more follows
+            raw = f.read(expected + 1)
     except (OSError, EOFError, zlib.error) as exc:
         raise IdxError(f"{path}: truncated or corrupt gzip data ({' '.join(str(exc).split())})") from None
     found = len(raw) - header.header_bytes
@@ -138,7 +147,7 @@ def read_idx(path: str | Path, *, ndim: int, trailing_shape: tuple[int, ...] = (
         raise IdxError(f"{path}: truncated: the header announces {header.shape[0]} items ({header.data_bytes} bytes "
                        f"of data), the file holds {found} bytes")
     if found > header.data_bytes:
-        raise IdxError(f"{path}: {found - header.data_bytes} bytes after the {header.shape[0]} items its header "
-                       f"announces (not an IDX file of this shape)")
+        raise IdxError(f"{path}: more bytes after the {header.shape[0]} items its header announces "
+                       f"(not an IDX file of this shape)")
     array = np.frombuffer(raw, dtype=np.uint8, offset=header.header_bytes).reshape(header.shape)
     return array, hashlib.sha256(raw).hexdigest()
