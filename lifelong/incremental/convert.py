@@ -12,6 +12,7 @@ folder (one atomic write); ``lifelong convert`` prints the table. Any strategy w
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,12 @@ from lifelong.incremental.run import RunConfig
 from lifelong.platform import registry
 from lifelong.platform.atomic import atomic_write_text
 from lifelong.platform.config import build_config
-from lifelong.platform.errors import UserError
+from lifelong.platform.errors import UserError, user_os_errors
 
 RESULT_NAME = "conversion.json"
-MAX_TIMESTEPS = 4096
+#: the most time steps a conversion runs: each step is one forward over the whole test stream per scheme, so T=256
+#: already costs 256 evaluations; the ECL paper reports up to T=64
+MAX_TIMESTEPS = 256
 
 
 def load_finished_run(run_dir: Path, device: Any) -> tuple[dict[str, Any], Any, Any]:
@@ -86,6 +89,9 @@ def convert_run(run_dir: Path, timesteps: list[int], schemes: list[str], device:
     import torch
     from torch.utils.data import DataLoader
 
+    if run_dir.is_dir() and not os.access(run_dir, os.W_OK):
+        raise UserError(f"--run: cannot write {RESULT_NAME} into {run_dir} (the folder is not writable); "
+                        "copy the run folder somewhere writable")
     results, learner, stream = load_finished_run(run_dir, device)
     model = learner.model
     strategy_config = results["config"].get("strategy_config", {})
@@ -96,6 +102,7 @@ def convert_run(run_dir: Path, timesteps: list[int], schemes: list[str], device:
     bad = unsupported_layers(model)
     if bad:
         raise UserError(f"--run: the model of {run_dir} has layers a rate conversion cannot carry: {', '.join(bad)}")
+    _check_predict_is_a_forward(learner, stream, results["strategy"], device)
     thresholds = {name: float(model.get_submodule(name).threshold.detach()) for name in clip_layers(model)}
     t_max = timesteps[-1]
     batch = int(strategy_config.get("eval_batch_size", 256))
@@ -166,5 +173,25 @@ def convert_run(run_dir: Path, timesteps: list[int], schemes: list[str], device:
             for s in schemes
         },
     }
-    atomic_write_text(run_dir / RESULT_NAME, json.dumps(out, indent=2) + "\n")
+    with user_os_errors("cannot write the conversion results to", run_dir / RESULT_NAME):
+        atomic_write_text(run_dir / RESULT_NAME, json.dumps(out, indent=2) + "\n")
     return out
+
+
+def _check_predict_is_a_forward(learner: Any, stream: Any, strategy: str, device: Any) -> None:
+    """Refuse, in one line, a strategy whose predictions are not a forward of its network (iCaRL's nearest class
+    mean needs class means the checkpoint does not carry): conversion replaces the network's activations, so only
+    a forward of the network can be converted."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    dataset = stream.test_stream[0].dataset
+    dataset = dataset.eval() if hasattr(dataset, "eval") else dataset
+    x = next(iter(DataLoader(dataset, batch_size=2, shuffle=False, num_workers=0)))[0].to(device)
+    try:
+        with torch.no_grad():
+            learner.predict(x)
+    except (AssertionError, RuntimeError, ValueError, AttributeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"--run: {strategy}'s predictions cannot be recomputed from its checkpoint ({first}); "
+                        "convert a run whose prediction is a forward of its network (naive, replay, ewc, der, ...)") from None
