@@ -46,6 +46,7 @@ from torch import nn
 from lifelong.adapters.nets.spiking import LIF, SpikingBasicBlock
 from lifelong.incremental.distributed import sum_over_ranks
 from lifelong.incremental.learner import Component, RunContext, TrainingState
+from lifelong.platform.errors import UserError
 from lifelong.platform.registry import register
 
 
@@ -154,7 +155,12 @@ class SCA(Component):
 
     # hooks --------------------------------------------------------------------------------------------
     def before_experience(self, state: TrainingState) -> None:
-        self._units = [u for u in find_units(state.model) if u.conv.weight.requires_grad]
+        units = find_units(state.model)
+        if not units:  # an MLP, or a net without conv-bn-activation-conv groups: pruning would do nothing, silently
+            raise UserError("component sca: the model has no prunable channel group (a convolution with batch norm "
+                            "and an activation feeding another convolution); use a convolutional backbone "
+                            "(model=cnn-28, resnet-reduced or a spiking-* net)")
+        self._units = [u for u in units if u.conv.weight.requires_grad]
         for u in self._units:
             self.masks.setdefault(u.name, torch.ones(u.channels, dtype=torch.bool))
             self.saved.setdefault(u.name, torch.zeros(2, u.channels))
