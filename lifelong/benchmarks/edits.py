@@ -14,11 +14,11 @@ file, the line (or array index), the field and what is expected. The bundled set
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable
 
+from lifelong.benchmarks.jsonl import read_records
 from lifelong.editing.editor import MAX_TARGET_CHARS, EditRequest, check_edit_text, check_edit_tokens
 from lifelong.platform.errors import UserError
 
@@ -138,35 +138,9 @@ def load_edits(
     """
     if fmt not in FORMATS:
         raise UserError(f"edit file format {fmt!r} is not allowed; allowed values: {', '.join(FORMATS)}")
-    p = Path(os.path.expanduser(str(path)))
-    if not p.is_file():
-        raise UserError(f"edit file {p} does not exist")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{p}: not UTF-8 text ({exc})") from exc
-    items: list[tuple[int, str, Any]] = []
-    if text.lstrip().startswith("["):
-        try:
-            arr = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{p}:{exc.lineno}: invalid JSON: {exc.msg}") from exc
-        items = [(i + 1, f"{p} record {i + 1}", rec) for i, rec in enumerate(arr)]
-    else:
-        for n, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{p}:{n}: invalid JSON: {exc.msg} (column {exc.colno})") from exc
-            items.append((n, f"{p}:{n}", rec))
-    if not items:
-        raise UserError(f"edit file {p} holds no edits")
+    items = read_records(path, "edit")
     out = []
-    for n, where, rec in items:
-        if not isinstance(rec, dict):
-            raise UserError(f"{where}: each edit must be a JSON object, got {type(rec).__name__}")
+    for where, n, rec in items:
         kind = detect_format(rec) if fmt == "auto" else fmt
         req = _PARSERS[kind](rec, where, n)
         if tokenizer is not None:

@@ -20,11 +20,11 @@ is a plugin module (it registers the ``preferences`` benchmark), so it imports n
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from lifelong.benchmarks.jsonl import read_records
 from lifelong.platform.errors import UserError
 from lifelong.platform.registry import register
 
@@ -60,24 +60,7 @@ class Fact:
 
 
 def _read_jsonl(path: str | Path, what: str) -> list[tuple[int, dict[str, Any]]]:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: {what} file not found")
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict):
-                raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            rows.append((lineno, obj))
-    if not rows:
-        raise UserError(f"{path}: no {what} records (the file is empty)")
-    return rows
+    return [(line, rec) for _, line, rec in read_records(path, what, arrays=False)]
 
 
 _HUMAN = "\n\nHuman:"
