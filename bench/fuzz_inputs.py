@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import time
@@ -30,12 +31,22 @@ def main() -> int:
                            "--hypothesis-show-statistics", "tests/test_fuzz_inputs.py"],
                           cwd=REPO, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
-    tried = [line for line in proc.stdout.splitlines() if "passing examples" in line]
-    print(proc.stdout[-6000:] if proc.returncode else "\n".join(tried))
-    total = sum(int(line.split()[1]) for line in tried if line.split()[1].isdigit())
-    failed = sum(int(line.split()[0]) for line in proc.stdout.splitlines()[-1:] if "failed" in line)
-    print(f"properties: {len(tried)}, examples per property asked: {args.examples}, passing examples in all: {total}, "
-          f"failing properties: {failed}, wall {wall:.0f} s")
+    # hypothesis's statistics: one block per property, one "N passing, M failing, and K invalid" line per phase
+    counts: dict[str, list[int]] = {}
+    prop = None
+    for line in proc.stdout.splitlines():
+        if line.startswith("tests/test_fuzz_inputs.py::"):
+            prop = line.split("::", 1)[1].rstrip(":")
+            counts[prop] = [0, 0, 0]
+        found = re.search(r"(\d+) passing, (\d+) failing, and (\d+) invalid", line)
+        if prop and found:
+            counts[prop] = [a + int(b) for a, b in zip(counts[prop], found.groups())]
+    if proc.returncode:
+        print(proc.stdout[-6000:])
+    for name, (passing, failing, invalid) in counts.items():
+        print(f"{name}: {passing + failing} cases tried, {failing} failing ({invalid} invalid draws discarded)")
+    print(f"properties {len(counts)}, cases tried {sum(p + f for p, f, _ in counts.values())}, failing cases "
+          f"{sum(f for _, f, _ in counts.values())}, examples asked per property {args.examples}, wall {wall:.0f} s")
     return 0 if proc.returncode == 0 else 1
 
 

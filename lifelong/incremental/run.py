@@ -157,6 +157,9 @@ def resolve_config(
     benchmark = benchmark or data.get("benchmark") or "split-digits"
     if not strategy:
         raise ConfigError("no strategy given: use --strategy NAME or a config file with 'strategy:'")
+    for key, name in (("strategy", strategy), ("benchmark", benchmark)):
+        if not isinstance(name, str):
+            raise ConfigError(f"{key}: expected a plugin name, got {name!r}")
     registry.get("strategy", strategy)
     _stream_benchmark(benchmark)
     if unknown:  # flat keys in a file are routed like --set keys
