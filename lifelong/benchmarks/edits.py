@@ -189,3 +189,30 @@ def load_prompts(path: str | os.PathLike) -> list[str]:
     if not prompts:
         raise UserError(f"prompt file {p} holds no prompts")
     return prompts
+
+
+def load_retention_set(path: str | os.PathLike, what: str = "retention set") -> list[tuple[str, str | None]]:
+    """A TRR retention set: JSON Lines of ``{"prompt": str, "target": str (optional)}``, as (prompt, target or
+    None); no target means agreement with the unedited model. One-line errors name the file and the line; ``what``
+    names the file in them (the CLI passes its flag, ``--trr-file``)."""
+    p = Path(os.path.expanduser(str(path)))
+    if not p.is_file():
+        raise UserError(f"{what} {p} does not exist")
+    out: list[tuple[str, str | None]] = []
+    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError as exc:
+            raise UserError(f"{p}:{i}: not JSON ({exc})") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str) or not rec["prompt"].strip():
+            raise UserError(f"{p}:{i}: a record needs a non-empty string 'prompt'")
+        target = rec.get("target")
+        if target is not None and not isinstance(target, str):
+            raise UserError(f"{p}:{i}: field 'target' must be a string")
+        check_edit_text(rec["prompt"], "prompt", f"{p}:{i}")
+        out.append((rec["prompt"], target))
+    if not out:
+        raise UserError(f"{what} {p} holds no records")
+    return out
