@@ -363,7 +363,7 @@ def test_random_edit_files_are_valid_or_refused_with_file_line_and_field(tmp_pat
     except UserError as exc:
         msg = str(exc)
         assert "\n" not in msg and str(path) in msg, msg
-        if msg != f"edit file {path} holds no edits":  # else: the line (or the record of a JSON array) is named
+        if msg != f"edit file {path} holds no records":  # else: the line (or the record of a JSON array) is named
             assert msg.startswith(str(path)) and msg[len(str(path)):].startswith((":", " record ")), msg
         return
     for r in reqs:  # accepted: text an edit can hold

@@ -315,7 +315,7 @@ def test_loaders_read_plain_hh_rlhf_and_ultrafeedback(tmp_path: Path) -> None:
 @pytest.mark.parametrize("line, message", [
     ('{"prompt": "p", "chosen": "c"}', r"bad.jsonl:2: missing field 'rejected'"),
     ('{"prompt": "p", "chosen": "c", "rejected": 3}', r"bad.jsonl:2: field 'rejected' must be a string"),
-    ('{"prompt": "p", "chosen": "c", "rejected": ', r"bad.jsonl:2: not valid JSON"),
+    ('{"prompt": "p", "chosen": "c", "rejected": ', r"bad.jsonl:2: invalid JSON"),
     ('{"chosen": "c", "rejected": "r"}', r"bad.jsonl:2: missing field 'prompt'"),
     ('{"prompt": "p", "chosen": "c", "rejected": "r", "dimension": 5}', r"bad.jsonl:2: field 'dimension'"),
 ])

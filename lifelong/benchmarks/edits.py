@@ -14,11 +14,11 @@ file, the line (or array index), the field and what is expected. The bundled set
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable
 
+from lifelong.benchmarks.jsonl import read_jsonl
 from lifelong.editing.editor import MAX_TARGET_CHARS, EditRequest, check_edit_text, check_edit_tokens
 from lifelong.platform.errors import UserError
 
@@ -138,33 +138,9 @@ def load_edits(
     """
     if fmt not in FORMATS:
         raise UserError(f"edit file format {fmt!r} is not allowed; allowed values: {', '.join(FORMATS)}")
-    p = Path(os.path.expanduser(str(path)))
-    if not p.is_file():
-        raise UserError(f"edit file {p} does not exist")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{p}: not UTF-8 text ({exc})") from exc
-    items: list[tuple[int, str, Any]] = []
-    if text.lstrip().startswith("["):
-        try:
-            arr = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{p}:{exc.lineno}: invalid JSON: {exc.msg}") from exc
-        items = [(i + 1, f"{p} record {i + 1}", rec) for i, rec in enumerate(arr)]
-    else:
-        for n, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{p}:{n}: invalid JSON: {exc.msg} (column {exc.colno})") from exc
-            items.append((n, f"{p}:{n}", rec))
-    if not items:
-        raise UserError(f"edit file {p} holds no edits")
+    items = read_jsonl(path, "edit", arrays=True, objects=False)
     out = []
-    for n, where, rec in items:
+    for where, n, rec in items:
         if not isinstance(rec, dict):
             raise UserError(f"{where}: each edit must be a JSON object, got {type(rec).__name__}")
         kind = detect_format(rec) if fmt == "auto" else fmt
@@ -191,28 +167,16 @@ def load_prompts(path: str | os.PathLike) -> list[str]:
     return prompts
 
 
-def load_retention_set(path: str | os.PathLike, what: str = "retention set") -> list[tuple[str, str | None]]:
+def load_retention_set(path: str | os.PathLike) -> list[tuple[str, str | None]]:
     """A TRR retention set: JSON Lines of ``{"prompt": str, "target": str (optional)}``, as (prompt, target or
-    None); no target means agreement with the unedited model. One-line errors name the file and the line; ``what``
-    names the file in them (the CLI passes its flag, ``--trr-file``)."""
-    p = Path(os.path.expanduser(str(path)))
-    if not p.is_file():
-        raise UserError(f"{what} {p} does not exist")
+    None); no target means agreement with the unedited model. One-line errors name the file and the line."""
     out: list[tuple[str, str | None]] = []
-    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError as exc:
-            raise UserError(f"{p}:{i}: not JSON ({exc})") from None
-        if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str) or not rec["prompt"].strip():
-            raise UserError(f"{p}:{i}: a record needs a non-empty string 'prompt'")
+    for where, _, rec in read_jsonl(path, "retention set"):
+        if not isinstance(rec.get("prompt"), str) or not rec["prompt"].strip():
+            raise UserError(f"{where}: a record needs a non-empty string 'prompt'")
         target = rec.get("target")
         if target is not None and not isinstance(target, str):
-            raise UserError(f"{p}:{i}: field 'target' must be a string")
-        check_edit_text(rec["prompt"], "prompt", f"{p}:{i}")
+            raise UserError(f"{where}: field 'target' must be a string")
+        check_edit_text(rec["prompt"], "prompt", where)
         out.append((rec["prompt"], target))
-    if not out:
-        raise UserError(f"{what} {p} holds no records")
     return out

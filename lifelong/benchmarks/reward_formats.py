@@ -22,11 +22,11 @@ line (or array index) and the field, as a ``UserError``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
+from lifelong.benchmarks.jsonl import read_jsonl
 from lifelong.benchmarks.preferences import PreferencePair, parse_pair
 from lifelong.platform.errors import UserError
 from lifelong.platform.registry import register
@@ -60,35 +60,6 @@ def judgebench_domain(source: str) -> str:
     if source.startswith("livecodebench"):
         return "coding"
     return source
-
-
-def _records(path: str | Path) -> list[tuple[str, Any]]:
-    """(where, object) for each record of a JSON Lines file or of a JSON array file."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: preference file not found")
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-        out = [(f"{path}[{i}]", obj) for i, obj in enumerate(rows)]
-    else:
-        out = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                out.append((f"{path}:{lineno}", json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-    if not out:
-        raise UserError(f"{path}: no preference records (the file is empty)")
-    for where, obj in out:
-        if not isinstance(obj, dict):
-            raise UserError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-    return out
 
 
 def _text(obj: dict[str, Any], key: str, where: str) -> str:
@@ -145,7 +116,7 @@ def load_pairs(path: str | Path, format: str = "auto") -> list[PreferencePair]: 
     """Preference pairs from ``path`` in ``format`` (one of ``FORMATS``; ``auto``: told by the first record)."""
     if format not in FORMATS:
         raise UserError(f"unknown format {format!r}; allowed values: {', '.join(FORMATS)}")
-    records = _records(path)
+    records = [(where, obj) for where, _, obj in read_jsonl(path, "preference", arrays=True)]
     if format == "auto":
         format = detect_format(records[0][1])
     if format == "preferences":

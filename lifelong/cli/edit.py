@@ -44,7 +44,7 @@ def _add_paper_metric_options(parser: argparse.ArgumentParser) -> None:
 
 def _retention_set(path: str | None) -> list[tuple[str, str | None]] | None:
     """The ``--trr-file`` records as (prompt, target or None), or None without the flag."""
-    return None if path is None else load_retention_set(path, "--trr-file")
+    return None if path is None else load_retention_set(path)
 
 
 def _heldout_text(value: str | None) -> list[str] | None:
