@@ -95,8 +95,7 @@ def claims() -> int:
     bundled training split (its outputs come from the branch cache when ``measure`` filled it)."""
     from lifelong.benchmarks.preferences import bundled_preferences
     from lifelong.benchmarks.reward_heldout import heldout_preferences
-    from lifelong.scorers._branches import default_cache_path
-    from lifelong.scorers.srm import BranchCache, make_branches, run_branches
+    from lifelong.scorers.branches import BranchCache, default_cache_path, make_branches, run_branches
 
     cache = BranchCache(default_cache_path())
     (branch,) = make_branches(["entity-background"])

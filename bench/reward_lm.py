@@ -131,7 +131,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from lifelong.benchmarks.preferences import bundled_preferences
     from lifelong.platform.registry import create
-    from lifelong.scorers._lm_backbone import clear_split_memo
+    from lifelong.scorers.lm_backbone import clear_split_memo
 
     seeds = [int(s) for s in args.seeds.split(",")]
     parts = [p for p in args.parts.split(",") if p]
@@ -210,7 +210,7 @@ def main() -> None:
             sbms = [b for b in args.sbms.split(",") if b]
             sbm_root = out.parent / "reward_lm_sbm"
             timing = results.setdefault("sbm_training", {})
-            from lifelong.scorers.sbm import train_sbm
+            from lifelong.scorers.branches.sbm_train import train_sbm
 
             for b in sbms:
                 if b in timing:

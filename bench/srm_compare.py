@@ -51,7 +51,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from lifelong.benchmarks.preferences import bundled_preferences
     from lifelong.platform.registry import create
-    from lifelong.scorers.srm import BRANCH_NAMES, SRMConfig, run_branches
+    from lifelong.scorers.branches import BRANCH_NAMES, run_branches
+    from lifelong.scorers.srm import SRMConfig
 
     seeds = [int(s) for s in args.seeds.split(",")]
     skip = [s for s in args.skip.split(",") if s]

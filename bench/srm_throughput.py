@@ -14,7 +14,7 @@ import json
 import time
 
 from lifelong.benchmarks.preferences import bundled_preferences
-from lifelong.scorers.srm import BRANCH_NAMES, Branch, FactCheckBranch, make_branches, run_branches
+from lifelong.scorers.branches import BRANCH_NAMES, Branch, FactCheckBranch, make_branches, run_branches
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from lifelong.benchmarks.preferences import PreferencePair
 from lifelong.benchmarks.wordnet import wordnet_available
 from lifelong.platform.errors import UserError
 from lifelong.platform.registry import create, get, list_plugins, register
-from lifelong.scorers import _branches as sb
+from lifelong.scorers import branches as sb
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,7 +27,7 @@ def test_the_builtin_branches_are_registered_with_typed_configs() -> None:
     for name in sb.BRANCH_NAMES:
         spec = specs[name]
         assert spec.kind == "branch" and spec.source == "builtin" and spec.config is not None
-        assert spec.module.startswith("lifelong.scorers._branches.")
+        assert spec.module.startswith("lifelong.scorers.branches.")
     assert specs["quality"].config is sb.QualityConfig and specs["fact-check"].config is sb.FactCheckConfig
 
 
@@ -114,7 +114,7 @@ def test_the_example_package_adds_a_branch_through_its_entry_point(tmp_path: Pat
     rows = json.loads(cli("plugins", "list", "--kind", "branch", "--json", env=env).stdout)["plugins"]
     hedging = next(r for r in rows if r["name"] == "hedging")
     assert hedging["source"] == "lifelong-nearest-mean" and hedging["config"] == "HedgingConfig"
-    code = ("from lifelong.scorers.srm import make_branches\n"
+    code = ("from lifelong.scorers.branches import make_branches\n"
             "(b,) = make_branches(['hedging'], branch_config={'hedging': {'hedges': ['maybe', 'i think']}})\n"
             "sure, unsure = b.compute([('Q?', 'It is Canberra.'), ('Q?', 'Maybe Canberra, I think.')])\n"
             "assert sure.features == (0.0, 0.0), sure\n"

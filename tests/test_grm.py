@@ -17,7 +17,7 @@ from lifelong.cli.reward import load_saved_scorer
 from lifelong.platform.errors import UserError
 from lifelong.platform.registry import create
 from lifelong.scorers import grm as grm_mod
-from lifelong.scorers._lm_backbone import chat_prompt, first_token_ids
+from lifelong.scorers.lm_backbone import chat_prompt, first_token_ids
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -179,7 +179,7 @@ def test_a_store_file_with_flipped_bytes_is_one_line_naming_the_file(tmp_path, c
 # ------------------------------------------------------------------------------------ 3. reward models
 def _rm(seed: int):
     from lifelong.platform.registry import create
-    from lifelong.scorers._reward_model import RewardHead
+    from lifelong.scorers.reward_model import RewardHead
 
     rm = create("scorer", "scalar-rm", cache_dir=":memory:", device="cpu", hidden=4)
     torch.manual_seed(seed)
@@ -194,7 +194,7 @@ def _weights(folder: Path) -> dict:
 
 
 def test_reward_model_replaced_in_one_step_even_when_killed_between_renames(tmp_path, monkeypatch):
-    from lifelong.scorers import _reward_model as rmod
+    from lifelong.platform import atomic
 
     out = tmp_path / "rm"
     old, new = _rm(0), _rm(1)
@@ -205,21 +205,27 @@ def test_reward_model_replaced_in_one_step_even_when_killed_between_renames(tmp_
     assert not all(torch.equal(w_old[k], w_new[k]) for k in w_old)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rm"]  # the old model is gone, no temporary folder
 
-    # without the exchange: two renames; a kill between them (the second rename never happens)
-    monkeypatch.setattr(rmod, "_exchange", lambda a, b: False)
-    real_replace = os.replace
+    # without the exchange: two renames; the second one fails (a full disk): the previous model is put back
+    monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
+    real_replace, failed = os.replace, []
 
-    def killed_before_second_rename(src, dst):
-        if Path(dst) == out:  # the new folder into place, after the old one was put aside
-            raise SystemExit("killed")  # stands for SIGKILL: nothing after this line runs
+    def fails_into_place(src, dst):
+        if Path(dst) == out and not failed:  # the new folder into place, after the old one was put aside
+            failed.append(dst)
+            raise OSError(28, "No space left on device", str(dst))
         return real_replace(src, dst)
 
-    monkeypatch.setattr(rmod.os, "replace", killed_before_second_rename)
-    with pytest.raises(SystemExit):
+    monkeypatch.setattr(atomic.os, "replace", fails_into_place)
+    with pytest.raises(OSError):
         old.save(out)
-    monkeypatch.setattr(rmod.os, "replace", real_replace)
-    assert not out.exists() and (tmp_path / ".rm.old").is_dir()  # the previous model (new) whole, aside
-    assert all(torch.equal(v, w_new[k]) for k, v in _weights(out).items())  # load puts it back
+    monkeypatch.setattr(atomic.os, "replace", real_replace)
+    assert failed and all(torch.equal(v, w_new[k]) for k, v in _weights(out).items())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rm"]
+
+    # a process killed between the two renames leaves the previous model whole, aside (tests/test_atomic_folder.py
+    # kills one for real): the next load puts it back
+    os.replace(out, tmp_path / ".rm.old")
+    assert all(torch.equal(v, w_new[k]) for k, v in _weights(out).items())
     assert not (tmp_path / ".rm.old").exists()
     old.save(out)  # the two-rename path to the end
     assert all(torch.equal(v, w_old[k]) for k, v in _weights(out).items())
@@ -357,7 +363,7 @@ def test_random_edit_files_are_valid_or_refused_with_file_line_and_field(tmp_pat
     except UserError as exc:
         msg = str(exc)
         assert "\n" not in msg and str(path) in msg, msg
-        if msg != f"edit file {path} holds no edits":  # else: the line (or the record of a JSON array) is named
+        if msg != f"edit file {path} holds no records":  # else: the line (or the record of a JSON array) is named
             assert msg.startswith(str(path)) and msg[len(str(path)):].startswith((":", " record ")), msg
         return
     for r in reqs:  # accepted: text an edit can hold

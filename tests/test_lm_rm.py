@@ -15,8 +15,8 @@ from lifelong.benchmarks.preferences import PreferencePair
 from lifelong.cli.main import main
 from lifelong.platform.errors import UserError
 from lifelong.platform.registry import create
-from lifelong.scorers import _lm_backbone as lb
-from lifelong.scorers._reward_model import RewardModel
+from lifelong.scorers import lm_backbone as lb
+from lifelong.scorers.reward_model import RewardModel
 
 # a preference a 2-layer random model can learn from its last token: the chosen answer ends with "yes."
 PAIRS = [PreferencePair(f"Question number {i}?", f"The answer is {w} yes.", f"The answer is {w} no.", "toy")

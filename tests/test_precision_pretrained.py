@@ -194,7 +194,7 @@ def test_run_cli_takes_precision_bf16_and_refuses_fp8(tmp_path, capsys):
 def test_reward_head_trains_in_fp16_with_float32_weights(tmp_path: Path):
     from lifelong.benchmarks.preferences import bundled_preferences
     from lifelong.platform.registry import create
-    from lifelong.scorers._reward_model import RewardHead
+    from lifelong.scorers.reward_model import RewardHead
 
     pairs = bundled_preferences("train")[:20]
     rm = create("scorer", "scalar-rm", epochs=3, cache_dir=str(tmp_path), precision="fp16")

@@ -67,7 +67,7 @@ def test_train_score_eval_round_trip(tmp_path: Path, capsys: pytest.CaptureFixtu
     (["reward", "train", "--scorer", "scalar-rm", "--data", "{tmp}/bad.jsonl", "--out", "{tmp}/o"],
      "bad.jsonl:2: missing field 'rejected'"),
     (["reward", "train", "--scorer", "scalar-rm", "--data", "{tmp}/none.jsonl", "--out", "{tmp}/o"],
-     "none.jsonl: preference file not found"),
+     "none.jsonl does not exist"),
     (["reward", "eval", "--model", "{tmp}/o"], "not a trained reward model"),
     (["reward", "score", "--model", "{tmp}/o", "--prompt", "p", "--response", "r"], "not a trained reward model"),
 ])

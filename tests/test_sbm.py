@@ -16,8 +16,8 @@ from lifelong.benchmarks.preferences import PreferencePair
 from lifelong.cli.main import main
 from lifelong.platform.errors import UserError
 from lifelong.platform.registry import create, get
-from lifelong.scorers import sbm
-from lifelong.scorers._branches import BranchCache, make_branches, run_branches
+from lifelong.scorers.branches import sbm, sbm_train
+from lifelong.scorers.branches import BranchCache, make_branches, run_branches
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -30,17 +30,17 @@ PAIRS = [
 
 def _train(model: Path, out: Path, **kw) -> dict:
     opts = dict(llm=str(model), candidates=3, max_new_tokens=6, epochs=4, lr=2e-2, batch_size=6, lora_rank=4)
-    cfg = sbm.SBMTrainConfig(**{**opts, **kw})
-    return sbm.train_sbm("sbm-style", PAIRS, out, config=cfg)
+    cfg = sbm_train.SBMTrainConfig(**{**opts, **kw})
+    return sbm_train.train_sbm("sbm-style", PAIRS, out, config=cfg)
 
 
 def test_the_judge_and_best_of_n() -> None:
-    assert sbm.overlap_f1("the capital is Ottawa", "Ottawa is the capital of Canada") == pytest.approx(2 * 1 * (2 / 3) / (1 + 2 / 3))
-    assert sbm.overlap_f1("nothing shared", "Ottawa capital") == 0.0
-    kept = sbm.best_of_n([["Sydney", "Canberra is the capital", "capital"]], ["capital: Canberra"])
+    assert sbm_train.overlap_f1("the capital is Ottawa", "Ottawa is the capital of Canada") == pytest.approx(2 * 1 * (2 / 3) / (1 + 2 / 3))
+    assert sbm_train.overlap_f1("nothing shared", "Ottawa capital") == 0.0
+    kept = sbm_train.best_of_n([["Sydney", "Canberra is the capital", "capital"]], ["capital: Canberra"])
     assert kept[0][0] == "Canberra is the capital" and kept[0][1] == pytest.approx(1.0)
     assert kept[0][2] == pytest.approx((0.0 + 1.0 + 2 / 3) / 3)
-    assert sbm.strip_label("fact-check: known fact 'x'") == "known fact 'x'"
+    assert sbm_train.strip_label("fact-check: known fact 'x'") == "known fact 'x'"
     # every SBM is a registered branch whose judge's reference is a registered branch too
     for name, dim in sbm.DIMENSIONS.items():
         assert get("branch", name).config is sbm.SBMConfig

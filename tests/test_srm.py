@@ -1,7 +1,7 @@
 """The structural reward model: Bradley-Terry loss, each side branch, the cache, contributions, save/load.
 
-The branch internals are tested through the private ``_branches`` package; code outside the scorers uses the
-names ``lifelong.scorers.srm`` re-exports."""
+The branch internals are tested through ``lifelong.scorers.branches``, the package code outside the scorers uses
+too; ``srm`` only registers the two scorers."""
 
 from __future__ import annotations
 
@@ -22,9 +22,10 @@ from lifelong.benchmarks.preferences import (
 )
 from lifelong.platform.errors import UserError
 from lifelong.platform.registry import create, get
-from lifelong.scorers import _branches as sb
+from lifelong.scorers import branches as sb
 from lifelong.scorers import srm
-from lifelong.scorers._reward_model import RewardHead, RewardModel, bradley_terry_loss
+from lifelong.scorers.base import Scorer, ScoreResult, load_scorer
+from lifelong.scorers.reward_model import RewardHead, RewardModel, bradley_terry_loss
 
 CAPITAL_Q = "What is the capital of Australia?"
 
@@ -189,7 +190,8 @@ def test_contributions_add_up_and_save_load_round_trip(tmp_path: Path) -> None:
         assert sum(r.contributions.values()) == pytest.approx(r.reward, abs=1e-4)
         assert set(r.branch_texts) == {"semantic", "style", "fact-check"}
     rm.save(tmp_path / "model")
-    again = srm.load_scorer(tmp_path / "model")
+    assert isinstance(rm, Scorer) and isinstance(results[0], ScoreResult)  # the contract, structurally
+    again = load_scorer(tmp_path / "model")
     assert type(get("scorer", "srm").factory.load(tmp_path / "model")) is type(again)  # the registry's loader
     assert [x.reward for x in again.score_many([(p.prompt, p.chosen) for p in pairs[:5]])] == pytest.approx(
         [r.reward for r in results], abs=1e-5)
@@ -265,8 +267,8 @@ def test_save_is_atomic_and_fsynced(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_branch_names_are_defined_once_and_built_from_settings() -> None:
-    assert srm.BRANCH_NAMES == sb.BRANCH_NAMES == tuple(t.name for t in sb.BRANCH_TYPES)
-    assert srm.BRANCH_NAMES == ("semantic", "fact-check", "style", "fluency", "quality")
+    assert sb.BRANCH_NAMES == tuple(t.name for t in sb.BRANCH_TYPES)
+    assert sb.BRANCH_NAMES == ("semantic", "fact-check", "style", "fluency", "quality")
     assert sb.branch_names()[:5] == sb.BRANCH_NAMES  # built-ins first, then other registered branches
     built = sb.make_branches(["style", "quality", "fact-check"], llm="some-lm", batch_size=3, facts=["bundled"],
                              fact_threshold=0.7, branch_config={"quality": {"max_new_tokens": 2}})

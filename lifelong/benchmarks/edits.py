@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from lifelong.benchmarks.jsonl import read_records
+from lifelong.benchmarks.jsonl import read_jsonl
 from lifelong.editing.editor import MAX_TARGET_CHARS, EditRequest, check_edit_text, check_edit_tokens
 from lifelong.platform.errors import UserError
 
@@ -138,9 +138,11 @@ def load_edits(
     """
     if fmt not in FORMATS:
         raise UserError(f"edit file format {fmt!r} is not allowed; allowed values: {', '.join(FORMATS)}")
-    items = read_records(path, "edit")
+    items = read_jsonl(path, "edit", arrays=True, objects=False)
     out = []
     for where, n, rec in items:
+        if not isinstance(rec, dict):
+            raise UserError(f"{where}: each edit must be a JSON object, got {type(rec).__name__}")
         kind = detect_format(rec) if fmt == "auto" else fmt
         req = _PARSERS[kind](rec, where, n)
         if tokenizer is not None:
@@ -163,3 +165,18 @@ def load_prompts(path: str | os.PathLike) -> list[str]:
     if not prompts:
         raise UserError(f"prompt file {p} holds no prompts")
     return prompts
+
+
+def load_retention_set(path: str | os.PathLike) -> list[tuple[str, str | None]]:
+    """A TRR retention set: JSON Lines of ``{"prompt": str, "target": str (optional)}``, as (prompt, target or
+    None); no target means agreement with the unedited model. One-line errors name the file and the line."""
+    out: list[tuple[str, str | None]] = []
+    for where, _, rec in read_jsonl(path, "retention set"):
+        if not isinstance(rec.get("prompt"), str) or not rec["prompt"].strip():
+            raise UserError(f"{where}: a record needs a non-empty string 'prompt'")
+        target = rec.get("target")
+        if target is not None and not isinstance(target, str):
+            raise UserError(f"{where}: field 'target' must be a string")
+        check_edit_text(rec["prompt"], "prompt", where)
+        out.append((rec["prompt"], target))
+    return out

@@ -1,9 +1,10 @@
-"""One reader for the JSON Lines (or JSON array) files the tool takes: edit files, preference pairs, reward data.
+"""One reader for the JSON Lines files the data families take: edit files, TRR retention sets, preference pairs,
+facts, RM-Bench and JudgeBench files.
 
-Each problem is one ``UserError`` naming the file and line: missing, not UTF-8, larger than ``MAX_FILE_BYTES``, a
-line over ``MAX_LINE_BYTES`` (a 50 MB line used to hold a reader for minutes), invalid JSON, JSON nested deeper
-than the parser goes (Python's ``json`` raises ``RecursionError`` there), a record that is not an object, or no
-record at all. The readers of each format then check the fields of each record.
+Each record comes back with where it was (``PATH:LINE``, or ``PATH record N`` in a file that is one JSON array), so
+every later check can name the place in one line. The errors of the reading itself are the same for every family:
+a missing file, text that is not UTF-8, a line that is not JSON, a record that is not an object (where asked), an
+empty file; each one ``UserError`` line naming the file (and the line). What a record must hold is the caller's.
 """
 
 from __future__ import annotations
@@ -11,55 +12,70 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from lifelong.platform.errors import UserError
 
 #: the largest file read whole (the bundled sets are a few hundred KB)
 MAX_FILE_BYTES = 256 << 20
-#: the longest line (one record): far above any prompt, response or edit, far below what stalls the parser
-MAX_LINE_BYTES = 1 << 20
+#: the longest line (one record): far above any prompt, response or edit, far below what stalls the parser (a
+#: 50 MB line held ``reward eval`` for minutes)
+MAX_LINE_CHARS = 1 << 20
 
 
-def read_records(path: str | os.PathLike, what: str, *, arrays: bool = True) -> list[tuple[str, int, dict[str, Any]]]:
-    """``(where, line, record)`` for each record of a JSON Lines file (or, with ``arrays``, of a file holding one
-    JSON array); ``what`` names the kind of file in errors ("edit", "preference")."""
+class JsonRecord(NamedTuple):
+    """One record of a JSON Lines (or JSON array) file: where it is, its line (or 1-based index), its value."""
+
+    where: str
+    line: int
+    value: Any
+
+
+def read_jsonl(path: str | os.PathLike, what: str, *, arrays: bool = False, objects: bool = True
+               ) -> list[JsonRecord]:
+    """Every record of the JSON Lines file ``path`` (blank lines skipped); ``what`` names the kind of file in the
+    errors ("edit", "preference", ...). ``arrays``: a file whose text starts with ``[`` is one JSON array of
+    records (how ZsRE, CounterFact and RM-Bench are distributed). ``objects``: a record that is not a JSON object
+    is refused here (False: the caller says what it expected)."""
     p = Path(os.path.expanduser(str(path)))
     if not p.is_file():
-        raise UserError(f"{p}: {what} file not found (it does not exist)")
+        raise UserError(f"{what} file {p} does not exist")
     size = p.stat().st_size
     if size > MAX_FILE_BYTES:
         raise UserError(f"{p}: {size} bytes; {what} files of at most {MAX_FILE_BYTES} bytes are read")
     try:
-        text = p.read_bytes().decode("utf-8")
+        text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise UserError(f"{p}: not UTF-8 text (byte {exc.start + 1} cannot be decoded)") from None
+        raise UserError(f"{p}: not UTF-8 text ({exc})") from None
+    except OSError as exc:
+        raise UserError(f"{what} file {p} cannot be read ({exc.strerror or exc})") from None
+    records: list[JsonRecord] = []
     if arrays and text.lstrip().startswith("["):
-        values = _parse(text, f"{p}", 1)
-        if not isinstance(values, list):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{p}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+        except RecursionError:
+            raise UserError(f"{p}: JSON nested too deeply to read") from None
+        if not isinstance(rows, list):
             raise UserError(f"{p}: a JSON array of records was expected")
-        items = [(f"{p} record {i + 1}", i + 1, rec) for i, rec in enumerate(values)]
+        records = [JsonRecord(f"{p} record {i + 1}", i + 1, row) for i, row in enumerate(rows)]
     else:
-        items = []
         for n, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
-            if len(line) > MAX_LINE_BYTES:
-                raise UserError(f"{p}:{n}: a line of {len(line)} characters; lines of at most {MAX_LINE_BYTES} are read")
-            items.append((f"{p}:{n}", n, _parse(line, f"{p}:{n}", n)))
-    if not items:
-        raise UserError(f"{what} file {p} holds no {what}s")
-    for where, _, rec in items:
-        if not isinstance(rec, dict):
-            raise UserError(f"{where}: each {what} must be a JSON object, got {type(rec).__name__}")
-    return items
-
-
-def _parse(text: str, where: str, line: int) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        at = f" (line {exc.lineno}, column {exc.colno})" if exc.lineno != 1 or line == 1 else f" (column {exc.colno})"
-        raise UserError(f"{where}: invalid JSON: {exc.msg}{at}") from None
-    except RecursionError:
-        raise UserError(f"{where}: JSON nested too deeply to read") from None
+            if len(line) > MAX_LINE_CHARS:
+                raise UserError(f"{p}:{n}: a line of {len(line)} characters; lines of at most {MAX_LINE_CHARS} are read")
+            try:
+                records.append(JsonRecord(f"{p}:{n}", n, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{p}:{n}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+            except RecursionError:
+                raise UserError(f"{p}:{n}: JSON nested too deeply to read") from None
+    if not records:
+        raise UserError(f"{what} file {p} holds no records")
+    if objects:
+        for rec in records:
+            if not isinstance(rec.value, dict):
+                raise UserError(f"{rec.where}: expected a JSON object, got {type(rec.value).__name__}")
+    return records

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from lifelong.benchmarks.jsonl import read_records
+from lifelong.benchmarks.jsonl import read_jsonl
 from lifelong.platform.errors import UserError
 from lifelong.platform.registry import register
 
@@ -57,10 +57,6 @@ class Fact:
     target: str
     id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
-
-
-def _read_jsonl(path: str | Path, what: str) -> list[tuple[int, dict[str, Any]]]:
-    return [(line, rec) for _, line, rec in read_records(path, what, arrays=False)]
 
 
 _HUMAN = "\n\nHuman:"
@@ -126,7 +122,7 @@ def parse_pair(obj: dict[str, Any], where: str) -> PreferencePair:
 
 def load_preferences(path: str | Path) -> list[PreferencePair]:
     """Read a preference JSON Lines file (any of the three shapes, mixed freely)."""
-    return [parse_pair(obj, f"{path}:{lineno}") for lineno, obj in _read_jsonl(path, "preference")]
+    return [parse_pair(obj, where) for where, _, obj in read_jsonl(path, "preference")]
 
 
 def bundled_preferences(split: str = "train") -> list[PreferencePair]:
@@ -134,17 +130,16 @@ def bundled_preferences(split: str = "train") -> list[PreferencePair]:
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}; allowed values: {', '.join(SPLITS)}")
     out = []
-    for lineno, obj in _read_jsonl(BUNDLED_PREFERENCES, "preference"):
+    for where, _, obj in read_jsonl(BUNDLED_PREFERENCES, "preference"):
         if split == "all" or obj.get("split") == split:
-            out.append(parse_pair(obj, f"{BUNDLED_PREFERENCES}:{lineno}"))
+            out.append(parse_pair(obj, where))
     return out
 
 
 def load_facts(path: str | Path) -> list[Fact]:
     """Read a facts JSON Lines file: ``{"prompt": str, "target": str}`` a line (extra keys are kept)."""
     facts = []
-    for lineno, obj in _read_jsonl(path, "facts"):
-        where = f"{path}:{lineno}"
+    for where, _, obj in read_jsonl(path, "facts"):
         for key in ("prompt", "target"):
             if not isinstance(obj.get(key), str) or not obj[key].strip():
                 raise UserError(f"{where}: field {key!r} must be a non-empty string")

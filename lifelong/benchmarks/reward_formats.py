@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
-from lifelong.benchmarks.jsonl import read_records
+from lifelong.benchmarks.jsonl import read_jsonl
 from lifelong.benchmarks.preferences import PreferencePair, parse_pair
 from lifelong.platform.errors import UserError
 from lifelong.platform.registry import register
@@ -60,11 +60,6 @@ def judgebench_domain(source: str) -> str:
     if source.startswith("livecodebench"):
         return "coding"
     return source
-
-
-def _records(path: str | Path) -> list[tuple[str, Any]]:
-    """(where, object) for each record of a JSON Lines file or of a JSON array file."""
-    return [(where, rec) for where, _, rec in read_records(path, "preference")]
 
 
 def _text(obj: dict[str, Any], key: str, where: str) -> str:
@@ -121,7 +116,7 @@ def load_pairs(path: str | Path, format: str = "auto") -> list[PreferencePair]: 
     """Preference pairs from ``path`` in ``format`` (one of ``FORMATS``; ``auto``: told by the first record)."""
     if format not in FORMATS:
         raise UserError(f"unknown format {format!r}; allowed values: {', '.join(FORMATS)}")
-    records = _records(path)
+    records = [(where, obj) for where, _, obj in read_jsonl(path, "preference", arrays=True)]
     if format == "auto":
         format = detect_format(records[0][1])
     if format == "preferences":

@@ -14,17 +14,25 @@ in two splits. An edit record follows the edit-file format (``benchmarks/edits.p
 ``target`` its true class, ``paraphrases`` the gloss introduced by one of the synset's lemmas
 (``"lemma: gloss"``, at most two; a surface variant of the same input, never shown to the editor) and
 ``locality`` three test glosses (unrelated inputs whose prediction must not change).
+
+``make_gloss_classifier`` is the whole pipeline behind ``lifelong edit train-classifier``: load and split the
+glosses, train the classifier (``adapters/lm/text_classifier.py``), find the pool glosses it gets wrong, and write
+the classifier folder with its edit set (``edits.jsonl``) and retention set (``trr.jsonl``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
+import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 from lifelong.benchmarks.wordnet import LEXNAMES, find_wordnet, open_wordnet
+from lifelong.platform.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -108,3 +116,49 @@ def heldout_sentences(n: int = 200, *, root: str | os.PathLike | None = None, se
             sents += [e.strip() for e in re.findall(r'"([^"]+)"', gloss) if len(e.split()) >= 5]
     random.Random(seed).shuffle(sents)
     return sents[:n]
+
+
+def make_gloss_classifier(out: str | os.PathLike, *, wordnet_root: str | os.PathLike | None = None,
+                          train_per_class: int = 60, test_per_class: int = 20, pool_per_class: int = 60,
+                          epochs: int = 300, seed: int = 0, log: Callable[[str], None] | None = None
+                          ) -> dict[str, Any]:
+    """Train the gloss classifier and write it to the new folder ``out`` with its edit set (the pool glosses it
+    gets wrong, each with its true class as target) and its retention set (test glosses with labels, for TRR);
+    returns the training record (also in the folder's ``classifier.json``). Bad sizes and an existing ``out`` are
+    one-line ``UserError``s before any work."""
+    import torch  # the model half is heavy: loaded only when a classifier is made
+
+    from lifelong.adapters.lm.text_classifier import embed_texts, save_text_classifier, train_text_classifier
+
+    out = Path(out)
+    if out.exists():
+        raise UserError(f"classifier folder {out} exists; name a new folder")
+    sizes = {"train_per_class": train_per_class, "test_per_class": test_per_class, "pool_per_class": pool_per_class,
+             "epochs": epochs}
+    for name, value in sizes.items():
+        if value < 1:
+            raise UserError(f"{name} must be >= 1, got {value}")
+    say = log or (lambda message: None)
+    t0 = time.perf_counter()
+    glosses = load_glosses(wordnet_root)
+    splits = split_glosses(glosses, n_train=train_per_class, n_test=test_per_class, n_pool=pool_per_class, seed=seed)
+    names = class_names(splits["train"])
+    test = [g for g in splits["test"] if g.label in set(names)]
+    pool = [g for g in splits["pool"] if g.label in set(names)]
+    say(f"WordNet glosses: {len(glosses)} ({len(names)} classes); train {len(splits['train'])}, test {len(test)}, "
+        f"edit pool {len(pool)} ({time.perf_counter() - t0:.0f} s)")
+    model, tok, record = train_text_classifier([(g.text, g.label) for g in splits["train"]],
+                                               [(g.text, g.label) for g in test], names, epochs=epochs, seed=seed,
+                                               log=say)
+    with torch.no_grad():
+        pred = model.head(torch.from_numpy(embed_texts(model, tok, [g.text for g in pool]))).argmax(-1).tolist()
+    wrong = [g for g, k in zip(pool, pred) if names[k] != g.label]
+    record.update({"pool_accuracy": 1.0 - len(wrong) / max(len(pool), 1), "n_pool": len(pool), "n_edits": len(wrong),
+                   "split": {"train_per_class": train_per_class, "test_per_class": test_per_class,
+                             "pool_per_class": pool_per_class, "seed": seed},
+                   "task": "WordNet 3.0 gloss -> lexicographer file"})
+    edits = "".join(json.dumps(r) + "\n" for r in edit_records(wrong, test, seed=seed))
+    trr = "".join(json.dumps({"prompt": g.text, "target": g.label}) + "\n" for g in test)
+    save_text_classifier(model, tok, out, record, {"edits.jsonl": edits, "trr.jsonl": trr})
+    record["seconds"] = round(time.perf_counter() - t0, 1)
+    return record

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lifelong.benchmarks.edits import bundled_edits_path, load_edits, load_prompts
+from lifelong.benchmarks.edits import bundled_edits_path, load_edits, load_prompts, load_retention_set
+from lifelong.cli.options import add_device_options
 from lifelong.editing.bench import run_edit_bench
 from lifelong.editing.calibrate import calibrate_threshold
 from lifelong.editing.editor import MAX_TARGET_CHARS, EditRequest, check_edit_text, check_edit_tokens
@@ -27,15 +28,7 @@ from lifelong.editing.session import EditSession
 from lifelong.editing.store import EditStore
 from lifelong.platform import registry
 from lifelong.platform.config import build_config, parse_overrides
-from lifelong.platform.device import PRECISIONS
 from lifelong.platform.errors import UserError
-
-
-def _add_device_options(parser: argparse.ArgumentParser) -> None:
-    """``--device`` and ``--precision``, for the commands that load the model."""
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
-    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                        help="fp32 (default), bf16 or fp16 autocast; weights and stored edits stay float32")
 
 
 def _add_paper_metric_options(parser: argparse.ArgumentParser) -> None:
@@ -50,30 +43,8 @@ def _add_paper_metric_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _retention_set(path: str | None) -> list[tuple[str, str | None]] | None:
-    """The ``--trr-file`` records as (prompt, target or None); one-line errors naming the line."""
-    if path is None:
-        return None
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"--trr-file {p} does not exist")
-    out: list[tuple[str, str | None]] = []
-    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError as exc:
-            raise UserError(f"{p}:{i}: not JSON ({exc})") from None
-        if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str) or not rec["prompt"].strip():
-            raise UserError(f"{p}:{i}: a record needs a non-empty string 'prompt'")
-        target = rec.get("target")
-        if target is not None and not isinstance(target, str):
-            raise UserError(f"{p}:{i}: field 'target' must be a string")
-        check_edit_text(rec["prompt"], "prompt", f"{p}:{i}")
-        out.append((rec["prompt"], target))
-    if not out:
-        raise UserError(f"--trr-file {p} holds no records")
-    return out
+    """The ``--trr-file`` records as (prompt, target or None), or None without the flag."""
+    return None if path is None else load_retention_set(path)
 
 
 def _heldout_text(value: str | None) -> list[str] | None:
@@ -107,7 +78,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     ap.add_argument("--target")
     ap.add_argument("--file", help="JSON Lines edit file (also ZsRE / CounterFact); validated before any edit")
     ap.add_argument("--json", action="store_true", help="print JSON only")
-    _add_device_options(ap)
+    add_device_options(ap)
     ap.set_defaults(handler=cmd_apply)
 
     rb = sub.add_parser("rollback", help="roll edits back by id (rolling back twice is a no-op)")
@@ -128,7 +99,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--file", help="one prompt per line; one JSON object per line out, same order")
     gen.add_argument("--max-new-tokens", type=int, default=16)
     gen.add_argument("--json", action="store_true")
-    _add_device_options(gen)
+    add_device_options(gen)
     gen.set_defaults(handler=cmd_generate)
 
     ev = sub.add_parser("eval", help="reliability, generalization and locality of the store's active edits "
@@ -138,7 +109,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--file", required=True, help="edit file with the paraphrases and locality prompts")
     _add_paper_metric_options(ev)
     ev.add_argument("--json", action="store_true")
-    _add_device_options(ev)
+    add_device_options(ev)
     ev.set_defaults(handler=cmd_eval)
 
     ex = sub.add_parser("export", help="write one SoLA edit as a PEFT LoRA adapter folder")
@@ -155,22 +126,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     im.add_argument("--target", required=True, help="what the adapter makes the model say (recorded in the store)")
     im.add_argument("--model", default=None)
     im.add_argument("--json", action="store_true")
-    _add_device_options(im)
+    add_device_options(im)
     im.set_defaults(handler=cmd_import)
-
-    tc = sub.add_parser("train-classifier",
-                        help="train the WordNet-gloss classifier (MiniLM encoder + linear head) into a run folder "
-                             "that apply/eval/bench edit with --model")
-    tc.add_argument("--out", required=True, help="new folder: weights, config, edits.jsonl, trr.jsonl")
-    tc.add_argument("--train-per-class", type=int, default=60, help="training glosses per class (default 60)")
-    tc.add_argument("--test-per-class", type=int, default=20, help="held-out TRR glosses per class (default 20)")
-    tc.add_argument("--pool-per-class", type=int, default=60,
-                    help="glosses per class whose misclassified ones become edits (default 60)")
-    tc.add_argument("--epochs", type=int, default=300)
-    tc.add_argument("--seed", type=int, default=0)
-    tc.add_argument("--wordnet-root", default=None, help="WordNet 3.0 folder (default: /usr/share/wordnet)")
-    tc.add_argument("--json", action="store_true")
-    tc.set_defaults(handler=cmd_train_classifier)
 
     be = sub.add_parser("bench", help="sequential editing benchmark on a fresh store, with rollback of half")
     be.add_argument("--editor", required=True)
@@ -185,7 +142,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     be.add_argument("--model", default=None)
     be.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     be.add_argument("--json", action="store_true", help="print results.json instead of the summary")
-    _add_device_options(be)
+    add_device_options(be)
     be.set_defaults(handler=cmd_bench)
 
     ca = sub.add_parser("calibrate", help="choose SoLA's routing threshold on a development edit file (paraphrases "
@@ -200,8 +157,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     ca.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="SoLA config of the store to be (key_layer, key_module, key_pooling, center_keys, layers)")
     ca.add_argument("--json", action="store_true", help="print JSON only")
-    _add_device_options(ca)
+    add_device_options(ca)
     ca.set_defaults(handler=cmd_calibrate)
+
+    _add_data_parsers(sub)
+
+
+def _add_data_parsers(sub: argparse._SubParsersAction) -> None:
+    """The two commands that make data from WordNet: a classifier with its edit set, a counterfactual edit set."""
+    tc = sub.add_parser("train-classifier",
+                        help="train the WordNet-gloss classifier (MiniLM encoder + linear head) into a run folder "
+                             "that apply/eval/bench edit with --model")
+    tc.add_argument("--out", required=True, help="new folder: weights, config, edits.jsonl, trr.jsonl")
+    tc.add_argument("--train-per-class", type=int, default=60, help="training glosses per class (default 60)")
+    tc.add_argument("--test-per-class", type=int, default=20, help="held-out TRR glosses per class (default 20)")
+    tc.add_argument("--pool-per-class", type=int, default=60,
+                    help="glosses per class whose misclassified ones become edits (default 60)")
+    tc.add_argument("--epochs", type=int, default=300)
+    tc.add_argument("--seed", type=int, default=0)
+    tc.add_argument("--wordnet-root", default=None, help="WordNet 3.0 folder (default: /usr/share/wordnet)")
+    tc.add_argument("--json", action="store_true")
+    tc.set_defaults(handler=cmd_train_classifier)
 
     ms = sub.add_parser("make-set", help="write a counterfactual edit set built from WordNet 3.0 (JSON Lines, the "
                                          "format apply/eval --file read; docs/editing.md)")
@@ -386,10 +362,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_train_classifier(args: argparse.Namespace) -> int:
-    """Train the gloss classifier and write it with its edit set (the held-out glosses it gets wrong, each with
-    its true class as target) and its retention set (test glosses with labels, for TRR)."""
-    from lifelong.adapters.lm.text_classifier import embed_texts, save_text_classifier, train_text_classifier
-    from lifelong.benchmarks.wordnet_glosses import class_names, edit_records, load_glosses, split_glosses
+    """Train the gloss classifier and write it with its edit set and retention set
+    (``benchmarks.wordnet_glosses.make_gloss_classifier``)."""
+    from lifelong.benchmarks.wordnet_glosses import make_gloss_classifier
 
     out = Path(args.out)
     if out.exists():
@@ -397,37 +372,15 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
     for name in ("train_per_class", "test_per_class", "pool_per_class", "epochs"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    t0 = time.perf_counter()
-    glosses = load_glosses(args.wordnet_root)
-    splits = split_glosses(glosses, n_train=args.train_per_class, n_test=args.test_per_class,
-                           n_pool=args.pool_per_class, seed=args.seed)
-    names = class_names(splits["train"])
-    test = [g for g in splits["test"] if g.label in set(names)]
-    pool = [g for g in splits["pool"] if g.label in set(names)]
-    print(f"WordNet glosses: {len(glosses)} ({len(names)} classes); train {len(splits['train'])}, "
-          f"test {len(test)}, edit pool {len(pool)} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
-    model, tok, record = train_text_classifier([(g.text, g.label) for g in splits["train"]],
-                                               [(g.text, g.label) for g in test], names, epochs=args.epochs,
-                                               seed=args.seed, log=lambda m: print(m, file=sys.stderr))
-    import torch
-
-    with torch.no_grad():
-        pred = model.head(torch.from_numpy(embed_texts(model, tok, [g.text for g in pool]))).argmax(-1).tolist()
-    wrong = [g for g, k in zip(pool, pred) if names[k] != g.label]
-    record.update({"pool_accuracy": 1.0 - len(wrong) / max(len(pool), 1), "n_pool": len(pool), "n_edits": len(wrong),
-                   "split": {"train_per_class": args.train_per_class, "test_per_class": args.test_per_class,
-                             "pool_per_class": args.pool_per_class, "seed": args.seed},
-                   "task": "WordNet 3.0 gloss -> lexicographer file"})
-    edits = "".join(json.dumps(r) + "\n" for r in edit_records(wrong, test, seed=args.seed))
-    trr = "".join(json.dumps({"prompt": g.text, "target": g.label}) + "\n" for g in test)
-    save_text_classifier(model, tok, out, record, {"edits.jsonl": edits, "trr.jsonl": trr})
-    record["seconds"] = round(time.perf_counter() - t0, 1)
+    record = make_gloss_classifier(out, wordnet_root=args.wordnet_root, train_per_class=args.train_per_class,
+                                   test_per_class=args.test_per_class, pool_per_class=args.pool_per_class,
+                                   epochs=args.epochs, seed=args.seed, log=lambda m: print(m, file=sys.stderr))
     if args.json:
         print(json.dumps({"out": str(out), **record}))
     else:
-        print(f"trained {out}: test accuracy {record['test_accuracy']:.3f} ({len(test)} glosses), train "
-              f"{record['train_accuracy']:.3f}; {len(wrong)} misclassified held-out glosses in {out / 'edits.jsonl'}, "
-              f"retention set {out / 'trr.jsonl'} ({record['seconds']:.0f} s)")
+        print(f"trained {out}: test accuracy {record['test_accuracy']:.3f} ({record['n_test']} glosses), train "
+              f"{record['train_accuracy']:.3f}; {record['n_edits']} misclassified held-out glosses in "
+              f"{out / 'edits.jsonl'}, retention set {out / 'trr.jsonl'} ({record['seconds']:.0f} s)")
     return 0
 
 

@@ -6,20 +6,14 @@ reports accuracy per domain and, for RM-Bench, per easy/normal/hard level.
 Every input is checked before any work starts; a trained model is written atomically at the end, so a failed
 run leaves no half-written model folder.
 
-Scorers are reached only through the registry, never imported by name: ``train`` builds one with
-``create("scorer", NAME, ...)`` and calls its ``fit(pairs)`` and ``save(folder)``; ``score`` and ``eval`` read the
-scorer name that the saved folder's ``config.json`` records (key ``scorer``) and call ``load(folder)`` on that
-scorer's registered factory (a classmethod when the factory is a class). The loaded scorer needs ``score(prompt,
-response)`` (a result with ``reward``, ``contributions``, ``branch_texts`` and ``as_dict()``) and
-``evaluate(pairs)``. A scorer whose factory says ``trains_nothing`` (``grm``) may be named instead of a folder:
-``eval --model grm`` builds it with its default config.
+Scorers are reached only through the registry, never imported by name; what the commands call on them (``fit``,
+``save``, ``load``, ``score``, ``evaluate``, ``trains_nothing``) is the scorer contract, ``lifelong.scorers.base``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,8 +23,7 @@ from lifelong.benchmarks.reward_formats import FORMATS, grouped_report, load_pai
 from lifelong.platform.config import deep_merge, load_yaml, parse_overrides
 from lifelong.platform.errors import UserError
 from lifelong.platform.registry import RegistryError, create, get
-
-SAVED_CONFIG = "config.json"
+from lifelong.scorers.base import load_scorer, read_meta
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -95,7 +88,6 @@ def load_saved_scorer(folder: str | Path) -> tuple[str, Any]:
     A folder that is not a saved scorer raises a one-line UserError naming the folder and what is wrong.
     """
     folder = Path(folder)
-    hint = "make one with `lifelong reward train`"
     if not folder.exists() and "/" not in str(folder):  # a scorer that trains nothing, named instead of a folder
         try:
             spec = get("scorer", str(folder))
@@ -103,32 +95,8 @@ def load_saved_scorer(folder: str | Path) -> tuple[str, Any]:
             spec = None
         if spec is not None and getattr(spec.factory, "trains_nothing", False):
             return spec.name, create("scorer", spec.name)
-    aside = folder.parent / f".{folder.name}.old"  # a save killed between its two renames (scorers' save docs)
-    if not folder.exists() and aside.is_dir():
-        os.replace(aside, folder)
-    if not folder.is_dir():
-        problem = "it does not exist" if not folder.exists() else "it is not a folder"
-        raise UserError(f"{folder}: not a trained reward model ({problem}; {hint})")
-    meta_path = folder / SAVED_CONFIG
-    if not meta_path.is_file():
-        raise UserError(f"{folder}: not a trained reward model (no {SAVED_CONFIG}; {hint})")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{folder}: not a trained reward model ({SAVED_CONFIG} cannot be read: {exc})") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{folder}: not a trained reward model ({SAVED_CONFIG} is not valid JSON: {exc.msg})") from None
-    name = meta.get("scorer") if isinstance(meta, dict) else None
-    if not isinstance(name, str) or not name:
-        raise UserError(f"{folder}: not a trained reward model ({SAVED_CONFIG} names no scorer; {hint})")
-    try:
-        spec = get("scorer", name)
-    except RegistryError as exc:
-        raise UserError(f"{folder}: saved by a scorer that is not installed: {exc}") from None
-    load = getattr(spec.factory, "load", None)
-    if not callable(load):
-        raise UserError(f"{folder}: scorer {name!r} ({spec.module}) has no load(folder), so it cannot be read back")
-    return name, load(folder)
+    name = read_meta(folder)["scorer"]  # the contract's one-line errors for a folder that is not a saved scorer
+    return name, load_scorer(folder)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -196,7 +164,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_sbm_train(args: argparse.Namespace) -> int:
     from lifelong.platform.config import build_config
-    from lifelong.scorers.sbm import DIMENSIONS, SBMTrainConfig, train_sbm
+    from lifelong.scorers.branches.sbm import DIMENSIONS
+    from lifelong.scorers.branches.sbm_train import SBMTrainConfig, train_sbm
 
     if args.branch not in DIMENSIONS:
         raise UserError(f"unknown SBM branch {args.branch!r}; allowed values: {', '.join(DIMENSIONS)}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lifelong.cli.edit import _add_device_options
+from lifelong.cli.options import add_device_options
 from lifelong.editing.session import EditSession
 from lifelong.platform.config import parse_overrides
 from lifelong.platform.errors import UserError
@@ -35,7 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     help="dynamic batching: generate up to N concurrent requests together (default 1: one at a time)")
     sv.add_argument("--batch-wait-ms", type=float, default=10.0,
                     help="with --max-batch > 1: how long a request waits for others to join its batch")
-    _add_device_options(sv)
+    add_device_options(sv)
     sv.set_defaults(handler=cmd_serve)
 
 

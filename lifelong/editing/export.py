@@ -23,14 +23,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 from lifelong.editing.session import EditSession
 from lifelong.editing.store import EditStore
 from lifelong.platform import registry
-from lifelong.platform.atomic import fsync_dir, fsync_tree
+from lifelong.platform.atomic import atomic_folder
 from lifelong.platform.config import build_config
 from lifelong.platform.errors import UserError
 
@@ -68,23 +67,13 @@ def export_peft(store: str | os.PathLike, edit_id: int, out: str | os.PathLike) 
         kwargs, state = to_peft(config, tensors)
     except ValueError as exc:
         raise UserError(f"edit {rec.id}: {exc}") from None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with atomic_folder(out, replace=False, what="--out") as tmp:  # an empty ``out`` is replaced, a full one refused
         LoraConfig(base_model_name_or_path=model_name, **kwargs).save_pretrained(str(tmp))
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
         (tmp / EDIT_INFO).write_text(json.dumps({
             "edit_id": rec.id, "prompt": rec.prompt, "target": rec.target, "status": rec.status,
             "editor": rec.editor, "store": str(store_path), "model_name": model_name,
         }, indent=1) + "\n")
-        fsync_tree(tmp)
-        if out.exists():
-            out.rmdir()  # empty (checked above)
-        os.replace(tmp, out)
-        fsync_dir(out.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

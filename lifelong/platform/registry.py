@@ -3,8 +3,9 @@
 Learned from timm (``register`` on factories, ``create(name)``, ``list(pattern)``), PEFT (a config class that
 carries its method's name) and pytest/pluggy (entry points, one broken plugin never breaks the run, a switch
 to turn autoload off). The platform never imports a method by name: built-in plugins are the public modules of
-the plugin packages (``BUILTIN_PACKAGES``: strategies, editors, scorers, benchmarks, components), third-party
-plugins are entry points in the ``lifelong.plugins`` group, and both are imported lazily on the first lookup.
+the plugin packages (``BUILTIN_PACKAGES``: strategies, editors, scorers and their branches, benchmarks,
+components), third-party plugins are entry points in the ``lifelong.plugins`` group, and both are imported
+lazily on the first lookup.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ BENCHMARK_KINDS: tuple[str, ...] = ("stream", "preference-pairs")
 ENTRY_POINT_GROUP = "lifelong.plugins"
 DISABLE_AUTOLOAD_ENV = "LIFELONG_DISABLE_PLUGIN_AUTOLOAD"
 BUILTIN_PACKAGES: tuple[str, ...] = ("lifelong.benchmarks", "lifelong.components", "lifelong.strategies", "lifelong.editors",
-                                     "lifelong.scorers")
+                                     "lifelong.scorers", "lifelong.scorers.branches")
 _NAME_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 
 

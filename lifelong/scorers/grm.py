@@ -26,8 +26,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -35,17 +33,16 @@ from typing import Any, Sequence
 import numpy as np
 
 from lifelong.adapters.lm.model_pool import get_llm, use_lock
-from lifelong.platform.atomic import atomic_write_text, fsync_dir
+from lifelong.platform.atomic import atomic_folder, atomic_write_text
 from lifelong.platform.config import to_dict
 from lifelong.platform.device import resolve_device
 from lifelong.platform.errors import UserError
 from lifelong.platform.registry import create, register
-from lifelong.scorers._branches import CACHE_FILE, BranchCache, default_cache_path
-from lifelong.scorers._lm_backbone import chat_prompt, first_token_ids
-from lifelong.scorers._reward_model import _put_in_place, _restore_aside
+from lifelong.scorers.base import CONFIG_FILE, ScoreResult, read_meta
+from lifelong.scorers.branches import CACHE_FILE, BranchCache, default_cache_path
+from lifelong.scorers.lm_backbone import chat_prompt, first_token_ids
 
 FORMAT_VERSION = 1
-CONFIG_FILE = "config.json"
 JUDGE_TEMPLATE = (
     "Which response answers the question better: correct, on topic, fluent and in the requested form?\n\n"
     "Question: {prompt}\n\nResponse A: {a}\n\nResponse B: {b}\n\n"
@@ -159,7 +156,7 @@ class GenerativeRewardModel:
         """How much the judge prefers ``a`` to ``b`` as an answer to ``prompt`` (> 0: ``a``), in log-probability."""
         return self.compare_many([(prompt, a, b)])[0]
 
-    def score(self, prompt: str, response: str) -> Any:
+    def score(self, prompt: str, response: str) -> ScoreResult:
         """Refused: a generative RM compares two responses and gives no reward for one."""
         raise UserError("grm compares two responses and gives no reward for a single one: use `lifelong reward eval` "
                         "(or GenerativeRewardModel.compare(prompt, a, b) in Python)")
@@ -203,29 +200,16 @@ class GenerativeRewardModel:
         config = to_dict(self.config)
         config.pop("device", None)
         meta = {"format_version": FORMAT_VERSION, "scorer": "grm", "config": config, "training": self.training}
-        _restore_aside(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:12]}.tmp"
-        tmp.mkdir()
-        try:
+        with atomic_folder(out, what="--out") as tmp:  # a crash leaves the old folder or the new one
             atomic_write_text(tmp / CONFIG_FILE, json.dumps(meta, indent=2))
-            fsync_dir(tmp)
-            _put_in_place(tmp, out)  # the reward models' one-step replace (a crash leaves the old or the new)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
         return out
 
     @classmethod
     def load(cls, folder: str | os.PathLike, **overrides: Any) -> "GenerativeRewardModel":
         """The judge a folder written by ``save`` describes (its config); ``overrides`` replace config keys."""
-        _restore_aside(Path(folder))
         path = Path(folder) / CONFIG_FILE
-        try:
-            meta = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise UserError(f"{path}: cannot read a grm config ({exc})") from None
-        if not isinstance(meta, dict) or meta.get("scorer") != "grm" or not isinstance(meta.get("config"), dict):
+        meta = read_meta(folder)  # the contract's checks: a folder, a readable config.json that names a scorer
+        if meta.get("scorer") != "grm" or not isinstance(meta.get("config"), dict):
             raise UserError(f"{path}: not a grm config")
         model = create("scorer", "grm", **{**meta["config"], **overrides})
         model.training = dict(meta.get("training") or {})

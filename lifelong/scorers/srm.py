@@ -11,13 +11,13 @@ the Bradley-Terry loss P(chosen ≻ rejected) = σ(s_c − s_r); branches are mo
 Where this departs or fills gaps the paper leaves open:
 - The paper's SBMs are LLMs fine-tuned (LoRA) on best-of-N data judged by a strong LLM. No such data or model
   is available offline here, so the branches are real but untrained feature generators
-  (``lifelong/scorers/_branches/``): sentence-embedding relevance (``semantic``), agreement with a
+  (``lifelong/scorers/branches/``): sentence-embedding relevance (``semantic``), agreement with a
   knowledge source, i.e. fact files and/or an EditStore's active edits (``fact-check``), surface and
   format-following features (``style``), the local LM's likelihood (``fluency``), and the local LM asked a
   judging question, its answer kept as text (``quality``). Each gives a short text and a few numbers.
   The generative SBMs the paper describes are built too, as separate branches (``sbm-*``,
-  ``lifelong/scorers/sbm.py``: the LM with one LoRA adapter per dimension, best-of-N by a reference-based judge,
-  then SFT).
+  ``lifelong/scorers/branches/sbm.py`` and ``sbm_train.py``: the LM with one LoRA adapter per dimension, best-of-N
+  by a reference-based judge, then SFT).
 - The reward model reads the joined text through a frozen all-MiniLM-L6-v2 encoder and a small MLP (the
   paper fine-tunes a larger RM). The branch numbers enter as one linear term per branch, so the reward is an
   exact sum of per-dimension contributions (the text term plus one per branch): the "why" a user sees.
@@ -26,19 +26,18 @@ Where this departs or fills gaps the paper leaves open:
 - ``scalar-rm`` is the same encoder and head with no branches, trained on the same pairs the same way.
 - ``backbone=lm`` (both scorers) is the paper's language-model reward model: the causal LM (default SmolLM2-135M)
   reads the joined text, a scalar head on its last token gives the text term, and LoRA on its top layers is
-  trained with the head (``lifelong/scorers/_lm_backbone.py`` says where it departs). ``scalar-rm backbone=lm``
+  trained with the head (``lifelong/scorers/lm_backbone.py`` says where it departs). ``scalar-rm backbone=lm``
   and ``srm backbone=lm`` are then the paper's comparison: the same backbone without and with branch texts.
 
 Python API (docs/reward.md)::
 
     rm = create("scorer", "srm", branches=["semantic", "style"])
     rm.fit(bundled_preferences("train")); rm.save("runs/srm")
-    rm = load_scorer("runs/srm"); rm.score(prompt, response).contributions
+    rm = load_scorer("runs/srm"); rm.score(prompt, response).contributions   # lifelong.scorers.base
 
-The registered factories are classes with a ``load(folder)`` classmethod: ``lifelong reward score|eval`` read
-the scorer name a saved folder records and call ``registry.get("scorer", name).factory.load(folder)``. This
-module also re-exports the side-branch API (``Branch``, ``BranchOutput``, ``BranchCache``, ``run_branches``,
-``make_branches``, ``BRANCH_NAMES`` and the branch classes) for code outside the scorers package.
+This module holds only the two plugins and their configs. The engine they run on is ``reward_model.py`` (and
+``lm_backbone.py`` for ``backbone=lm``), the side-branch API is ``lifelong.scorers.branches``, and the contract
+both follow is ``lifelong.scorers.base``.
 """
 
 from __future__ import annotations
@@ -50,33 +49,10 @@ from typing import Any
 
 from lifelong.platform.device import check_precision
 from lifelong.platform.registry import register
-from lifelong.scorers._branches import (
-    BRANCH_NAMES,
-    Branch,
-    BranchCache,
-    BranchOutput,
-    BranchSettings,
-    EntityBackgroundBranch,
-    FactCheckBranch,
-    FluencyBranch,
-    QualityBranch,
-    SemanticBranch,
-    StyleBranch,
-    branch_names,
-    branch_spec,
-    build_branch_config,
-    entity_background,
-    make_branches,
-    run_branches,
-)
-from lifelong.scorers._reward_model import RewardModel, RewardResult
+from lifelong.scorers.branches import BranchSettings, branch_spec, build_branch_config
+from lifelong.scorers.reward_model import RewardModel
 
-__all__ = [
-    "BRANCH_NAMES", "DEFAULT_BRANCHES", "Branch", "BranchCache", "BranchOutput", "BranchSettings", "FactCheckBranch",
-    "FluencyBranch", "QualityBranch", "RewardModel", "RewardResult", "SRMConfig", "ScalarRMConfig", "SemanticBranch",
-    "StructuralRewardModel", "ScalarRewardModel", "StyleBranch", "EntityBackgroundBranch", "branch_names",
-    "build_branch_config", "entity_background", "load_scorer", "make_branches", "run_branches",
-]
+__all__ = ["BACKBONES", "DEFAULT_BRANCHES", "SRMConfig", "ScalarRMConfig", "ScalarRewardModel", "StructuralRewardModel"]
 
 # ``quality`` is opt-in: on CPU it is the slowest branch (a generation per response) and the 135M local model is
 # a weak judge (bench/srm_compare.py measures what it adds); turn it on with branches=[..., quality].
@@ -212,8 +188,3 @@ class ScalarRewardModel(RewardModel):
     def __init__(self, config: ScalarRMConfig) -> None:
         super().__init__("scalar-rm", config)
 
-
-def load_scorer(folder: str | Path, **overrides: Any) -> RewardModel:
-    """Load a trained ``srm`` or ``scalar-rm`` saved by ``RewardModel.save`` (``config.json`` + ``head.safetensors``);
-    ``overrides`` replace config keys (e.g. ``device="cpu"``)."""
-    return RewardModel.load(folder, **overrides)

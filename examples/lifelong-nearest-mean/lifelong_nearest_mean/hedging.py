@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from lifelong import register
-from lifelong.scorers.srm import Branch, BranchOutput
+from lifelong.scorers.branches import Branch, BranchOutput
 
 HEDGES = ("maybe", "perhaps", "possibly", "i think", "i believe", "not sure", "might be", "could be", "probably")
 

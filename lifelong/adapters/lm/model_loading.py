@@ -17,12 +17,10 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from lifelong.platform.atomic import atomic_write_text, file_sha256, fsync_dir, fsync_tree
+from lifelong.platform.atomic import atomic_folder, atomic_write_text, file_sha256, recover_folder
 from lifelong.platform.errors import UserError
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -241,6 +239,7 @@ def _load_hf(source: str, dtype: Any, local_only: bool = False) -> tuple[Any, An
 def _load_gguf_cached(gguf: Path, name: str, dtype: Any, cache_dir: str | os.PathLike | None) -> tuple[Any, Any]:
     gguf_sha = _gguf_sha(gguf, cache_root(cache_dir))
     entry = cache_root(cache_dir) / f"gguf-{gguf_sha[:32]}"
+    recover_folder(entry)  # an entry a killed build left aside is put back (and checked below like any other)
     manifest_path = entry / "lifelong-cache.json"
     if manifest_path.is_file():
         try:
@@ -281,7 +280,7 @@ def _gguf_sha(gguf: Path, root: Path) -> str:
 
 
 def _build_gguf_cache(gguf: Path, gguf_sha: str, entry: Path, name: str, dtype: Any) -> tuple[Any, Any]:
-    """Dequantise the GGUF file once and write an HF folder atomically (temp folder, then rename)."""
+    """Dequantise the GGUF file once and write an HF folder atomically (``atomic_folder``)."""
     import torch
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -308,9 +307,9 @@ def _build_gguf_cache(gguf: Path, gguf_sha: str, entry: Path, name: str, dtype: 
         state.pop("lm_head.weight", None)
     ident = weights_sha256(model)
     try:
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=".build-"))
-        try:
+        # a whole folder or none (a stale entry is replaced); a race with another process building the same entry
+        # ends with one of the two, both as good
+        with atomic_folder(entry, what="model cache entry") as tmp:
             model.config.save_pretrained(tmp)
             if getattr(model, "generation_config", None) is not None:
                 model.generation_config.save_pretrained(tmp)
@@ -324,19 +323,8 @@ def _build_gguf_cache(gguf: Path, gguf_sha: str, entry: Path, name: str, dtype: 
                 "weights_sha256": ident,
             }
             (tmp / "lifelong-cache.json").write_text(json.dumps(manifest, indent=1))
-            if entry.exists():
-                shutil.rmtree(entry, ignore_errors=True)
-            try:
-                fsync_tree(tmp)
-                os.replace(tmp, entry)
-                fsync_dir(entry.parent)
-            except OSError:  # another process won the race: its entry is as good as ours
-                shutil.rmtree(tmp, ignore_errors=True)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    except OSError:
-        pass  # no writable cache: the model still loads, only more slowly next time
+    except (OSError, UserError):
+        pass  # no writable cache (or a file in its way): the model still loads, only more slowly next time
     model = model.to(dtype)
     _set_identity(model, name, ident)
     return model, tok

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +27,7 @@ import torch
 from torch import nn
 
 from lifelong.adapters.lm.encoder_files import encoder_path
-from lifelong.platform.atomic import atomic_write_text, fsync_tree
+from lifelong.platform.atomic import atomic_folder, atomic_write_text
 from lifelong.platform.errors import UserError
 
 CLASSIFIER_FILE = "classifier.json"
@@ -132,16 +130,15 @@ def train_text_classifier(train: Sequence[tuple[str, str]], test: Sequence[tuple
 
 def save_text_classifier(model: TextClassifier, tokenizer: Any, out: str | os.PathLike, record: dict[str, Any],
                          extra_files: dict[str, str] | None = None) -> Path:
-    """Write the folder atomically (a temporary sibling renamed into place), with ``extra_files`` (name -> text,
-    e.g. the edit and retention sets made with it); an existing folder is refused."""
+    """Write the folder atomically (``atomic_folder``: a temporary sibling, fsynced, renamed into place, the parent
+    fsynced), with ``extra_files`` (name -> text, e.g. the edit and retention sets made with it); an existing
+    folder is refused."""
     from safetensors.torch import save_file
 
     out = Path(out)
     if out.exists():
         raise UserError(f"--out {out} exists; name a new folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with atomic_folder(out, replace=False, what="--out") as tmp:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"))
         model.config.to_json_file(str(tmp / "config.json"))
@@ -151,11 +148,6 @@ def save_text_classifier(model: TextClassifier, tokenizer: Any, out: str | os.Pa
         atomic_write_text(tmp / CLASSIFIER_FILE, json.dumps(meta, indent=1))
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-        fsync_tree(tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from lifelong.adapters.lm.model_loading import DEFAULT_MODEL
 from lifelong.adapters.lm.model_pool import Device, get_llm, use_lock
 from lifelong.platform.registry import register
-from lifelong.scorers._branches.base import Branch, BranchOutput, Item
+from lifelong.scorers.branches.base import Branch, BranchOutput, Item
 
 
 @dataclass

@@ -4,36 +4,29 @@ The text part embeds ``prompt / response / branch texts`` joined into one string
 (all-MiniLM-L6-v2) and scores it with a small MLP; each branch's standardised features get their own linear
 term. The reward is the sum of these terms, so every dimension's contribution is reported and they add up to
 the reward exactly. ``scalar-rm`` is the same model with no branches (only the text term over prompt and
-response). The side branches that produce the branch texts and features are in ``lifelong.scorers._branches``;
+response). The side branches that produce the branch texts and features are in ``lifelong.scorers.branches``;
 docs/reward.md describes the model and its saved folder.
 
 ``backbone=lm`` replaces the sentence encoder and MLP of the text term by a causal language model with LoRA and a
-scalar head on the last token (``lifelong.scorers._lm_backbone``), trained end to end with the same loss; the
+scalar head on the last token (``lifelong.scorers.lm_backbone``), trained end to end with the same loss; the
 branch terms are unchanged. Its saved weights are the LoRA and the head only (the frozen base is named by its
 identity in ``config.json``).
 
 Saved folder (``save`` / ``load``): ``config.json`` (format version, the registered scorer name, its config,
 the branches and their feature names, training summary, and ``head_sha256``, the SHA-256 of the weights file)
-and ``head.safetensors`` (the head's weights). The folder is always written as a whole under a temporary name
-(each file through ``lifelong.platform.atomic``, fsynced) and then put in place in one step: renamed, or, over an
-existing model, swapped with it by ``renameat2(RENAME_EXCHANGE)`` (Linux) and the old one removed. Where the swap
-is not available it takes two renames (old model aside, new one in); a process killed between them leaves the old
-model whole beside the folder, and the next ``load`` or ``save`` puts it back. So a crash leaves the old model or
-the new one, never a mix. ``load`` refuses (one line) a weights file that does not match ``head_sha256`` (a
-changed byte, a truncated file, weights from another save) and weights that are not all finite; ``save`` refuses
-non-finite weights (a diverged training) before writing anything.
+and ``head.safetensors`` (the head's weights). The folder is written whole by ``lifelong.platform.atomic.
+atomic_folder`` (a temporary sibling, fsynced, swapped with an existing model in one step), so a crash leaves the
+old model or the new one, never a mix. ``load`` refuses (one line) a weights file that does not match
+``head_sha256`` (a changed byte, a truncated file, weights from another save) and weights that are not all finite;
+``save`` refuses non-finite weights (a diverged training) before writing anything. The scorer contract these
+models follow (``fit``, ``score``, ``evaluate``, ``save``, ``load``) is ``lifelong.scorers.base``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import errno
 import json
 import os
-import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -43,17 +36,17 @@ import torch
 from torch import nn
 
 from lifelong.adapters.lm.model_pool import encode
-from lifelong.platform.atomic import atomic_write_text, atomic_write_with, file_sha256, fsync_dir
+from lifelong.platform.atomic import atomic_folder, atomic_write_text, atomic_write_with, file_sha256
 from lifelong.platform.config import to_dict
 from lifelong.platform.device import LossScaler, autocast, resolve_device
 from lifelong.platform.errors import UserError
 from lifelong.platform.registry import create
-from lifelong.scorers._branches import CACHE_FILE, BranchCache, default_cache_path, make_branches, run_branches
-from lifelong.scorers._lm_backbone import LMBackbone
+from lifelong.scorers.branches import CACHE_FILE, BranchCache, default_cache_path, make_branches, run_branches
+from lifelong.scorers.base import CONFIG_FILE, ScoreResult, read_meta
+from lifelong.scorers.lm_backbone import LMBackbone
 
 FORMAT_VERSION = 1
 TEXT_TERM = "text"
-CONFIG_FILE = "config.json"
 HEAD_FILE = "head.safetensors"
 
 
@@ -116,18 +109,6 @@ class RewardHead(nn.Module):
 
 
 @dataclass
-class RewardResult:
-    """A reward with its explanation: each term's contribution (they sum to ``reward``) and the branch texts."""
-
-    reward: float
-    contributions: dict[str, float]
-    branch_texts: dict[str, str]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"reward": self.reward, "contributions": self.contributions, "branch_texts": self.branch_texts}
-
-
-@dataclass
 class _Features:
     emb: torch.Tensor
     feats: dict[str, torch.Tensor]
@@ -137,8 +118,12 @@ class _Features:
 class RewardModel:
     """A trainable, savable reward model; ``scorer`` is its registry name, ``config`` its typed config.
 
-    ``RewardModel.load(folder)`` reads back a folder written by ``save``.
+    ``RewardModel.load(folder)`` reads back a folder written by ``save``. It follows the ``Scorer`` contract
+    (``lifelong.scorers.base``).
     """
+
+    #: a reward model learns from the pairs: a folder written by ``save`` stands for it, not its name
+    trains_nothing = False
 
     def __init__(self, scorer: str, config: Any) -> None:
         self.scorer = scorer
@@ -151,7 +136,7 @@ class RewardModel:
             facts=list(getattr(config, "facts", [])), store=getattr(config, "store", None),
             fact_threshold=getattr(config, "fact_threshold", 0.6), batch_size=getattr(config, "llm_batch_size", 16),
             device=self.device, branch_config=getattr(config, "branch_config", None))
-        #: ``encoder`` (frozen sentence encoder + MLP) or ``lm`` (causal LM + LoRA + head, ``_lm_backbone``)
+        #: ``encoder`` (frozen sentence encoder + MLP) or ``lm`` (causal LM + LoRA + head, ``lm_backbone``)
         self.backbone: str = getattr(config, "backbone", "encoder")
         self.lm: LMBackbone | None = None
         if self.backbone == "lm":
@@ -278,7 +263,7 @@ class RewardModel:
             raise UserError(f"scorer {self.scorer!r} is not trained: train it first (lifelong reward train)")
         return self.head
 
-    def score_many(self, items: Sequence[tuple[str, str]]) -> list[RewardResult]:
+    def score_many(self, items: Sequence[tuple[str, str]]) -> list[ScoreResult]:
         """Rewards with per-term contributions for many (prompt, response) pairs."""
         head = self._require_head()
         if not items:
@@ -290,10 +275,10 @@ class RewardModel:
         out = []
         for i in range(len(items)):
             contrib = {n: float(terms[i, j]) for j, n in enumerate(names)}
-            out.append(RewardResult(float(terms[i].sum()), contrib, {n: f.texts[n][i] for n in self.branch_names}))
+            out.append(ScoreResult(float(terms[i].sum()), contrib, {n: f.texts[n][i] for n in self.branch_names}))
         return out
 
-    def score(self, prompt: str, response: str) -> RewardResult:
+    def score(self, prompt: str, response: str) -> ScoreResult:
         """The reward of one response and why: contributions per dimension and the branch texts."""
         return self.score_many([(prompt, response)])[0]
 
@@ -321,7 +306,6 @@ class RewardModel:
 
         head = self._require_head()
         out = Path(out)
-        _restore_aside(out)
         if out.exists() and not out.is_dir():
             raise UserError(f"--out {out} exists and is not a directory")
         bad = [k for k, v in head.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
@@ -342,39 +326,25 @@ class RewardModel:
             meta["base_model"] = self.lm.identity()
         state = {k: v.detach().cpu().contiguous() for k, v in head.saved_state().items()}
 
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:12]}.tmp"
-        tmp.mkdir()
-        try:
+        with atomic_folder(out, what="--out") as tmp:
             # the weights first: config.json, which names the scorer and holds the weights' checksum, is what makes
             # the folder a model
             atomic_write_with(tmp / HEAD_FILE, lambda t: save_file(state, str(t), metadata={"scorer": self.scorer}))
             meta["head_sha256"] = file_sha256(tmp / HEAD_FILE)
             atomic_write_text(tmp / CONFIG_FILE, json.dumps(meta, indent=2))
-            fsync_dir(tmp)
-            _put_in_place(tmp, out)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
         return out
 
     @classmethod
     def read_meta(cls, folder: str | os.PathLike) -> dict[str, Any]:
-        """The ``config.json`` of a saved reward model; a folder that is not one raises a one-line UserError."""
+        """The ``config.json`` of a saved reward model (the contract's ``read_meta``, then this format's checks:
+        the weights file is there and the format version is this one); anything else is a one-line UserError."""
         folder = Path(folder)
-        _restore_aside(folder)
-        meta_path = folder / CONFIG_FILE
-        if not meta_path.is_file() or not (folder / HEAD_FILE).is_file():
+        meta = read_meta(folder)
+        if not (folder / HEAD_FILE).is_file():
             raise UserError(f"{folder}: not a trained reward model (needs {CONFIG_FILE} and {HEAD_FILE}; "
                             "make one with `lifelong reward train`)")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UserError(f"{meta_path}: cannot read ({exc})") from None
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{meta_path}: not valid JSON ({exc.msg})") from None
-        if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION or "scorer" not in meta:
-            raise UserError(f"{meta_path}: not a reward model config of format version {FORMAT_VERSION}")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise UserError(f"{folder / CONFIG_FILE}: not a reward model config of format version {FORMAT_VERSION}")
         return meta
 
     @classmethod
@@ -425,57 +395,3 @@ class RewardModel:
         head.eval()
         self.head = head.to(self.device)
         self.training = dict(meta.get("training", {}))
-
-
-# ---------------------------------------------------------------------------------------- replacing a folder
-_RENAME_EXCHANGE = 2  # linux/fs.h
-_AT_FDCWD = -100
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where it is not available
-    (another OS, an old kernel or C library, a file system without it)."""
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return False
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
-        return False
-    raise OSError(err, os.strerror(err), str(b))
-
-
-def _aside(out: Path) -> Path:
-    return out.parent / f".{out.name}.old"
-
-
-def _put_in_place(tmp: Path, out: Path) -> None:
-    """Make the complete folder ``tmp`` the model at ``out``: a rename for a new ``out``; over an existing one a
-    swap (then the old model, now at ``tmp``, is removed), or where the swap is not available two renames with the
-    old model kept aside in between (``_restore_aside`` puts it back after a crash there)."""
-    if not out.exists():
-        os.replace(tmp, out)
-    elif _exchange(tmp, out):
-        pass  # the old model is at tmp now; the caller removes it
-    else:
-        aside = _aside(out)
-        shutil.rmtree(aside, ignore_errors=True)
-        os.replace(out, aside)
-        fsync_dir(out.parent)
-        os.replace(tmp, out)  # a crash before this line: out is missing, the old model whole at `aside`
-        fsync_dir(out.parent)
-        shutil.rmtree(aside, ignore_errors=True)
-        return
-    fsync_dir(out.parent)
-
-
-def _restore_aside(out: Path) -> None:
-    """After a crash between ``_put_in_place``'s two renames: put the old model back where it was."""
-    aside = _aside(out)
-    if not out.exists() and aside.is_dir():
-        with contextlib.suppress(OSError):
-            os.replace(aside, out)
-            fsync_dir(out.parent)

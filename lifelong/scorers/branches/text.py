@@ -26,7 +26,7 @@ from lifelong.adapters.lm.model_pool import DEFAULT_ENCODER, Device, encode
 from lifelong.benchmarks.preferences import BUNDLED_FACTS, load_facts
 from lifelong.editing.store import EditStore
 from lifelong.platform.registry import register
-from lifelong.scorers._branches.base import Branch, BranchOutput, Item, sentences, states, words
+from lifelong.scorers.branches.base import Branch, BranchOutput, Item, sentences, states, words
 
 
 @dataclass

@@ -6,13 +6,17 @@
 - ``llm``: ``fluency``, ``quality`` (the local causal LM);
 - ``entity``: ``entity-background`` (WordNet background on the prompt's entities; ``entity_background``);
 - ``factory``: ``make_branches`` (registered names to branch objects, through the registry's kind ``branch``),
-  ``BRANCH_NAMES`` (the built-in five) and ``branch_names()`` (every registered branch).
+  ``BRANCH_NAMES`` (the built-in five) and ``branch_names()`` (every registered branch);
+- ``sbm``: the generative side branches ``sbm-*`` (the LM with a LoRA adapter per dimension), and ``sbm_train``
+  their training pipeline (``lifelong reward sbm-train``).
 
-The shared models (sentence encoder, LM) live in ``lifelong.adapters.lm.model_pool``. Users outside the scorers
-import these names from ``lifelong.scorers.srm``; docs/reward.md describes each branch.
+The registry imports every public module of this package itself (``BUILTIN_PACKAGES``), so each built-in branch is
+registered whether or not a scorer has been imported. The shared models (sentence encoder, LM) live in
+``lifelong.adapters.lm.model_pool``. Code outside the scorers (bench scripts, other packages' branches) imports
+the names below from ``lifelong.scorers.branches``; docs/reward.md describes each branch.
 """
 
-from lifelong.scorers._branches.base import (
+from lifelong.scorers.branches.base import (
     CACHE_FILE,
     Branch,
     BranchCache,
@@ -25,8 +29,8 @@ from lifelong.scorers._branches.base import (
     states,
     words,
 )
-from lifelong.scorers._branches.entity import EntityBackgroundBranch, EntityConfig, entity_background, find_entities
-from lifelong.scorers._branches.factory import (
+from lifelong.scorers.branches.entity import EntityBackgroundBranch, EntityConfig, entity_background, find_entities
+from lifelong.scorers.branches.factory import (
     BRANCH_NAMES,
     BRANCH_TYPES,
     branch_names,
@@ -34,8 +38,8 @@ from lifelong.scorers._branches.factory import (
     build_branch_config,
     make_branches,
 )
-from lifelong.scorers._branches.llm import FluencyBranch, LLMBranch, LLMConfig, QualityBranch, QualityConfig
-from lifelong.scorers._branches.text import (
+from lifelong.scorers.branches.llm import FluencyBranch, LLMBranch, LLMConfig, QualityBranch, QualityConfig
+from lifelong.scorers.branches.text import (
     FactCheckBranch,
     FactCheckConfig,
     SemanticBranch,

@@ -32,7 +32,7 @@ from typing import Any, Iterable, Sequence
 from lifelong.benchmarks.wordnet import find_wordnet, open_wordnet
 from lifelong.platform.errors import UserError
 from lifelong.platform.registry import register
-from lifelong.scorers._branches.base import Branch, BranchOutput, Item, sentences, words
+from lifelong.scorers.branches.base import Branch, BranchOutput, Item, sentences, words
 
 # Words that WordNet lists as nouns but that, in a question or an answer, are almost never the entity.
 _STOP = frozenset("""

@@ -17,9 +17,9 @@ from lifelong.adapters.lm.model_pool import DEFAULT_ENCODER, Device
 from lifelong.platform.config import build_config
 from lifelong.platform.errors import UserError
 from lifelong.platform.registry import PluginSpec, get, list_plugins
-from lifelong.scorers._branches.base import Branch, BranchSettings
-from lifelong.scorers._branches.llm import FluencyBranch, QualityBranch
-from lifelong.scorers._branches.text import FactCheckBranch, SemanticBranch, StyleBranch
+from lifelong.scorers.branches.base import Branch, BranchSettings
+from lifelong.scorers.branches.llm import FluencyBranch, QualityBranch
+from lifelong.scorers.branches.text import FactCheckBranch, SemanticBranch, StyleBranch
 
 BRANCH_TYPES: tuple[type[Branch], ...] = (SemanticBranch, FactCheckBranch, StyleBranch, FluencyBranch, QualityBranch)
 BRANCH_NAMES: tuple[str, ...] = tuple(t.name for t in BRANCH_TYPES)
