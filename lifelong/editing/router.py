@@ -1,6 +1,7 @@
 """The router of record for edits: a faiss index over the keys of a store's active edits.
 
-One ``Router`` per open ``EditStore`` (``EditStore.router()``); the session hands it to its editor
+One ``Router`` per open ``EditStore`` (``EditStore.refresh_router()``, kept in step with the rows by
+``editing/store_router.py``); the session hands it to its editor
 (``Editor.bind_router``), and SoLA and GRACE take their per-sequence routing decision by searching it
 (``Router.nearest``). The faiss id of a key is the id of its edit's row in the store.
 

@@ -160,7 +160,7 @@ class EditSession:
         self.editor.precision = self.precision
         self.editor_name = name
         self.editor_config = to_dict(self.editor.config) if self.editor.config is not None else {}
-        self.editor.bind_router(self.store.router(metric=self.editor.metric))
+        self.editor.bind_router(self.store.refresh_router(metric=self.editor.metric))
         self.editor.attach(self.model, self.tokenizer)
         self._seen_version = self.store.version()
         for rec in self.store.active_edits():
@@ -182,7 +182,7 @@ class EditSession:
             if version == self._seen_version:
                 return False
             active = self.store.active_edits()
-            self.store.router()  # rebuilt in place (the editor holds this object) when the keys moved
+            self.store.refresh_router()  # in place (the editor holds this object): the other writers' keys
             active_ids = {r.id for r in active}
             gone = [i for i in self.loaded_ids if i not in active_ids]
             if gone:
@@ -263,7 +263,7 @@ class EditSession:
             # fixes the store's editor, config and metric with its first edit, or checks them, in one transaction
             rec = store.add_edit(prompt, target, editor=self.editor_name, tensors=cpu, key=key, layer=layer,
                                  editor_config=self.editor_config, extra=extra or {}, metric=self.editor.metric)
-            store.router()  # in step with the rows (the key went in with the row unless another writer got between)
+            store.refresh_router()  # the key went in with the row, unless another writer got in between
             self.editor.activate(rec.id, rec.key, tensors, target)
             self.loaded_ids.append(rec.id)
             self._after_own_write(before, 1)
@@ -275,7 +275,7 @@ class EditSession:
         with self.lock:
             before = store.version()
             out = store.rollback(ids)  # the keys leave the router in the same transaction as the rows
-            store.router()
+            store.refresh_router()  # as after add_trained: another writer may have got in between
             changed = [i for i, c in out if c]
             self.editor.deactivate([i for i in changed if i in set(self.loaded_ids)])
             self.loaded_ids = [i for i in self.loaded_ids if i not in set(changed)]
