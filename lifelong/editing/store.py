@@ -6,45 +6,41 @@ Layout of a store directory::
     adapters/<uid>.safetensors   one file per edit (its LoRA / codebook value / weight delta)
     router.json, router-<checksum>.faiss
                                  the router of record (``editing/router.py``): a faiss index over the active edits'
-                                 keys with the editor's metric, and the checksum of the rows it was built from;
-                                 loaded when that checksum is the store's, else rebuilt from the rows
+                                 keys with the editor's metric, the checksum of the rows it was built from and its
+                                 own size and SHA-256; used when all match, else rebuilt from the rows
     .lock                        advisory lock that serialises the "write file, commit row" step
 
-This module holds what the rows mean: adding and rolling back edits, their adapter files, the editor spec, the
-model identity, and the clean-up of leftovers. Three modules beside it hold the rest, each changed for its own
-reason: ``editing/store_schema.py`` (the tables, upgrades of older stores, row and meta checksums),
-``editing/store_db.py`` (the SQLite connection, transactions, the file lock, one-line errors) and
-``editing/store_router.py`` (the router kept in step with the rows, inside the same transactions).
+This module holds what the rows mean: adding and rolling back edits, their adapter files, the clean-up of
+leftovers. Beside it, each changed for its own reason: ``editing/store_schema.py`` (tables, upgrades, row and meta
+checksums), ``editing/store_db.py`` (the SQLite connection, transactions, file lock, one-line errors),
+``editing/store_spec.py`` (the model identity and editor spec a store is fixed to) and ``editing/store_router.py``
+(the router kept in step with the rows, inside the same transactions).
 
-Applying an edit is atomic: its tensors are written to a temporary file, fsynced and renamed to their final
-name, and only then is the row committed. A crash before the commit leaves at most a file that no row names;
-opening the store removes such orphans (under the lock, so a concurrent writer's file in flight is never
-taken). Rollback marks the row ``rolled_back`` and drops its key from the router; rolling back twice is a no-op.
-Concurrent writers are serialised by SQLite's busy timeout and the lock; no edit is lost. A meta value,
-``version`` (``EditStore.version()``), counts every add and every rollback that changed a row, in the same
-transaction; a long-lived reader (the server) compares it to know when to re-read the active edits, and then
-calls ``refresh_router``.
+Applying an edit is atomic: its file is named in the ``pending`` manifest (committed), its tensors are written to a
+temporary file, fsynced and renamed, and only then is the row committed (which drops the manifest entry). A crash
+before the commit leaves at most a file that the manifest names and no row does; opening the store removes those
+(under the lock, so a writer's file in flight is never taken) and nothing else: a store deletes only files it
+wrote, and is never made in a non-empty folder that is not a store. Rollback marks the row ``rolled_back`` and
+drops its key from the router; rolling back twice is a no-op. Concurrent writers are serialised by SQLite's busy
+timeout and the lock; no edit is lost. ``version`` counts every add and every rollback that changed a row, in the
+same transaction; a long-lived reader (the server) compares it to know when to re-read the active edits.
 
 The store's editor, its config and the router's metric (``Editor.metric``) are fixed by the first edit, in the
-write transaction that inserts it (``add_edit``'s ``editor``, ``editor_config``, ``metric``; ``set_editor`` fixes
-them without an edit; a store used without an editor may be given the metric when it is created). Every later
-writer checks them inside its own insert transaction, so of two first writers with different specs (two
-``lifelong edit apply`` started at once) one wins and the other gets a one-line error and writes nothing. The
-store also records the identity of the base model (name and weight hash, see ``adapters/lm/model_loading.py``)
-and refuses to be used with another model.
-
-Damage and read-only media: whatever check fails (``editing/store_schema.py``), and any SQLite or decoding error
-of a public method, is one ``StoreError`` naming the database file; the status queries scan the table (``NOT
-INDEXED``) so a damaged index cannot hide a row. ``readonly=True`` reads a store on a read-only file system and
-refuses every write; a writable open there fails at once with the one-line "cannot be written" error.
-``discard_if_empty`` removes a store that this open created if no edit got into it.
+write transaction that inserts it, and checked by every later writer in its own (``editing/store_spec.py``); the
+base model's identity is recorded at the first open and checked at every later one. Whatever check fails, and
+any SQLite or decoding error of a public method, is one ``StoreError`` naming the database file; the status
+queries scan the table (``NOT INDEXED``) so a damaged index cannot hide a row. ``readonly=True`` reads a store on
+a read-only file system and refuses every write. ``discard_if_empty`` removes a store that this open created if
+no edit got into it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import re
 import shutil
 import sqlite3
 import time
@@ -66,6 +62,7 @@ from lifelong.platform.atomic import atomic_write_with, file_sha256
 DB_NAME = "edits.sqlite"
 ADAPTER_DIR = "adapters"
 MAX_ID = 2**63 - 1  # SQLite's largest integer
+_ADAPTER_NAME = re.compile(r"[0-9a-f]{32}\.safetensors")  # the only adapter file names a store writes
 
 
 class CorruptEditError(StoreError):
@@ -96,9 +93,8 @@ class EditStore:
         self.path = Path(path)
         self.readonly = readonly
         self.created = False  # whether this open made the folder (``discard_if_empty``)
-        self._legacy = False  # a store of schema 1 or 2 opened read-only: no row or meta checksums to check
         self._legacy_metric: str | None = None  # a schema-1 store opened read-only: its editor's metric
-        self._columns = schema.COLUMNS
+        self._columns = schema.COLUMNS  # LEGACY_COLUMNS: a store of schema 1 or 2 read as it is (no checksums)
         self._conn = None  # type: ignore[assignment]
         check_metric(metric)
         self._check_path(create)
@@ -108,7 +104,7 @@ class EditStore:
                 self._open_readonly()
             else:
                 self._open_writable(metric)
-            if not self._legacy:
+            if self._columns == schema.COLUMNS:
                 schema.verify_meta(self._conn, self._db)
             if model_identity is not None:
                 self.check_model(model_identity)
@@ -138,8 +134,13 @@ class EditStore:
                 raise StoreError(f"edit store {self.path} does not exist")
         elif not self.path.is_dir():
             raise StoreError(f"edit store path {self.path} is not a directory")
-        elif (not create or self.readonly) and not self._db.exists():
-            raise StoreError(f"{self.path} is not an edit store (no {DB_NAME})")
+        elif not self._db.exists():
+            if not create or self.readonly:
+                raise StoreError(f"{self.path} is not an edit store (no {DB_NAME})")
+            entries = sorted(os.listdir(self.path))
+            if entries:  # a store made here would take the files in it for its own leftovers
+                raise StoreError(f"{self.path} is not an edit store (no {DB_NAME}) and is not empty ({len(entries)} "
+                                 f"entries, e.g. {entries[0]!r}); a new store needs a new or empty folder")
 
     def _open_readonly(self) -> None:
         """Open for reading; a store of schema 1 or 2 is read as it is (no checksums to check; a writer upgrades
@@ -148,7 +149,6 @@ class EditStore:
         schema.quick_check(self._conn, self._db)
         version = schema.schema_version(self._conn, self._db)
         if version < 3:
-            self._legacy = True
             self._columns = schema.LEGACY_COLUMNS
             if version < 2:
                 self._legacy_metric = schema.legacy_metric(self._conn)
@@ -161,8 +161,9 @@ class EditStore:
                 self.created = True
             except FileExistsError:  # another process made it first
                 pass
-        (self.path / ADAPTER_DIR).mkdir(exist_ok=True)
+        # the database first: a racing opener of a new store sees an empty folder or one with the database
         self._conn = store_db.connect_writable(self._db, self._busy_timeout_s)
+        (self.path / ADAPTER_DIR).mkdir(exist_ok=True)
         schema.quick_check(self._conn, self._db)
         store_db.use_wal(self._conn, self._busy_timeout_s)
         with self._write_txn():
@@ -216,9 +217,8 @@ class EditStore:
 
     @mapped
     def version(self) -> int:
-        """The store's change counter: moves in the same transaction as every add and every rollback that changed
-        a row, whoever the writer (this process or another). One indexed read, so a long-lived reader (the server,
-        ``lifelong/serving/``) can compare it before each generation and reload only when it moved."""
+        """The store's change counter, moved in the transaction of every add and every rollback that changed a row,
+        whoever the writer: one indexed read, so a long-lived reader (the server) reloads only when it moved."""
         raw = self._meta("version") or "0"
         if not raw.isdigit():
             raise StoreError(f"edit store database {self.path / DB_NAME} is corrupted (version {raw!r})")
@@ -231,8 +231,7 @@ class EditStore:
 
     @property
     def metric(self) -> str:
-        """The router metric: the recorded one (meta ``metric``); for a store that has none yet, the one asked for
-        by ``router(metric=...)``, else ``ip``."""
+        """The router metric: the recorded one, else the one asked for by ``refresh_router(metric=...)``, else ip."""
         return self._legacy_metric or self._meta("metric") or self._metric_hint or "ip"
 
     # ------------------------------------------------------------------ model identity and editor
@@ -380,17 +379,10 @@ class EditStore:
     ) -> EditRecord:
         """Write one edit atomically: tensors to a temp file, fsync, rename, then commit the row.
 
-        The store's editor is fixed by its first edit, in the transaction that inserts it: ``editor``,
-        ``editor_config`` (``{}`` when None) and ``metric`` (the router's, when given) are recorded if the store has
-        no editor yet, else checked against the recorded ones in the same transaction, so of two first writers
-        with different specs exactly one wins; the other gets the one-line StoreError ("store holds N X edits with
-        config ...; use a new store") and writes nothing (no row, no adapter file). ``editor_config`` None checks
-        the name only.
-
-        ``_crash_hook`` is called with a stage name between the steps; the crash tests use it to die there.
-        """
-        from safetensors.torch import save_file
-
+        ``editor``, ``editor_config`` (``{}`` when None; None checks the name only) and ``metric`` are recorded if the
+        store has no editor yet, else checked, in the insert's transaction: of two first writers with different
+        specs exactly one wins; the other gets the one-line StoreError and writes nothing (no row, no adapter file).
+        ``_crash_hook`` is called with a stage name between the steps; the crash tests use it to die there."""
         self._require_writable("take an edit")
         uid = uuid.uuid4().hex
         hook = _crash_hook or (lambda stage: None)
@@ -401,17 +393,10 @@ class EditStore:
             key_blob, key_dim = k.tobytes(), int(k.size)
         check_metric(metric)
         cfg = dict(editor_config) if editor_config is not None else None
-        adir = self.path / ADAPTER_DIR
         claimed = False
         self.check_editor(editor, cfg, metric)  # early, before any file is written; the insert's txn decides
         with self._file_lock():
-            afile = asha = None
-            if tensors:
-                afile = f"{uid}.safetensors"
-                state = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-                atomic_write_with(adir / afile, lambda tmp: save_file(
-                    state, str(tmp), metadata={"edit_uid": uid, "editor": editor, "layer": layer}), hook=hook)
-                asha = file_sha256(adir / afile)
+            afile, asha = self._write_adapter(uid, tensors, editor, layer, hook) if tensors else (None, None)
             try:
                 with self._write_txn():
                     # the editor spec is fixed (first writer) or checked (every later one) in the insert's
@@ -425,7 +410,8 @@ class EditStore:
                          time.time()),
                     )
                     new_id = int(cur.lastrowid)
-                    self._seal_rows(new_id)
+                    self._conn.execute("DELETE FROM pending WHERE file = ?", (afile,))
+                    schema.seal_rows(self._conn, new_id)
                     self._bump_version()
                     hook("inserted")
                     if claimed:
@@ -434,14 +420,10 @@ class EditStore:
                         self._routes.update(added=[(new_id, key_blob)])
                         hook("routed")
             except BaseException:
-                self._unlink_adapter(afile)  # we hold the lock: the file is ours, and no row names it
+                self._drop_pending(afile)  # we hold the lock: the file is ours, and no row names it
                 raise
             hook("committed")
         return self.get(new_id)
-
-    def _seal_rows(self, first_id: int) -> None:
-        """Inside the insert's transaction: record the checksum of every new row from ``first_id`` on."""
-        schema.seal_rows(self._conn, first_id)
 
     def discard_if_empty(self) -> bool:
         """Close the store and remove its folder if this open created it and no edit was ever stored in it (a
@@ -457,10 +439,39 @@ class EditStore:
             shutil.rmtree(self.path, ignore_errors=True)
         return True
 
-    def _unlink_adapter(self, afile: str | None) -> None:
-        if afile:
+    def _write_adapter(self, uid: str, tensors: dict[str, Any], editor: str, layer: str,
+                       hook: Callable[[str], None]) -> tuple[str, str]:
+        """Under the lock: name the file in the ``pending`` manifest (committed), then write it atomically; returns
+        its name and SHA-256. A crash from here to the row's commit leaves a file the store knows is its own."""
+        from safetensors.torch import save
+
+        afile = f"{uid}.safetensors"
+        with self._write_txn():
+            self._conn.execute("INSERT INTO pending(file, created_at) VALUES (?, ?)", (afile, time.time()))
+        try:
+            state = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+            data = save(state, metadata={"edit_uid": uid, "editor": editor, "layer": layer})
+            atomic_write_with(self.path / ADAPTER_DIR / afile, lambda tmp: tmp.write_bytes(data), hook=hook)
+        except BaseException:
+            self._drop_pending(afile)
+            raise
+        return afile, hashlib.sha256(data).hexdigest()
+
+    def _drop_pending(self, afile: str | None) -> None:
+        """Under the lock: remove a pending adapter file that no row names, its temporary file, and its entry."""
+        if afile and _ADAPTER_NAME.fullmatch(afile):
+            self._remove_files(afile)
+            with contextlib.suppress(sqlite3.Error), self._write_txn():
+                self._conn.execute("DELETE FROM pending WHERE file = ?", (afile,))
+
+    def _remove_files(self, afile: str) -> list[str]:
+        """Remove an adapter file of this store and its temporary files (``.NAME.*.tmp``); what was removed."""
+        adir, removed = self.path / ADAPTER_DIR, []
+        for p in [adir / afile, *adir.glob(f".{afile}.*.tmp")]:
             with contextlib.suppress(OSError):
-                (self.path / ADAPTER_DIR / afile).unlink()
+                p.unlink()
+                removed.append(p.name)
+        return removed
 
     @mapped
     def add_keys(self, keys: np.ndarray, *, editor: str, prompts: Sequence[str] | None = None,
@@ -483,7 +494,7 @@ class EditStore:
                 ((i, uuid.uuid4().hex, prompts[j] if prompts is not None else f"key {i}", "", editor, layer,
                   blobs[j], dim, now) for j, i in enumerate(ids)),
             )
-            self._seal_rows(first)
+            schema.seal_rows(self._conn, first)
             self._routes.update(added=list(zip(ids, blobs)))
             self._bump_version()
         return ids
@@ -504,28 +515,21 @@ class EditStore:
                              f"(edit ids are whole numbers from 1 to {MAX_ID})")
         hook = _crash_hook or (lambda stage: None)
         with self._write_txn():
-            known = {  # each row through its checksum: a damaged row is refused, not half rolled back
-                rec.id: (rec.status, None if rec.key is None else rec.key.tobytes())
-                for rec in map(self._row_to_record, self._conn.execute(
-                    f"SELECT {self._columns} FROM edits WHERE id IN ({','.join('?' * len(ids))})", ids
-                ).fetchall())
-            } if ids else {}
+            rows = self._conn.execute(f"SELECT {self._columns} FROM edits WHERE id IN ({','.join('?' * len(ids))})",
+                                      ids).fetchall() if ids else []
+            known = {rec.id: rec for rec in map(self._row_to_record, rows)}  # a damaged row is refused, not used
             unknown = [i for i in ids if i not in known]
             if unknown:
                 raise StoreError(f"no edit with id {', '.join(map(str, unknown))} in store {self.path}")
-            out = []
-            removed: list[tuple[int, bytes]] = []
-            now = time.time()
+            out, removed, now = [], [], time.time()
             for i in ids:
-                status, key = known[i]
-                changed = status == "active"
+                changed = known[i].status == "active"
                 if changed:
-                    self._conn.execute(
-                        "UPDATE edits SET status = 'rolled_back', rolled_back_at = ? WHERE id = ?", (now, i)
-                    )
-                    known[i] = ("rolled_back", key)
-                    if key is not None:
-                        removed.append((i, key))
+                    self._conn.execute("UPDATE edits SET status = 'rolled_back', rolled_back_at = ? WHERE id = ?",
+                                       (now, i))
+                    known[i].status = "rolled_back"
+                    if known[i].key is not None:
+                        removed.append((i, known[i].key.tobytes()))
                 out.append((i, changed))
             if any(c for _, c in out):
                 self._bump_version()
@@ -537,27 +541,27 @@ class EditStore:
 
     @mapped
     def reconcile(self) -> list[str]:
-        """Remove every file in the adapter folder that no row names (left by a crash); returns what was removed.
+        """Remove the leftovers of this store's own interrupted writes (a crash); returns what was removed.
 
-        Anything else there is a leftover: our own temporary files (``*.tmp``), the one safetensors itself writes
-        before its rename (``.tmpXXXXXX``, no suffix), and adapter files whose row was never committed. Writers
-        hold the same file lock while they write, so nothing in progress is removed."""
+        Only files the store wrote itself go: an adapter file named in the ``pending`` manifest whose row was never
+        committed, with its temporary files, and the router's temporary files. A file someone else put into the
+        store's folders is never touched. Writers hold the same file lock while they write, so nothing in progress
+        is removed."""
         removed: list[str] = []
         if self.readonly:
             return removed
-        adir = self.path / ADAPTER_DIR
         with self._file_lock():
-            named = {r[0] for r in self._conn.execute("SELECT adapter_file FROM edits WHERE adapter_file IS NOT NULL")}
-            for p in adir.iterdir():
-                if p.name not in named:
-                    with contextlib.suppress(OSError):
-                        p.unlink()
-                        removed.append(p.name)
-            for p in self.path.glob(f".{ROUTER_PREFIX}*.tmp"):
-                with contextlib.suppress(OSError):
-                    p.unlink()
-                    removed.append(p.name)
-            for p in self.path.glob(f".{ROUTER_META}.*.tmp"):
+            pending = [r[0] for r in self._conn.execute("SELECT file FROM pending")]
+            if not pending and not any(self.path.glob(".router*.tmp")):
+                return removed
+            named = {r[0] for r in self._conn.execute(
+                f"SELECT adapter_file FROM edits WHERE adapter_file IN ({','.join('?' * len(pending))})", pending)}
+            for afile in pending:
+                if afile not in named and _ADAPTER_NAME.fullmatch(afile):  # a damaged name never leaves the folder
+                    removed += self._remove_files(afile)
+            with self._write_txn():
+                self._conn.executemany("DELETE FROM pending WHERE file = ?", ((f,) for f in pending))
+            for p in [*self.path.glob(f".{ROUTER_PREFIX}*.faiss.*.tmp"), *self.path.glob(f".{ROUTER_META}.*.tmp")]:
                 with contextlib.suppress(OSError):
                     p.unlink()
                     removed.append(p.name)

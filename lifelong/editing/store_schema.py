@@ -10,9 +10,13 @@ every row carries ``row_sha256`` over its fixed fields (all but the status, whic
 and the rollback time), checked whenever a row is read; the meta values are sealed by ``meta_sha256``, checked at
 open. Stores of schema 1 and 2 are upgraded by the first writable open (rows and meta sealed as they are); schema
 1 recorded the router metric ``ip`` whatever the editor, so its metric is taken from the editor's name
-(``LEGACY_METRICS``). The ``pending`` table is the store's manifest of adapter files in flight: a name goes in
-(committed) before its file is written, and leaves in the transaction that inserts the file's row; it is how the
-store knows which files without a row are its own (``EditStore.reconcile`` removes only those).
+(``LEGACY_METRICS``).
+
+The ``pending`` table is the store's manifest of the adapter files it is writing: a name goes in (committed) before
+its file is written and leaves in the transaction that inserts the file's row, so after a crash the store knows
+which files without a row are its own (``EditStore.reconcile`` removes those and nothing else). A store of
+schema 3 made before the table existed gets it at its first writable open (``CREATE TABLE IF NOT EXISTS``); the
+leftovers of its earlier crashes, if any, are then never removed, since nothing shows they are the store's.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ CREATE TABLE IF NOT EXISTS edits (
     row_sha256 TEXT
 );
 CREATE INDEX IF NOT EXISTS edits_status ON edits(status);
+CREATE TABLE IF NOT EXISTS pending (file TEXT PRIMARY KEY, created_at REAL NOT NULL);
 """
 
 #: the columns of a row, in the order ``row_sha256`` hashes them and ``EditStore`` reads them

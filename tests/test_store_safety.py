@@ -1,0 +1,124 @@
+"""An edit store touches only what is its own, routes only by an index that matches its rows, and a session checks the
+store's editor before it switches any row on (issue 33, ``docs/reliability.md``).
+
+- Data loss: ``--store P`` on a folder that is not a store but holds files (``P/adapters/*``) is refused in one
+  line, exit 2, and the folder is left as it was (``edit apply``, a refused apply, ``edit import``); a store
+  removes only the leftovers of its own interrupted writes (named in its ``pending`` manifest), never a file that
+  someone else put into its folders.
+- Silent wrong answers: the router index file (``router-*.faiss``) is checked against ``router.json`` (SHA-256,
+  size) and the rows (checksum, count, dimension) before faiss reads it; one flipped key byte means a rebuild (and
+  ``edit generate`` still routes to the edit), one changed length byte never reaches faiss's reader.
+- The racing first writer: a session that finds another editor's edit committed after it read the store's spec
+  refuses in one line (exit 2) before activating it, instead of a traceback from the wrong editor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _llm_fixtures import TINY_SOLA, tiny_llama  # noqa: F401
+
+from lifelong.cli.main import main
+from lifelong.editing.store import ADAPTER_DIR, EditStore, StoreError
+
+PROMPT, TARGET = "The capital of Australia is", " Canberra"
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def one_line(err: str) -> str:
+    lines = [x for x in err.replace("\r", "\n").splitlines() if x.strip() and not x.startswith("Loading weights")]
+    assert len(lines) == 1 and lines[0].startswith("lifelong: error: "), err
+    return lines[0]
+
+
+def listing(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def foreign_folder(path: Path) -> Path:
+    """A folder that is not an edit store but holds someone's files, among them ``adapters/*``."""
+    (path / ADAPTER_DIR).mkdir(parents=True)
+    (path / ADAPTER_DIR / "keep.safetensors").write_bytes(b"precious weights")
+    (path / ADAPTER_DIR / ("0" * 32 + ".safetensors")).write_bytes(b"named like a store's own file")
+    (path / "notes.txt").write_text("notes")
+    return path
+
+
+# ------------------------------------------------------------------------------------------------- 1. data loss
+def test_a_non_empty_folder_that_is_not_a_store_is_refused_and_left_as_it_is(tmp_path):
+    folder = foreign_folder(tmp_path / "P")
+    before = listing(folder)
+    with pytest.raises(StoreError, match="is not an edit store .* and is not empty") as err:
+        EditStore.open(folder)
+    assert str(folder) in str(err.value) and "\n" not in str(err.value)
+    assert listing(folder) == before and sorted(os.listdir(folder)) == [ADAPTER_DIR, "notes.txt"]
+    (tmp_path / "empty").mkdir()  # an empty folder may become a store
+    with EditStore.open(tmp_path / "empty") as s:
+        assert len(s) == 0
+
+
+def test_edit_apply_and_import_on_a_folder_of_foreign_files_delete_nothing(tmp_path, capsys, tiny_llama):  # noqa: F811
+    folder = foreign_folder(tmp_path / "P")
+    before = listing(folder)
+    for extra in ([], ["--set", "max_steps=1"]):  # an apply that would be stored, and one that would be refused
+        code, _, err = run(capsys, "edit", "apply", "--store", str(folder), "--model", str(tiny_llama), "--prompt",
+                           "a b", "--target", " c", *TINY_SOLA, *extra)
+        assert code == 2 and "is not an edit store" in one_line(err) and str(folder) in err
+        assert listing(folder) == before
+    adapter = tmp_path / "adapter"  # a readable PEFT folder: the refusal must come from the store, not the adapter
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8}))
+    from safetensors.torch import save_file
+    save_file({"w": torch.zeros(2)}, str(adapter / "adapter_model.safetensors"))
+    code, _, err = run(capsys, "edit", "import", "--store", str(folder), "--adapter", str(adapter), "--prompt", "a b",
+                       "--target", " c", "--model", str(tiny_llama))
+    assert code == 2 and "is not an edit store" in one_line(err)
+    assert listing(folder) == before
+
+
+_CRASH = textwrap.dedent("""
+    import os, sys
+    import numpy as np, torch
+    from lifelong.editing.store import EditStore
+    def die(stage):
+        if stage == sys.argv[2]:
+            os._exit(9)
+    with EditStore.open(sys.argv[1]) as s:
+        s.add_edit("p2", "t", editor="sola", editor_config={}, metric="ip", tensors={"w": torch.ones(2)},
+                   key=np.ones(4, np.float32), _crash_hook=die)
+""")
+
+
+@pytest.mark.parametrize("stage", ["written", "renamed"])
+def test_a_store_removes_its_own_leftovers_and_nothing_else(tmp_path, stage):
+    path = tmp_path / "store"
+    with EditStore.open(path) as s:
+        s.add_edit("p1", "t", editor="sola", editor_config={}, metric="ip", tensors={"w": torch.zeros(2)},
+                   key=np.zeros(4, np.float32))
+    adir = path / ADAPTER_DIR
+    foreign = {"foreign.bin": b"x", "f" * 32 + ".safetensors": b"y", ".tmpabc123": b"z", "notes.txt": b"n"}
+    for name, data in foreign.items():
+        (adir / name).write_bytes(data)
+    before = listing(adir)
+    script = tmp_path / "crash.py"
+    script.write_text(_CRASH)
+    proc = subprocess.run([sys.executable, str(script), str(path), stage], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 9, proc.stderr
+    assert set(os.listdir(adir)) - set(before), "the interrupted write left nothing to clean up"
+    with EditStore.open(path) as s:  # opening reconciles: the interrupted write's file goes, nothing else
+        assert [r.prompt for r in s.all_edits()] == ["p1"]
+    assert listing(adir) == before
