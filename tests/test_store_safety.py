@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 import textwrap
@@ -27,6 +28,7 @@ import torch
 from _llm_fixtures import TINY_SOLA, tiny_llama  # noqa: F401
 
 from lifelong.cli.main import main
+from lifelong.editing.router import ROUTER_META
 from lifelong.editing.store import ADAPTER_DIR, EditStore, StoreError
 
 PROMPT, TARGET = "The capital of Australia is", " Canberra"
@@ -122,3 +124,81 @@ def test_a_store_removes_its_own_leftovers_and_nothing_else(tmp_path, stage):
     with EditStore.open(path) as s:  # opening reconciles: the interrupted write's file goes, nothing else
         assert [r.prompt for r in s.all_edits()] == ["p1"]
     assert listing(adir) == before
+
+
+# -------------------------------------------------------------------------------------- 2. the router index file
+def _index_file(store: Path) -> Path:
+    meta = json.loads((store / ROUTER_META).read_text())
+    return store / meta["file"]
+
+
+def test_flipped_key_bytes_in_the_router_index_are_rebuilt_and_generate_still_routes(tmp_path, capsys,
+                                                                                  tiny_llama):  # noqa: F811
+    store = tmp_path / "store"
+    assert run(capsys, "edit", "apply", "--store", str(store), "--model", str(tiny_llama), "--prompt", PROMPT,
+               "--target", TARGET, *TINY_SOLA)[0] == 0
+    with EditStore.open(store) as s:
+        key = s.get(1).key
+        s.router()  # the index file as the store writes it
+    index = _index_file(store)
+    data = bytearray(index.read_bytes())
+    normalised = (key / np.linalg.norm(key)).astype(np.float32).tobytes()  # the ip metric stores unit keys
+    at = bytes(data).find(normalised)
+    assert at >= 0
+    for i in range(at, at + len(normalised), 4):  # every component negated: the key now points away
+        data[i + 3] ^= 0x80
+    index.write_bytes(bytes(data))
+    code, out, err = run(capsys, "edit", "generate", "--store", str(store), "--model", str(tiny_llama), "--prompt",
+                         PROMPT, "--max-new-tokens", "2", "--json")
+    assert code == 0, err
+    assert json.loads(out)["edit_id"] == 1
+    code, out, _ = run(capsys, "edit", "list", "--store", str(store), "--json")
+    assert code == 0 and [r["status"] for r in json.loads(out)] == ["active"]
+
+
+_READ = textwrap.dedent("""
+    import json, resource, sys
+    resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))  # a safety net: 3 GiB of address space
+    import faiss
+    from lifelong.editing.store import EditStore
+    reads = []
+    for name in ("read_index", "deserialize_index"):
+        real = getattr(faiss, name)
+        def spy(*a, _real=real, _name=name, **k):
+            reads.append(_name)
+            return _real(*a, **k)
+        setattr(faiss, name, spy)
+    with EditStore.open(sys.argv[1], readonly=sys.argv[2] == "ro") as s:
+        ids = sorted(s.router().ids())
+    print(json.dumps({"ids": ids, "reads": reads,
+                      "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+""")
+
+
+@pytest.mark.parametrize("mode", ["rw", "ro"])
+def test_a_changed_length_byte_never_reaches_faiss_and_the_index_is_rebuilt(tmp_path, mode):
+    store = tmp_path / "store"
+    n, dim = 40, 8
+    with EditStore.open(store, metric="ip") as s:
+        s.add_keys(np.random.default_rng(0).standard_normal((n, dim)).astype(np.float32), editor="sola")
+        s.router()
+    script = tmp_path / "read.py"
+    script.write_text(_READ)
+
+    def read() -> dict:
+        proc = subprocess.run([sys.executable, str(script), str(store), mode], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0 and proc.stderr.strip() == "", proc.stderr
+        return json.loads(proc.stdout)
+
+    assert read()["reads"], "an intact index file is loaded, not rebuilt"
+    index = _index_file(store)
+    data = bytearray(index.read_bytes())
+    field = struct.pack("<Q", n * dim)  # faiss writes the flat index's vectors as their float count, then the floats
+    at = bytes(data).find(field)
+    assert at >= 0 and data[at + 8 + 4 * n * dim:at + 16 + 4 * n * dim] == struct.pack("<Q", n)  # then the ids
+    data[at + 3] = 0xC0  # 3.2e9 floats: 12.9 GB announced
+    index.write_bytes(bytes(data))
+    got = read()
+    assert got["ids"] == list(range(1, n + 1))
+    assert got["reads"] == [] and got["maxrss_mb"] < 1024

@@ -15,7 +15,9 @@ shows another writer's); nothing refreshes the router as a side effect of readin
 
 The index file is only a cache: it is written after a rebuild, by ``save`` and when the store closes, and a crash
 anywhere leaves either the old file (its checksum no longer the store's after a committed change, so it is
-rebuilt) or a file that matches.
+rebuilt) or a file that matches. Before the file is used it is checked against the rows: the checksum it was
+built from, the number of active keyed rows and their key size, and its own size and SHA-256 (``Router.read``);
+a file that differs in any of them is rebuilt from the rows, and faiss never reads a damaged one.
 """
 
 from __future__ import annotations
@@ -95,6 +97,13 @@ class StoreRouter:
         set_meta(self._conn(), "keys_checksum", after)
         self.record(before, after, added, removed)
 
+    def _shape(self) -> dict[str, int]:
+        """How many active keyed rows there are and their key size (-1 for mixed sizes: no file can match)."""
+        count, low, high = self._conn().execute(
+            "SELECT COUNT(*), MIN(key_dim), MAX(key_dim) FROM edits WHERE status = 'active' AND key IS NOT NULL"
+        ).fetchone()
+        return {"count": int(count), "dim": int(low) if low == high and low is not None else -1}
+
     def key_rows(self) -> tuple[str, list[tuple[int, bytes, int]]]:
         """``(checksum, rows)`` of the active keyed rows in one read snapshot; a row is ``(id, key, key_dim)``."""
         conn = self._conn()
@@ -130,10 +139,11 @@ class StoreRouter:
         """The router, in step with the rows: as it is, loaded from the index file when that was built from rows
         with the store's checksum, or rebuilt from the rows (and saved)."""
         self.follow_metric(metric)
-        checksum = self.checksum()
+        with read_snapshot(self._conn()):
+            checksum, shape = self.checksum(), self._shape()
         if self.held == checksum and not self.router.needs_rebuild():
             return self.router
-        if self.held != checksum and self.router.read(self.folder, checksum):
+        if self.held != checksum and self.router.read(self.folder, checksum, **shape):
             self.held = self.saved = checksum
             if not self.router.needs_rebuild():
                 return self.router
