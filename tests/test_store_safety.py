@@ -202,3 +202,51 @@ def test_a_changed_length_byte_never_reaches_faiss_and_the_index_is_rebuilt(tmp_
     got = read()
     assert got["ids"] == list(range(1, n + 1))
     assert got["reads"] == [] and got["maxrss_mb"] < 1024
+
+
+# ------------------------------------------------------------------------------------- 3. the racing first writer
+@pytest.mark.parametrize("window", ["before the router is bound", "before the rows are read"])
+def test_another_editors_row_committed_while_a_session_opens_is_one_line(tmp_path, capsys, tiny_llama,  # noqa: F811
+                                                                         monkeypatch, window):
+    """Two ``edit apply`` racing on a new store (sola and grace): the loser has read no editor spec when the winner's
+    first grace edit is committed, either while the loser creates its sola editor (before it binds the store's
+    router) or just before it reads the store's rows. The loser must refuse in the store's one line, exit 2, never
+    bind a router of the other metric or hand a GRACE row to SoLA (a ValueError traceback, issue 33); the store
+    keeps the winner's edit only."""
+    from lifelong.editing import session as session_mod
+    from lifelong.editing.session import EditSession
+
+    store = tmp_path / "store"
+    won: list[int] = []
+
+    def winner_commits() -> None:
+        won.append(0)
+        with EditSession(store, model=str(tiny_llama), editor="grace", editor_config={"layer": 1},
+                         quiet=True) as winner:
+            won[0] = winner.apply(PROMPT, "Canberra").id
+
+    if window == "before the router is bound":
+        real_create = session_mod.registry.create
+
+        def create(kind: str, name: str, **cfg):  # the loser's editor, made from no spec
+            if kind == "editor" and name == "sola" and not won:
+                winner_commits()
+            return real_create(kind, name, **cfg)
+
+        monkeypatch.setattr(session_mod.registry, "create", create)
+    else:
+        real_version = EditStore.version
+
+        def version(self: EditStore) -> int:  # read by the loser's session just before its rows
+            if not won:
+                winner_commits()
+            return real_version(self)
+
+        monkeypatch.setattr(EditStore, "version", version)
+    code, _, err = run(capsys, "edit", "apply", "--store", str(store), "--editor", "sola", "--model", str(tiny_llama),
+                       "--prompt", "a b", "--target", " c", *TINY_SOLA)
+    assert won and code == 2, err
+    line = one_line(err)
+    assert "'grace'" in line and "'sola'" in line and line.endswith("use a new store"), line
+    with EditStore.open(store, readonly=True) as s:
+        assert [(r.id, r.editor) for r in s.all_edits()] == [(won[0], "grace")] and s.editor_spec()[0] == "grace"

@@ -160,11 +160,13 @@ class EditSession:
         self.editor.precision = self.precision
         self.editor_name = name
         self.editor_config = to_dict(self.editor.config) if self.editor.config is not None else {}
-        self.editor.bind_router(self.store.refresh_router(metric=self.editor.metric))
+        router = self.store.refresh_router(metric=self.editor.metric)
+        if router.metric != self.editor.metric:  # another first writer fixed the store's spec since it was read
+            self.store.check_editor(self.editor_name, self.editor_config, self.editor.metric)  # its one line
+        self.editor.bind_router(router)
         self.editor.attach(self.model, self.tokenizer)
         self._seen_version = self.store.version()
-        for rec in self.store.active_edits():
-            self._activate(rec)
+        self._activate_rows(self.store.active_edits())
 
     @property
     def seen_version(self) -> int | None:
@@ -189,11 +191,19 @@ class EditSession:
                 self.editor.deactivate(gone)
                 self.loaded_ids = [i for i in self.loaded_ids if i in active_ids]
             loaded, refused = set(self.loaded_ids), {i for i, _ in self.problems}
-            for rec in active:
-                if rec.id not in loaded and rec.id not in refused:
-                    self._activate(rec)
+            self._activate_rows([rec for rec in active if rec.id not in loaded and rec.id not in refused])
             self._seen_version = version
             return True
+
+    def _activate_rows(self, rows: Sequence[EditRecord]) -> None:
+        """Switch rows on, after checking that the store's editor spec is this session's. The rows were read
+        first: each was committed with the spec it needs (the first edit fixes it in its own transaction), so a
+        row that another writer committed after this session read the spec (two first writers racing on a new
+        store) is refused here with the store's one-line error, never handed to an editor that cannot run it."""
+        if rows:
+            self.store.check_editor(self.editor_name, self.editor_config)
+        for rec in rows:
+            self._activate(rec)
 
     def _activate(self, rec: EditRecord) -> bool:
         try:
