@@ -6,6 +6,7 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -189,15 +190,20 @@ def test_two_concurrent_writers_lose_nothing(tmp_path):
         assert len(set(ids)) == 40
 
 
-def test_reopen_removes_every_unnamed_file_in_the_adapter_folder(tmp_path):
-    """A writer killed inside ``safetensors.save_file`` leaves safetensors' own ``.tmpXXXXXX`` (no suffix) beside our
-    ``*.tmp`` files and uncommitted adapters; reopening the store removes them all and keeps the named files."""
+def test_reopen_removes_the_unnamed_files_of_its_own_writes_only(tmp_path):
+    """A writer killed between naming its adapter file in the ``pending`` manifest and committing its row leaves that
+    file and its ``.NAME.*.tmp``; reopening the store removes them and keeps the named files. Files the store did
+    not write (a ``.tmpXXXXXX``, a file named like an adapter) are never removed (issue 33: data loss)."""
     store = tmp_path / "s"
     with EditStore.open(store) as s:
         rec = s.add_edit("p", "t", editor="sola", tensors={"w": torch.ones(2)}, key=np.ones(4, dtype=np.float32))
-    leftovers = [".tmpegzCXJ", ".abc.safetensors.x1y2.tmp", "0123abcd.safetensors"]
-    for name in leftovers:
+    ours = "ab" * 16 + ".safetensors"
+    leftovers = [ours, f".{ours}.x1y2.tmp"]
+    foreign = [".tmpegzCXJ", ".abc.safetensors.x1y2.tmp", "0123abcd.safetensors"]
+    for name in leftovers + foreign:
         (store / ADAPTER_DIR / name).write_bytes(b"partial")
+    with sqlite3.connect(store / "edits.sqlite") as c:  # what the killed writer had committed
+        c.execute("INSERT INTO pending(file, created_at) VALUES (?, 0)", (ours,))
     with EditStore.open(store) as s:
-        assert sorted(p.name for p in (store / ADAPTER_DIR).iterdir()) == [rec.adapter_file]
+        assert sorted(p.name for p in (store / ADAPTER_DIR).iterdir()) == sorted([rec.adapter_file, *foreign])
         assert torch.equal(s.load_tensors(s.get(rec.id))["w"], torch.ones(2))

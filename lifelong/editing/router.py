@@ -1,6 +1,7 @@
 """The router of record for edits: a faiss index over the keys of a store's active edits.
 
-One ``Router`` per open ``EditStore`` (``EditStore.router()``); the session hands it to its editor
+One ``Router`` per open ``EditStore`` (``EditStore.refresh_router()``, kept in step with the rows by
+``editing/store_router.py``); the session hands it to its editor
 (``Editor.bind_router``), and SoLA and GRACE take their per-sequence routing decision by searching it
 (``Router.nearest``). The faiss id of a key is the id of its edit's row in the store.
 
@@ -40,8 +41,12 @@ nearest keys, those within ``TIE_TOLERANCE`` of the best one are ties and the ne
 GRACE asks for the oldest (the first codebook entry, as its reference code does).
 
 Persistence: ``write`` puts the index in ``router-<checksum>.faiss`` and names it, with the checksum of the
-store rows it was built from, in ``router.json``; ``read`` loads it only when that checksum and the metric match
-the store's, so a missing, damaged or stale file means a rebuild from the rows (the database is the truth).
+store rows it was built from and the file's size and SHA-256, in ``router.json``; ``read`` loads it only when that
+checksum and the metric match the store's, the count and dimension match the rows' (when the caller gives them),
+and the file has the recorded size (no larger than that many keys can need) and SHA-256, all checked before faiss
+reads a byte of it: faiss trusts the lengths inside the file, so one changed length byte would otherwise make it
+allocate whatever the byte says. A missing, damaged or stale file means a rebuild from the rows (the database is
+the truth).
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from lifelong.platform.atomic import atomic_write_text, atomic_write_with
+from lifelong.platform.atomic import atomic_write_text, atomic_write_with, file_sha256
 
 METRICS = ("ip", "l2")
 IVF_MIN_KEYS = 20_000
@@ -63,6 +68,13 @@ TIE_CANDIDATES = 8
 TIE_TOLERANCE = 1e-6
 ROUTER_META = "router.json"
 ROUTER_PREFIX = "router-"
+
+
+def max_index_bytes(count: int, dim: int) -> int:
+    """An upper bound on the size of a saved index of ``count`` keys of size ``dim``, flat or IVF (vectors, ids,
+    the IVF centroids and list headers, and faiss's headers), so a file announcing more is never read."""
+    nlist = 4 * math.isqrt(max(count, IVF_MIN_KEYS)) + 64
+    return count * (4 * dim + 16) + nlist * (4 * dim + 64) + 65536
 
 
 def check_metric(metric: str) -> str:
@@ -246,7 +258,8 @@ class Router:
 
     # ------------------------------------------------------------------ persistence
     def write(self, folder: str | os.PathLike, checksum: str) -> None:
-        """Save beside the store: ``router-<checksum>.faiss`` and ``router.json`` naming it (both atomic)."""
+        """Save beside the store: ``router-<checksum>.faiss`` and ``router.json`` naming it with its size and
+        SHA-256 (both atomic; the index file is always written anew, so a damaged one of that name is replaced)."""
         import faiss
 
         folder = Path(folder)
@@ -255,9 +268,8 @@ class Router:
                                 "file": None}
         if self.index is not None and self._ids:
             name = f"{ROUTER_PREFIX}{checksum[:24]}.faiss"
-            if not (folder / name).is_file():
-                atomic_write_with(folder / name, lambda tmp: faiss.write_index(self.index, str(tmp)))
-            meta["file"] = name
+            atomic_write_with(folder / name, lambda tmp: faiss.write_index(self.index, str(tmp)))
+            meta.update(file=name, bytes=(folder / name).stat().st_size, sha256=file_sha256(folder / name))
         atomic_write_text(folder / ROUTER_META, json.dumps(meta))
         for p in folder.glob(f"{ROUTER_PREFIX}*.faiss"):  # older index files
             if p.name != meta["file"]:
@@ -266,8 +278,11 @@ class Router:
                 except OSError:
                     pass
 
-    def read(self, folder: str | os.PathLike, checksum: str) -> bool:
-        """Load the saved index if it was built from rows with ``checksum`` and this metric; False otherwise."""
+    def read(self, folder: str | os.PathLike, checksum: str, *, count: int | None = None,
+             dim: int | None = None) -> bool:
+        """Load the saved index if it was built from rows with ``checksum`` and this metric, holds ``count`` keys
+        of size ``dim`` (when given: the store's active rows) and the file is intact (size and SHA-256 checked
+        before faiss reads it); False otherwise (the caller rebuilds)."""
         import faiss
 
         folder = Path(folder)
@@ -275,10 +290,18 @@ class Router:
             meta = json.loads((folder / ROUTER_META).read_text())
             if meta.get("checksum") != checksum or meta.get("metric") != self._metric:
                 return False
+            if count is not None and (meta.get("ntotal") != count or count and meta.get("dim") != dim):
+                return False
             if meta.get("file") is None:
                 self.index, self.kind, self._ids, self._trained_n = None, "flat", set(), 0
                 return meta.get("ntotal") == 0
-            index = faiss.read_index(str(folder / meta["file"]))
+            path = folder / str(meta["file"])
+            size = path.stat().st_size
+            if size != meta.get("bytes") or size > max_index_bytes(int(meta["ntotal"]), int(meta["dim"])):
+                return False
+            if file_sha256(path) != meta.get("sha256"):
+                return False
+            index = faiss.read_index(str(path))
             if meta["kind"] == "ivf":
                 ivf = faiss.extract_index_ivf(index)
                 ivf.nprobe = min(self.nprobe, ivf.nlist)
@@ -287,9 +310,9 @@ class Router:
                                       for i in range(ivf.nlist)] or [np.zeros(0, np.int64)])
             else:
                 ids = faiss.vector_to_array(index.id_map)
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError):
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError, MemoryError):
             return False
-        if len(ids) != meta.get("ntotal") or index.ntotal != len(ids):
+        if len(ids) != meta.get("ntotal") or index.ntotal != len(ids) or index.d != meta.get("dim"):
             return False
         self.index, self.kind, self.dim = index, meta["kind"], int(index.d)
         self._ids, self._trained_n = set(ids.tolist()), int(meta.get("trained_n") or 0)

@@ -160,11 +160,13 @@ class EditSession:
         self.editor.precision = self.precision
         self.editor_name = name
         self.editor_config = to_dict(self.editor.config) if self.editor.config is not None else {}
-        self.editor.bind_router(self.store.router(metric=self.editor.metric))
+        router = self.store.refresh_router(metric=self.editor.metric)
+        if router.metric != self.editor.metric:  # another first writer fixed the store's spec since it was read
+            self.store.check_editor(self.editor_name, self.editor_config, self.editor.metric)  # its one line
+        self.editor.bind_router(router)
         self.editor.attach(self.model, self.tokenizer)
         self._seen_version = self.store.version()
-        for rec in self.store.active_edits():
-            self._activate(rec)
+        self._activate_rows(self.store.active_edits())
 
     @property
     def seen_version(self) -> int | None:
@@ -182,18 +184,26 @@ class EditSession:
             if version == self._seen_version:
                 return False
             active = self.store.active_edits()
-            self.store.router()  # rebuilt in place (the editor holds this object) when the keys moved
+            self.store.refresh_router()  # in place (the editor holds this object): the other writers' keys
             active_ids = {r.id for r in active}
             gone = [i for i in self.loaded_ids if i not in active_ids]
             if gone:
                 self.editor.deactivate(gone)
                 self.loaded_ids = [i for i in self.loaded_ids if i in active_ids]
             loaded, refused = set(self.loaded_ids), {i for i, _ in self.problems}
-            for rec in active:
-                if rec.id not in loaded and rec.id not in refused:
-                    self._activate(rec)
+            self._activate_rows([rec for rec in active if rec.id not in loaded and rec.id not in refused])
             self._seen_version = version
             return True
+
+    def _activate_rows(self, rows: Sequence[EditRecord]) -> None:
+        """Switch rows on, after checking that the store's editor spec is this session's. The rows were read
+        first: each was committed with the spec it needs (the first edit fixes it in its own transaction), so a
+        row that another writer committed after this session read the spec (two first writers racing on a new
+        store) is refused here with the store's one-line error, never handed to an editor that cannot run it."""
+        if rows:
+            self.store.check_editor(self.editor_name, self.editor_config)
+        for rec in rows:
+            self._activate(rec)
 
     def _activate(self, rec: EditRecord) -> bool:
         try:
@@ -263,7 +273,7 @@ class EditSession:
             # fixes the store's editor, config and metric with its first edit, or checks them, in one transaction
             rec = store.add_edit(prompt, target, editor=self.editor_name, tensors=cpu, key=key, layer=layer,
                                  editor_config=self.editor_config, extra=extra or {}, metric=self.editor.metric)
-            store.router()  # in step with the rows (the key went in with the row unless another writer got between)
+            store.refresh_router()  # the key went in with the row, unless another writer got in between
             self.editor.activate(rec.id, rec.key, tensors, target)
             self.loaded_ids.append(rec.id)
             self._after_own_write(before, 1)
@@ -275,7 +285,7 @@ class EditSession:
         with self.lock:
             before = store.version()
             out = store.rollback(ids)  # the keys leave the router in the same transaction as the rows
-            store.router()
+            store.refresh_router()  # as after add_trained: another writer may have got in between
             changed = [i for i, c in out if c]
             self.editor.deactivate([i for i in changed if i in set(self.loaded_ids)])
             self.loaded_ids = [i for i in self.loaded_ids if i not in set(changed)]
