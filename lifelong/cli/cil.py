@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from lifelong.incremental.compare import RunFailed, compare
+from lifelong.incremental.compare import RunFailed, compare, comparison_configs
 from lifelong.incremental.distributed import current_distributed_info
 from lifelong.incremental.results import format_run_table, format_summary_table, to_json
 from lifelong.incremental.run import default_out_dir, resolve_config, run_experiment
@@ -34,13 +34,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--resume", action="store_true", help="continue from the last completed experience in --out")
     run.add_argument("--stop-after", type=int, default=None, metavar="N",
                      help="stop after N more experiences, leaving a checkpoint (continue later with --resume)")
+    run.add_argument("--threads", type=int, default=1,
+                     help="torch threads (default 1, as every run of `compare`, so the same seed and config give "
+                          "the same numbers in both; more threads are faster on a CPU and may change the last digits)")
     run.add_argument("--json", action="store_true", help="print results.json instead of the table")
     run.set_defaults(handler=cmd_run)
 
     compare = subparsers.add_parser("compare", help="run several strategies over several seeds and summarise")
-    compare.add_argument("--strategies", required=True, help="comma-separated strategy names")
-    compare.add_argument("--benchmark", default="split-digits")
-    _common_run_options(compare)
+    compare.add_argument("--strategies", default=None,
+                         help="comma-separated strategy names (default: every strategy --config has a file for)")
+    compare.add_argument("--benchmark", default=None,
+                         help="registered benchmark name (default: the config's, else split-digits)")
+    _common_run_options(compare, config_help="YAML experiment file, a folder of them (one per strategy), or a "
+                                             "NAME: configs/<strategy>/NAME.yaml for each strategy")
     compare.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     compare.add_argument("--out", default=None, help="output folder (default runs/compare-<benchmark>/)")
     compare.add_argument("--jobs", type=int, default=1, help="run (strategy, seed) pairs in N parallel processes")
@@ -53,8 +59,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     compare.set_defaults(handler=cmd_compare)
 
 
-def _common_run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=None, help="YAML experiment file (strategy, benchmark, seed, strategy_config, benchmark_config)")
+def _common_run_options(parser: argparse.ArgumentParser, config_help: str = "YAML experiment file (strategy, "
+                        "benchmark, seed, strategy_config, benchmark_config)") -> None:
+    parser.add_argument("--config", default=None, help=config_help)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key (nested with dots); repeatable")
     parser.add_argument("--device", default=None, help="auto (CUDA when available), cpu, cuda, cuda:N")
@@ -87,9 +94,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = resolve_config(strategy=args.strategy, benchmark=args.benchmark, config_file=args.config,
                             overrides=parse_overrides(args.overrides), seed=args.seed, device=args.device)
     out = args.out or default_out_dir(config)
+    if args.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {args.threads}")
     if args.stop_after is not None and args.stop_after < 1:
         raise UserError(f"--stop-after must be at least 1, got {args.stop_after}")
-    results = run_experiment(config, out=out, resume=args.resume, progress=not args.json, stop_after=args.stop_after)
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        results = run_experiment(config, out=out, resume=args.resume, progress=not args.json,
+                                 stop_after=args.stop_after)
+    finally:
+        torch.set_num_threads(previous)
 
     if not current_distributed_info().is_main:
         return 0
@@ -107,26 +124,29 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
 
-    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    if not strategies:
+    strategies = [s.strip() for s in (args.strategies or "").split(",") if s.strip()] or None
+    if args.strategies is not None and not strategies:
         raise UserError("--strategies: give at least one strategy name")
     seeds = _parse_ints(args.seeds, "--seeds")
     if args.jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {args.jobs}")
     if args.threads < 1:
         raise UserError(f"--threads must be at least 1, got {args.threads}")
-    out = args.out or f"runs/compare-{args.benchmark}"
+    configs = comparison_configs(strategies, args.benchmark, seeds, config_file=args.config,
+                                 overrides=parse_overrides(args.overrides), device=args.device)
+    benchmark = configs[0].benchmark
+    out = args.out or f"runs/compare-{benchmark}"
     try:
         summary = compare(strategies, args.benchmark, seeds, out=out, overrides=parse_overrides(args.overrides),
                           config_file=args.config, jobs=args.jobs, threads=args.threads,
-                          device=args.device or "auto", progress=not args.json, resume=args.resume)
+                          device=args.device, progress=not args.json, resume=args.resume)
     except RunFailed as exc:  # one line naming the run; exit 2 when its cause was bad input, 1 otherwise
         print(f"lifelong: error: {one_line(str(exc))}", file=sys.stderr)
         return 2 if exc.user_error else 1
     if args.json:
         print(to_json(summary))
     else:
-        print(f"{args.benchmark}, seeds {','.join(map(str, seeds))} (mean ± std, %):")
+        print(f"{benchmark}, seeds {','.join(map(str, seeds))} (mean ± std, %):")
         print(format_summary_table(summary))
         print(f"summary: {out}/summary.json, {out}/summary.csv  plot: {out}/comparison.png")
     return 0

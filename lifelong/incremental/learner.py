@@ -361,3 +361,15 @@ class Learner(abc.ABC):
     def summary(self) -> dict[str, Any]:
         """Extra facts for results.json (e.g. spike rates, parameter counts)."""
         return {}
+
+
+def unsaved_memory(learner: Any, uses_replay_memory: bool) -> list[str]:
+    """What a learner that keeps a memory (``uses_replay_memory``) does not save: the ``extra_state`` /
+    ``load_extra_state`` pair left as the base class has it. Resuming such a learner would continue with an
+    empty memory and give other numbers than the uninterrupted run, so the runner refuses ``--resume`` for it."""
+    if not uses_replay_memory:
+        return []
+    cls = type(learner)
+    return [name for name in ("extra_state", "load_extra_state")
+            if getattr(cls, name, None) is getattr(Learner, name)]
+

@@ -1,0 +1,166 @@
+"""What a new user hits (issue 32): ``compare --config`` honours the file as ``run`` does, ``run`` and ``compare``
+give the same numbers by default, ``--resume`` refuses a learner that would lose its memory, the waits say what
+is happening, and the small items. Commands run in-process through ``cli.main.main`` on tiny streams."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lifelong.cli.main import main
+from lifelong.incremental.learner import Learner, StrategyConfig
+from lifelong.platform import registry
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--set", "n_experiences=2", "--set", "train_per_class=20", "--set", "epochs=1"]
+
+
+def _error(capsys, code: int) -> str:
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "%|" not in line]
+    assert code == 2 and len(err) == 1, (code, err)
+    assert err[0].startswith("lifelong: error: "), err
+    return err[0]
+
+
+@pytest.fixture(scope="module")
+def fashion_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from test_fashion_mnist import write_fashion
+
+    return write_fashion(tmp_path_factory.mktemp("fashion"), train=6, test=3)
+
+
+def _fashion_sets(root: Path) -> list[str]:
+    # test_per_class is a key of split-fashion-mnist only: split-digits would refuse it
+    return ["--set", f"data_root={root}", "--set", "verify_checksums=false", "--set", "epochs=1",
+            "--set", "train_per_class=6", "--set", "test_per_class=3"]
+
+
+# ------------------------------------------------------------------------- 1. compare honours --config
+
+def test_the_shipped_fashion_configs_drive_a_comparison_by_name(capsys, tmp_path, fashion_files):
+    out = tmp_path / "cmp"
+    code = main(["compare", "--config", "split-fashion-mnist", "--strategies", "naive,replay,ewc", "--seeds", "0",
+                 *_fashion_sets(fashion_files), "--out", str(out), "--json"])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["benchmark"] == "split-fashion-mnist"
+    assert list(summary["strategies"]) == ["naive", "replay", "ewc"]
+    replay = json.loads((out / "replay-seed0" / "results.json").read_text())
+    shipped = (REPO / "configs" / "replay" / "split-fashion-mnist.yaml").read_text()
+    assert "mem_size: 500" in shipped and replay["config"]["strategy_config"]["mem_size"] == 500  # the file's value
+    assert replay["config"]["strategy_config"]["lr"] == 0.01 and replay["config"]["benchmark_config"]["test_per_class"] == 3
+
+
+def test_a_folder_of_configs_and_one_file(capsys, tmp_path, fashion_files):
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    for strategy in ("naive", "replay"):
+        shutil.copy(REPO / "configs" / strategy / "split-fashion-mnist.yaml", folder / f"{strategy}.yaml")
+    out = tmp_path / "cmp"
+    assert main(["compare", "--config", str(folder), "--seeds", "0", *_fashion_sets(fashion_files),
+                 "--out", str(out), "--json"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["benchmark"] == "split-fashion-mnist" and sorted(summary["strategies"]) == ["naive", "replay"]
+    capsys.readouterr()
+    one = tmp_path / "one"
+    assert main(["compare", "--config", str(folder / "replay.yaml"), "--seeds", "0", *_fashion_sets(fashion_files),
+                 "--out", str(one), "--json"]) == 0
+    assert json.loads((one / "summary.json").read_text())["benchmark"] == "split-fashion-mnist"
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--config", "configs/replay/split-fashion-mnist.yaml", "--benchmark", "split-digits"],
+     "--benchmark split-digits contradicts configs/replay/split-fashion-mnist.yaml, which says benchmark: split-fashion-mnist"),
+    (["--config", "configs/replay/split-fashion-mnist.yaml", "--strategies", "naive"],
+     "--strategies naive contradicts configs/replay/split-fashion-mnist.yaml, which says strategy: replay"),
+    (["--config", "split-fashion-mnist", "--strategies", "der,alade-snn"],
+     "set split-fashion-mnist's train_per_class differently (1000, 200)"),
+    (["--config", "split-fashion-mnist", "--strategies", "naive,l2p"], "no config for l2p in"),
+    (["--config", "no-such-protocol", "--strategies", "naive"], "no configs/<strategy>/no-such-protocol.yaml"),
+])
+def test_a_flag_that_contradicts_the_config_is_one_line(capsys, monkeypatch, tmp_path, args, expected):
+    monkeypatch.chdir(REPO)
+    line = _error(capsys, main(["compare", *args, "--seeds", "0", "--out", str(tmp_path / "o")]))
+    assert expected in line, line
+    assert not (tmp_path / "o").exists()
+
+
+def test_run_refuses_a_benchmark_flag_that_contradicts_its_file(capsys, tmp_path):
+    line = _error(capsys, main(["run", "--config", str(REPO / "configs/naive/split-fashion-mnist.yaml"),
+                                "--benchmark", "split-digits", "--out", str(tmp_path / "o")]))
+    assert "contradicts" in line and "benchmark: split-fashion-mnist" in line
+
+
+# ------------------------------------------------------------------ 2. run and compare agree by default
+
+def test_run_and_compare_give_the_same_numbers_by_default_and_record_the_threads(capsys, tmp_path):
+    assert main(["run", "--strategy", "replay", "--seed", "1", *TINY, "--out", str(tmp_path / "run"), "--json"]) == 0
+    assert main(["compare", "--strategies", "replay", "--seeds", "1", *TINY, "--out", str(tmp_path / "cmp"),
+                 "--json"]) == 0
+    alone = json.loads((tmp_path / "run" / "results.json").read_text())
+    within = json.loads((tmp_path / "cmp" / "replay-seed1" / "results.json").read_text())
+    assert alone["threads"] == within["threads"] == 1
+    assert alone["accuracy_matrix"] == within["accuracy_matrix"]
+    capsys.readouterr()
+    assert main(["run", "--strategy", "naive", *TINY, "--threads", "2", "--out", str(tmp_path / "t2"), "--json"]) == 0
+    assert json.loads((tmp_path / "t2" / "results.json").read_text())["threads"] == 2
+    line = _error(capsys, main(["run", "--strategy", "naive", "--threads", "0", "--out", str(tmp_path / "t0")]))
+    assert "--threads must be at least 1" in line
+
+
+# ------------------------------------------------------------- 3. resume never silently loses a memory
+
+@dataclass
+class _ForgetfulConfig(StrategyConfig):
+    mem_size: int = 20
+
+
+class _Forgetful(Learner):
+    """Keeps a replay memory (declared) but saves none of it: what a quick plugin looks like."""
+
+    def __init__(self, config: Any, context: Any) -> None:
+        import torch
+
+        super().__init__(config, context)
+        shape = context.stream.input_shape
+        self.model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(int(torch.tensor(shape).prod()),
+                                                                              context.stream.n_classes))
+        self.memory: list[Any] = []
+
+    def train_experience(self, experience: Any) -> None:
+        self.memory.extend(experience.dataset[i] for i in range(min(self.config.mem_size, len(experience.dataset))))
+
+
+@pytest.fixture()
+def forgetful():
+    registry.ensure_loaded()
+    registry.register("strategy", "test-forgetful", config=_ForgetfulConfig,
+                      capabilities={"uses_replay_memory": True})(_Forgetful)
+    yield "test-forgetful"
+    registry._state.specs.pop(("strategy", "test-forgetful"), None)
+
+
+def test_resume_of_a_learner_that_saves_no_memory_is_refused(capsys, tmp_path, forgetful):
+    out = tmp_path / "r"
+    assert main(["run", "--strategy", forgetful, *TINY, "--out", str(out), "--stop-after", "1", "--json"]) == 0
+    capsys.readouterr()
+    line = _error(capsys, main(["run", "--strategy", forgetful, *TINY, "--out", str(out), "--resume"]))
+    assert "keeps a memory (uses_replay_memory) but does not save it" in line
+    assert "extra_state / load_extra_state" in line
+    assert not (out / "results.json").exists()
+
+
+def test_results_record_that_a_run_was_resumed_and_from_where(capsys, tmp_path):
+    out, whole = tmp_path / "r", tmp_path / "whole"
+    assert main(["run", "--strategy", "replay", *TINY, "--out", str(whole), "--json"]) == 0
+    assert json.loads((whole / "results.json").read_text())["resumed"] is False
+    assert main(["run", "--strategy", "replay", *TINY, "--out", str(out), "--stop-after", "1", "--json"]) == 0
+    assert main(["run", "--strategy", "replay", *TINY, "--out", str(out), "--resume", "--json"]) == 0
+    resumed = json.loads((out / "results.json").read_text())
+    assert resumed["resumed"] is True and resumed["resumed_from"] == [1]
+    assert resumed["accuracy_matrix"] == json.loads((whole / "results.json").read_text())["accuracy_matrix"]
