@@ -31,6 +31,7 @@ from torch import nn
 from lifelong.adapters.lm.encoder_files import encoder_path
 from lifelong.platform.atomic import atomic_write_text, fsync_tree
 from lifelong.platform.errors import UserError
+from lifelong.platform.quiet import quiet_loading_bars
 
 CLASSIFIER_FILE = "classifier.json"
 FORMAT = 1
@@ -77,7 +78,8 @@ def _base_encoder(name: str) -> tuple[nn.Module, Any]:
     from transformers import AutoModel, AutoTokenizer
 
     path = encoder_path(name)
-    return AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    with quiet_loading_bars():
+        return AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path)
 
 
 def embed_texts(model: TextClassifier, tokenizer: Any, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
