@@ -164,3 +164,64 @@ def test_results_record_that_a_run_was_resumed_and_from_where(capsys, tmp_path):
     resumed = json.loads((out / "results.json").read_text())
     assert resumed["resumed"] is True and resumed["resumed_from"] == [1]
     assert resumed["accuracy_matrix"] == json.loads((whole / "results.json").read_text())["accuracy_matrix"]
+
+
+# ----------------------------------------------------------------------------------------- 4. silent waits
+
+def test_compare_with_jobs_prints_one_line_per_finished_run(capsys, tmp_path):
+    import re
+
+    assert main(["compare", "--strategies", "naive,replay", "--seeds", "0", *TINY, "--jobs", "2",
+                 "--out", str(tmp_path / "cmp")]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "runs done" in line]
+    assert len(lines) == 2, lines
+    pattern = r"^(naive|replay) seed 0: AIA \d+\.\d\d %, \d+\.\d s \((\d) of 2 runs done, (\d) remain\)$"
+    assert all(re.match(pattern, line) for line in lines), lines
+    assert [re.match(pattern, line).group(3) for line in lines] == ["1", "0"]
+    assert {re.match(pattern, line).group(1) for line in lines} == {"naive", "replay"}
+
+
+def test_a_model_load_prints_no_loading_weights_bar(capfd, tmp_path):
+    from transformers.utils import logging as hf_logging
+
+    from _llm_fixtures import make_tiny_llama
+    from lifelong.adapters.lm.model_loading import load_causal_lm
+
+    folder = make_tiny_llama(tmp_path / "tiny")
+    capfd.readouterr()
+    hf_logging.enable_progress_bar()  # as a user's process has it
+    load_causal_lm(str(folder))
+    err = capfd.readouterr().err
+    assert "Loading weights" not in err, err
+    assert hf_logging.is_progress_bar_enabled()  # the caller's setting is given back
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_install_names_each_stage(tmp_path):
+    import subprocess
+
+    plan = subprocess.run(["make", "-n", "--no-print-directory", f"VENV={tmp_path / 'venv'}", "run"], cwd=REPO,
+                          capture_output=True, text=True, check=True).stdout
+    stages = [line for line in plan.splitlines() if line.startswith("echo ")]
+    assert [s.split('"')[1][:5] for s in stages[:4]] == ["[1/3]", "[2/3]", "     ", "[3/3]"], stages
+    assert "several minutes on a first install" in plan and "running the demo" in plan
+
+
+# ------------------------------------------------------------------------------------------ 9. CI and data
+
+def test_ci_installs_the_data_before_the_tests():
+    commands = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    data = next(k for k, c in enumerate(commands) if c.startswith("make") and " data" in f" {c}")
+    assert data < commands.index("make test")
+
+
+@pytest.mark.skipif(shutil.which("make") is None or not Path("/usr/share/datasets/fashion-mnist").is_dir()
+                    or not Path("/usr/share/wordnet").is_dir(),
+                    reason="make, Fashion-MNIST or WordNet is not installed (make data installs them)")
+def test_make_data_is_one_quiet_line_when_everything_is_present():
+    import subprocess
+
+    result = subprocess.run(["make", "--no-print-directory", "data"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0 and result.stderr == ""
+    assert len(result.stdout.splitlines()) == 1, result.stdout
