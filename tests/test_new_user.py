@@ -225,3 +225,65 @@ def test_make_data_is_one_quiet_line_when_everything_is_present():
     result = subprocess.run(["make", "--no-print-directory", "data"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0 and result.stderr == ""
     assert len(result.stdout.splitlines()) == 1, result.stdout
+
+
+# --------------------------------------------------------------------------------------- 7. plugin authors
+
+def test_plugins_show_gives_summary_fields_capabilities_and_source(capsys):
+    assert main(["plugins", "show", "replay"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("strategy replay  (source: builtin, module: lifelong.strategies.baselines)")
+    assert "uses_replay_memory=yes" in text and "experience replay" in text
+    line = next(row for row in text.splitlines() if row.strip().startswith("mem_size"))
+    assert "int = 200" in line and "[mem_size >= 0]" in line and "samples the memory holds" in line
+    assert main(["plugins", "show", "sola", "--kind", "editor", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    fields = {f["name"]: f for f in shown["fields"]}
+    assert shown["kind"] == "editor" and shown["capabilities"]["supports_rollback"] is True
+    assert fields["threshold"]["type"] == "float" and fields["threshold"]["default"] == 0.08
+    assert "last prompt token" in fields["key_pooling"]["help"]
+    line = _error(capsys, main(["plugins", "show", "replya"]))
+    assert "no plugin named 'replya'; did you mean replay?" in line
+
+
+def test_new_plugin_writes_a_package_that_installs_runs_and_resumes(cli, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    package = tmp_path / "lifelong-my-method"
+    result = cli("new", "plugin", "my-method", "--out", str(package))
+    assert result.code == 0, result.stderr
+    assert (package / "pyproject.toml").is_file() and (package / "my_method" / "__init__.py").is_file()
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--no-index", "--target", str(site), str(package)], check=True, capture_output=True, text=True)
+    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    shown = cli("plugins", "show", "my-method", "--json", env=env)
+    assert shown.code == 0, shown.stderr
+    described = json.loads(shown.stdout)
+    assert described["source"] == "lifelong-my-method" and described["capabilities"]["uses_replay_memory"]
+    assert {"mem_size", "hidden"} <= {f["name"] for f in described["fields"]}
+    # the package's own test: a run on a small stream, and --stop-after then --resume gives the same matrix
+    tested = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(package / "tests")],
+                            capture_output=True, text=True, cwd=tmp_path, env={**os.environ, **env})
+    assert tested.returncode == 0, tested.stdout[-2000:]
+    again = cli("new", "plugin", "my-method", "--out", str(package))
+    assert again.code == 2 and "exists and is not an empty folder" in again.stderr
+    bad = cli("new", "plugin", "My_Method", "--out", str(tmp_path / "x"))
+    assert bad.code == 2 and "not kebab-case" in bad.stderr and not (tmp_path / "x").exists()
+    taken = cli("new", "plugin", "replay", "--out", str(tmp_path / "y"))
+    assert taken.code == 2 and "already registered" in taken.stderr
+
+
+def test_the_command_line_imports_no_torch_and_convert_names_the_real_schemes():
+    import subprocess
+    import sys
+
+    from lifelong.adapters.nets.snn_conversion import SCHEMES
+    from lifelong.cli import convert
+
+    assert convert.SCHEMES == tuple(SCHEMES)
+    code = "import sys, lifelong.cli.main; lifelong.cli.main.build_parser(); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"

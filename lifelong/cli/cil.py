@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
 
@@ -24,6 +25,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     listing.add_argument("--pattern", default="*", help="glob on the plugin name, e.g. 'alade*'")
     listing.add_argument("--json", action="store_true", help="print JSON only")
     listing.set_defaults(handler=cmd_plugins_list)
+    show = plugins_sub.add_parser("show", help="one plugin: summary, config fields (type, default, help), "
+                                               "capabilities, source package")
+    show.add_argument("name", help="the plugin's name (see `lifelong plugins list`)")
+    show.add_argument("--kind", choices=KINDS, help="its kind, where two kinds have a plugin of that name")
+    show.add_argument("--json", action="store_true", help="print JSON only")
+    show.set_defaults(handler=cmd_plugins_show)
 
     run = subparsers.add_parser("run", help="run one strategy on a class-incremental benchmark")
     run.add_argument("--strategy", help="registered strategy name (see `lifelong plugins list`)")
@@ -79,6 +86,22 @@ def cmd_plugins_list(args: argparse.Namespace) -> int:
         print(f"{spec.kind:<10} {spec.name:<18} {spec.source:<16} {spec.summary}")
     for error in errors:
         print(f"plugin {error.name} ({error.source}) failed to load: {error.error}", file=sys.stderr)
+    return 0
+
+
+def cmd_plugins_show(args: argparse.Namespace) -> int:
+    from lifelong.platform.describe import describe, format_description
+
+    specs = [s for s in list_plugins(args.kind) if s.name == args.name]
+    if not specs:
+        close = difflib.get_close_matches(args.name, [s.name for s in list_plugins(args.kind)], n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see `lifelong plugins list`"
+        raise UserError(f"no {args.kind or 'plugin'} named {args.name!r}{hint}")
+    described = [describe(s) for s in specs]
+    if args.json:
+        print(json.dumps(described[0] if len(described) == 1 else described, indent=2, default=str))
+    else:
+        print("\n\n".join(format_description(d) for d in described))
     return 0
 
 
