@@ -287,3 +287,74 @@ def test_the_command_line_imports_no_torch_and_convert_names_the_real_schemes():
     code = "import sys, lifelong.cli.main; lifelong.cli.main.build_parser(); print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
+
+
+# ------------------------------------------------------------------------------------------ 8. small items
+
+def test_plots_count_steps_from_0_in_percent_and_tell_many_lines_apart():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from lifelong.incremental import plots
+
+    assert plots.step_ticks(5) == [0, 1, 2, 3, 4] and plots.step_ticks(25)[:3] == [0, 3, 6]
+    assert plots.percent_ticks() == ["0", "20", "40", "60", "80", "100"]
+    styles = [plots.series_style(k) for k in range(20)]
+    assert len(set(styles)) == 20  # line k and line k + 10 share a colour, never a marker too
+    assert plots.legend_label({"label": "replay", "values": [0.9, 0.546]}, True) == "replay 54.6"
+    assert plots.legend_label({"label": "replay", "values": [0.9, 0.546]}, False) == "replay"
+    # the plot still draws with the marker shapes: the second line (square markers) in its colour
+    series = [{"label": "a", "values": [0.2, 0.2]}, {"label": "b", "values": [0.6, 0.6]}]
+    image = np.asarray(Image.open(io.BytesIO(plots.line_plot_png(series, xlabel="x", ylabel="y", size=(400, 300)))))
+    orange = np.array([255, 127, 14])
+    close = np.argwhere(np.abs(image[..., :3].astype(int) - orange).max(axis=-1) <= 30)
+    assert len(close) > 50
+
+
+def test_compare_and_the_demo_say_what_the_metrics_mean(capsys, tmp_path, monkeypatch):
+    from lifelong.cli import demo
+    from lifelong.incremental.results import METRICS_LINE
+
+    assert main(["compare", "--strategies", "naive", "--seeds", "0", *TINY, "--out", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out
+    assert METRICS_LINE in out and "AIA: mean over steps" in out and "BWT:" in out
+    summary = json.loads((tmp_path / "c" / "summary.json").read_text())["strategies"]
+    monkeypatch.setattr(demo, "compare", lambda *args, **kwargs: summary)
+    demo.demo_baselines(tmp_path / "demo")
+    assert METRICS_LINE in capsys.readouterr().out
+
+
+class _Blind(Learner):
+    """Always predicts the last class of the stream: experience 0 (other classes) then scores exactly 0 %."""
+
+    def __init__(self, config: Any, context: Any) -> None:
+        import torch
+
+        super().__init__(config, context)
+        self.model = torch.nn.Linear(1, 1)
+        self.n = context.stream.n_classes
+
+    def train_experience(self, experience: Any) -> None:
+        pass
+
+    def predict(self, x: Any) -> Any:
+        import torch
+
+        logits = torch.zeros(len(x), self.n)
+        logits[:, -1] = 1.0
+        return logits
+
+
+def test_a_step_that_scores_0_on_its_own_data_warns_that_the_model_underfits(capsys, tmp_path):
+    registry.ensure_loaded()
+    registry.register("strategy", "test-blind", config=StrategyConfig)(_Blind)
+    try:
+        assert main(["run", "--strategy", "test-blind", *TINY, "--out", str(tmp_path / "r"), "--json"]) == 0
+    finally:
+        registry._state.specs.pop(("strategy", "test-blind"), None)
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lifelong: warning:")]
+    assert len(err) == 1 and "after training experience 0" in err[0] and "underfits (epochs=1" in err[0], err
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert results["accuracy_matrix"][0][0] == 0.0 and len(results["warnings"]) == 1

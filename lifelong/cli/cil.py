@@ -9,7 +9,7 @@ import sys
 
 from lifelong.incremental.compare import RunFailed, compare, comparison_configs
 from lifelong.incremental.distributed import current_distributed_info
-from lifelong.incremental.results import format_run_table, format_summary_table, to_json
+from lifelong.incremental.results import METRICS_LINE, format_run_table, format_summary_table, to_json
 from lifelong.incremental.run import default_out_dir, resolve_config, run_experiment
 from lifelong.platform.config import parse_overrides
 from lifelong.platform.errors import UserError, one_line
@@ -141,6 +141,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(to_json(results))
     else:
         print(format_run_table(results))
+        print(METRICS_LINE)
         print(f"results: {out}/results.json  plots: {out}/accuracy_matrix.png, {out}/accuracy_curve.png")
     return 0
 
@@ -171,5 +172,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     else:
         print(f"{benchmark}, seeds {','.join(map(str, seeds))} (mean ± std, %):")
         print(format_summary_table(summary))
+        print(METRICS_LINE)
         print(f"summary: {out}/summary.json, {out}/summary.csv  plot: {out}/comparison.png")
     return 0

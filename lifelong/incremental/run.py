@@ -391,6 +391,15 @@ def _run_locked(config: RunConfig, out_dir: Path, state: dict[str, Any] | None, 
     return results if results is not None else {"completed": end, "accuracy_matrix": matrix[:end].tolist()}
 
 
+def underfit_warning(config: RunConfig, experience: int) -> str:
+    """The warning of a step whose own test data scores 0 %: the model did not learn what it was just shown
+    (typically one epoch, or a learning rate too small for the backbone), so the run's numbers say little."""
+    epochs = getattr(config.strategy_config, "epochs", None)
+    lr = getattr(config.strategy_config, "lr", None)
+    return (f"after training experience {experience}, {config.strategy} scores 0 % on that experience's own test "
+            f"data: the model underfits (epochs={epochs}, lr={lr}); raise them (--set epochs=N, --set lr=X)")
+
+
 def _torch_threads() -> int:
     """The intra-op torch threads the run trained with: float sums, and so the last digits, depend on it."""
     import torch
@@ -411,6 +420,7 @@ def _run_steps(config: RunConfig, learner: Any, stream: Any, dist: Any, device: 
     step's checkpoint may still be being written by ``writer`` when this returns). ``resumed`` lists the
     experiences the run was resumed at (empty for an uninterrupted run): the checkpoints and results.json keep it."""
     n = stream.n_experiences
+    notes: list[str] = []
     for i in _progress(range(start, end), end - start, f"{config.strategy} on {config.benchmark}", progress):
         t0 = time.perf_counter()
         logs.experience = i
@@ -419,6 +429,9 @@ def _run_steps(config: RunConfig, learner: Any, stream: Any, dist: Any, device: 
         divergence = max(divergence, distributed.synchronise_replicas(learner.model, dist, device))
         matrix[i] = [evaluate(learner, stream.test_stream[j], eval_batch, device, dist) for j in range(n)]
         elapsed += time.perf_counter() - t0
+        if matrix[i][i] == 0.0 and dist.is_main:
+            notes.append(underfit_warning(config, i))
+            print(f"lifelong: warning: {notes[-1]}", file=sys.stderr, flush=True)
         if config.loggers:  # every rank takes part in the loss (its shard), rank 0 records it
             loss = training_loss(learner, stream.train_stream[i], eval_batch, device, dist)
             logs.log_experience(i, matrix[i].tolist(), seen_accuracy(matrix, i, test_sizes), loss, elapsed)
@@ -456,6 +469,7 @@ def _run_steps(config: RunConfig, learner: Any, stream: Any, dist: Any, device: 
         "wall_time_s": elapsed,
         "device": str(device),
         "threads": _torch_threads(),
+        "warnings": notes,
         "resumed": bool(resumed),
         "resumed_from": resumed,
         "world_size": dist.world_size,
