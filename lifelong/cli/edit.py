@@ -190,6 +190,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     _add_device_options(im)
     im.set_defaults(handler=cmd_import)
 
+    _add_data_parsers(sub)
+
+
+def _add_data_parsers(sub: argparse._SubParsersAction) -> None:
+    """The subcommands that make data or measure: train-classifier, bench, calibrate, make-set."""
     tc = sub.add_parser("train-classifier",
                         help="train the WordNet-gloss classifier (MiniLM encoder + linear head) into a run folder "
                              "that apply/eval/bench edit with --model")
