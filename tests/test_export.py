@@ -130,3 +130,58 @@ def test_a_refused_import_into_a_new_store_leaves_nothing_behind(exported, capsy
     code, _, err = run(capsys, "edit", "import", "--store", str(tmp_path / "new"), "--adapter",
                        str(exported["adapter"]), "--prompt", " ", "--target", TARGET)
     assert code == 2 and "--prompt is empty" in err and not (tmp_path / "new").exists()
+
+
+def _docs_snippet() -> str:
+    """The transformers + PeftModel block of docs/serving.md that loads an export made with --with-base."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "serving.md").read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "base-model" in b and "PeftModel" in b]
+    assert len(blocks) == 1, "docs/serving.md should hold one PeftModel snippet for --with-base"
+    return blocks[0]
+
+
+def test_export_with_base_loads_in_transformers_and_peft_alone(exported, capsys, tmp_path):
+    """``--with-base`` writes the base beside the adapter and names it: AutoPeftModelForCausalLM loads the folder
+    as it is, and the documented snippet (base from ``base-model/``, then PeftModel) gives SoLA's routed tokens."""
+    import contextlib
+    import io
+
+    import torch
+    from peft import AutoPeftModelForCausalLM
+
+    out = tmp_path / "with-base"
+    code, stdout, err = run(capsys, "edit", "export", "--store", str(exported["root"] / "store"), "--id", "1",
+                            "--out", str(out), "--with-base", "--json")
+    assert code == 0, err
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == str((out / "base-model").resolve()) == json.loads(stdout)["base_model"]
+    assert (out / "base-model" / "config.json").is_file() and (out / "base-model" / "model.safetensors").is_file()
+
+    model = AutoPeftModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(out / "base-model"))
+    ids = tok(PROMPT, return_tensors="pt", add_special_tokens=False).input_ids
+    with torch.no_grad():
+        got = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False,
+                             pad_token_id=tok.pad_token_id)
+    assert got[0, ids.shape[1]:].tolist() == exported["routed"]["tokens"]
+
+    snippet = _docs_snippet().replace('"runs/australia-adapter"', repr(str(out)))
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(snippet, "docs/serving.md", "exec"), {})
+    assert printed.getvalue().strip() == tok.decode(exported["routed"]["tokens"]).strip()
+
+
+def test_export_without_base_says_when_other_tools_cannot_load_the_base(exported, capsys, tmp_path):
+    from lifelong.editing.export import is_portable_base
+
+    assert is_portable_base(str(exported["tiny"])) and not is_portable_base("smollm2-135m")
+    assert is_portable_base("HuggingFaceTB/SmolLM2-135M") and not is_portable_base(None)
+    code, _, err = run(capsys, "edit", "export", "--store", str(exported["root"] / "store"), "--id", "1",
+                       "--out", str(tmp_path / "plain"))
+    assert code == 0 and "note:" not in err  # the tiny model is a folder: loadable as it is

@@ -10,10 +10,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lifelong.adapters.nets.snn_conversion import SCHEMES
-from lifelong.incremental.convert import MAX_TIMESTEPS, RESULT_NAME, convert_run
 from lifelong.platform.device import resolve_device
 from lifelong.platform.errors import UserError
+
+#: the names of ``adapters/nets/snn_conversion.py``'s ``SCHEMES``, written out so that building the parser (which
+#: every ``lifelong`` command does) imports no torch; tests/test_new_user.py checks that the two agree
+SCHEMES: tuple[str, ...] = ("plain", "ecl", "ecl-opt", "init-only", "dual-only")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -31,6 +33,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def parse_timesteps(text: str) -> list[int]:
     """``"1,2,4,8"`` -> ``[1, 2, 4, 8]`` (sorted, unique); anything else is a ``UserError``."""
+    from lifelong.incremental.convert import MAX_TIMESTEPS  # torch-heavy: imported on use, not with the parser
+
     try:
         steps = sorted({int(part) for part in text.split(",") if part.strip()})
     except ValueError:
@@ -63,6 +67,8 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    from lifelong.incremental.convert import RESULT_NAME, convert_run  # torch-heavy: imported on use
+
     timesteps = parse_timesteps(args.timesteps)
     schemes = parse_schemes(args.schemes)
     device = resolve_device(args.device or "auto")

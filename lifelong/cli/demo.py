@@ -17,7 +17,7 @@ from typing import Callable
 from lifelong.benchmarks.preferences import bundled_preferences
 from lifelong.editing.session import EditSession
 from lifelong.incremental.compare import compare
-from lifelong.incremental.results import format_summary_table
+from lifelong.incremental.results import METRICS_LINE, format_summary_table
 from lifelong.platform.registry import create
 
 DEMO_STRATEGIES = ("naive", "ewc", "lwf", "replay", "icarl", "gdumb", "dark-er", "joint")
@@ -29,6 +29,7 @@ def demo_baselines(out: Path) -> None:
     summary = compare(list(DEMO_STRATEGIES), "split-digits", [0, 1, 2], out=target, jobs=2, progress=False)
     print("split-digits, 5 experiences, 3 seeds (mean ± std, %):")
     print(format_summary_table(summary))
+    print(METRICS_LINE)
     print(f"plots and tables: {target}/comparison.png, {target}/summary.csv, one folder per run with results.json")
 
 

@@ -22,7 +22,7 @@ from lifelong.cli.options import add_device_options
 from lifelong.editing.bench import run_edit_bench
 from lifelong.editing.calibrate import calibrate_threshold
 from lifelong.editing.editor import MAX_TARGET_CHARS, EditRequest, check_edit_text, check_edit_tokens
-from lifelong.editing.export import export_peft, import_into
+from lifelong.editing.export import ADAPTER_CONFIG, export_peft, import_into, is_portable_base
 from lifelong.editing.metrics import evaluate_store
 from lifelong.editing.session import EditSession
 from lifelong.editing.store import EditStore
@@ -40,6 +40,31 @@ def _add_paper_metric_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heldout-text", default=None,
                         help="held-out text for perplexity: a file (one text per line) or 'wordnet' (200 WordNet "
                              "usage examples); language models only")
+
+
+def _add_server_options(parser: argparse.ArgumentParser) -> None:
+    """``--server`` and ``--token``: send the command to a running ``lifelong serve`` (cli/edit_remote.py)."""
+    parser.add_argument("--server", default=None, metavar="URL",
+                        help="a running `lifelong serve` (e.g. http://127.0.0.1:8000): its model stays loaded "
+                             "between commands; the server's store is used, so no --store")
+    parser.add_argument("--token", default=None, help="the server's bearer token (default: $LIFELONG_TOKEN)")
+
+
+def _remote(args: argparse.Namespace, *local_only: str) -> Any:
+    """The server of ``--server``, or None; flags that only make sense locally are refused with it, and a
+    command without ``--server`` needs ``--store`` where ``store`` is among ``local_only``'s required."""
+    if args.server is None:
+        return None
+    from lifelong.cli.edit_remote import Remote
+
+    defaults = {"device": "auto", "precision": "fp32", "overrides": []}
+    for name in local_only:
+        value = getattr(args, name, None)
+        if value is not None and value != defaults.get(name):
+            flag = "--set" if name == "overrides" else f"--{name.replace('_', '-')}"
+            raise UserError(f"{flag} does not go with --server: the server has its own store, model and editor "
+                            f"(set them on `lifelong serve`)")
+    return Remote(args.server, args.token)
 
 
 def _retention_set(path: str | None) -> list[tuple[str, str | None]] | None:
@@ -69,7 +94,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     sub.required = True
 
     ap = sub.add_parser("apply", help="apply edits (one --prompt/--target, or a JSON Lines --file)")
-    ap.add_argument("--store", required=True, help="edit store directory (created if missing)")
+    ap.add_argument("--store", default=None, help="edit store directory (created if missing); or --server")
     ap.add_argument("--model", default=None, help="model: smollm2-135m (default), a .gguf file, an HF folder or hub id")
     ap.add_argument("--editor", default=None, help="editor: sola (default), grace, ft-l; fixed by the store's first edit")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -79,27 +104,31 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     ap.add_argument("--file", help="JSON Lines edit file (also ZsRE / CounterFact); validated before any edit")
     ap.add_argument("--json", action="store_true", help="print JSON only")
     add_device_options(ap)
+    _add_server_options(ap)
     ap.set_defaults(handler=cmd_apply)
 
     rb = sub.add_parser("rollback", help="roll edits back by id (rolling back twice is a no-op)")
-    rb.add_argument("--store", required=True)
+    rb.add_argument("--store", default=None, help="edit store directory; or --server")
     rb.add_argument("ids", nargs="+", type=int, metavar="ID")
     rb.add_argument("--json", action="store_true")
+    _add_server_options(rb)
     rb.set_defaults(handler=cmd_rollback)
 
     ls = sub.add_parser("list", help="list the store's edits")
-    ls.add_argument("--store", required=True)
+    ls.add_argument("--store", default=None, help="edit store directory; or --server")
     ls.add_argument("--json", action="store_true")
+    _add_server_options(ls)
     ls.set_defaults(handler=cmd_list)
 
     gen = sub.add_parser("generate", help="greedy generation with the store's edits in force (no --store: base model)")
     gen.add_argument("--store", default=None, help="edit store directory (default: none, the unedited base model)")
     gen.add_argument("--model", default=None)
     gen.add_argument("--prompt")
-    gen.add_argument("--file", help="one prompt per line; one JSON object per line out, same order")
+    gen.add_argument("--file", help="one prompt per line; one JSON object per line out (JSON Lines), same order")
     gen.add_argument("--max-new-tokens", type=int, default=16)
-    gen.add_argument("--json", action="store_true")
+    gen.add_argument("--json", action="store_true", help="JSON Lines out for --prompt too")
     add_device_options(gen)
+    _add_server_options(gen)
     gen.set_defaults(handler=cmd_generate)
 
     ev = sub.add_parser("eval", help="reliability, generalization and locality of the store's active edits "
@@ -116,6 +145,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     ex.add_argument("--store", required=True)
     ex.add_argument("--id", type=int, required=True, help="the edit's id (`lifelong edit list`)")
     ex.add_argument("--out", required=True, help="new folder (adapter_config.json, adapter_model.safetensors)")
+    ex.add_argument("--with-base", action="store_true",
+                    help="also write the base model as a transformers folder (OUT/base-model) and name it in "
+                         "adapter_config.json, so AutoPeftModelForCausalLM loads the folder without lifelong")
     ex.add_argument("--json", action="store_true")
     ex.set_defaults(handler=cmd_export)
 
@@ -128,6 +160,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     im.add_argument("--json", action="store_true")
     add_device_options(im)
     im.set_defaults(handler=cmd_import)
+
+    _add_data_parsers(sub)
+
+
+def _add_data_parsers(sub: argparse._SubParsersAction) -> None:
+    """The subcommands that make data or measure: train-classifier, bench, calibrate, make-set."""
+    tc = sub.add_parser("train-classifier",
+                        help="train the WordNet-gloss classifier (MiniLM encoder + linear head) into a run folder "
+                             "that apply/eval/bench edit with --model")
+    tc.add_argument("--out", required=True, help="new folder: weights, config, edits.jsonl, trr.jsonl")
+    tc.add_argument("--train-per-class", type=int, default=60, help="training glosses per class (default 60)")
+    tc.add_argument("--test-per-class", type=int, default=20, help="held-out TRR glosses per class (default 20)")
+    tc.add_argument("--pool-per-class", type=int, default=60,
+                    help="glosses per class whose misclassified ones become edits (default 60)")
+    tc.add_argument("--epochs", type=int, default=300)
+    tc.add_argument("--seed", type=int, default=0)
+    tc.add_argument("--wordnet-root", default=None, help="WordNet 3.0 folder (default: /usr/share/wordnet)")
+    tc.add_argument("--json", action="store_true")
+    tc.set_defaults(handler=cmd_train_classifier)
 
     be = sub.add_parser("bench", help="sequential editing benchmark on a fresh store, with rollback of half")
     be.add_argument("--editor", required=True)
@@ -159,25 +210,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     ca.add_argument("--json", action="store_true", help="print JSON only")
     add_device_options(ca)
     ca.set_defaults(handler=cmd_calibrate)
-
-    _add_data_parsers(sub)
-
-
-def _add_data_parsers(sub: argparse._SubParsersAction) -> None:
-    """The two commands that make data from WordNet: a classifier with its edit set, a counterfactual edit set."""
-    tc = sub.add_parser("train-classifier",
-                        help="train the WordNet-gloss classifier (MiniLM encoder + linear head) into a run folder "
-                             "that apply/eval/bench edit with --model")
-    tc.add_argument("--out", required=True, help="new folder: weights, config, edits.jsonl, trr.jsonl")
-    tc.add_argument("--train-per-class", type=int, default=60, help="training glosses per class (default 60)")
-    tc.add_argument("--test-per-class", type=int, default=20, help="held-out TRR glosses per class (default 20)")
-    tc.add_argument("--pool-per-class", type=int, default=60,
-                    help="glosses per class whose misclassified ones become edits (default 60)")
-    tc.add_argument("--epochs", type=int, default=300)
-    tc.add_argument("--seed", type=int, default=0)
-    tc.add_argument("--wordnet-root", default=None, help="WordNet 3.0 folder (default: /usr/share/wordnet)")
-    tc.add_argument("--json", action="store_true")
-    tc.set_defaults(handler=cmd_train_classifier)
 
     ms = sub.add_parser("make-set", help="write a counterfactual edit set built from WordNet 3.0 (JSON Lines, the "
                                          "format apply/eval --file read; docs/editing.md)")
@@ -223,6 +255,12 @@ def cmd_apply(args: argparse.Namespace) -> int:
         requests = load_edits(args.file)
     else:
         requests = [EditRequest(prompt=args.prompt, target=args.target)]
+    remote = _remote(args, "store", "model", "editor", "overrides", "device", "precision")
+    if remote is not None:
+        _print_applied(remote.apply(requests, lambda line: print(line, file=sys.stderr)), args.json)
+        return 0
+    if args.store is None:
+        raise UserError("edit apply needs --store DIR (or --server URL of a running `lifelong serve`)")
     session = _session(args, editor=args.editor, overrides=overrides or None)
     ok = False
     try:
@@ -244,18 +282,35 @@ def cmd_apply(args: argparse.Namespace) -> int:
         if not ok and session.store is not None:
             session.store.discard_if_empty()  # a refused first apply leaves no empty store folder
         session.close()
-    if args.json:
+    _print_applied(applied, args.json)
+    return 0
+
+
+def _print_applied(applied: list[dict[str, Any]], as_json: bool) -> None:
+    applied = [{"id": a["id"], "prompt": a["prompt"], "target": a["target"]} for a in applied]
+    if as_json:
         print(json.dumps({"applied": applied}))
     else:
         for a in applied:
             print(f"applied edit {a['id']}: {a['prompt']!r} -> {a['target']!r}")
-    return 0
+
+
+def _store_or_server(args: argparse.Namespace, command: str) -> Any:
+    remote = _remote(args, "store")
+    if remote is None:
+        if args.store is None:
+            raise UserError(f"edit {command} needs --store DIR (or --server URL of a running `lifelong serve`)")
+        _require_store(args.store)
+    return remote
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    _require_store(args.store)
-    with EditStore.open(args.store, create=False) as store:
-        out = store.rollback(args.ids)
+    remote = _store_or_server(args, "rollback")
+    if remote is not None:
+        out = remote.rollback(args.ids)
+    else:
+        with EditStore.open(args.store, create=False) as store:
+            out = store.rollback(args.ids)
     changed = [i for i, c in out if c]
     already = [i for i, c in out if not c]
     if args.json:
@@ -269,10 +324,13 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    _require_store(args.store)
-    with EditStore.open(args.store, create=False, readonly=True) as store:
-        rows = [r.as_dict() for r in store.all_edits()]
-        bad = dict(store.verify())
+    remote = _store_or_server(args, "list")
+    if remote is not None:
+        rows, bad = remote.edits(), {}
+    else:
+        with EditStore.open(args.store, create=False, readonly=True) as store:
+            rows = [r.as_dict() for r in store.all_edits()]
+            bad = dict(store.verify())
     for r in rows:
         if r["id"] in bad:
             r["problem"] = bad[r["id"]]
@@ -288,11 +346,15 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    out = export_peft(args.store, args.id, args.out)
+    out = export_peft(args.store, args.id, args.out, with_base=args.with_base)
+    base = json.loads((out / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
     if args.json:
-        print(json.dumps({"exported": args.id, "out": str(out)}))
+        print(json.dumps({"exported": args.id, "out": str(out), "base_model": base}))
     else:
-        print(f"exported edit {args.id} to {out} (PEFT LoRA adapter)")
+        print(f"exported edit {args.id} to {out} (PEFT LoRA adapter; base model: {base})")
+    if not args.with_base and not is_portable_base(base):
+        print(f"note: adapter_config.json names the base model {base!r}, which only lifelong resolves; "
+              f"export with --with-base to write a base model other tools load", file=sys.stderr)
     return 0
 
 
@@ -313,20 +375,30 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     prompts = load_prompts(args.file) if args.file else [check_edit_text(args.prompt, "--prompt", "")]
+    remote = _remote(args, "store", "model", "device", "precision")
+    if remote is not None:
+        _print_generations(remote.generate(prompts, args.max_new_tokens), args.json or bool(args.file))
+        return 0
     if args.store is not None:
         _require_store(args.store)
     session = _session(args, create=False, readonly=True)
     try:
-        for res in session.generate(prompts, max_new_tokens=args.max_new_tokens):
-            row = {"prompt": res["prompt"], "completion": res["completion"], "edit_id": res["edit_id"]}
-            if args.json:
-                print(json.dumps(row), flush=True)
-            else:
-                tag = f"  [edit {row['edit_id']}]" if row["edit_id"] is not None else ""
-                print(f"{row['prompt']}{row['completion']}{tag}", flush=True)
+        _print_generations(session.generate(prompts, max_new_tokens=args.max_new_tokens),
+                           args.json or bool(args.file))
     finally:
         session.close()
     return 0
+
+
+def _print_generations(results: Any, json_lines: bool) -> None:
+    """One line per prompt as it is done: JSON Lines (``--file`` or ``--json``) or the text with its edit."""
+    for res in results:
+        row = {"prompt": res["prompt"], "completion": res["completion"], "edit_id": res["edit_id"]}
+        if json_lines:
+            print(json.dumps(row), flush=True)
+        else:
+            tag = f"  [edit {row['edit_id']}]" if row["edit_id"] is not None else ""
+            print(f"{row['prompt']}{row['completion']}{tag}", flush=True)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

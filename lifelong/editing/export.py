@@ -6,6 +6,14 @@ folder)`` loads it. Only editors whose class offers ``peft_adapter(config, tenso
 are plain LoRAs); GRACE's codebook values and FT-L's weight deltas are refused with a clear error. The editor is
 found through the registry by the name the store recorded, so this module imports no editor.
 
+``--with-base`` (``with_base=True``) also writes the base model as a transformers folder (``base-model/`` inside
+the adapter folder: config, safetensors weights, tokenizer) and names its absolute path in ``adapter_config.json``'s
+``base_model_name_or_path``, so ``AutoPeftModelForCausalLM.from_pretrained(folder)`` and any other PEFT client load
+it without ``lifelong`` (a store's model is often ``smollm2-135m``, a GGUF file only ``lifelong`` resolves). Without
+it the config names the store's model as the store recorded it, and ``base_reference`` says whether that is
+loadable elsewhere. The base is written with ``save_pretrained`` from the model ``lifelong`` loads (for a GGUF
+file: its dequantised float32 weights, the same the edit was trained on).
+
 What PEFT cannot express is SoLA's routing: the exported adapter is on for every input, so it gives SoLA's output
 on the inputs SoLA routes to that edit (the edit's prompt, close paraphrases) and changes the others too.
 
@@ -37,10 +45,13 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 #: what the edit was (prompt, target, store, id); PEFT ignores it
 EDIT_INFO = "lifelong_edit.json"
+#: the base model written by ``--with-base``, inside the adapter folder
+BASE_DIR = "base-model"
 
 
-def export_peft(store: str | os.PathLike, edit_id: int, out: str | os.PathLike) -> Path:
-    """Write edit ``edit_id`` of ``store`` as a PEFT LoRA adapter folder ``out`` (which must not exist or be empty)."""
+def export_peft(store: str | os.PathLike, edit_id: int, out: str | os.PathLike, *, with_base: bool = False) -> Path:
+    """Write edit ``edit_id`` of ``store`` as a PEFT LoRA adapter folder ``out`` (which must not exist or be empty);
+    ``with_base`` adds the base model as a transformers folder that the adapter config names (``write_base_model``)."""
     from peft import LoraConfig
     from safetensors.torch import save_file
 
@@ -68,13 +79,47 @@ def export_peft(store: str | os.PathLike, edit_id: int, out: str | os.PathLike) 
     except ValueError as exc:
         raise UserError(f"edit {rec.id}: {exc}") from None
     with atomic_folder(out, replace=False, what="--out") as tmp:  # an empty ``out`` is replaced, a full one refused
-        LoraConfig(base_model_name_or_path=model_name, **kwargs).save_pretrained(str(tmp))
+        base = base_reference(out, model_name, with_base)
+        if with_base:
+            write_base_model(model_name, tmp / BASE_DIR)
+        LoraConfig(base_model_name_or_path=base, **kwargs).save_pretrained(str(tmp))
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
         (tmp / EDIT_INFO).write_text(json.dumps({
             "edit_id": rec.id, "prompt": rec.prompt, "target": rec.target, "status": rec.status,
-            "editor": rec.editor, "store": str(store_path), "model_name": model_name,
+            "editor": rec.editor, "store": str(store_path), "model_name": model_name, "base_model": base,
         }, indent=1) + "\n")
     return out
+
+
+def base_reference(out: Path, model_name: str | None, with_base: bool) -> str | None:
+    """What ``adapter_config.json`` names as the base model: the absolute path of the ``base-model/`` folder written
+    beside the adapter (``with_base``), else the store's model as recorded (a path or hub id loads elsewhere too;
+    an embedded name such as ``smollm2-135m`` only through ``lifelong``: ``is_portable_base`` says which)."""
+    if with_base:
+        return str((out / BASE_DIR).resolve())
+    return model_name
+
+
+def is_portable_base(model_name: str | None) -> bool:
+    """Whether transformers can load ``model_name`` by itself: a model folder with a config.json, or a hub id."""
+    if not model_name:
+        return False
+    path = Path(os.path.expanduser(model_name))
+    if path.is_dir():
+        return (path / "config.json").is_file()
+    return "/" in model_name and not path.suffix and not path.exists()
+
+
+def write_base_model(model_name: str | None, folder: Path) -> None:
+    """The store's base model as a transformers folder (config, safetensors weights, tokenizer) in ``folder``,
+    loaded as ``lifelong`` loads it (an embedded GGUF file dequantised to float32, as the edits were trained on)."""
+    from lifelong.adapters.lm.model_loading import load_causal_lm
+
+    if not model_name:
+        raise UserError("the store records no model name, so --with-base cannot write its base model")
+    model, tokenizer = load_causal_lm(model_name)
+    model.save_pretrained(str(folder), safe_serialization=True)
+    tokenizer.save_pretrained(str(folder))
 
 
 def read_peft(adapter: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:

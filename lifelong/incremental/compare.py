@@ -24,7 +24,7 @@ from lifelong.incremental.run import (
 )
 from lifelong.platform import registry
 from lifelong.platform.atomic import atomic_write_text, folder_lock
-from lifelong.platform.config import ConfigError
+from lifelong.platform.config import ConfigError, load_yaml, to_dict
 from lifelong.platform.errors import UserError, user_os_errors
 
 
@@ -41,8 +41,8 @@ class RunFailed(Exception):
 
 
 def compare(
-    strategies: list[str],
-    benchmark: str,
+    strategies: list[str] | None,
+    benchmark: str | None,
     seeds: list[int],
     *,
     out: str | Path,
@@ -50,41 +50,32 @@ def compare(
     config_file: str | Path | None = None,
     jobs: int = 1,
     threads: int = 1,
-    device: str = "auto",
+    device: str | None = None,
     progress: bool = True,
     resume: bool = False,
 ) -> dict[str, Any]:
     """Run every (strategy, seed) pair and write summary.json / summary.csv / comparison.png to ``out``.
 
-    Every run uses ``threads`` intra-op torch threads, whether the runs go one after the other or in ``jobs``
-    parallel processes: float reductions then happen in the same order, so both give the same summary, bit for
-    bit. With several GPUs and ``device=auto``, parallel jobs take them in turn. A strategy or seed named twice
-    is refused (the pair would run twice into one folder). ``resume`` continues every pair from the checkpoint
-    in its folder, where there is one. The first run that fails stops the comparison with ``RunFailed``.
+    ``config_file`` is honoured exactly as ``run`` honours it (``comparison_configs``): one file, a folder of
+    files, or a name (``configs/<strategy>/NAME.yaml``), one config per strategy. Every run uses ``threads``
+    intra-op torch threads, whether the runs go one after the other or in ``jobs`` parallel processes: float
+    reductions then happen in the same order, so both give the same summary, bit for bit (and ``run``, whose
+    default is the same one thread, gives the same numbers too). With several GPUs and ``device=auto``, parallel
+    jobs take them in turn. A strategy or seed named twice is refused (the pair would run twice into one folder).
+    ``resume`` continues every pair from the checkpoint in its folder, where there is one. The first run that
+    fails stops the comparison with ``RunFailed``.
     """
 
     out = Path(out)
-    for flag, values in (("--strategies", strategies), ("--seeds", seeds)):
+    for flag, values in (("--strategies", strategies or []), ("--seeds", seeds)):
         twice = sorted({str(v) for v in values if values.count(v) > 1})
         if twice:
             raise UserError(f"{flag}: {', '.join(twice)} given more than once; name each once")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder; choose another path")
-    overrides = overrides or {}
-    known = set(TOP_LEVEL_KEYS) | set(config_fields("benchmark", benchmark))
-    per_strategy = {s: known | set(config_fields("strategy", s)) for s in strategies}
-    for s in strategies:  # components=[..] and kd.alpha=..: the keys of training components, where accepted
-        if registry.get("strategy", s).capabilities.accepts_components:
-            per_strategy[s] |= {"components", *plugin_names("component")}
-    unusable = [k for k in overrides if not any(k in keys for keys in per_strategy.values())]
-    if unusable:
-        raise ConfigError(f"unknown config key {unusable[0]!r}: neither {benchmark} nor any of {', '.join(strategies)} has it")
-    configs = [  # seed by seed: consecutive runs share one stream (build_stream); the summary's order is unchanged
-        resolve_config(strategy=s, benchmark=benchmark, config_file=config_file, seed=seed, device=device,
-                       overrides={k: v for k, v in overrides.items() if k in per_strategy[s]})
-        for seed in seeds
-        for s in strategies
-    ]
+    configs = comparison_configs(strategies, benchmark, seeds, config_file=config_file, overrides=overrides,
+                                 device=device)
+    benchmark = configs[0].benchmark
     if jobs > 1:
         configs = _spread_over_gpus(configs)
     with folder_lock(out, "--out"):  # one comparison per folder; each run also locks its own folder
@@ -93,6 +84,103 @@ def compare(
         with user_os_errors("cannot write the summary to", out):
             write_summary(out, benchmark, summary)
     return summary
+
+
+CONFIG_ROOT = Path("configs")  # where ``--config NAME`` looks first (then beside the package: a source checkout)
+
+
+def config_files(config: str | Path | None, strategies: list[str] | None) -> dict[str, Path | None]:
+    """The config file of each strategy of a comparison, in order: ``config`` is one YAML file (for the strategy
+    it names, or for all when it names none), a folder of YAML files (one per strategy, each naming its
+    strategy or named after it), or a name (``configs/<strategy>/NAME.yaml`` for each strategy; without
+    ``strategies``, every strategy that has one). A ``--strategies`` list that contradicts the files is refused."""
+    if config is None:
+        if not strategies:
+            raise UserError("--strategies: give at least one strategy name (or --config with a strategy)")
+        return {s: None for s in strategies}
+    path = Path(config)
+    if path.is_file() or path.suffix in (".yaml", ".yml"):
+        named = load_yaml(path).get("strategy")
+        if named and strategies and list(strategies) != [named]:
+            raise ConfigError(f"--strategies {','.join(strategies)} contradicts {path}, which says strategy: {named}; "
+                              f"for one config per strategy give a folder or a name (configs/<strategy>/NAME.yaml)")
+        if not named and not strategies:
+            raise ConfigError(f"{path} names no strategy: give --strategies or add 'strategy:' to the file")
+        return {s: path for s in (strategies or [named])}
+    if path.is_dir():
+        found: dict[str, Path] = {}
+        for file in sorted([*path.glob("*.yaml"), *path.glob("*.yml")]):
+            name = load_yaml(file).get("strategy") or file.stem
+            if name in found:
+                raise ConfigError(f"--config {path}: two files for strategy {name} ({found[name].name}, {file.name}); "
+                                  f"keep one per strategy")
+            found[name] = file
+        return _pick(found, strategies, f"folder {path}")
+    if len(path.parts) != 1:
+        raise ConfigError(f"--config {config}: no such file or folder")
+    roots = [CONFIG_ROOT, Path(__file__).resolve().parents[2] / "configs"]
+    root = next((r for r in roots if any(r.glob(f"*/{config}.yaml"))), None)
+    if root is None:
+        raise ConfigError(f"--config {config}: no such file or folder, and no configs/<strategy>/{config}.yaml "
+                          f"(looked in {', '.join(str(r) for r in roots)})")
+    found = {file.parent.name: file for file in sorted(root.glob(f"*/{config}.yaml"))}
+    return _pick(found, strategies, f"{root}/<strategy>/{config}.yaml")
+
+
+def _pick(found: dict[str, Path], strategies: list[str] | None, where: str) -> dict[str, Path | None]:
+    if not found:
+        raise ConfigError(f"--config: no YAML config in {where}")
+    missing = [s for s in strategies or [] if s not in found]
+    if missing:
+        raise ConfigError(f"--config: no config for {', '.join(missing)} in {where}; it has: {', '.join(found)}")
+    return {s: found[s] for s in (strategies or found)}
+
+
+def comparison_configs(strategies: list[str] | None, benchmark: str | None, seeds: list[int], *,
+                       config_file: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                       device: str | None = None) -> list[RunConfig]:
+    """Every run of a comparison, resolved as ``run`` resolves one (``resolve_config``: the file's benchmark,
+    keys valid for that benchmark, a ``--benchmark`` that contradicts the file refused), seed by seed.
+
+    A ``--set`` key goes to the runs whose strategy or benchmark has it and must fit at least one. The runs of
+    one seed must share one benchmark and one benchmark setting (a comparison on two data splits compares
+    nothing), else the first difference is named with the ``--set`` that settles it."""
+    files = config_files(config_file, strategies)
+    overrides = overrides or {}
+    benchmarks = {s: benchmark or (load_yaml(f).get("benchmark") if f else None) or "split-digits"
+                  for s, f in files.items()}
+    per_strategy = {s: set(TOP_LEVEL_KEYS) | set(config_fields("benchmark", benchmarks[s]))
+                    | set(config_fields("strategy", s)) for s in files}
+    for s in files:  # components=[..] and kd.alpha=..: the keys of training components, where accepted
+        if registry.get("strategy", s).capabilities.accepts_components:
+            per_strategy[s] |= {"components", *plugin_names("component")}
+    unusable = [k for k in overrides if not any(k in keys for keys in per_strategy.values())]
+    if unusable:
+        raise ConfigError(f"unknown config key {unusable[0]!r}: neither {', '.join(sorted(set(benchmarks.values())))} "
+                          f"nor any of {', '.join(files)} has it")
+    configs = [  # seed by seed: consecutive runs share one stream (build_stream); the summary's order is unchanged
+        resolve_config(strategy=s, benchmark=benchmark, config_file=f, seed=seed, device=device,
+                       overrides={k: v for k, v in overrides.items() if k in per_strategy[s]})
+        for seed in seeds
+        for s, f in files.items()
+    ]
+    _same_benchmark(configs)
+    return configs
+
+
+def _same_benchmark(configs: list[RunConfig]) -> None:
+    """Refuse runs of one comparison on different benchmarks or benchmark settings, naming the first difference."""
+    first = configs[0]
+    for other in configs[1:]:
+        if other.benchmark != first.benchmark:
+            raise ConfigError(f"the configs of {first.strategy} and {other.strategy} name different benchmarks "
+                              f"({first.benchmark}, {other.benchmark}); a comparison runs on one")
+        a, b = to_dict(first.benchmark_config), to_dict(other.benchmark_config)
+        for key in sorted((set(a) | set(b)) - {"seed"}):  # the seed is the comparison's axis
+            if a.get(key) != b.get(key):
+                raise ConfigError(f"the configs of {first.strategy} and {other.strategy} set {first.benchmark}'s "
+                                  f"{key} differently ({a.get(key)!r}, {b.get(key)!r}); a comparison needs one "
+                                  f"setting: add --set {key}=VALUE")
 
 
 def _run_dir(out: Path, config: RunConfig) -> Path:
@@ -136,7 +224,11 @@ def _run_many(configs: list[RunConfig], out: Path, jobs: int, threads: int, prog
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            return [_checked(_run_one(c, out, progress, resume)) for c in configs]
+            runs = []
+            for config in configs:
+                runs.append(_checked(_run_one(config, out, progress, resume)))
+                _report(runs[-1], len(runs), len(configs), progress)
+            return runs
         finally:
             torch.set_num_threads(previous)
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -149,8 +241,8 @@ def _run_many(configs: list[RunConfig], out: Path, jobs: int, threads: int, prog
                              initargs=(threads, context.get_start_method() != "fork")) as pool:
         futures = [pool.submit(_run_one, c, out, False, resume) for c in configs]
         try:
-            for future in as_completed(futures):
-                _checked(future.result())
+            for done, future in enumerate(as_completed(futures), start=1):
+                _report(_checked(future.result()), done, len(configs), progress)
             return [f.result() for f in futures]
         except BrokenProcessPool:
             lost = [f"{c.strategy} seed {c.seed}" for c, f in zip(configs, futures)
@@ -160,6 +252,16 @@ def _run_many(configs: list[RunConfig], out: Path, jobs: int, threads: int, prog
         finally:
             for future in futures:
                 future.cancel()
+
+
+def _report(result: dict[str, Any], done: int, total: int, progress: bool) -> None:
+    """One line on stderr per finished run (strategy, seed, AIA, time, how many remain), so a long comparison is
+    never silent until its table."""
+    if not progress or "strategy" not in result:
+        return
+    print(f"{result['strategy']} seed {result['seed']}: AIA "
+          f"{100 * result['average_incremental_accuracy']:.2f} %, {result['wall_time_s']:.1f} s "
+          f"({done} of {total} runs done, {total - done} remain)", file=sys.stderr, flush=True)
 
 
 def _preload() -> None:

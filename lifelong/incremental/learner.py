@@ -31,14 +31,14 @@ if TYPE_CHECKING:
 class StrategyConfig:
     """Training settings every strategy shares; a strategy's own config subclasses this and may change defaults."""
 
-    model: str = "auto"
-    epochs: int = 4
-    batch_size: int = 32
-    eval_batch_size: int = 256
-    lr: float = 0.01
+    model: str = "auto"  # backbone: auto (by input size), mlp, cnn-small, cnn-28, resnet-reduced, ...
+    epochs: int = 4  # training epochs per experience
+    batch_size: int = 32  # training batch (the global batch under torchrun)
+    eval_batch_size: int = 256  # batch of the runner's evaluation
+    lr: float = 0.01  # learning rate
     optimizer: Literal["sgd", "adam"] = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 0.0
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 0.0  # L2 penalty of the optimizer
     #: mixed precision of training and prediction: fp32, bf16 or fp16 (see lifelong.platform.device)
     precision: str = "fp32"
 
@@ -63,9 +63,9 @@ class ComposableConfig(StrategyConfig):
     as ``ce`` for a network with one time step).
     """
 
-    components: list[str] = field(default_factory=list)
-    component_config: dict[str, Any] = field(default_factory=dict)
-    loss: Literal["ce", "tet"] = "ce"
+    components: list[str] = field(default_factory=list)  # training components, in order (`plugins list --kind component`)
+    component_config: dict[str, Any] = field(default_factory=dict)  # each component's options, by name
+    loss: Literal["ce", "tet"] = "ce"  # ce: of the time-averaged logits; tet: mean over time steps
 
     def validate(self) -> None:
         super().validate()
@@ -361,3 +361,15 @@ class Learner(abc.ABC):
     def summary(self) -> dict[str, Any]:
         """Extra facts for results.json (e.g. spike rates, parameter counts)."""
         return {}
+
+
+def unsaved_memory(learner: Any, uses_replay_memory: bool) -> list[str]:
+    """What a learner that keeps a memory (``uses_replay_memory``) does not save: the ``extra_state`` /
+    ``load_extra_state`` pair left as the base class has it. Resuming such a learner would continue with an
+    empty memory and give other numbers than the uninterrupted run, so the runner refuses ``--resume`` for it."""
+    if not uses_replay_memory:
+        return []
+    cls = type(learner)
+    return [name for name in ("extra_state", "load_extra_state")
+            if getattr(cls, name, None) is getattr(Learner, name)]
+

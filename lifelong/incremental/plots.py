@@ -110,7 +110,7 @@ def heatmap_png(matrix: Sequence[Sequence[float]], title: str, *, xlabel: str = 
             draw.rectangle((x0, y0, x0 + cell - 1, y0 + cell - 1), fill=viridis(float(m[i, j])))
             if cell >= 30:
                 value = m[i, j]
-                shown = f"{value:.2f}" if math.isfinite(value) else "nan"
+                shown = f"{100 * value:.1f}" if math.isfinite(value) else "nan"  # in %, as every table
                 _text(draw, (x0 + cell / 2, y0 + cell / 2), shown, 11, _WHITE if not value >= 0.6 else _INK, "mm")
     draw.rectangle((left - 1, top - 1, left + grid_w, top + grid_h), outline=_INK)
     step = max(1, math.ceil(max(rows, cols) / 12))
@@ -130,19 +130,61 @@ def heatmap_png(matrix: Sequence[Sequence[float]], title: str, *, xlabel: str = 
     bar = _viridis_table()[::-1, None, :].repeat(bar_w, 1)
     image.paste(Image.fromarray(bar, "RGB").resize((bar_w, grid_h), Image.BILINEAR), (bx, top))
     draw.rectangle((bx - 1, top - 1, bx + bar_w, top + grid_h), outline=_INK)
-    for tick in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0):
+    for tick, label in zip((0.0, 0.2, 0.4, 0.6, 0.8, 1.0), percent_ticks()):
         y = top + (1 - tick) * (grid_h - 1)
         draw.line((bx + bar_w, y, bx + bar_w + 3, y), fill=_INK)
-        _text(draw, (bx + bar_w + 5, y), f"{tick:.1f}", 10, anchor="lm")
+        _text(draw, (bx + bar_w + 5, y), label, 10, anchor="lm")
     return _png(image)
 
 
+MARKERS = ("circle", "square", "triangle", "diamond", "down")
+
+
+def percent_ticks() -> list[str]:
+    """The labels of a 0-to-1 accuracy axis, in % as every table prints accuracies."""
+    return [f"{100 * k / 5:.0f}" for k in range(6)]
+
+
+def step_ticks(n: int) -> list[int]:
+    """The training steps labelled on the x axis of ``n`` steps: counted from 0, as the tables and the accuracy
+    matrix count them (at most about ten labels)."""
+    return list(range(0, n, max(1, math.ceil(n / 10))))
+
+
+def series_style(k: int) -> tuple[str, str]:
+    """The colour and marker of the ``k``-th line: the tab10 cycle, and a marker shape that changes along it, so
+    that lines 10 apart (the same colour) still differ and many lines stay told apart in grey print too."""
+    return TAB10[k % len(TAB10)], MARKERS[(k + k // len(TAB10)) % len(MARKERS)]
+
+
+def legend_label(item: dict[str, Any], final: bool) -> str:
+    """A line's legend text; with ``final``, its last value in % (read a crowded plot from its legend)."""
+    values = item["values"]
+    if final and values and math.isfinite(values[-1]):
+        return f"{item['label']} {100 * values[-1]:.1f}"
+    return str(item["label"])
+
+
+def _marker(draw: Any, x: float, y: float, r: float, shape: str, colour: Any) -> None:
+    if shape == "square":
+        draw.rectangle((x - r, y - r, x + r, y + r), fill=colour)
+    elif shape == "triangle":
+        draw.polygon([(x, y - 1.2 * r), (x - 1.1 * r, y + 0.8 * r), (x + 1.1 * r, y + 0.8 * r)], fill=colour)
+    elif shape == "down":
+        draw.polygon([(x, y + 1.2 * r), (x - 1.1 * r, y - 0.8 * r), (x + 1.1 * r, y - 0.8 * r)], fill=colour)
+    elif shape == "diamond":
+        draw.polygon([(x, y - 1.3 * r), (x + 1.3 * r, y), (x, y + 1.3 * r), (x - 1.3 * r, y)], fill=colour)
+    else:
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
+
+
 def line_plot_png(series: Sequence[dict[str, Any]], *, xlabel: str, ylabel: str, title: str | None = None,
-                  size: tuple[int, int] = (500, 320), legend_columns: int = 1) -> bytes:
-    """Lines with round markers over steps 1..n on a 0-to-1 axis, each with an optional band.
+                  size: tuple[int, int] = (500, 320), legend_columns: int = 1, final_in_legend: bool = False) -> bytes:
+    """Lines with markers over steps 0..n-1 on a 0-to-100 % axis (values are fractions), each with an optional band.
 
     ``series``: dicts with ``label``, ``values`` and optionally ``band`` (the half-width drawn around the values,
-    e.g. a standard deviation) and ``colour`` (default the tab10 cycle).
+    e.g. a standard deviation) and ``colour`` (default the tab10 cycle; the marker shape follows ``series_style``).
+    ``final_in_legend`` writes each line's last value beside its label.
     """
     from PIL import Image, ImageDraw
 
@@ -155,20 +197,19 @@ def line_plot_png(series: Sequence[dict[str, Any]], *, xlabel: str, ylabel: str,
     x0, x1, y0, y1 = left * s, W - right * s, top * s, H - bottom * s
     n = max((len(item["values"]) for item in series), default=1)
     pad = 0.05 * max(n - 1, 1)
-    lo, hi = 1 - pad, n + pad
+    lo, hi = -pad, n - 1 + pad
 
     def px(step: float, value: float) -> tuple[float, float]:
         v = min(max(value, 0.0), 1.0) if math.isfinite(value) else 0.0
         return x0 + (step - lo) / (hi - lo) * (x1 - x0), y1 - v * (y1 - y0)
 
-    for k in range(6):  # grid and y ticks at 0, 0.2, ..., 1
+    for k, label in enumerate(percent_ticks()):  # grid and y ticks at 0, 20, ..., 100 %
         value = k / 5
         _, y = px(lo, value)
         draw.line((x0, y, x1, y), fill=_GRID, width=s)
         draw.line((x0 - 4 * s, y, x0, y), fill=_INK, width=s)
-        _text(draw, (x0 - 6 * s, y), f"{value:.1f}", 10 * s, anchor="rm")
-    tick_step = max(1, math.ceil(n / 10))
-    for step in range(1, n + 1, tick_step):
+        _text(draw, (x0 - 6 * s, y), label, 10 * s, anchor="rm")
+    for step in step_ticks(n):
         x, _ = px(step, 0)
         draw.line((x, y0, x, y1), fill=_GRID, width=s)
         draw.line((x, y1, x, y1 + 4 * s), fill=_INK, width=s)
@@ -177,25 +218,26 @@ def line_plot_png(series: Sequence[dict[str, Any]], *, xlabel: str, ylabel: str,
         band = item.get("band")
         if band is not None and len(item["values"]) > 1:
             overlay = Image.new("RGBA", (W, H), (0, 0, 0, 0))
-            colour = _rgb(item.get("colour") or TAB10[k % len(TAB10)])
-            upper = [px(i + 1, v + b) for i, (v, b) in enumerate(zip(item["values"], band))]
-            lower = [px(i + 1, v - b) for i, (v, b) in enumerate(zip(item["values"], band))]
+            colour = _rgb(item.get("colour") or series_style(k)[0])
+            upper = [px(i, v + b) for i, (v, b) in enumerate(zip(item["values"], band))]
+            lower = [px(i, v - b) for i, (v, b) in enumerate(zip(item["values"], band))]
             ImageDraw.Draw(overlay).polygon(upper + lower[::-1], fill=(*colour, 38))
             image.paste(overlay, (0, 0), overlay)
     for k, item in enumerate(series):
-        colour = _rgb(item.get("colour") or TAB10[k % len(TAB10)])
-        points = [px(i + 1, v) for i, v in enumerate(item["values"])]
+        default, shape = series_style(k)
+        colour = _rgb(item.get("colour") or default)
+        points = [px(i, v) for i, v in enumerate(item["values"])]
         if len(points) > 1:
             draw.line(points, fill=colour, width=3 * s, joint="curve")
         for x, y in points:
-            r = 3 * s
-            draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
+            _marker(draw, x, y, 3 * s, shape, colour)
     draw.rectangle((x0, y0, x1, y1), outline=_INK, width=s)
     _text(draw, ((x0 + x1) / 2, H - 8 * s), xlabel, 11 * s, anchor="mb")
     _vertical_text(image, (14 * s, (y0 + y1) / 2), ylabel, 11 * s)
     if title:
         _text(draw, (W / 2, 8 * s), title, 12 * s, anchor="mt")
-    _legend(draw, series, (x0, y0, x1, y1), [px(i + 1, v) for item in series for i, v in enumerate(item["values"])],
+    labelled = [{**item, "label": legend_label(item, final_in_legend)} for item in series]
+    _legend(draw, labelled, (x0, y0, x1, y1), [px(i, v) for item in series for i, v in enumerate(item["values"])],
             legend_columns, s)
     return _png(image.reduce(s))  # the mean of each 2x2 block
 
@@ -224,7 +266,8 @@ def _legend(draw: Any, series: Sequence[dict[str, Any]], axes: tuple[float, floa
     for k, item in enumerate(series):
         c, r = divmod(k, rows)
         x, y = bx + 6 * s + c * col_w, by + 3 * s + r * row_h + row_h / 2
-        colour = _rgb(item.get("colour") or TAB10[k % len(TAB10)])
+        default, shape = series_style(k)
+        colour = _rgb(item.get("colour") or default)
         draw.line((x, y, x + sample, y), fill=colour, width=3 * s)
-        draw.ellipse((x + sample / 2 - 3 * s, y - 3 * s, x + sample / 2 + 3 * s, y + 3 * s), fill=colour)
+        _marker(draw, x + sample / 2, y, 3 * s, shape, colour)
         _text(draw, (x + sample + 5 * s, y), str(item["label"]), size, anchor="lm")

@@ -112,11 +112,11 @@ def write_concurrently(files: dict[Path, bytes]) -> None:
 def run_plots(results: dict[str, Any]) -> dict[Path, bytes]:
     """accuracy_matrix.png (the heatmap of R) and accuracy_curve.png (accuracy on the classes seen so far), as
     PNG bytes by file name."""
-    title = f"R[i][j]: {results['strategy']} on {results['benchmark']} (seed {results['seed']})"
+    title = f"R[i][j] (%): {results['strategy']} on {results['benchmark']} (seed {results['seed']})"
     return {
         Path("accuracy_matrix.png"): heatmap_png(results["accuracy_matrix"], title),
         Path("accuracy_curve.png"): line_plot_png([{"label": results["strategy"], "values": results["seen_accuracy"]}],
-                                                  xlabel="training step", ylabel="accuracy on classes seen so far"),
+                                                  xlabel="training step", ylabel="accuracy on classes seen so far (%)"),
     }
 
 
@@ -160,8 +160,15 @@ def write_summary(out: Path, benchmark: str, summary: dict[str, Any]) -> None:
     series = [{"label": strategy, "values": entry["seen_accuracy"]["mean"], "band": entry["seen_accuracy"]["std"]}
               for strategy, entry in summary.items()]
     atomic_write_bytes(out / "comparison.png", line_plot_png(
-        series, xlabel="training step", ylabel="accuracy on classes seen so far",
-        title=f"{benchmark}: mean ± std over seeds", size=(600, 360), legend_columns=2))
+        series, xlabel="training step", ylabel="accuracy on classes seen so far (%)",
+        title=f"{benchmark}: mean ± std over seeds (legend: last step, %)", size=(600, 360), legend_columns=2,
+        final_in_legend=True))
+
+
+#: what the four columns of every table mean, in one line (the full definitions: METRIC_DEFINITIONS)
+METRICS_LINE = ("AIA: mean over steps of the accuracy on all classes seen so far; last: accuracy on all classes "
+                "after the last step; forgetting: mean drop from each old experience's best accuracy to its last; "
+                "BWT: mean last minus just-learned accuracy of each old experience (negative: forgotten)")
 
 
 def format_summary_table(summary: dict[str, Any]) -> str:

@@ -33,7 +33,7 @@ from lifelong.incremental.checkpoint import (
     step_seed,
 )
 from lifelong.incremental.distributed import shard_experience, sum_over_ranks
-from lifelong.incremental.learner import DistributedInfo, RunContext
+from lifelong.incremental.learner import DistributedInfo, RunContext, unsaved_memory
 from lifelong.incremental.loggers import LoggerSet, check_loggers, create_loggers
 from lifelong.incremental.metrics import cil_metrics, seen_accuracy
 from lifelong.incremental.results import package_versions, seen_curve, write_run
@@ -153,6 +153,10 @@ def resolve_config(
     """Merge a YAML file, ``--set`` overrides and explicit flags into one validated ``RunConfig``."""
     data: dict[str, Any] = load_yaml(config_file) if config_file else {}
     unknown = [k for k in data if k not in TOP_LEVEL_KEYS]
+    for flag, given in (("strategy", strategy), ("benchmark", benchmark)):  # the file is honoured, never overridden
+        if given and data.get(flag) and given != data[flag]:
+            raise ConfigError(f"--{flag} {given} contradicts {config_file}, which says {flag}: {data[flag]}; "
+                              f"drop --{flag} or use a config file for {given}")
     strategy = strategy or data.get("strategy")
     benchmark = benchmark or data.get("benchmark") or "split-digits"
     if not strategy:
@@ -335,7 +339,16 @@ def _run_locked(config: RunConfig, out_dir: Path, state: dict[str, Any] | None, 
     n = stream.n_experiences
     matrix = np.zeros((n, n))
     start, elapsed, divergence = 0, 0.0, 0.0
+    resumed: list[int] = []
     if state is not None:
+        missing = unsaved_memory(learner, strategy_spec.capabilities.uses_replay_memory)
+        if missing:
+            raise UserError(f"--resume: strategy {config.strategy} keeps a memory (uses_replay_memory) but does not "
+                            f"save it (no {' / '.join(missing)}); resuming would continue with an empty memory, so "
+                            f"run it again without --resume, or give the strategy {' and '.join(missing)}")
+        earlier = state.get("resumed_from")
+        earlier = [int(k) for k in earlier if isinstance(k, int)] if isinstance(earlier, list) else []
+        resumed = [*earlier, int(state["completed"])]
         learner_state = dict(state["learner"])
         if state.get("world_size", 1) != dist.world_size:
             raise UserError(f"--resume: the checkpoint in {out_dir} was written by a run of {state.get('world_size', 1)} "
@@ -364,7 +377,7 @@ def _run_locked(config: RunConfig, out_dir: Path, state: dict[str, Any] | None, 
     written = False
     try:
         results = _run_steps(config, learner, stream, dist, device, matrix, test_sizes, eval_batch, start, end,
-                             elapsed, divergence, fingerprint, checkpoint_path, progress, logs, writer)
+                             elapsed, divergence, fingerprint, checkpoint_path, progress, logs, writer, resumed)
         if results is not None and dist.is_main:
             # the last checkpoint is still being written while the plots are drawn; results.json waits for it
             with user_os_errors("cannot write the results of the run to", out_dir):
@@ -381,6 +394,22 @@ def _run_locked(config: RunConfig, out_dir: Path, state: dict[str, Any] | None, 
     return results if results is not None else {"completed": end, "accuracy_matrix": matrix[:end].tolist()}
 
 
+def underfit_warning(config: RunConfig, experience: int) -> str:
+    """The warning of a step whose own test data scores 0 %: the model did not learn what it was just shown
+    (typically one epoch, or a learning rate too small for the backbone), so the run's numbers say little."""
+    epochs = getattr(config.strategy_config, "epochs", None)
+    lr = getattr(config.strategy_config, "lr", None)
+    return (f"after training experience {experience}, {config.strategy} scores 0 % on that experience's own test "
+            f"data: the model underfits (epochs={epochs}, lr={lr}); raise them (--set epochs=N, --set lr=X)")
+
+
+def _torch_threads() -> int:
+    """The intra-op torch threads the run trained with: float sums, and so the last digits, depend on it."""
+    import torch
+
+    return torch.get_num_threads()
+
+
 def _wait_for(writer: CheckpointWriter, checkpoint_path: Path) -> None:
     with user_os_errors("cannot write the checkpoint", checkpoint_path):
         writer.wait()
@@ -389,10 +418,12 @@ def _wait_for(writer: CheckpointWriter, checkpoint_path: Path) -> None:
 def _run_steps(config: RunConfig, learner: Any, stream: Any, dist: Any, device: Any, matrix: np.ndarray,
                test_sizes: list[int], eval_batch: int, start: int, end: int, elapsed: float, divergence: float,
                fingerprint: str, checkpoint_path: Path, progress: bool, logs: LoggerSet,
-               writer: CheckpointWriter) -> dict[str, Any] | None:
+               writer: CheckpointWriter, resumed: list[int]) -> dict[str, Any] | None:
     """Experiences ``start`` to ``end`` of ``run_experiment``; the results when the stream is complete (each
-    step's checkpoint may still be being written by ``writer`` when this returns)."""
+    step's checkpoint may still be being written by ``writer`` when this returns). ``resumed`` lists the
+    experiences the run was resumed at (empty for an uninterrupted run): the checkpoints and results.json keep it."""
     n = stream.n_experiences
+    notes: list[str] = []
     for i in _progress(range(start, end), end - start, f"{config.strategy} on {config.benchmark}", progress):
         t0 = time.perf_counter()
         logs.experience = i
@@ -401,6 +432,9 @@ def _run_steps(config: RunConfig, learner: Any, stream: Any, dist: Any, device: 
         divergence = max(divergence, distributed.synchronise_replicas(learner.model, dist, device))
         matrix[i] = [evaluate(learner, stream.test_stream[j], eval_batch, device, dist) for j in range(n)]
         elapsed += time.perf_counter() - t0
+        if matrix[i][i] == 0.0 and dist.is_main:
+            notes.append(underfit_warning(config, i))
+            print(f"lifelong: warning: {notes[-1]}", file=sys.stderr, flush=True)
         if config.loggers:  # every rank takes part in the loss (its shard), rank 0 records it
             loss = training_loss(learner, stream.train_stream[i], eval_batch, device, dist)
             logs.log_experience(i, matrix[i].tolist(), seen_accuracy(matrix, i, test_sizes), loss, elapsed)
@@ -417,6 +451,7 @@ def _run_steps(config: RunConfig, learner: Any, stream: Any, dist: Any, device: 
                     "wall_time_s": elapsed,
                     "world_size": dist.world_size,
                     "replica_divergence": divergence,
+                    "resumed_from": resumed,
                     "learner": learner_state,
                     **({"rank_extra": rank_extra} if rank_extra is not None else {}),
                     **({"log_steps": logs.state()["steps"]} if logs else {}),
@@ -436,6 +471,10 @@ def _run_steps(config: RunConfig, learner: Any, stream: Any, dist: Any, device: 
         **cil_metrics(matrix, test_sizes),
         "wall_time_s": elapsed,
         "device": str(device),
+        "threads": _torch_threads(),
+        "warnings": notes,
+        "resumed": bool(resumed),
+        "resumed_from": resumed,
         "world_size": dist.world_size,
         **({"replica_divergence": divergence} if dist.enabled else {}),
         "config": to_dict(config),

@@ -24,3 +24,19 @@ def quiet_avalanche() -> Iterator[None]:
         warnings.filterwarnings("ignore", message="No loggers specified")
         warnings.filterwarnings("ignore", message="no QP solver found")
         yield
+
+
+@contextlib.contextmanager
+def quiet_loading_bars() -> Iterator[None]:
+    """Hide transformers' per-load progress bars ("Loading weights", one line per model load) inside: a load from a
+    local folder takes seconds, and the bars were printed even by quiet commands and ``--json`` output. The state
+    the caller had is restored after. (The one-time GGUF conversion keeps its bar: it is a long wait.)"""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()

@@ -94,7 +94,7 @@ class LwF(AvalancheLearner):
 
 @dataclass
 class ReplayConfig(ComposableConfig):
-    mem_size: int = 200
+    mem_size: int = 200  # samples the memory holds (in all, over every class seen)
 
 
 @register("strategy", "replay", config=ReplayConfig, summary="experience replay with a class-balanced memory", capabilities=_REPLAY_DDP_COMPONENTS)
@@ -123,7 +123,7 @@ class Replay(AvalancheLearner):
 
 @dataclass
 class GDumbConfig(StrategyConfig):
-    mem_size: int = 200
+    mem_size: int = 200  # samples the memory holds (in all, over every class seen)
 
 
 @register("strategy", "gdumb", config=GDumbConfig, summary="greedy class-balanced memory, retrained from scratch (Prabhu et al. 2020)", capabilities=_REPLAY_SINGLE)
@@ -136,7 +136,7 @@ class GDumb(AvalancheLearner):
 
 @dataclass
 class DarkERConfig(StrategyConfig):
-    mem_size: int = 200
+    mem_size: int = 200  # samples the memory holds (in all, over every class seen)
     alpha: float = 0.1
     beta: float = 0.5
 
@@ -153,7 +153,7 @@ class DarkER(AvalancheLearner):
 
 @dataclass
 class ICaRLConfig(StrategyConfig):
-    mem_size: int = 200
+    mem_size: int = 200  # samples the memory holds (in all, over every class seen)
     fixed_memory: bool = True
     lr: float = 0.1
     weight_decay: float = 1e-5

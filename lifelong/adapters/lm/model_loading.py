@@ -22,6 +22,7 @@ from typing import Any
 
 from lifelong.platform.atomic import atomic_folder, atomic_write_text, file_sha256, recover_folder
 from lifelong.platform.errors import UserError
+from lifelong.platform.quiet import quiet_loading_bars
 
 DEFAULT_MODEL = "smollm2-135m"
 # name -> (python package that carries the file, file name inside it)
@@ -231,7 +232,8 @@ def _load_hf(source: str, dtype: Any, local_only: bool = False) -> tuple[Any, An
 
     config = AutoConfig.from_pretrained(source, local_files_only=local_only)
     auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
-    model = auto.from_pretrained(source, dtype=dtype, local_files_only=local_only)
+    with quiet_loading_bars():
+        model = auto.from_pretrained(source, dtype=dtype, local_files_only=local_only)
     tok = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
     return model, tok
 

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 from lifelong.adapters.lm.encoder_files import DEFAULT_ENCODER, encoder_path
 from lifelong.adapters.lm.model_loading import load_causal_lm
+from lifelong.platform.quiet import quiet_loading_bars
 
 Device = Any  # a torch.device or its name ("cpu", "cuda:0"); torch is imported lazily
 
@@ -44,7 +45,8 @@ def get_encoder(name: str = DEFAULT_ENCODER, device: Device = "cpu") -> Any:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             from sentence_transformers import SentenceTransformer
 
-            _models[key] = SentenceTransformer(path, device=str(device))
+            with quiet_loading_bars():
+                _models[key] = SentenceTransformer(path, device=str(device))
         return _models[key]
 
 

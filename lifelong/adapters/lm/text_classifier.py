@@ -29,6 +29,7 @@ from torch import nn
 from lifelong.adapters.lm.encoder_files import encoder_path
 from lifelong.platform.atomic import atomic_folder, atomic_write_text
 from lifelong.platform.errors import UserError
+from lifelong.platform.quiet import quiet_loading_bars
 
 CLASSIFIER_FILE = "classifier.json"
 FORMAT = 1
@@ -75,7 +76,8 @@ def _base_encoder(name: str) -> tuple[nn.Module, Any]:
     from transformers import AutoModel, AutoTokenizer
 
     path = encoder_path(name)
-    return AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    with quiet_loading_bars():
+        return AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path)
 
 
 def embed_texts(model: TextClassifier, tokenizer: Any, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
