@@ -512,3 +512,17 @@ def test_a_rollback_does_not_queue_behind_waiting_generations(served):
     assert answer["r"].status_code == 404, answer["r"].text  # no such edit: still a write, through the turn lock
     before = sum(1 for t in finished if t < answer["t"])
     assert len(finished) == 60 and before <= 3, before
+
+
+def test_a_served_new_store_is_claimed_so_a_racing_apply_with_another_editor_is_refused(served, capsys):
+    """The server claims the store's editor (sola, with its config) when it starts, before any edit: an `edit
+    apply --editor grace` on the same store is refused in one line (exit 2) instead of fixing the store to grace
+    under the server, which then answered every request with a 500; the server keeps serving."""
+    s = served
+    rc = main(["edit", "apply", "--store", str(s["store"]), "--model", str(s["tiny"]), "--editor", "grace",
+               "--set", "layer=1", "--set", "max_steps=30", "--prompt", "The sky is", "--target", "green",
+               "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "sola" in err, err
+    assert s["session"].store.editor_spec()[0] == "sola"
+    assert _complete(s).finish_reason == "length"

@@ -273,15 +273,16 @@ class EditStore:
 
     @mapped
     def set_editor(self, name: str, config: dict[str, Any], metric: str | None = None) -> None:
-        """Fix the editor of the store (first apply) and its router ``metric``; a different editor later is refused.
-
-        The metric may change only while no edit has a key (then the router is rebuilt with it)."""
+        """Fix the editor of the store and its router ``metric``; a different editor later is refused. A non-empty
+        ``config`` is fixed (or checked) too: a server claims a new store at start, so a racing ``edit apply`` with
+        another editor is refused instead of fixing the store under it. The metric may change only while no edit
+        has a key (then the router is rebuilt with it)."""
         check_metric(metric)
         if self.readonly:
             spec.check_editor_name(self._conn, self.path, name)
             return
         with self._write_txn():
-            claimed = spec.claim_editor(self._conn, self.path, name, None, metric)
+            claimed = spec.claim_editor(self._conn, self.path, name, config or None, metric)
         if claimed:
             self._routes.follow_metric(self.metric)
         else:

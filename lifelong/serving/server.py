@@ -78,6 +78,8 @@ def build_app(session: EditSession, options: ServerOptions) -> Any:
     ``lifelong --help`` does not pay for it (the exception to the package rule, like torch's lazy imports)."""
     from lifelong.serving.app import create_app
 
+    if not session.store.readonly:  # a new store: its editor is this server's from now on (EditStore.set_editor)
+        session.store.set_editor(session.editor_name, session.editor_config, session.editor.metric)
     engine = Engine(session, max_tokens_limit=options.max_tokens_limit,
                     max_edits_per_request=options.max_edits_per_request, max_batch=options.max_batch,
                     batch_wait_ms=options.batch_wait_ms)
