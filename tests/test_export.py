@@ -185,3 +185,54 @@ def test_export_without_base_says_when_other_tools_cannot_load_the_base(exported
     code, _, err = run(capsys, "edit", "export", "--store", str(exported["root"] / "store"), "--id", "1",
                        "--out", str(tmp_path / "plain"))
     assert code == 0 and "note:" not in err  # the tiny model is a folder: loadable as it is
+
+
+def _hostile_copy(exported, tmp_path, name, config_text=None, nan=False):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / name
+    shutil.copytree(exported["adapter"], folder)
+    if config_text is not None:
+        (folder / "adapter_config.json").write_text(config_text)
+    if nan:
+        state = load_file(str(folder / "adapter_model.safetensors"))
+        first = sorted(state)[0]
+        state[first] = state[first].clone()
+        state[first][0, 0] = float("nan")
+        save_file(state, str(folder / "adapter_model.safetensors"))
+    return folder
+
+
+def _config_with(exported, **fields):
+    cfg = json.loads((exported["adapter"] / "adapter_config.json").read_text())
+    cfg.update(fields)
+    return json.dumps(cfg)
+
+
+@pytest.mark.parametrize("name, config, nan, message", [
+    ("nested", "[" * 100_000 + "]" * 100_000, False, "nested too deeply"),
+    ("huge-r", None, False, "field 'r' must be an integer"),
+    ("null-r", None, False, "field 'r' must be an integer"),
+    ("nan-alpha", None, False, "field 'lora_alpha' must be a finite positive number"),
+    ("nan-weight", None, True, "holds NaN or infinite values"),
+])
+def test_hostile_adapter_folders_are_refused_in_one_line(exported, capsys, tmp_path, name, config, nan, message):
+    """#33: a hostile adapter_config.json (nested 100,000 deep, r a huge float, r null, lora_alpha NaN) or NaN
+    weights: one line, exit 2, before the model loads, and no store made (these were tracebacks or a garbage edit)."""
+    fields = {"huge-r": {"r": 1e308}, "null-r": {"r": None}, "nan-alpha": {"lora_alpha": float("nan")}}.get(name)
+    text = config if config is not None else (_config_with(exported, **fields) if fields else None)
+    folder = _hostile_copy(exported, tmp_path, name, text, nan)
+    store = tmp_path / "store"
+    code, out, err = run(capsys, "edit", "import", "--store", str(store), "--adapter", str(folder),
+                         "--prompt", PROMPT, "--target", TARGET, "--model", str(exported["tiny"]))
+    assert code == 2 and out == "" and err.count("\n") == 1 and message in err, err
+    assert not store.exists()
+
+
+def test_an_undecodable_prompt_is_refused_in_one_line(exported, capsys, tmp_path):
+    prompt = b"The capital of \xff is".decode("utf-8", "surrogateescape")  # what argv holds for $'...\xff...'
+    code, _, err = run(capsys, "edit", "import", "--store", str(tmp_path / "s"), "--adapter", str(exported["adapter"]),
+                       "--prompt", prompt, "--target", TARGET, "--model", str(exported["tiny"]))
+    assert code == 2 and err.count("\n") == 1 and "--prompt" in err and "surrogate" in err, err

@@ -29,11 +29,13 @@ leaves nothing behind.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
 from typing import Any, Callable
 
+from lifelong.editing.editor import check_edit_text
 from lifelong.editing.session import EditSession
 from lifelong.editing.store import EditStore
 from lifelong.platform import registry
@@ -133,16 +135,32 @@ def read_peft(adapter: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any
     if not (folder / ADAPTER_WEIGHTS).is_file():
         raise UserError(f"--adapter {folder} has no {ADAPTER_WEIGHTS} (only safetensors adapters are read)")
     try:
-        config = json.loads((folder / ADAPTER_CONFIG).read_text())
+        config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise UserError(f"{folder / ADAPTER_CONFIG}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise UserError(f"{folder / ADAPTER_CONFIG}: JSON nested too deeply to read") from None
     if not isinstance(config, dict):
         raise UserError(f"{folder / ADAPTER_CONFIG}: not a JSON object")
+    _check_lora_numbers(config, folder / ADAPTER_CONFIG)
     try:
         state = load_file(str(folder / ADAPTER_WEIGHTS))
     except (OSError, SafetensorError) as exc:
         raise UserError(f"{folder / ADAPTER_WEIGHTS}: cannot be read ({exc})") from None
+    for name, tensor in state.items():  # an edit of NaN or inf weights can only produce garbage
+        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+            raise UserError(f"{folder / ADAPTER_WEIGHTS}: tensor {name} holds NaN or infinite values")
     return config, state
+
+
+def _check_lora_numbers(config: dict[str, Any], path: Path) -> None:
+    """``r`` a positive integer and ``lora_alpha`` a finite positive number, before anything computes with them (a
+    null, a huge float or a NaN used to end in a TypeError, OverflowError or a garbage edit)."""
+    r, alpha = config.get("r"), config.get("lora_alpha")
+    if type(r) is not int or not 1 <= r <= 4096:
+        raise UserError(f"{path}: field 'r' must be an integer from 1 to 4096, got {json.dumps(r)[:40]}")
+    if type(alpha) not in (int, float) or not math.isfinite(alpha) or alpha <= 0:
+        raise UserError(f"{path}: field 'lora_alpha' must be a finite positive number, got {json.dumps(alpha)[:40]}")
 
 
 def check_import(store: str | os.PathLike, adapter: str | os.PathLike) -> None:
@@ -175,6 +193,8 @@ def import_into(store: str | os.PathLike, adapter: str | os.PathLike, prompt: st
         raise UserError("--prompt is empty")
     if not target.strip():
         raise UserError("--target is empty")
+    check_edit_text(prompt, "prompt", "--prompt")
+    check_edit_text(target, "target", "--target")
     check_import(store, adapter)
     path = Path(store)
     new = not (path / "edits.sqlite").is_file()
@@ -218,6 +238,8 @@ def import_peft(session: EditSession, adapter: str | os.PathLike, prompt: str, t
         raise UserError("--prompt is empty")
     if not target.strip():
         raise UserError("--target is empty")
+    check_edit_text(prompt, "prompt", "--prompt")
+    check_edit_text(target, "target", "--target")
     editor = session.editor
     from_peft, key_of = getattr(editor, "from_peft", None), getattr(editor, "key_of", None)
     if from_peft is None or key_of is None:
