@@ -106,6 +106,8 @@ def read_meta(folder: str | os.PathLike) -> dict[str, Any]:
         raise UserError(f"{folder}: not a trained reward model ({CONFIG_FILE} cannot be read: {exc})") from None
     except json.JSONDecodeError as exc:
         raise UserError(f"{folder}: not a trained reward model ({CONFIG_FILE} is not valid JSON: {exc.msg})") from None
+    except RecursionError:
+        raise UserError(f"{folder}: not a trained reward model ({CONFIG_FILE} is nested too deeply to read)") from None
     name = meta.get("scorer") if isinstance(meta, dict) else None
     if not isinstance(name, str) or not name:
         raise UserError(f"{folder}: not a trained reward model ({CONFIG_FILE} names no scorer; {TRAIN_HINT})")

@@ -226,14 +226,43 @@ def load_tokenizer(name: str = DEFAULT_MODEL, *, cache_dir: str | os.PathLike | 
     return tok
 
 
+_PICKLED = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def check_model_folder(folder: Path) -> None:
+    """Refuse, in one line naming the file, a model folder this tool will not load: a ``config.json`` that is not a
+    JSON object (or is nested past the parser), one that names custom code (``auto_map``: it would run code from the
+    folder), and weights only in pickle files (``pytorch_model.bin``: unpickling runs code; only safetensors load)."""
+    path = folder / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a readable JSON file ({exc})") from None
+    except RecursionError:
+        raise UserError(f"{path}: JSON nested too deeply to read") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path}: not a JSON object")
+    if config.get("auto_map"):
+        raise UserError(f"{path}: names custom code (auto_map); code from a model folder is never run here")
+    if not any(folder.glob("*.safetensors")):
+        pickled = sorted(f.name for pattern in _PICKLED for f in folder.glob(pattern))
+        if pickled:
+            raise UserError(f"{folder / pickled[0]}: weights in a pickle file are not loaded (unpickling can run "
+                            "code); save the model with safetensors")
+
+
 def _load_hf(source: str, dtype: Any, local_only: bool = False) -> tuple[Any, Any]:
     """A causal LM, or an encoder-decoder (T5 family: ``is_encoder_decoder`` in its config) as a seq2seq LM."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-    config = AutoConfig.from_pretrained(source, local_files_only=local_only)
+    folder = Path(source)
+    if folder.is_dir():
+        check_model_folder(folder)
+    config = AutoConfig.from_pretrained(source, local_files_only=local_only, trust_remote_code=False)
     auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
     with quiet_loading_bars():
-        model = auto.from_pretrained(source, dtype=dtype, local_files_only=local_only)
+        model = auto.from_pretrained(source, dtype=dtype, local_files_only=local_only, trust_remote_code=False,
+                                     **({"use_safetensors": True} if folder.is_dir() else {}))
     tok = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
     return model, tok
 
