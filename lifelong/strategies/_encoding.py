@@ -30,9 +30,25 @@ def check_encoder(name: str, options: dict[str, Any]) -> None:
     registry.create("encoder", DEFAULT_AUDIO_ENCODER if name == "auto" else name, **options)
 
 
+class AudioVisualInputs:
+    """Split an audio-visual sample ``[B, pixels + samples]`` into (image ``[B, C, H, W]``, audio spikes
+    ``[T, B, lines]``), the pair the fusion extractors take."""
+
+    def __init__(self, encoder: Any, image_shape: tuple[int, int, int]) -> None:
+        self.encoder = encoder
+        self.image_shape = image_shape
+
+    def __call__(self, x: Any) -> tuple[Any, Any]:
+        pixels = int(self.image_shape[0] * self.image_shape[1] * self.image_shape[2])
+        flat = x.reshape(len(x), -1)
+        return flat[:, :pixels].reshape(len(x), *self.image_shape), self.encoder(flat[:, pixels:])
+
+
 def build_encoder(name: str, options: dict[str, Any], stream: Stream) -> tuple[Any | None, tuple[int, ...]]:
-    """The encoder for ``stream`` (``None`` for direct coding) and the input shape the extractor will see."""
-    audio = stream.info.get("modality") == "audio"
+    """The encoder for ``stream`` (``None`` for direct coding) and the input shape the extractor will see: the
+    spike train's ``(lines, steps)`` for sound, ``(C, H, W, lines, steps)`` for audio-visual streams."""
+    modality = stream.info.get("modality")
+    audio = modality in ("audio", "audio-visual")
     if not audio:
         if name not in SPECIAL:
             raise UserError(f"encoder={name}: the stream {stream.name} holds images, which keep direct coding; spike "
@@ -45,4 +61,7 @@ def build_encoder(name: str, options: dict[str, Any], stream: Stream) -> tuple[A
     chosen = DEFAULT_AUDIO_ENCODER if name == "auto" else name
     sample_rate = int(stream.info.get("sample_rate", 16000))
     encoder = registry.create("encoder", chosen, **{"sample_rate": sample_rate, **options})
+    if modality == "audio-visual":
+        image_shape = tuple(int(v) for v in stream.info["image_shape"])
+        return AudioVisualInputs(encoder, image_shape), (*image_shape, *encoder.output_shape())  # type: ignore[return-value]
     return encoder, tuple(encoder.output_shape())

@@ -46,7 +46,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lifelong.adapters.nets.expandable import RESNET_ARCHITECTURES, TEMPORAL_ARCHITECTURES, extractor_factory
+from lifelong.adapters.nets.expandable import (
+    FUSION_ARCHITECTURES,
+    RESNET_ARCHITECTURES,
+    TEMPORAL_ARCHITECTURES,
+    extractor_factory,
+)
 from lifelong.adapters.nets.spiking import NeuronConfig, count_ops, record_spikes, spike_rates
 from lifelong.incremental.learner import RunContext
 from lifelong.platform.registry import Capabilities, register
@@ -59,7 +64,7 @@ class AladeSNNConfig(DERConfig):
     ``aux_loss``, ``distillation``) so an ablation is one ``--set``."""
 
     #: the architectures with a spiking version (``adapters/nets/expandable.py``); ``model`` may also be ``auto``
-    MODELS: ClassVar[tuple[str, ...]] = (*RESNET_ARCHITECTURES, *TEMPORAL_ARCHITECTURES)
+    MODELS: ClassVar[tuple[str, ...]] = (*RESNET_ARCHITECTURES, *TEMPORAL_ARCHITECTURES, *FUSION_ARCHITECTURES)
 
     model: str = "auto"  # the extractor, built spiking: resnet-tiny (8x8) | resnet-mnist | resnet-cifar | tcn-audio (sound); auto by input
     T: int = 4

@@ -45,6 +45,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from lifelong.adapters.nets.backbones import BACKBONES
 from lifelong.adapters.nets.expandable import (
     RESNET_ARCHITECTURES,
+    FUSION_ARCHITECTURES,
     TEMPORAL_ARCHITECTURES,
     ExpandableNet,
     check_architecture,
@@ -75,7 +76,8 @@ class DERConfig(ComposableConfig):
     """Settings of ``der``; the defaults finish a 5-experience split-digits run in well under a minute."""
 
     #: the extractor architectures ``model`` may name besides ``auto`` (see ``adapters/nets/expandable.py``)
-    MODELS: ClassVar[tuple[str, ...]] = (*RESNET_ARCHITECTURES, *TEMPORAL_ARCHITECTURES, *BACKBONES)
+    MODELS: ClassVar[tuple[str, ...]] = (*RESNET_ARCHITECTURES, *TEMPORAL_ARCHITECTURES, *FUSION_ARCHITECTURES,
+                                         *BACKBONES)
 
     model: str = "auto"  # the extractor: resnet-tiny | resnet-cifar | a platform backbone (mlp, ...); auto by input size
     width_mult: float = 1.0

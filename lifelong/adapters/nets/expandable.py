@@ -25,6 +25,7 @@ from torch import nn
 
 from lifelong.adapters.nets.backbones import BACKBONES
 from lifelong.adapters.nets.spiking import NeuronConfig, SpikingResNet
+from lifelong.adapters.nets.fusion import FUSIONS, FusionNet
 from lifelong.adapters.nets.spiking_audio import SpikingAudioNet
 from lifelong.platform.errors import UserError
 
@@ -33,6 +34,9 @@ from lifelong.platform.errors import UserError
 RESNET_ARCHITECTURES: dict[str, str] = {"resnet-tiny": "tiny", "resnet-mnist": "mnist", "resnet-cifar": "cifar"}
 #: the extractors for spike trains over time (``[T, B, lines]`` from a spike encoder), ReLU or spiking
 TEMPORAL_ARCHITECTURES: tuple[str, ...] = ("tcn-audio",)
+#: the audio-visual extractors (``adapters/nets/fusion.py``); their input shape is ``(C, H, W, lines, steps)``: the
+#: image's and the audio spike train's
+FUSION_ARCHITECTURES: tuple[str, ...] = FUSIONS
 
 
 def resolve_architecture(name: str, input_shape: tuple[int, ...]) -> str:
@@ -42,6 +46,8 @@ def resolve_architecture(name: str, input_shape: tuple[int, ...]) -> str:
         return name
     if len(input_shape) == 2:
         return "tcn-audio"
+    if len(input_shape) == 5:
+        return "taaf"
     side = max(input_shape[1:]) if len(input_shape) > 1 else 0
     return "resnet-tiny" if side <= 8 else "resnet-mnist" if side <= 28 else "resnet-cifar"
 
@@ -81,6 +87,16 @@ def extractor_factory(
     to read its feature width.
     """
     name = resolve_architecture(name, input_shape)
+    if (name in FUSION_ARCHITECTURES) != (len(input_shape) == 5):
+        raise UserError(f"model: {name} does not fit the stream: the fusions {', '.join(FUSION_ARCHITECTURES)} take "
+                        f"audio-visual streams (split-av-digits), and only they do; the inputs are {input_shape}")
+    if name in FUSION_ARCHITECTURES:
+
+        def make_fusion() -> nn.Module:
+            return FusionNet(name, input_shape[0], input_shape[3], input_shape[4],
+                             width=max(1, int(round(64 * width_mult))), neuron=neuron)
+
+        return make_fusion, make_fusion().feature_dim
     if name in TEMPORAL_ARCHITECTURES:
         if len(input_shape) != 2:
             raise UserError(f"model: {name} needs encoded spike trains (set encoder=NAME on an audio stream); the "
