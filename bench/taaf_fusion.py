@@ -70,10 +70,22 @@ def load(setting: dict[str, float], args: argparse.Namespace, encoder: Any) -> d
                 xs.append(np.asarray(item[0]))
                 ys.append(int(item[1]))
         x = np.stack(xs)
-        data[split] = {"images": x[:, :64].reshape(-1, 1, 8, 8), "events": [encoder.events(w.astype(np.float64))
-                                                                           for w in x[:, 64:]],
+        data[split] = {"images": x[:, :64].reshape(-1, 1, 8, 8), "events": [events(encoder, w) for w in x[:, 64:]],
                        "y": np.asarray(ys), "samples": x.shape[1] - 64}
     return data
+
+
+_EVENTS: dict[bytes, Any] = {}
+
+
+def events(encoder: Any, wave: np.ndarray) -> Any:
+    """The encoder's events of ``wave``, once per distinct waveform (the image-weak setting shares the clean audio)."""
+    import hashlib
+
+    key = hashlib.blake2b(np.ascontiguousarray(wave, np.float32).tobytes(), digest_size=16).digest()
+    if key not in _EVENTS:
+        _EVENTS[key] = encoder.events(wave.astype(np.float64))
+    return _EVENTS[key]
 
 
 def spikes(encoder: Any, split: dict[str, Any], shift_ms: float, seed: int) -> np.ndarray:
