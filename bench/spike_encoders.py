@@ -200,7 +200,7 @@ def section_accuracy_robust(args: argparse.Namespace, data: dict[str, np.ndarray
             res.update(robust_rebuild(args, enc, ev_test, data["x_test"], deletions, jitters))
         out[name] = res
         print(f"accuracy {name:9s} @{args.rate}/s: {fmt(res['accuracy'])} %  (encoding {res['encode_seconds']:.0f} s)"
-              + ("  " + "  ".join(f"{k} {fmt(v)}" for k, v in res.items() if k.startswith(("acc_", "snr_")))
+              + ("  " + "  ".join(f"{k} {fmt(v)}" for k, v in res.items() if k.startswith(("acc_", "snr_", "dist_")))
                  if do_robust else ""), flush=True)
     return out
 
