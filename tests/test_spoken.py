@@ -114,3 +114,18 @@ def test_without_espeak_or_sox_one_line_exit_2(cli, tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "espeak-ng and sox" in lines[0] and "make data" in lines[0], result.stderr
     assert not (tmp_path / "run").exists()
+
+
+@needs_tools
+def test_a_second_build_waits_for_the_cache_lock(tmp_path: Path) -> None:
+    import threading
+
+    renders = _speech.plan(DIGIT_WORDS[:1], "test", 1, 0, **TINY)
+    done: list[object] = []
+    with _speech._cache_lock(tmp_path):
+        worker = threading.Thread(target=lambda: done.append(_speech.build(renders, tmp_path)))
+        worker.start()
+        worker.join(0.5)
+        assert worker.is_alive() and not done  # waiting, not failing
+    worker.join(30)
+    assert done and done[0][0][0].is_file()

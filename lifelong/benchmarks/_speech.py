@@ -16,7 +16,8 @@ milliseconds. This module is the reproducible builder the spoken benchmarks shar
   ``$LIFELONG_CACHE/spoken``, ``~/.cache/lifelong/spoken``); ``manifest.json`` there lists every render with its
   inputs, their hash and the sha256 of the WAV bytes. A render is made again only when an input changes (a new
   file name) or when its file no longer has the bytes the manifest recorded. Files and the manifest are written
-  atomically (``platform/atomic.py``), so an interrupted build leaves no half-written file.
+  atomically (``platform/atomic.py``), so an interrupted build leaves no half-written file; a build holds the
+  cache's lock (``.lock``, waiting for another process's build to end), so parallel runs share one cache.
 
 Loading trims the leading silence (samples below 1 % of the utterance's peak) and pads or cuts each utterance to
 ``duration`` seconds; the waveform is float32 in [-1, 1].
@@ -24,6 +25,7 @@ Loading trims the leading silence (samples below 1 % of the utterance's peak) an
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import itertools
 import json
@@ -33,14 +35,15 @@ import subprocess
 import tempfile
 import wave
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
-from lifelong.platform.atomic import atomic_write_text, atomic_write_with, folder_lock
+from lifelong.platform.atomic import atomic_write_text, atomic_write_with
 from lifelong.platform.config import ConfigError
 from lifelong.platform.errors import UserError
 
@@ -158,6 +161,21 @@ def _render_file(render: Render, path: Path) -> None:
         atomic_write_with(path, convert)
 
 
+@contextmanager
+def _cache_lock(root: Path) -> Iterator[None]:
+    """Hold the cache's lock, waiting for another process that holds it (parallel runs of ``compare --jobs`` or
+    benches share one cache: the second waits while the first renders, then finds the files made)."""
+    try:
+        fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise UserError(f"cannot lock the spoken-word cache {root}: {exc.strerror or exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -175,7 +193,7 @@ def build(renders: Sequence[Render], cache_dir: Path | str | None = None, worker
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create the spoken-word cache {root}: {exc.strerror or exc}") from exc
-    with folder_lock(root, "spoken-word cache"):
+    with _cache_lock(root):
         manifest_path = root / "manifest.json"
         manifest: dict[str, dict] = {}
         if manifest_path.is_file():
