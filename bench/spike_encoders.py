@@ -231,7 +231,7 @@ def section_cil(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in ENCODERS:
         rows = []
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             overrides = {"encoder": name, "encoder_config": {"spikes_per_second": args.rate},
                          "train_per_class": args.train, "test_per_class": args.test, "epochs": args.cil_epochs,
                          "finetune_epochs": args.cil_finetune, "lr_milestones": [], "finetune_milestones": [],
@@ -242,8 +242,9 @@ def section_cil(args: argparse.Namespace) -> dict[str, Any]:
             rows.append({k: results[k] for k in ("average_incremental_accuracy", "last_accuracy", "forgetting",
                                                  "wall_time_s")})
         out[name] = rows
-        print(f"cil {name:9s} AIA {fmt([r['average_incremental_accuracy'] for r in rows])}  last "
-              f"{fmt([r['last_accuracy'] for r in rows])}  forgetting {fmt([r['forgetting'] for r in rows])}", flush=True)
+        print(f"cil {name:9s} AIA {fmt([100 * r['average_incremental_accuracy'] for r in rows])}  last "
+              f"{fmt([100 * r['last_accuracy'] for r in rows])}  forgetting "
+              f"{fmt([100 * r['forgetting'] for r in rows])} (%)", flush=True)
     return out
 
 
@@ -252,6 +253,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bench-encoders")
     parser.add_argument("--sections", default="info,accuracy,robust,cil")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="the cil section's first seed (to add seeds later)")
     parser.add_argument("--rates", type=lambda s: [int(v) for v in s.split(",")], default=[250, 500, 1000, 2000, 4000])
     parser.add_argument("--rate", type=int, default=1000, help="the equal spike budget of accuracy, robust, cil")
     parser.add_argument("--n-info", type=int, default=20)
@@ -277,7 +279,7 @@ def main() -> None:
         report["accuracy"] = section_accuracy_robust(args, data, "robust" in sections)
     if "cil" in sections:
         report["cil"] = section_cil(args)
-    path = Path(args.out) / f"results-{'-'.join(sorted(sections))}.json"
+    path = Path(args.out) / f"results-{'-'.join(sorted(sections))}{'-from' + str(args.first_seed) if args.first_seed else ''}.json"
     path.write_text(json.dumps(report, indent=1))
     print(f"written {path}")
 
