@@ -35,12 +35,15 @@ test: $(STAMP)
 # The offline data sets: Debian's dataset-fashion-mnist (the four IDX files in /usr/share/datasets/fashion-mnist,
 # where split-fashion-mnist looks without data_root; docs/fashion-mnist.md) and wordnet-base (the WordNet 3.0
 # database in /usr/share/wordnet, read by the WordNet-derived edit, classification and reward sets).
+# espeak-ng and sox render the spoken-word streams (split-spoken-digits, split-spoken-words; docs/audio.md).
 data:
-	@if [ -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] && [ -f /usr/share/wordnet/data.noun ]; then \
+	@if [ -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] && [ -f /usr/share/wordnet/data.noun ] \
+		&& command -v espeak-ng >/dev/null 2>&1 && command -v sox >/dev/null 2>&1; then \
 		echo "Fashion-MNIST is installed in /usr/share/datasets/fashion-mnist, WordNet 3.0 in /usr/share/wordnet"; \
+		echo "espeak-ng and sox are installed"; \
 	elif command -v apt-get >/dev/null 2>&1; then \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update && $$SUDO apt-get install -y dataset-fashion-mnist wordnet-base; \
+		$$SUDO apt-get update && $$SUDO apt-get install -y dataset-fashion-mnist wordnet-base espeak-ng sox; \
 	else \
 		echo "no apt-get here: fetch train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz,"; \
 		echo "t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz from"; \

@@ -18,7 +18,7 @@ from lifelong.platform import registry
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "lifelong"
 FAMILY_PACKAGES = {"strategy": "strategies", "editor": "editors", "scorer": "scorers", "benchmark": "benchmarks",
-                   "component": "components", "branch": "scorers"}
+                   "component": "components", "branch": "scorers", "encoder": "encoders"}
 
 
 def _lint_imports(root: Path, config: Path) -> subprocess.CompletedProcess:

@@ -183,18 +183,21 @@ def test_model_names_the_same_architectures_for_der_and_alade_snn() -> None:
     # der: the ReLU ResNets or a platform backbone; alade-snn: the spiking version of the same ResNets
     for name in ("auto", "resnet-tiny", "resnet-mnist", "resnet-cifar", "mlp", "cnn-small"):
         assert build_config(DERConfig, {"model": name}).model == name
-    for name in ("auto", "resnet-tiny", "resnet-mnist", "resnet-cifar"):
+    for name in ("auto", "resnet-tiny", "resnet-mnist", "resnet-cifar", "tcn-audio"):
         assert build_config(AladeSNNConfig, {"model": name}).model == name
     # the old spiking layout names are refused with the allowed values and the new name
     with pytest.raises(ConfigError, match=r"model: 'tiny' is not allowed; allowed values: auto, resnet-tiny, "
-                                          r"resnet-mnist, resnet-cifar \('tiny' is now 'resnet-tiny'\)"):
+                                          r"resnet-mnist, resnet-cifar, tcn-audio, taaf, av-concat, av-sum "
+                                          r"\('tiny' is now 'resnet-tiny'\)"):
         build_config(AladeSNNConfig, {"model": "tiny"})
     with pytest.raises(ConfigError, match="'cifar' is now 'resnet-cifar'"):
         build_config(AladeSNNConfig, {"model": "cifar"})
-    with pytest.raises(ConfigError, match="allowed values: auto, resnet-tiny, resnet-mnist, resnet-cifar$"):
+    with pytest.raises(ConfigError, match="allowed values: auto, resnet-tiny, resnet-mnist, resnet-cifar, tcn-audio, "
+                                          "taaf, av-concat, av-sum$"):
         build_config(AladeSNNConfig, {"model": "mlp"})  # no spiking version
     with pytest.raises(ConfigError,
-                       match="allowed values: auto, resnet-tiny, resnet-mnist, resnet-cifar, mlp, cnn-small"):
+                       match="allowed values: auto, resnet-tiny, resnet-mnist, resnet-cifar, tcn-audio, taaf, av-concat, "
+                             "av-sum, mlp, cnn-small"):
         build_config(DERConfig, {"model": "vgg"})
 
 

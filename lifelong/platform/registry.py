@@ -27,14 +27,16 @@ from lifelong.platform.quiet import quiet_avalanche
 
 #: ``component``: a training component a learner calls around its own loop (``incremental/learner.py``: ``Component``);
 #: ``branch``: a side branch of a reward scorer (features and a text per (prompt, response); docs/reward.md)
-KINDS: tuple[str, ...] = ("strategy", "editor", "scorer", "benchmark", "component", "branch")
+#: ``encoder``: a spike encoder, waveforms to spike trains (``encoders/base.py``: ``SpikeEncoder``)
+KINDS: tuple[str, ...] = ("strategy", "editor", "scorer", "benchmark", "component", "branch", "encoder")
 #: what a benchmark's factory returns: a class-incremental stream (``run``, ``compare``) or preference pairs
 #: (``reward train|eval``); the runner refuses a benchmark of the wrong kind by name
 BENCHMARK_KINDS: tuple[str, ...] = ("stream", "preference-pairs")
 ENTRY_POINT_GROUP = "lifelong.plugins"
 DISABLE_AUTOLOAD_ENV = "LIFELONG_DISABLE_PLUGIN_AUTOLOAD"
 BUILTIN_PACKAGES: tuple[str, ...] = ("lifelong.benchmarks", "lifelong.components", "lifelong.strategies", "lifelong.editors",
-                                     "lifelong.scorers", "lifelong.scorers.branches")
+                                     "lifelong.scorers", "lifelong.scorers.branches",
+                                     "lifelong.encoders")
 _NAME_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 
 

@@ -31,7 +31,9 @@ Where it departs or fills gaps:
 - the fine-tuning set is drawn once per task from non-augmented samples and the classifier trains on their
   cached time-averaged features (exact for a linear classifier over frozen, eval-mode features);
 - the tiny layout for 8x8 digits and the short schedules are the platform's, for CPUs; the paper's protocol is
-  ``configs/alade-snn/cifar100-b0-10.yaml``; the TET loss (off for CIFAR-100 in the paper) is ``loss=tet``
+  ``configs/alade-snn/cifar100-b0-10.yaml``; on sound (the spoken-word streams) a spike encoder
+  (``encoder=NAME``, ``strategies/_encoding.py``) gives the spike trains and ``tcn-audio`` takes them, its time
+  steps being the encoder's ``steps`` (``T`` is for direct-coded images); the TET loss (off for CIFAR-100 in the paper) is ``loss=tet``
   (``der``'s, per-time-step cross-entropy), and training components (``components=[...]``) run as in ``der``.
 """
 
@@ -44,7 +46,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lifelong.adapters.nets.expandable import RESNET_ARCHITECTURES, extractor_factory
+from lifelong.adapters.nets.expandable import (
+    FUSION_ARCHITECTURES,
+    RESNET_ARCHITECTURES,
+    TEMPORAL_ARCHITECTURES,
+    extractor_factory,
+)
 from lifelong.adapters.nets.spiking import NeuronConfig, count_ops, record_spikes, spike_rates
 from lifelong.incremental.learner import RunContext
 from lifelong.platform.registry import Capabilities, register
@@ -57,9 +64,9 @@ class AladeSNNConfig(DERConfig):
     ``aux_loss``, ``distillation``) so an ablation is one ``--set``."""
 
     #: the architectures with a spiking version (``adapters/nets/expandable.py``); ``model`` may also be ``auto``
-    MODELS: ClassVar[tuple[str, ...]] = tuple(RESNET_ARCHITECTURES)
+    MODELS: ClassVar[tuple[str, ...]] = (*RESNET_ARCHITECTURES, *TEMPORAL_ARCHITECTURES, *FUSION_ARCHITECTURES)
 
-    model: str = "auto"  # the extractor, built spiking: resnet-tiny (8x8 inputs) | resnet-cifar; auto by input size
+    model: str = "auto"  # the extractor, built spiking: resnet-tiny (8x8) | resnet-mnist | resnet-cifar | tcn-audio (sound); auto by input
     T: int = 4
     surrogate: Literal["triangle", "sigmoid", "arctan"] = "triangle"
     surrogate_alpha: float = 0.0  # gamma of the triangle (alpha of the others); 0 = the surrogate's default

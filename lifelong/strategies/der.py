@@ -43,7 +43,14 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from lifelong.adapters.nets.backbones import BACKBONES
-from lifelong.adapters.nets.expandable import RESNET_ARCHITECTURES, ExpandableNet, check_architecture, extractor_factory
+from lifelong.adapters.nets.expandable import (
+    RESNET_ARCHITECTURES,
+    FUSION_ARCHITECTURES,
+    TEMPORAL_ARCHITECTURES,
+    ExpandableNet,
+    check_architecture,
+    extractor_factory,
+)
 from lifelong.adapters.nets.spiking import count_ops
 from lifelong.incremental import distributed
 from lifelong.incremental.learner import (
@@ -59,6 +66,7 @@ from lifelong.incremental.learner import (
 from lifelong.platform.device import LossScaler, autocast
 from lifelong.platform.errors import UserError
 from lifelong.platform.registry import Capabilities, list_plugins, register
+from lifelong.strategies._encoding import build_encoder, check_encoder
 from lifelong.strategies._herding import ExemplarMemory, balanced_indices
 from lifelong.strategies._samples import MemoryDataset, collate, materialise
 
@@ -68,7 +76,8 @@ class DERConfig(ComposableConfig):
     """Settings of ``der``; the defaults finish a 5-experience split-digits run in well under a minute."""
 
     #: the extractor architectures ``model`` may name besides ``auto`` (see ``adapters/nets/expandable.py``)
-    MODELS: ClassVar[tuple[str, ...]] = (*RESNET_ARCHITECTURES, *BACKBONES)
+    MODELS: ClassVar[tuple[str, ...]] = (*RESNET_ARCHITECTURES, *TEMPORAL_ARCHITECTURES, *FUSION_ARCHITECTURES,
+                                         *BACKBONES)
 
     model: str = "auto"  # the extractor: resnet-tiny | resnet-cifar | a platform backbone (mlp, ...); auto by input size
     width_mult: float = 1.0
@@ -94,6 +103,10 @@ class DERConfig(ComposableConfig):
     finetune_temperature: float = 1.0
     finetune_reinit: bool = False
     bn_recalibrate: bool = True  # re-estimate the new extractor's batch-norm statistics after its task
+    #: the spike encoder of an audio stream (a registered ``encoder``; ``auto`` = spiketrum for sound, direct
+    #: coding for images; ``direct`` = images only) and its options (e.g. ``{spikes_per_second: 2000}``)
+    encoder: str = "auto"
+    encoder_config: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         super().validate()
@@ -109,6 +122,7 @@ class DERConfig(ComposableConfig):
             raise ValueError(f"finetune_temperature must be positive, got {self.finetune_temperature}")
         if self.finetune_lr <= 0:
             raise ValueError(f"finetune_lr must be positive, got {self.finetune_lr}")
+        check_encoder(self.encoder, self.encoder_config)
 
 
 def lr_at(epoch: int, base: float, milestones: list[int], gamma: float, warmup: int = 0) -> float:
@@ -163,9 +177,9 @@ class DERLearner(Learner):
         super().__init__(config, context)
         self.device = context.device
         self.n_total = context.stream.n_classes
-        self.input_shape = tuple(context.stream.input_shape)
+        self.encoder, self.input_shape = build_encoder(config.encoder, config.encoder_config, context.stream)
         make, dim = self._extractor_factory()
-        self.model = ExpandableNet(make, dim, bias=config.classifier_bias).to(self.device)
+        self.model = ExpandableNet(make, dim, bias=config.classifier_bias, encoder=self.encoder).to(self.device)
         self.memory = ExemplarMemory(config.mem_size)
         self.history: list[dict[str, Any]] = []
         self._probe: torch.Tensor | None = None
@@ -280,7 +294,7 @@ class DERLearner(Learner):
             m.momentum = None  # cumulative average
         extractor.train()
         for i in range(0, len(x), self.config.batch_size):
-            extractor(x[i : i + self.config.batch_size].to(self.device))
+            extractor(self.model.encode(x[i : i + self.config.batch_size].to(self.device)))
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
         extractor.eval()
@@ -407,7 +421,7 @@ class DERLearner(Learner):
         """Rebuild the network's structure (one extractor per finished task) before its weights are loaded."""
         sizes = [int(s) for s in state.get("task_sizes", [])]
         make, dim = self._extractor_factory()
-        self.model = ExpandableNet(make, dim, bias=self.config.classifier_bias).to(self.device)
+        self.model = ExpandableNet(make, dim, bias=self.config.classifier_bias, encoder=self.encoder).to(self.device)
         for n_new in sizes:
             self.model.add_task(n_new, copy_previous=False)
         self.memory.load_state_dict(state.get("memory", {}))

@@ -11,6 +11,9 @@
   ``adapters/nets/spiking.py``, built with ReLU neurons or, given a
   ``NeuronConfig``, as spiking networks of LIF neurons over T steps; ``auto`` picks one by input size. The
   platform backbones (``mlp``, ``cnn-small``, ...; ``adapters/nets/backbones.py``) can serve as ordinary extractors.
+  ``tcn-audio`` (``adapters/nets/spiking_audio.py``) takes encoded spike trains ``[T, B, lines]`` instead of
+  images; ``ExpandableNet``'s ``encoder`` (a spike encoder, given by the strategy) makes them from waveforms
+  once for all extractors.
 """
 
 from __future__ import annotations
@@ -22,18 +25,29 @@ from torch import nn
 
 from lifelong.adapters.nets.backbones import BACKBONES
 from lifelong.adapters.nets.spiking import NeuronConfig, SpikingResNet
+from lifelong.adapters.nets.fusion import FUSIONS, FusionNet
+from lifelong.adapters.nets.spiking_audio import SpikingAudioNet
 from lifelong.platform.errors import UserError
 
 #: the ResNet architectures an extractor may be, each with a ReLU and a spiking version, and their layouts in
 #: ``adapters/nets/spiking.py``
 RESNET_ARCHITECTURES: dict[str, str] = {"resnet-tiny": "tiny", "resnet-mnist": "mnist", "resnet-cifar": "cifar"}
+#: the extractors for spike trains over time (``[T, B, lines]`` from a spike encoder), ReLU or spiking
+TEMPORAL_ARCHITECTURES: tuple[str, ...] = ("tcn-audio",)
+#: the audio-visual extractors (``adapters/nets/fusion.py``); their input shape is ``(C, H, W, lines, steps)``: the
+#: image's and the audio spike train's
+FUSION_ARCHITECTURES: tuple[str, ...] = FUSIONS
 
 
 def resolve_architecture(name: str, input_shape: tuple[int, ...]) -> str:
     """``name``, or for ``auto`` the ResNet for the input size: ``resnet-tiny`` up to 8x8, ``resnet-mnist`` up
-    to 28x28, else ``resnet-cifar``."""
+    to 28x28, else ``resnet-cifar``; ``tcn-audio`` for encoded spike trains (``(lines, steps)`` inputs)."""
     if name != "auto":
         return name
+    if len(input_shape) == 2:
+        return "tcn-audio"
+    if len(input_shape) == 5:
+        return "taaf"
     side = max(input_shape[1:]) if len(input_shape) > 1 else 0
     return "resnet-tiny" if side <= 8 else "resnet-mnist" if side <= 28 else "resnet-cifar"
 
@@ -73,6 +87,27 @@ def extractor_factory(
     to read its feature width.
     """
     name = resolve_architecture(name, input_shape)
+    if (name in FUSION_ARCHITECTURES) != (len(input_shape) == 5):
+        raise UserError(f"model: {name} does not fit the stream: the fusions {', '.join(FUSION_ARCHITECTURES)} take "
+                        f"audio-visual streams (split-av-digits), and only they do; the inputs are {input_shape}")
+    if name in FUSION_ARCHITECTURES:
+
+        def make_fusion() -> nn.Module:
+            return FusionNet(name, input_shape[0], input_shape[3], input_shape[4],
+                             width=max(1, int(round(64 * width_mult))), neuron=neuron)
+
+        return make_fusion, make_fusion().feature_dim
+    if name in TEMPORAL_ARCHITECTURES:
+        if len(input_shape) != 2:
+            raise UserError(f"model: {name} needs encoded spike trains (set encoder=NAME on an audio stream); the "
+                            f"stream's inputs are {input_shape}")
+
+        def make_temporal() -> nn.Module:
+            return SpikingAudioNet(input_shape[0], width=max(1, int(round(64 * width_mult))), neuron=neuron)
+
+        return make_temporal, make_temporal().feature_dim
+    if len(input_shape) == 2:
+        raise UserError(f"model: {name} takes images; encoded spike trains need model=tcn-audio (or auto)")
     if name in RESNET_ARCHITECTURES:
         layout = RESNET_ARCHITECTURES[name]
         if len(input_shape) != 3:
@@ -102,8 +137,12 @@ class ExpandableNet(nn.Module):
     time step) and the prediction averages them over time.
     """
 
-    def __init__(self, make_extractor: Callable[[], nn.Module], feature_dim: int, bias: bool = True) -> None:
+    def __init__(self, make_extractor: Callable[[], nn.Module], feature_dim: int, bias: bool = True,
+                 encoder: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         super().__init__()
+        #: turns raw inputs into what the extractors take (a spike encoder: waveforms -> ``[T, B, lines]``); no
+        #: parameters, not part of the state dict
+        self.encoder = encoder
         self.make_extractor = make_extractor
         self.feature_dim = feature_dim
         self.bias = bias
@@ -149,8 +188,13 @@ class ExpandableNet(nn.Module):
             old.eval()  # frozen extractors keep their batch-norm statistics
         return self
 
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The extractors' input: ``x`` itself, or the encoder's spike trains of ``x``."""
+        return x if self.encoder is None else self.encoder(x)
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Concatenated time-major features ``[T, B, F * n_tasks]``."""
+        x = self.encode(x)
         feats = []
         for i, extractor in enumerate(self.extractors):
             if i < len(self.extractors) - 1:

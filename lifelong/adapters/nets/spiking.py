@@ -466,8 +466,8 @@ class OpCount:
 
 
 def _layer_macs(module: nn.Module, out: torch.Tensor) -> float:
-    if isinstance(module, nn.Conv2d):
-        k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        k = math.prod(module.kernel_size) * module.in_channels // module.groups
         return float(out.numel() * k)
     if isinstance(module, nn.Linear):
         return float(out.numel() * module.in_features)
@@ -476,7 +476,7 @@ def _layer_macs(module: nn.Module, out: torch.Tensor) -> float:
 
 @torch.no_grad()
 def count_ops(model: nn.Module, forward: Callable[[], Any], batch_size: int) -> OpCount:
-    """Count MACs and spike-driven accumulates of the Conv2d/Linear layers of ``model`` during ``forward()``.
+    """Count MACs and spike-driven accumulates of the Conv1d/Conv2d/Linear layers of ``model`` during ``forward()``.
 
     A layer whose input holds only 0 and 1 is spike-driven: it costs ``MACs x fraction of non-zero inputs``
     accumulates; any other input costs the full MACs. Divided by ``batch_size`` to give per-sample figures.
@@ -497,7 +497,7 @@ def count_ops(model: nn.Module, forward: Callable[[], Any], batch_size: int) -> 
         count.layers.append({"layer": type(module).__name__, "binary_input": binary, "input_rate": rate, "macs": macs})
 
     for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
             handles.append(m.register_forward_hook(hook))
     try:
         forward()
