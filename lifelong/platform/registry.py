@@ -3,7 +3,7 @@
 Learned from timm (``register`` on factories, ``create(name)``, ``list(pattern)``), PEFT (a config class that
 carries its method's name) and pytest/pluggy (entry points, one broken plugin never breaks the run, a switch
 to turn autoload off). The platform never imports a method by name: built-in plugins are the public modules of
-the plugin packages (``BUILTIN_PACKAGES``: strategies, editors, scorers and their branches, benchmarks,
+the plugin packages (``BUILTIN_PACKAGES``: strategies, editors, scorers and their branches, benchmarks, spike encoders,
 components), third-party plugins are entry points in the ``lifelong.plugins`` group, and both are imported
 lazily on the first lookup.
 """
