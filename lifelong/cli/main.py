@@ -13,10 +13,12 @@ import sys
 from typing import Sequence
 
 from lifelong.cli import cil, convert, demo, edit, reward, serve
+from lifelong.cli import fewshot
 from lifelong.platform.errors import UserError, one_line
 
 # Command families, in the order shown in --help.
 COMMAND_FAMILIES = (cil, convert, edit, serve, reward, demo)
+COMMAND_FAMILIES += (fewshot,)  # episodes and few-shot methods (docs/few-shot.md)
 
 
 class _Parser(argparse.ArgumentParser):
