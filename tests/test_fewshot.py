@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lifelong.cli.main import main
 from lifelong.incremental.episodes import EpisodeSampler, mean_ci95, split_classes, split_counts
@@ -62,6 +64,19 @@ def test_episodes_are_balanced_disjoint_within_and_deterministic():
     assert torch.equal(again.episode(7).query_x, sampler.episode(7).query_x)  # episode i depends on (seed, i) only
     other = EpisodeSampler(x, y, [0, 2, 3, 5, 7], n_way=3, k_shot=2, n_query=4, seed=2)
     assert not all(torch.equal(other.episode(i).support_x, sampler.episode(i).support_x) for i in range(5))
+
+
+@settings(max_examples=40, deadline=None)
+@given(n_way=st.integers(2, 6), k_shot=st.integers(1, 4), n_query=st.integers(1, 5), seed=st.integers(0, 2**31),
+       i=st.integers(0, 10**6))
+def test_every_episode_is_balanced_and_its_samples_distinct(n_way, k_shot, n_query, seed, i):
+    x, y = _pool(n_classes=6, per_class=9)
+    ep = EpisodeSampler(x, y, range(6), n_way=n_way, k_shot=k_shot, n_query=n_query, seed=seed).episode(i)
+    assert torch.bincount(ep.support_y, minlength=n_way).tolist() == [k_shot] * n_way
+    assert torch.bincount(ep.query_y, minlength=n_way).tolist() == [n_query] * n_way
+    items = torch.cat([ep.support_x, ep.query_x]).flatten().long().tolist()
+    assert len(set(items)) == len(items) and len(set(ep.classes)) == n_way
+    assert [int(y[j]) for j in ep.support_x.flatten().long()] == [ep.classes[c] for c in ep.support_y]
 
 
 def test_sampler_refuses_classes_with_too_few_samples():
