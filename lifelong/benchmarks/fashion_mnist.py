@@ -81,9 +81,12 @@ class SplitFashionMNISTConfig:
     verify_checksums: bool = True
     task_labels: bool = True
     seed: int = 0
+    #: few-shot class-incremental (FSCIL): >0 keeps only this many training samples of each class after the
+    #: first experience (the base stage, sized by initial_classes); docs/few-shot.md
+    shots: int = 0
 
     def validate(self) -> None:
-        for name in ("train_per_class", "test_per_class"):
+        for name in ("train_per_class", "test_per_class", "shots"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 (all) or positive, got {getattr(self, name)}")
         resolve_class_order(range(N_CLASSES), self.seed, self.class_order, self.shuffle_classes)
@@ -203,6 +206,8 @@ def split_fashion_mnist(config: SplitFashionMNISTConfig) -> Stream:
         input_shape=(1, *IMAGE_SHAPE),
         class_names=list(CLASS_NAMES),
         task_labels=config.task_labels,
+        shots=config.shots,
+        seed=config.seed,
         info={
             "dataset": "Fashion-MNIST",
             "files": {key: str(path) for key, path in files.items()},

@@ -31,12 +31,17 @@ class SplitDigitsConfig:
     train_per_class: int = 0
     task_labels: bool = True
     seed: int = 0
+    #: few-shot class-incremental (FSCIL): >0 keeps only this many training samples of each class after the
+    #: first experience (the base stage, sized by initial_classes); docs/few-shot.md
+    shots: int = 0
 
     def validate(self) -> None:
         if not 0.05 <= self.test_fraction <= 0.9:
             raise ValueError(f"test_fraction must be between 0.05 and 0.9, got {self.test_fraction}")
         if self.train_per_class < 0:
             raise ValueError(f"train_per_class must be 0 (all) or positive, got {self.train_per_class}")
+        if self.shots < 0:
+            raise ValueError(f"shots must be 0 (all samples) or positive, got {self.shots}")
 
 
 @register("benchmark", "split-digits", config=SplitDigitsConfig, summary="scikit-learn digits, 10 classes, 8x8, offline")
@@ -69,6 +74,8 @@ def split_digits(config: SplitDigitsConfig) -> Stream:
         input_shape=(1, 8, 8),
         class_names=[str(i) for i in range(10)],
         task_labels=config.task_labels,
+        shots=config.shots,
+        seed=config.seed,
     )
 
 

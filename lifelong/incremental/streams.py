@@ -126,11 +126,16 @@ def build_class_incremental_stream(
     class_names: list[str] | None = None,
     task_labels: bool = True,
     info: dict[str, Any] | None = None,
+    shots: int = 0,
+    seed: int = 0,
 ) -> Stream:
     """Split a train and a test data set by class into experiences, relabelled in ``class_order``.
 
     The experiences carry task label 0 on every sample (as Avalanche's own classic benchmarks do) unless
-    ``task_labels`` is false, which builds a label-only stream.
+    ``task_labels`` is false, which builds a label-only stream. ``shots`` > 0 makes a few-shot
+    class-incremental stream (FSCIL, as TOPIC, CEC and FACT define it): the first experience (the base stage)
+    keeps all its training samples, every later experience only ``shots`` training samples of each of its
+    classes, drawn by ``seed``; the test experiences keep every test sample.
     """
 
     with quiet_avalanche():
@@ -141,6 +146,7 @@ def build_class_incremental_stream(
     groups = [list(range(bounds[i], bounds[i + 1])) for i in range(len(counts))]
     train_new = np.array([relabel[int(t)] for t in train_targets])
     test_new = np.array([relabel[int(t)] for t in test_targets])
+    kept = few_shot_mask(train_new, groups, shots, seed) if shots else np.ones(len(train_new), dtype=bool)
     streams = {}
     # test experiences start in the eval transform group, as in Avalanche's own builders (nc_benchmark), so a
     # consumer that forgets ``.eval()`` still sees un-augmented test images
@@ -150,7 +156,7 @@ def build_class_incremental_stream(
     ):
         experiences = []
         for group in groups:
-            idx = np.flatnonzero(np.isin(targets, group))
+            idx = np.flatnonzero(np.isin(targets, group) & (kept if stream_name == "train" else True))
             experiences.append(
                 _classification_dataset(
                     data, idx, targets, relabel, train_transform, eval_transform, task_labels, initial_group
@@ -167,6 +173,19 @@ def build_class_incremental_stream(
         class_names=class_names,
         info=dict(info or {}),
     )
+
+
+def few_shot_mask(targets: np.ndarray, groups: list[list[int]], shots: int, seed: int) -> np.ndarray:
+    """Which training samples a few-shot stream keeps: all of the first group's classes, ``shots`` seeded
+    samples of each later class (refused in one line when a class has fewer)."""
+    keep = np.isin(targets, groups[0])
+    for group in groups[1:]:
+        for c in group:
+            idx = np.flatnonzero(targets == c)
+            if len(idx) < shots:
+                raise ConfigError(f"shots={shots}: class {c} (in class order) has only {len(idx)} training samples")
+            keep[np.random.default_rng([seed, int(c)]).choice(idx, shots, replace=False)] = True
+    return keep
 
 
 class _Relabelled:

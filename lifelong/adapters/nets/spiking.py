@@ -434,11 +434,15 @@ class SpikingResNet(nn.Module):
         self.blocks = nn.Sequential(*stages)
         self.feature_dim = c
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's spikes before pooling, ``[T, B, C, H, W]`` (what attention over a sample's own
+        spatio-temporal features needs, as FSL-SNN's self-feature module does)."""
         x_seq = direct_encode(x, self.T)
         out = self.stem_lif(_seq(lambda z: self.stem_bn(self.stem_conv(z)), x_seq))
-        out = self.blocks(out)
-        return out.mean(dim=(-2, -1))  # global average pooling of spikes: [T, B, C]
+        return self.blocks(out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.feature_map(x).mean(dim=(-2, -1))  # global average pooling of spikes: [T, B, C]
 
 
 # ------------------------------------------------------------------------------------------------ counters
