@@ -27,7 +27,8 @@ The procedure, all of it seeded or fixed:
    zero-shot methods.
 
 Inputs travel as UTF-8 byte rows (``adapters/lm/text_bytes.py``), cut at ``max_bytes``; the text models
-decode and tokenize them. WordNet is found as ``benchmarks/wordnet.py`` finds it (``wordnet_root``,
+decode and tokenize them, keeping at most ``max_tokens`` tokens (default 64; 90 % of the default split's
+texts are 29 MiniLM tokens or fewer). WordNet is found as ``benchmarks/wordnet.py`` finds it (``wordnet_root``,
 ``$LIFELONG_WORDNET``, Debian's ``/usr/share/wordnet``), with the same one-line errors when it is absent.
 """
 
@@ -90,6 +91,7 @@ class SplitWordNetGlossesConfig:
     test_per_class: int = 20
     examples: bool = True
     max_bytes: int = 512
+    max_tokens: int = 64  # what every text model keeps of an input, in its own tokenizer's tokens
     task_labels: bool = True
     seed: int = 0
 
@@ -99,6 +101,8 @@ class SplitWordNetGlossesConfig:
                 raise ValueError(f"{name} must be 0 (all) or positive, got {getattr(self, name)}")
         if (self.train_per_class == 0) != (self.test_per_class == 0):
             raise ValueError("train_per_class and test_per_class are both positive (balanced) or both 0 (all)")
+        if self.max_tokens < 4:
+            raise ValueError(f"max_tokens must be at least 4, got {self.max_tokens}")
         if self.max_bytes < 16:
             raise ValueError(f"max_bytes must be at least 16, got {self.max_bytes}")
         if len(self.classes) < 2:
@@ -265,5 +269,6 @@ def split_wordnet_glosses(config: SplitWordNetGlossesConfig) -> Stream:
             "n_train": len(parts["train"][1]),
             "n_test": len(parts["test"][1]),
             "examples": config.examples,
+            "max_tokens": config.max_tokens,
         },
     )
