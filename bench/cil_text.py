@@ -71,6 +71,30 @@ def one(args: tuple[str, int, str, dict[str, Any], bool]) -> dict[str, Any]:
         return {"row": row, "seed": seed, "error": f"{type(exc).__name__}: {exc}"}
 
 
+#: the papers' claims as paired comparisons (row a minus row b, on the seeds both have)
+PAIRS: tuple[tuple[str, str, str], ...] = (
+    ("sime", "simplecil", "SimE: do the first-task adapters add to the frozen encoder's prototypes?"),
+    ("sime", "sime-1blk", "SimE: adapters in every block vs the last block only (between blocks)"),
+    ("sime-mlp+attn", "sime", "SimE: a second adapter within each block (attention as well as MLP)"),
+    ("sime-text0.3", "sime", "SimE: fusing the class-name score (w = 0.3)"),
+    ("sime", "zero-shot", "prototypes vs class-name zero-shot"),
+    ("prop", "l2p", "ProP vs L2P: task prompts without key-value matching"),
+    ("prop", "prop-noreg", "ProP: the prompt-value regulariser on vs off"),
+)
+
+
+def print_pairs(groups: dict[str, list[dict[str, Any]]]) -> None:
+    """Each claim's paired AIA difference over shared seeds: mean and 95 % t-interval, in points."""
+    print("\npaired differences in AIA (a - b, same seeds), mean [95 % t-interval] in points")
+    for a, b, what in PAIRS:
+        by_seed = {g["seed"]: g["average_incremental_accuracy"] for g in groups.get(b, [])}
+        diffs = [g["average_incremental_accuracy"] - by_seed[g["seed"]] for g in groups.get(a, []) if g["seed"] in by_seed]
+        if not diffs:
+            continue
+        mean, low, high = t_interval(diffs)
+        print(f"{a:>14} - {b:<11}{mean:+6.2f} [{low:+6.2f}, {high:+6.2f}] n={len(diffs)}  {what}")
+
+
 def trainable(result: dict[str, Any]) -> str:
     s = result.get("strategy_summary", {})
     for key in ("trainable_parameters", "trainable_parameters_per_task"):
@@ -90,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/bench-cil-text")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--fresh", action="store_true")
+    p.add_argument("--report-only", action="store_true", help="print the table of the finished runs, run nothing")
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     rows = [r.strip() for r in args.only.split(",")] if args.only else list(ROWS)
@@ -101,15 +126,18 @@ def main(argv: list[str] | None = None) -> int:
                 "max_tokens": args.max_tokens, "model": args.model}
     out = f"{args.out}-{args.model}"
     t0 = time.time()
-    runs = run_all(one, [(r, s, out, protocol, args.fresh) for r in rows for s in seeds], args.jobs)
+    tasks = [(r, s, out, protocol, args.fresh) for r in rows for s in seeds]
+    if args.report_only:
+        tasks = [t for t in tasks if (Path(out) / f"{t[0]}-seed{t[1]}" / "results.json").exists()]
+    runs = run_all(one, tasks, args.jobs)
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in runs:
         if "error" not in r:
             groups.setdefault(r["row"], []).append(r)
     print(f"split-wordnet-glosses, 60 classes in 10 experiences, {args.train_per_class} training / "
           f"{args.test_per_class} test texts a class, max {args.max_tokens} tokens, model {args.model}, seeds "
-          f"{seeds}; mean ± std over seeds in %; one thread a run, {args.jobs} in parallel; bench wall time "
-          f"{time.time() - t0:.0f} s")
+          f"{seeds}; mean ± std over seeds in %; " + ("finished runs only" if args.report_only else
+          f"one thread a run, {args.jobs} in parallel; bench wall time {time.time() - t0:.0f} s"))
     header = (f"{'row':<14}{'AIA':>16}{'AIA 95% CI':>18}{'last':>16}{'forgetting':>16}{'trainable':>16}"
               f"{'s/task':>8}{'run s':>8}")
     print(header)
@@ -122,10 +150,11 @@ def main(argv: list[str] | None = None) -> int:
         per_task = [sum(s) / len(s) for g in group if (s := g.get("strategy_summary", {}).get("train_seconds_per_task"))]
         task_s = f"{sum(per_task) / len(per_task):.1f}" if per_task else "-"
         wall = sum(g["wall_time_s"] for g in group) / len(group)
-        n = f" (n={len(group)})" if len(group) != len(seeds) else ""
+        n = f" (n={len(group)}: seeds {[g['seed'] for g in group]})" if len(group) != len(seeds) else ""
         print(f"{row:<14}{fmt([g['average_incremental_accuracy'] for g in group]):>16}"
               f"{f'[{low:.1f}, {high:.1f}]':>18}{fmt([g['last_accuracy'] for g in group]):>16}"
               f"{fmt([g['forgetting'] for g in group]):>16}{trainable(group[0]):>16}{task_s:>8}{wall:>8.0f}{n}")
+    print_pairs(groups)
     failures = [r for r in runs if "error" in r]
     for f in failures:
         print(f"FAILED: {f['row']} seed {f['seed']}: {f['error']}")

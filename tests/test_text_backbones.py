@@ -149,6 +149,8 @@ def test_wrong_modality_is_one_clear_error(wn_root, tmp_path, cli):
         _run("sime", wn_root, tmp_path, model="tiny")
     with pytest.raises(UserError, match="is not a text model"):
         _run("naive", wn_root, tmp_path, model="mlp")
+    with pytest.raises(UserError, match="loads its bundled weights"):
+        _run("simplecil", wn_root, tmp_path, model="tiny-bert", pretrained="weights.safetensors")
     r = cli("run", "--strategy", "simplecil", "--benchmark", "split-digits", "--set", "model=tiny-bert",
             "--out", str(tmp_path / "x"))
     assert r.code == 2 and "text model but benchmark split-digits holds images" in r.stderr

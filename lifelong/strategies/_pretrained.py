@@ -3,7 +3,8 @@ loading, class prototypes, and a small training loop.
 
 ``model=auto`` means the tiny open_clip configuration with random weights (offline, seconds on a CPU); any
 open_clip name (``ViT-B-16``) or ``timm:<vit name>`` may be given, with ``pretrained`` an open_clip tag (needs
-the network), a local checkpoint file, or empty for random weights.
+the network), a local checkpoint file, or empty for random weights. On a text stream (``stream.info["modality"]
+== "text"``) ``model`` is a text model of ``adapters/lm/text_backbone.py`` and ``auto`` means MiniLM.
 """
 
 from __future__ import annotations
@@ -79,11 +80,6 @@ class PretrainedConfig(StrategyConfig):
     epochs: int = 3
     batch_size: int = 32
 
-    @property
-    def backbone_name(self) -> str:
-        """The vision backbone of ``auto`` (on a text stream ``resolve_model`` picks MiniLM instead)."""
-        return "tiny" if self.model in ("auto", "") else self.model
-
 
 class PretrainedLearner(Learner):
     """A learner around a frozen backbone; subclasses add adapters, prompts or text classifiers."""
@@ -98,6 +94,8 @@ class PretrainedLearner(Learner):
         self.is_text = is_text_stream(context.stream)
         name = resolve_model(config.model, context.stream)
         if self.is_text:
+            if config.pretrained:
+                raise UserError(f"pretrained: the text model {name} loads its bundled weights; leave pretrained empty")
             self.loaded: Any = load_text_backbone(name, seed=context.seed,
                                                   max_tokens=int(context.stream.info.get("max_tokens", 64)))
         else:
