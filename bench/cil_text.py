@@ -80,6 +80,7 @@ PAIRS: tuple[tuple[str, str, str], ...] = (
     ("sime", "zero-shot", "prototypes vs class-name zero-shot"),
     ("prop", "l2p", "ProP vs L2P: task prompts without key-value matching"),
     ("prop", "prop-noreg", "ProP: the prompt-value regulariser on vs off"),
+    ("prop", "simplecil", "ProP's prompts vs the frozen encoder's own prototypes"),
 )
 
 
