@@ -98,3 +98,22 @@ def small_wordnet(folder: Path) -> Path:
         Synset("run", ["run"], "verb.motion", "move fast by using one's feet", pos="v"),
     ]
     return write_wordnet(folder, synsets)
+
+
+def category_wordnet(folder):
+    """Two categories (animal, tool) with seven members each; one synset under both, two sharing a gloss."""
+    s = [Synset("entity", ["entity"], "noun.Tops", "that which exists"),
+         Synset("animal", ["animal"], "noun.animal", "a living organism", pointers=[("@", "entity")]),
+         Synset("tool", ["tool"], "noun.artifact", "an implement", pointers=[("@", "entity")])]
+    animals = ["dog", "cat", "horse", "cow", "sheep", "goat"]
+    tools = ["hammer", "saw", "drill", "wrench", "chisel", "file", "plane"]
+    for a in animals:
+        s.append(Synset(a, [a], "noun.animal", f"a farm or house animal called {a}", pointers=[("@", "animal")]))
+    for t in tools:
+        s.append(Synset(t, [t], "noun.artifact", f"a hand tool called {t}", pointers=[("@", "tool")]))
+    s[3].gloss = 'a domestic canine; "the dog barked"'
+    s.append(Synset("rex", ["Rex"], "noun.animal", "a famous dog of a story", pointers=[("@i", "dog")]))
+    s.append(Synset("robodog", ["robodog"], "noun.artifact", "a robot dog", pointers=[("@", "dog"), ("@", "tool")]))
+    s.append(Synset("twin1", ["twin"], "noun.animal", "the same words", pointers=[("@", "animal")]))
+    s.append(Synset("twin2", ["twin"], "noun.artifact", "the same words", pointers=[("@", "tool")]))
+    return write_wordnet(folder, s)

@@ -28,6 +28,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from lifelong.adapters.lm.text_backbone import DEFAULT_TEXT_MODEL, TextClassifierNet, is_text_model, load_text_backbone
 from lifelong.adapters.nets.backbones import StepLogits, build_backbone
 from lifelong.incremental import distributed
 from lifelong.incremental.learner import (
@@ -43,6 +44,7 @@ from lifelong.incremental.learner import (
 )
 from lifelong.incremental.loggers import epoch_loss_plugin
 from lifelong.platform.device import LossScaler, autocast
+from lifelong.platform.errors import UserError
 from lifelong.platform.quiet import quiet_avalanche
 from lifelong.strategies._avalanche_state import AvalancheState, register_missing_buffers
 
@@ -240,6 +242,8 @@ class AvalancheLearner(Learner):
     def build_model(self) -> nn.Module:
         """The backbone named by ``config.model`` with a head over every class of the stream."""
         stream = self.context.stream
+        if stream.info.get("modality") == "text":  # full fine-tuning of a text model (adapters/lm/text_backbone.py)
+            return build_text_classifier(self.config.model, stream, self.context.seed)
         return build_backbone(self.config.model, stream.input_shape, stream.n_classes)
 
     def strategy_kwargs(self) -> dict[str, Any]:
@@ -315,3 +319,17 @@ class AvalancheLearner(Learner):
             self.strategy.optimized_param_id = {
                 n: p for n, p in self.strategy.model.named_parameters() if p.requires_grad
             }
+
+
+def build_text_classifier(model: str, stream: Any, seed: int) -> nn.Module:
+    """The whole text model, unfrozen, with a linear head over the stream's classes (``auto``: MiniLM)."""
+    name = DEFAULT_TEXT_MODEL if model in ("auto", "") else model
+    if not is_text_model(name):
+        raise UserError(f"model: {model!r} is not a text model but benchmark {stream.name} holds text; use model="
+                        "minilm, smollm2-135m, tiny-bert or tiny-llama")
+    backbone = load_text_backbone(name, seed=seed, max_tokens=int(stream.info.get("max_tokens", 64))).visual
+    for p in backbone.parameters():
+        p.requires_grad_(True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return TextClassifierNet(backbone, stream.n_classes)

@@ -3,7 +3,8 @@ loading, class prototypes, and a small training loop.
 
 ``model=auto`` means the tiny open_clip configuration with random weights (offline, seconds on a CPU); any
 open_clip name (``ViT-B-16``) or ``timm:<vit name>`` may be given, with ``pretrained`` an open_clip tag (needs
-the network), a local checkpoint file, or empty for random weights.
+the network), a local checkpoint file, or empty for random weights. On a text stream (``stream.info["modality"]
+== "text"``) ``model`` is a text model of ``adapters/lm/text_backbone.py`` and ``auto`` means MiniLM.
 """
 
 from __future__ import annotations
@@ -15,13 +16,57 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lifelong.adapters.nets.clip import freeze, load_backbone
+from lifelong.adapters.lm.text_backbone import (
+    DEFAULT_TEXT_MODEL,
+    TEXT_TEMPLATES,
+    TextBackbone,
+    is_text_model,
+    load_text_backbone,
+)
+from lifelong.adapters.nets.clip import AdapterSet, BottleneckAdapter, attach_adapters, freeze, load_backbone
 from lifelong.adapters.nets.transforms import iterate_batches, stream_normalization
 from lifelong.incremental.learner import Learner, RunContext, StrategyConfig, make_optimizer
 from lifelong.platform.device import LossScaler, autocast
 from lifelong.platform.errors import UserError
 
 NEG = -1.0e4  # the logit of a class not seen yet: finite, so softmax and argmax stay well defined
+#: CLIP's image prompt, the default of ``templates``; on a text model it becomes ``TEXT_TEMPLATES``
+CLIP_TEMPLATE = "a bad photo of a {}."
+
+
+def is_text_stream(stream: Any) -> bool:
+    """True for streams whose inputs are texts as byte rows (``split-wordnet-glosses``)."""
+    return stream.info.get("modality") == "text"
+
+
+def resolve_model(model: str, stream: Any) -> str:
+    """The backbone a run uses: ``auto`` is the tiny CLIP for images and MiniLM for text; a vision model on a text
+    stream (or the reverse) is a ``UserError`` naming the allowed models."""
+    text = is_text_stream(stream)
+    if model in ("auto", ""):
+        return DEFAULT_TEXT_MODEL if text else "tiny"
+    if text and not is_text_model(model):
+        raise UserError(f"model: {model!r} is a vision model but benchmark {stream.name} holds text; use model="
+                        "minilm, smollm2-135m, tiny-bert or tiny-llama")
+    if not text and is_text_model(model):
+        raise UserError(f"model: {model!r} is a text model but benchmark {stream.name} holds images")
+    return model
+
+
+def attach_backbone_adapters(backbone: nn.Module, blocks: list[int], sites: list[str], dim: int, scale: float
+                             ) -> AdapterSet:
+    """Parallel bottleneck adapters on a vision tower (``nets/clip.attach_adapters``) or a text model (its
+    ``hook_adapter``), one per (block, site), named ``block{b}_{site}`` either way."""
+    if not isinstance(backbone, TextBackbone):
+        return attach_adapters(backbone, blocks, sites, dim, scale)
+    aset = AdapterSet()
+    device = next(backbone.parameters()).device
+    for b in blocks:
+        for site in sites:
+            adapter = BottleneckAdapter(backbone.width, dim, scale).to(device)
+            aset.adapters[f"block{b}_{site}"] = adapter
+            aset._handles.extend(backbone.hook_adapter(b, site, adapter))
+    return aset
 
 
 @dataclass
@@ -35,10 +80,6 @@ class PretrainedConfig(StrategyConfig):
     epochs: int = 3
     batch_size: int = 32
 
-    @property
-    def backbone_name(self) -> str:
-        return "tiny" if self.model in ("auto", "") else self.model
-
 
 class PretrainedLearner(Learner):
     """A learner around a frozen backbone; subclasses add adapters, prompts or text classifiers."""
@@ -50,16 +91,25 @@ class PretrainedLearner(Learner):
 
         self.device = context.device
         self.n_classes = context.stream.n_classes
-        self.loaded = load_backbone(config.backbone_name, config.pretrained, seed=context.seed)
+        self.is_text = is_text_stream(context.stream)
+        name = resolve_model(config.model, context.stream)
+        if self.is_text:
+            if config.pretrained:
+                raise UserError(f"pretrained: the text model {name} loads its bundled weights; leave pretrained empty")
+            self.loaded: Any = load_text_backbone(name, seed=context.seed,
+                                                  max_tokens=int(context.stream.info.get("max_tokens", 64)))
+        else:
+            self.loaded = load_backbone(name, config.pretrained, seed=context.seed)
         freeze(self.loaded.visual)
         if self.loaded.text is not None:
             freeze(self.loaded.text)
 
         fit = self.loaded.image_fit
-        fit.input_mean, fit.input_std = (  # buffers of the fit: moved to the device with it just below
-            None if v is None else torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1)
-            for v in stream_normalization(context.stream.info)
-        )
+        if not self.is_text:
+            fit.input_mean, fit.input_std = (  # buffers of the fit: moved to the device with it just below
+                None if v is None else torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1)
+                for v in stream_normalization(context.stream.info)
+            )
         self.fit = fit.to(self.device)
         self.backbone = self.loaded.visual.to(self.device)
         if self.loaded.text is not None:
@@ -89,6 +139,12 @@ class PretrainedLearner(Learner):
         if names is None:
             raise UserError(f"benchmark {self.context.stream.name} has no class names; text prompts need them")
         return names
+
+    def templates(self, given: list[str]) -> list[str]:
+        """The class-name prompts: ``given``, except that CLIP's photo prompt becomes ``TEXT_TEMPLATES`` on text."""
+        if self.is_text and list(given) == [CLIP_TEMPLATE]:
+            return list(TEXT_TEMPLATES)
+        return list(given)
 
     def autocast(self) -> Any:
         """The configured precision's autocast on this learner's device (a no-op for fp32)."""

@@ -7,6 +7,10 @@ nothing is forgotten; the accuracy is entirely the pre-trained model's. With the
 model this is chance level by construction: it shows the mechanics, not the method (give ``model=ViT-B-16``
 and ``pretrained=laion2b_s34b_b88k`` or a local weights file for real numbers).
 
+On a text stream (``split-wordnet-glosses``) with a text model (``model=minilm``, the default there, or
+``smollm2-135m``) this is the text analogue: a gloss is scored against the pooled embedding of
+"a kind of {class}." from the same frozen encoder.
+
 Departure: the prompt templates are configurable (``templates``, averaged as in CLIP's prompt ensembling);
 the default is the single template Continual-CLIP uses.
 """
@@ -72,7 +76,7 @@ class ContinualClip(PretrainedLearner):
         classes = self.experience_classes(experience)
         names = [self.names[c] for c in classes]
         with self.autocast():  # the text tower's forward; the stored embeddings are float32
-            emb = self.loaded.text.class_embeddings(names, self.config.templates, self.device)
+            emb = self.loaded.text.class_embeddings(names, self.templates(self.config.templates), self.device)
         idx = torch.tensor(classes, device=self.device)
         self.model.text[idx] = emb.to(self.device, torch.float32)
         self.seen[idx.cpu()] = True

@@ -18,6 +18,16 @@ classes' logits, the fresh Adam optimiser per experience), with three measured d
 Departure: at test time the logits of classes not trained yet are masked out (the usual class-incremental
 evaluation over the classes seen so far); Avalanche leaves the untrained head rows in the competition.
 
+On a text stream (``split-wordnet-glosses``) with a text model (``model=minilm``, the default there,
+``smollm2-135m``; ``adapters/lm/text_backbone.py``) Avalanche's ViT cannot be used; the same method is built
+from Avalanche's prompt pool (``avalanche.models.prompt.Prompt``: keys, top-k query-key selection, the
+``reduce_sim`` surrogate) around the frozen text model: the query is the frozen model's pooled embedding of
+the text, the selected ``top_k * prompt_length`` prompt tokens go after [CLS] (before the text on a decoder),
+and the linear head reads the mean of the text tokens' final states. Departure: L2P's head reads the prompt
+tokens' outputs, which on a causal decoder cannot see the text. The loop is Avalanche's: a fresh Adam per
+experience, the current classes' logits only in training, loss = cross-entropy - ``sim_coefficient`` x
+``reduce_sim``. The pool's values are drawn U(-1, 1) times the spread of the model's token embeddings.
+
 When loading a pre-trained checkpoint the prompt positions of the position embedding (L2P puts
 ``prompt_length * top_k`` prompt tokens between the class token and the patches) start as copies of the class
 token's position embedding; the class and patch positions are loaded as they are.
@@ -31,13 +41,16 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from lifelong.adapters.lm.text_backbone import TextBackbone, is_text_model, load_text_backbone
 from lifelong.adapters.nets.clip import read_state_dict
+from lifelong.adapters.nets.transforms import iterate_batches
 from lifelong.adapters.nets.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageFit, stream_normalization
 from lifelong.incremental.learner import Learner, RunContext, StrategyConfig, make_optimizer
 from lifelong.platform.device import LossScaler, autocast
 from lifelong.platform.errors import UserError
 from lifelong.platform.registry import Capabilities, register
 from lifelong.strategies._avalanche import silent_evaluator
+from lifelong.strategies._pretrained import is_text_stream, local_labels, resolve_model
 
 #: ViT sizes accepted as ``model`` (the ones Avalanche's L2P knows, plus the tiny offline default).
 VIT_SIZES: dict[str, dict[str, int]] = {
@@ -71,8 +84,9 @@ class L2PConfig(StrategyConfig):
     def validate(self) -> None:
         super().validate()
         name = "tiny" if self.model in ("auto", "") else self.model
-        if name not in VIT_SIZES:
-            raise ValueError(f"model: {self.model!r} is not allowed; allowed values: auto, {', '.join(VIT_SIZES)}")
+        if name not in VIT_SIZES and not is_text_model(name):
+            raise ValueError(f"model: {self.model!r} is not allowed; allowed values: auto, {', '.join(VIT_SIZES)}, "
+                             "and on text streams minilm, smollm2-135m, tiny-bert, tiny-llama")
         if self.top_k > self.pool_size:
             raise ValueError(f"top_k ({self.top_k}) cannot exceed pool_size ({self.pool_size})")
         for key in ("pool_size", "prompt_length", "top_k"):
@@ -207,6 +221,44 @@ def _build_strategy(config: L2PConfig, context: RunContext) -> Any:
     return _L2P(model=vit, query=query, fit=fit), dims
 
 
+class TextL2PModel(nn.Module):
+    """L2P on a text model: the frozen model (also the query encoder), the prompt pool with keys, the head."""
+
+    def __init__(self, backbone: TextBackbone, pool: nn.Module, n_classes: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.pool = pool
+        self.head = nn.Linear(backbone.out_dim, n_classes)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, reduce_sim): prompts chosen by the frozen model's pooled query, inserted, head on the pool."""
+        b = self.backbone
+        ids, mask = b.tokenize(x)
+        emb = b.embed(ids)
+        with torch.no_grad():
+            query = b.pool(b.hidden(emb, mask), mask)
+        out = self.pool(emb, cls_features=query)
+        n = int(out["total_prompt_len"])
+        e, m = b.insert_prompts(emb, mask, out["prompted_embedding"][:, :n])
+        return self.head(b.pool(b.hidden(e, m), m, n)), out["reduce_sim"]
+
+
+def _build_text_model(config: L2PConfig, context: RunContext) -> TextL2PModel:
+    from avalanche.models.prompt import Prompt
+
+    name = resolve_model(config.model, context.stream)
+    loaded = load_text_backbone(name, seed=context.seed, max_tokens=int(context.stream.info.get("max_tokens", 64)))
+    backbone = loaded.visual
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(context.seed)
+        pool = Prompt(length=config.prompt_length, embed_dim=backbone.width, embedding_key="cls",
+                      prompt_init="uniform", prompt_pool=True, prompt_key=True, pool_size=config.pool_size,
+                      top_k=config.top_k, batchwise_prompt=False, prompt_key_init="uniform")
+        pool.prompt.data.mul_(backbone.prompt_init_gain)
+        model = TextL2PModel(backbone, pool, context.stream.n_classes)
+    return model.to(context.device)
+
+
 @register(
     "strategy",
     "l2p",
@@ -215,29 +267,62 @@ def _build_strategy(config: L2PConfig, context: RunContext) -> Any:
     capabilities=Capabilities(),
 )
 class L2P(Learner):
-    """Avalanche's L2P strategy wrapped as a platform learner."""
+    """Avalanche's L2P strategy wrapped as a platform learner (on text: Avalanche's prompt pool, our loop)."""
 
     config: L2PConfig
 
     def __init__(self, config: L2PConfig, context: RunContext) -> None:
         super().__init__(config, context)
+        self.seen = torch.zeros(context.stream.n_classes, dtype=torch.bool)
+        self.text = is_text_stream(context.stream)
+        if self.text:
+            self.model = _build_text_model(config, context)
+            self.scaler = LossScaler(config.precision, context.device)
+            return
+        resolve_model(config.model, context.stream)  # a text model on an image stream: one clear line
         self.strategy, _ = _build_strategy(config, context)
         self.model = L2PModel(self.strategy.model, self.strategy.original_vit)
         self.fit = self.strategy.fit
-        self.seen = torch.zeros(context.stream.n_classes, dtype=torch.bool)
 
     def train_experience(self, experience: Any) -> None:
-        self.strategy.train(experience)
+        if self.text:
+            self._train_text(experience)
+        else:
+            self.strategy.train(experience)
         self.seen[self.context.stream.classes_per_experience[experience.current_experience]] = True
+
+    def _train_text(self, experience: Any) -> None:
+        """Avalanche's L2P loop on the text model: fresh Adam, current-class logits, CE - c * reduce_sim."""
+        c, device = self.config, self.context.device
+        classes = sorted(int(k) for k in self.context.stream.classes_per_experience[experience.current_experience])
+        params = [p for n, p in self.model.named_parameters() if not n.startswith("backbone.")]
+        opt = torch.optim.Adam(params, lr=c.lr, betas=(0.9, 0.999))
+        cols = torch.tensor(classes, device=device)
+        self.model.backbone.eval()
+        for epoch in range(c.epochs):
+            seed = self.context.seed * 100_003 + int(experience.current_experience) * 101 + epoch
+            for x, y in iterate_batches(experience.dataset, c.batch_size, shuffle=True, seed=seed):
+                x, y = x.to(device), y.to(device)
+                with autocast(c.precision, device):
+                    logits, reduce_sim = self.model(x)
+                    logits = logits.float()[:, cols] if c.use_mask else logits.float()
+                    target = local_labels(y, classes) if c.use_mask else y
+                    loss = nn.functional.cross_entropy(logits, target) - c.sim_coefficient * reduce_sim.float()
+                opt.zero_grad(set_to_none=True)
+                self.scaler.backward(loss)
+                self.scaler.step(opt)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Float32 logits over all classes (untrained ones masked); the ViTs run under the configured precision."""
         self.model.eval()
         with torch.no_grad():
             with autocast(self.config.precision, self.context.device):
-                x = self.fit(x.to(self.context.device))
-                cls_features = self.model.query(x)["pre_logits"]
-                logits = self.model.vit(x=x, task_id=-1, cls_features=cls_features, train=False)["logits"]
+                if self.text:
+                    logits, _ = self.model(x.to(self.context.device))
+                else:
+                    x = self.fit(x.to(self.context.device))
+                    cls_features = self.model.query(x)["pre_logits"]
+                    logits = self.model.vit(x=x, task_id=-1, cls_features=cls_features, train=False)["logits"]
             logits = logits.float()
             return logits.masked_fill(~self.seen.to(logits.device), -1.0e4)
 
@@ -252,5 +337,9 @@ class L2P(Learner):
         return None  # L2P starts a fresh Adam at every experience
 
     def summary(self) -> dict[str, Any]:
+        if self.text:
+            trainable = sum(p.numel() for n, p in self.model.named_parameters() if not n.startswith("backbone."))
+            return {"trainable_parameters": trainable, "backbone": self.config.model,
+                    "backbone_parameters": sum(p.numel() for p in self.model.backbone.parameters())}
         trainable = sum(p.numel() for p in self.model.vit.parameters() if p.requires_grad)
         return {"trainable_parameters": trainable, "pretrained": self.config.pretrained or "random"}

@@ -21,6 +21,12 @@ settings and measurements are in docs/pretrained.md:
    forward still carrying all T prompts (measured fastest on CPU; raise it on a GPU). ``score_norm=softmax``
    instead turns each task's scores into probabilities (temperature ``logit_scale``) before comparing tasks.
 
+On a text model (``model=minilm``, ``smollm2-135m``; ``adapters/lm/text_backbone.py``) a prompt is P token
+embeddings inserted after [CLS] (BERT) or before the text (a decoder), all tasks' prompts again run in one
+batched forward; the features are the mean of the text tokens' final states. Prompt values are drawn, and
+the ``bound`` regulariser's b applied, in units of the spread of the model's own token embeddings (about 0.05
+for MiniLM, where a U(-1, 1) prompt would be twenty times larger than any word).
+
 Gaps filled: prefix prompts in deeper layers are not implemented (input prompts only); the loss is a cosine
 classifier's cross-entropy rather than CPP's contrastive prototype loss.
 """
@@ -35,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lifelong.adapters.lm.text_backbone import TextBackbone
 from lifelong.adapters.nets.clip import count_parameters
 from lifelong.adapters.nets.prompts import PromptBank, forward_all_prompts, forward_each_prompt, prompt_regulariser
 from lifelong.incremental.learner import RunContext
@@ -108,6 +115,11 @@ class ProP(PretrainedLearner):
     def bank(self) -> Any:
         return self.model.prompts
 
+    @property
+    def prompt_gain(self) -> float:
+        """The scale of prompt values: 1 on a ViT, the spread of the token embeddings on a text model."""
+        return float(getattr(self.backbone, "prompt_init_gain", 1.0))
+
     def _features(self, x: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
         return self.backbone(self.fit(x), prompt)
 
@@ -127,13 +139,14 @@ class ProP(PretrainedLearner):
         # seeded by (run seed, task index): a resumed run draws the same prompt as an uninterrupted one; a CPU
         # generator, so the prompt is also the same on every device
         generator = torch.Generator(device="cpu").manual_seed(self.context.seed * 1000 + 7 + len(self.bank))
-        prompt = self.bank.add_task(c.prompt_init, c.prompt_init_scale, generator, device=self.device)
+        gain = self.prompt_gain
+        prompt = self.bank.add_task(c.prompt_init, c.prompt_init_scale * gain, generator, device=self.device)
         head = CosineHead(self._prototypes_of(experience, classes, prompt), c.logit_scale).to(self.device)
         prompt.requires_grad_(True)
 
         def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             ce = F.cross_entropy(head(self._features(x, prompt)), local_labels(y, classes))
-            return ce + prompt_regulariser(prompt, c.reg, c.reg_lambda, c.reg_bound)
+            return ce + prompt_regulariser(prompt, c.reg, c.reg_lambda, c.reg_bound * gain)
 
         self.fit_loop(experience, [prompt] + list(head.parameters()), loss_fn)
         prompt.requires_grad_(False)
@@ -157,7 +170,9 @@ class ProP(PretrainedLearner):
         prompts = self.bank.stacked()
         with self.autocast():
             xf = self.fit(x)
-            if batched:
+            if batched and isinstance(self.backbone, TextBackbone):
+                feats = self.backbone.forward_all_prompts(xf, prompts, self.config.max_batched_sequences)
+            elif batched:
                 feats = forward_all_prompts(self.backbone, xf, prompts, self.config.max_batched_sequences)
             else:
                 feats = forward_each_prompt(self.backbone, xf, prompts)

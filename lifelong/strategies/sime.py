@@ -24,6 +24,11 @@ Choices where the paper is silent (all configurable):
   recomputed afterwards (there is no memory to recompute them from).
 - optional fusion with CLIP's zero-shot text score (``text_weight`` w > 0): score = (1-w)·cos(f, μ_c) +
   w·cos(f, t_c) with t_c the text embedding of "a bad photo of a {class}." (Continual-CLIP's prompt).
+
+On a text model (``model=minilm``, ``smollm2-135m``; ``adapters/lm/text_backbone.py``) the same adapters sit
+beside the transformer blocks' MLP or attention, and the "text tower" is the encoder itself: t_c is the pooled
+embedding of "a kind of {class}." through the adapted encoder (recomputed after the adapters train), so the
+fused scores compare vectors of one space.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lifelong.adapters.nets.clip import attach_adapters, count_parameters, resolve_blocks
+from lifelong.adapters.nets.clip import count_parameters, resolve_blocks
 from lifelong.incremental.learner import RunContext
 from lifelong.platform.errors import UserError
 from lifelong.platform.registry import Capabilities, register
@@ -45,6 +50,7 @@ from lifelong.strategies._pretrained import (
     PretrainedConfig,
     PretrainedLearner,
     PrototypeIndex,
+    attach_backbone_adapters,
     class_means,
     local_labels,
 )
@@ -112,7 +118,7 @@ class SimE(PretrainedLearner):
         blocks = resolve_blocks(config.adapter_blocks, len(self.backbone.blocks))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(context.seed + 1)
-            adapters = attach_adapters(
+            adapters = attach_backbone_adapters(
                 self.backbone, blocks, config.adapter_sites, config.adapter_dim, config.adapter_scale
             ).to(self.device)
         self.model = SimEModel(self.backbone, adapters, self.n_classes, self.backbone.out_dim).to(self.device)
@@ -155,6 +161,7 @@ class SimE(PretrainedLearner):
             self.fit_loop(experience, params, loss_fn)
             self.backbone.eval()
             self._set_adapters_trainable(False)
+            self._text = None  # class-name embeddings go through the adapted encoder on a text model
         protos = self._prototypes_of(experience, classes)
         idx = torch.tensor(classes, device=self.device)
         self.model.prototypes[idx] = protos.to(self.device, torch.float32)
@@ -172,7 +179,8 @@ class SimE(PretrainedLearner):
         if self._text is None:
             assert self.loaded.text is not None
             with self.autocast():
-                text = self.loaded.text.class_embeddings(self.class_names(), self.config.templates, self.device)
+                text = self.loaded.text.class_embeddings(self.class_names(), self.templates(self.config.templates),
+                                                          self.device)
             self._text = text.float()
         return self._text
 
