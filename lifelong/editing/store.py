@@ -473,6 +473,20 @@ class EditStore:
                 self._set_meta("model_name", name)
 
     @_mapped
+    def record_calibration(self, record: dict[str, Any]) -> None:
+        """Record how the store's routing threshold was chosen (``edit calibrate --store``): the threshold and what
+        it was calibrated on, as meta ``calibration`` (JSON), so a report can refuse the edits it was chosen on."""
+        self._require_writable("record a calibration")
+        with self._write_txn():
+            self._set_meta("calibration", json.dumps(record, sort_keys=True))
+
+    @_mapped
+    def calibration(self) -> dict[str, Any] | None:
+        """The record ``record_calibration`` wrote, or None."""
+        raw = self._meta("calibration")
+        return json.loads(raw) if raw else None
+
+    @_mapped
     def model_identity(self) -> dict[str, str] | None:
         raw = self._meta("model_identity")
         return json.loads(raw) if raw else None
