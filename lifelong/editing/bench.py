@@ -37,6 +37,24 @@ from lifelong.editing.session import EditSession, check_edit_precision, resolve_
 from lifelong.platform.errors import UserError
 
 
+def bench_draw(requests: Sequence[EditRequest], n: int | None, seed: int, rollback_fraction: float = 0.5,
+               max_fidelity_prompts: int = 200) -> tuple[list[EditRequest], list[int], list[tuple[int, str]]]:
+    """The bench's seeded draws, in one place so a finished run can be rebuilt (``bench/edit_rollback_trace.py``):
+    the ``n`` edits in order, the positions rolled back at the end, and the (position, prompt) pairs whose
+    rollback fidelity is checked (the edit prompt and paraphrases of the rolled-back edits, a seeded sample)."""
+    rng = random.Random(seed)
+    reqs = list(requests)
+    rng.shuffle(reqs)
+    reqs = reqs[: n or len(reqs)]
+    order = list(range(len(reqs)))  # the half rolled back at the end: the same draw as after the stream
+    rng.shuffle(order)
+    back = sorted(order[: int(round(len(reqs) * rollback_fraction))])
+    fid_check = [(i, p) for i in back for p in [reqs[i].prompt, *reqs[i].paraphrases]]
+    if len(fid_check) > max_fidelity_prompts:
+        fid_check = sorted(random.Random(seed + 1).sample(fid_check, max_fidelity_prompts))
+    return reqs, back, fid_check
+
+
 def run_edit_bench(
     editor: str,
     requests: Sequence[EditRequest],
@@ -84,23 +102,12 @@ def run_edit_bench(
     check_edit_precision(precision)
     if device is not None:
         device = resolve_edit_device(str(device))
-    rng = random.Random(seed)
-    reqs = list(requests)
-    rng.shuffle(reqs)
-    reqs = reqs[: n or len(reqs)]
+    reqs, back, fid_check = bench_draw(requests, n, seed, rollback_fraction, max_fidelity_prompts)
     editor_config, calibrated = _with_calibration(editor, reqs, editor_config, calibration)
     if every is not None and every < 1:
         raise UserError(f"--every must be >= 1, got {every}")
     every = every or max(1, len(reqs) // 10)
     checkpoints = sorted({*range(every, len(reqs) + 1, every), len(reqs)})
-    # the half rolled back at the end, drawn now (the same draw as after the stream: rng is not used in between)
-    order = list(range(len(reqs)))
-    rng.shuffle(order)
-    back = sorted(order[: int(round(len(reqs) * rollback_fraction))])
-    fid_prompts = [[r.prompt, *r.paraphrases] for r in reqs]
-    fid_check = [(i, p) for i in back for p in fid_prompts[i]]
-    if len(fid_check) > max_fidelity_prompts:
-        fid_check = sorted(random.Random(seed + 1).sample(fid_check, max_fidelity_prompts))
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder; name a folder (created if missing)")
