@@ -7,8 +7,11 @@ the bench protocol of ``bench/cil_fashion.py`` (``--train-per-class`` / ``--test
 - ``no-align``: ``logit_alignment=false`` (classifier fine-tuning without the adaptive offset);
 - ``no-oton``: ``oton=false`` (old extractors' features may feed the new classes' logits);
 - ``spiking-der``: both off: spiking DER with the same KD and auxiliary loss;
-- ``ann-der``: strategy ``der`` on the ReLU twin of the same extractor (``resnet-mnist``, T = 1), the same
-  schedule, memory and fine-tuning.
+- ``ann-twin``: ``neuron=relu``: the same learner, config and extractor with ReLU instead of LIF neurons (T = 1),
+  so the only difference is the neuron: the same schedule, memory, distillation, OtoN, logit alignment and
+  classifier handling (no bias, no reuse of old weights, re-initialisation before fine-tuning). The bench prints
+  the two resolved configs side by side. (An earlier ``ann-der`` variant ran ``der`` with the spiking-only keys
+  dropped, which also dropped the distillation and the classifier choices: not a twin.)
 
 Every comparison with ``alade-snn`` is paired by seed (a seed fixes the class order and the subsets, so both runs
 see the same stream): the table gives the mean difference and its 95 % t-interval over seeds. The energy column
@@ -37,12 +40,27 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "no-align": ("alade-snn", {"logit_alignment": False}),
     "no-oton": ("alade-snn", {"oton": False}),
     "spiking-der": ("alade-snn", {"logit_alignment": False, "oton": False}),
-    "ann-der": ("der", {}),
+    "ann-twin": ("alade-snn", {"neuron": "relu"}),
 }
-#: settings of the ALADE-SNN config that DER (an ANN learner) does not have
-SPIKING_ONLY = ("T", "surrogate", "surrogate_alpha", "tau", "v_threshold", "compile", "oton", "logit_alignment",
-                "distillation", "kd_temperature", "kd_weight", "alignment_start", "effect_factor", "change_factor",
-                "reuse_old_classifier", "classifier_bias", "finetune_reinit")
+
+
+def resolved(variant: str, seed: int, protocol: dict[str, Any]) -> Any:
+    """The run config of ``variant`` (the ALADE-SNN config, the protocol and the variant's changes)."""
+    from lifelong.incremental.run import resolve_config
+
+    return resolve_config(config_file=CONFIG, seed=seed, device="cpu", overrides={**protocol, **VARIANTS[variant][1]})
+
+
+def side_by_side(protocol: dict[str, Any], a: str = "alade-snn", b: str = "ann-twin") -> str:
+    """Both variants' resolved strategy configs, key by key, the differing keys marked with ``*``."""
+    from lifelong.platform.config import to_dict
+
+    left, right = (to_dict(resolved(v, 0, protocol).strategy_config) for v in (a, b))
+    lines = [f"  {'key':<24}{a:>24}{b:>24}"]
+    for key in sorted(set(left) | set(right)):
+        mark = "*" if left.get(key) != right.get(key) else " "
+        lines.append(f"{mark} {key:<24}{str(left.get(key)):>24}{str(right.get(key)):>24}")
+    return "\n".join(lines)
 
 
 def one(args: tuple[str, int, str, dict[str, Any], bool]) -> dict[str, Any]:
@@ -50,22 +68,14 @@ def one(args: tuple[str, int, str, dict[str, Any], bool]) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)
-    from lifelong.incremental.run import resolve_config, run_experiment
-    from lifelong.platform.config import load_yaml
+    from lifelong.incremental.run import run_experiment
 
     folder = run_dir(out, variant, seed)
     done = folder / "results.json"
     if done.exists() and not fresh:
         return {**json.loads(done.read_text()), "variant": variant}
-    strategy, changes = VARIANTS[variant]
     try:
-        if strategy == "alade-snn":
-            config = resolve_config(config_file=CONFIG, seed=seed, device="cpu", overrides={**protocol, **changes})
-        else:  # the same settings without the spiking ones, for the ANN learner
-            data = load_yaml(CONFIG)
-            settings = {k: v for k, v in data["strategy_config"].items() if k not in SPIKING_ONLY}
-            config = resolve_config(strategy=strategy, benchmark=data["benchmark"], seed=seed, device="cpu",
-                                    overrides={**settings, **data["benchmark_config"], **protocol, **changes})
+        config = resolved(variant, seed, protocol)
         return {**run_experiment(config, out=folder, progress=False), "variant": variant}
     except Exception as exc:  # one failing run is reported, the others still count
         return {"variant": variant, "seed": seed, "error": f"{type(exc).__name__}: {exc}"}
@@ -118,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         n = f" (n={len(group)})" if len(group) != len(seeds) else ""
         print(f"{variant:<12}{mean_std[0]:>16}{mean_std[1]:>16}{diffs[0]:>27}{diffs[1]:>27}{wall:>8.1f}"
               f"{energy_text:>11}{n}")
+    if "ann-twin" in variants:
+        print("\nresolved strategy configs (* = differs):\n" + side_by_side(protocol))
     failures = [r for r in runs if "error" in r]
     for f in failures:
         print(f"FAILED: {f['variant']} seed {f['seed']}: {f['error']}")

@@ -5,13 +5,21 @@ gets wrong). Each (setting, editor) is one ``run_edit_bench`` on a fresh store w
 edits: ERR, TRR, held-out perplexity (decoder), time per edit, store size, and the routed/unedited generation
 time at the end. Prints a markdown table per setting and writes ``summary-<setting>.json`` in ``--out``.
 
-    nice -n 10 python bench/edit_scale.py --settings decoder --n 200 --every 50 --out runs/edit-scale
+    lifelong edit make-set --source wordnet --split dev --out runs/wn-dev.jsonl
+    lifelong edit calibrate --file runs/wn-dev.jsonl --n 250 --out runs/cal-dev250.json
+    nice -n 10 python bench/edit_scale.py --settings decoder --n 200 --every 50 --calibration runs/cal-dev250.json \
+        --out runs/edit-scale
     nice -n 10 python bench/edit_scale.py --settings classifier --classifier runs/gloss-clf --n 200 --every 50
     nice -n 10 python bench/edit_scale.py --settings decoder --editors sola --set sola.threshold=0.29 --n 1000 --every 100
     python bench/edit_scale.py --plot runs/edit-scale/summary-classifier.json --png docs/img/edit-scale-classifier.png
     python bench/edit_scale.py --aggregate runs/s0/summary-classifier.json runs/s1/summary-classifier.json ...
 
 Each setting's curves of all editors are also drawn side by side in ``curves-<setting>.png`` in ``--out``.
+
+The decoder setting reports on the WordNet ``test`` split by default. ``--calibration CAL.json`` (the output of
+``lifelong edit calibrate --out``) gives SoLA its threshold and the ids of the edits that chose it: an edit file
+holding any of them is refused in one line (exit 2) before the model loads, since numbers on those edits are
+in-sample (``--split all`` after a calibration on dev is such a case).
 """
 
 from __future__ import annotations
@@ -111,13 +119,30 @@ def plot(results: list[dict[str, Any]], title: str, png: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the bench; bad input (a file, a calibration, an edit calibrated on) is one line on stderr, exit 2."""
+    from lifelong.platform.errors import UserError
+
+    try:
+        return _main(argv)
+    except UserError as exc:
+        print(f"edit_scale.py: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--settings", default="decoder,classifier")
     ap.add_argument("--editors", default="sola,grace,ft-l")
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--every", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--split", default="all", help="WordNet edit split for the decoder setting (dev, test, all)")
+    ap.add_argument("--split", default="test", help="WordNet edit split for the decoder setting (dev, test, all; "
+                                                    "default test: dev is for choosing settings)")
+    ap.add_argument("--min-count", type=int, default=1, help="WordNet sense-count floor of the edit set (default 1)")
+    ap.add_argument("--model", default="smollm2-135m", help="the decoder setting's model (default smollm2-135m)")
+    ap.add_argument("--calibration", default=None, metavar="CAL.json",
+                    help="output of `lifelong edit calibrate --out`: SoLA's threshold and the edits it was chosen on "
+                         "(refused if the evaluated file holds any of them)")
     ap.add_argument("--classifier", default="runs/gloss-clf", help="folder made by `lifelong edit train-classifier`")
     ap.add_argument("--out", default="runs/edit-scale")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="EDITOR.KEY=VALUE",
@@ -155,13 +180,16 @@ def main(argv: list[str] | None = None) -> int:
     from lifelong.benchmarks.wordnet_edits import wordnet_edit_set
     from lifelong.benchmarks.wordnet_glosses import heldout_sentences
     from lifelong.editing.bench import run_edit_bench
+    from lifelong.editing.calibrate import check_held_out, read_calibration
+
+    calibration = read_calibration(args.calibration) if args.calibration else None
 
     summary: dict[str, Any] = {"args": vars(args), "settings": {}}
     out = Path(args.out)
     for setting in args.settings.split(","):
         if setting == "decoder":
-            path = wordnet_edit_set(args.split)
-            model_name, heldout, retention = "smollm2-135m", heldout_sentences(200), None
+            path = wordnet_edit_set(args.split, min_count=args.min_count)
+            model_name, heldout, retention = args.model, heldout_sentences(200), None
         elif setting == "classifier":
             path = Path(args.classifier) / "edits.jsonl"
             model_name, heldout = args.classifier, None
@@ -170,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             raise SystemExit(f"unknown setting {setting!r}: decoder or classifier")
         reqs = load_edits(path)
+        if calibration is not None:
+            check_held_out(reqs, calibration, f"the edits of {path}")
         n = min(args.n, len(reqs))
         loaded = load_causal_lm(model_name)
         cache: dict = {}
@@ -178,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {setting} / {editor}: {n} edits from {path}", file=sys.stderr, flush=True)
             res = run_edit_bench(editor, reqs, n=n, seed=args.seed, out=out / setting / editor, model=model_name,
                                  loaded=loaded, source=str(path), base_cache=cache, every=args.every,
-                                 editor_config=per_editor.get(editor),
+                                 editor_config=per_editor.get(editor), calibration=calibration,
                                  retention=retention, heldout_text=heldout, device="cpu")
             res.pop("per_edit", None)
             results.append(res)

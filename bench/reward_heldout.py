@@ -31,6 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from srm_compare import fit_and_evaluate  # noqa: E402  (the reward benches share the train-and-evaluate loop)
 
 
+def _sample_std(values: list[float]) -> float:
+    """The sample standard deviation (ddof = 1) over the seeds, as every table of docs/reward.md gives it."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
 def build(check: bool) -> int:
     from lifelong.benchmarks.reward_heldout import HELDOUT_FILE, build_heldout, write_heldout
     from lifelong.benchmarks.wordnet import open_wordnet
@@ -77,12 +82,13 @@ def measure(seeds: list[int], threads: int, out: Path) -> int:
                         / sum(r["per_dimension"][d]["n_pairs"] for d in members) for r in reps]
         for d in dims:
             row[d] = [r["per_dimension"][d]["accuracy"] for r in reps]
-        summary[label] = {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "runs": v} for k, v in row.items()}
-        lines.append(f"| {label} | " + " | ".join(f"{np.mean(row[c]):.3f} ± {np.std(row[c]):.3f}" for c in cols) + " |")
+        summary[label] = {k: {"mean": float(np.mean(v)), "std": _sample_std(v), "runs": v}
+                          for k, v in row.items()}
+        lines.append(f"| {label} | " + " | ".join(f"{np.mean(row[c]):.3f} ± {_sample_std(row[c]):.3f}" for c in cols) + " |")
     table = "\n".join(lines)
     n = results["scalar-rm"][0]["per_dimension"]
     print(f"\nWordNet held-out set ({len(held)} pairs: " + ", ".join(f"{d} {n[d]['n_pairs']}" for d in dims)
-          + f"), trained on the bundled training split ({len(train)} pairs), mean ± std over seeds {seeds}\n")
+          + f"), trained on the bundled training split ({len(train)} pairs), mean ± sample std over seeds {seeds}\n")
     print(table)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"seeds": seeds, "summary": summary, "table": table}, indent=2))

@@ -5,7 +5,7 @@
 2. For each seed trains, on the training split: ``scalar-rm``; ``srm`` with the default branches; ``srm`` with
    all five; ``srm`` (all five) without each branch in turn; ``srm`` (default) without the joined branch texts
    (features only). Each model is evaluated on the held-out split: pairwise accuracy overall and per
-   dimension, reported as mean ± std over the seeds.
+   dimension, reported as mean ± sample std over the seeds.
 
 Run: ``.venv/bin/python bench/srm_compare.py [--seeds 0,1,2] [--threads 1] [--out runs/bench/srm_compare.json]``
 """
@@ -18,6 +18,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+
+def _sample_std(values: list[float]) -> float:
+    """The sample standard deviation (ddof = 1) over the seeds, as every table of docs/reward.md gives it."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
 def fit_and_evaluate(configs: dict[str, tuple[str, dict]], seeds: list[int], train: list, held: list
@@ -89,13 +94,14 @@ def main() -> None:
         row = {"overall": [r["accuracy"] for r in reps]}
         for d in dims:
             row[d] = [r["per_dimension"][d]["accuracy"] for r in reps]
-        summary[label] = {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "runs": v} for k, v in row.items()}
-        cells = [f"{np.mean(v):.3f} ± {np.std(v):.3f}" for v in row.values()]
+        summary[label] = {k: {"mean": float(np.mean(v)), "std": _sample_std(v), "runs": v}
+                          for k, v in row.items()}
+        cells = [f"{np.mean(v):.3f} ± {_sample_std(v):.3f}" for v in row.values()]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print(f"\nheld-out pairwise accuracy ({len(held)} pairs; n per dimension: "
           + ", ".join(f"{d}={results['scalar-rm'][0]['per_dimension'][d]['n_pairs']}" for d in dims)
-          + f"), mean ± std over seeds {seeds}\n")
+          + f"), mean ± sample std over seeds {seeds}\n")
     print(table)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

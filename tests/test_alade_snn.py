@@ -186,3 +186,39 @@ def test_end_to_end_through_lifelong_run(tmp_path, capsys) -> None:
     assert results["config"]["strategy_config"]["T"] == 2
     assert main(["run", "--strategy", "alade-snn", "--out", str(tmp_path / "bad"), "--set", "surrogate=relu"]) == 2
     assert "surrogate" in capsys.readouterr().err
+
+
+def test_the_ann_twin_differs_in_the_neuron_only(stream) -> None:
+    """``bench/alade_ablation.py``'s ``ann-twin`` resolves to the ALADE-SNN config with ``neuron=relu`` and nothing
+    else changed, and that learner builds ReLU extractors (no LIF neuron, one time step) of the same shape."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from lifelong.adapters.nets.spiking import LIF
+    from lifelong.platform.config import to_dict
+
+    bench = Path(__file__).parents[1] / "bench"
+    sys.path.insert(0, str(bench))
+    try:
+        spec = importlib.util.spec_from_file_location("alade_ablation", bench / "alade_ablation.py")
+        ablation = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(ablation)
+    finally:
+        sys.path.remove(str(bench))
+    protocol = {"train_per_class": 10, "test_per_class": 10}
+    snn, ann = (to_dict(ablation.resolved(v, 0, protocol).strategy_config) for v in ("alade-snn", "ann-twin"))
+    assert {k for k in snn if snn[k] != ann.get(k)} == {"neuron"} and set(snn) == set(ann)
+    assert (snn["neuron"], ann["neuron"]) == ("lif", "relu") and snn["distillation"] and not ann["classifier_bias"]
+    table = ablation.side_by_side(protocol)
+    assert [line.split()[1] for line in table.splitlines() if line.startswith("*")] == ["neuron"]
+    ctx = RunContext(stream=stream, device=torch.device("cpu"), seed=0)
+    models = {}
+    for neuron in ("lif", "relu"):
+        learner = AladeSNNLearner(AladeSNNConfig(model="resnet-tiny", T=2, neuron=neuron), ctx)
+        make, dim = learner._extractor_factory()
+        models[neuron] = (make(), dim)
+    assert models["lif"][1] == models["relu"][1]
+    assert any(isinstance(m, LIF) for m in models["lif"][0].modules())
+    assert not any(isinstance(m, LIF) for m in models["relu"][0].modules())
+    assert sum(p.numel() for p in models["lif"][0].parameters()) == sum(p.numel() for p in models["relu"][0].parameters())

@@ -1,10 +1,12 @@
-"""Training components (kd, esl, rkd) and the TET loss: each mechanism on tiny tensors with a known answer, each
+"""Training components (kd, esl, rkd) and the TET loss: each mechanism on tiny tensors with a known answer (the
+LaSNN layer-wise schedule and rkd's prune score worked out by hand, TET inside the training loop of two strategies), each
 component through a run on the tiny split-digits stream, exact resume, and the refusal for a strategy that does
 not accept components."""
 
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,7 +15,7 @@ from torch import nn
 
 from lifelong.components.esl import ESLConfig, EvolutionarySparsity, layer_densities, maskable
 from lifelong.components.kd import attention_map, response_kd
-from lifelong.incremental.learner import TrainingState, tet_loss
+from lifelong.incremental.learner import RunContext, TrainingState, tet_loss
 from lifelong.incremental.run import resolve_config, run_experiment
 from lifelong.platform.config import ConfigError
 from lifelong.platform.errors import UserError
@@ -189,7 +191,45 @@ def test_alade_snn_takes_components_and_tet(tmp_path):
                                  esl={"density": 0.5, "T_iter": 2}), out=tmp_path, progress=False)
     esl = res["strategy_summary"]["components"]["esl"]
     assert esl["updates"] > 0 and esl["density"] == pytest.approx(0.5, abs=1e-3)
-    assert res["config"]["strategy_config"]["loss"] == "tet"
+
+
+@pytest.mark.parametrize("strategy, module, extra", [
+    ("naive", "lifelong.strategies._avalanche", {"model": "spiking-tiny"}),
+    ("alade-snn", "lifelong.strategies.der", {"T": 2, "finetune_epochs": 0, "mem_size": 20}),
+])
+def test_loss_tet_is_the_loss_a_strategy_optimises(strategy, module, extra, tmp_path, monkeypatch):
+    import importlib
+
+    from lifelong.incremental.checkpoint import CHECKPOINT_NAME, load_checkpoint
+
+    target = importlib.import_module(module)
+    calls: list[tuple[float, float, float]] = []
+
+    def spy(step_logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = tet_loss(step_logits, y)
+        steps = step_logits.detach().float()
+        # worked out here: the mean over time steps of each step's cross-entropy, and the plain cross-entropy of
+        # the time-averaged logits that loss=ce trains on
+        per_step = sum(nn.functional.cross_entropy(steps[t], y) for t in range(len(steps))) / len(steps)
+        calls.append((float(loss.detach()), float(per_step), float(nn.functional.cross_entropy(steps.mean(0), y))))
+        return loss
+
+    monkeypatch.setattr(target, "tet_loss", spy)
+    weights = {}
+    for loss in ("ce", "tet"):
+        calls.clear()
+        run_experiment(_config(strategy, loss=loss, **extra), out=tmp_path / loss, progress=False)
+        weights[loss] = load_checkpoint(tmp_path / loss / CHECKPOINT_NAME)["learner"]["model"]
+        if loss == "ce":
+            assert calls == []  # cross-entropy runs never compute TET
+    # every training batch of the tet run went through TET (2 experiences, 1 epoch each), each value is the mean of
+    # the per-step cross-entropies, and it is not the time-averaged cross-entropy
+    assert len(calls) >= 2
+    assert all(value == pytest.approx(per_step, rel=1e-5) for value, per_step, _ in calls)
+    assert any(abs(per_step - averaged) > 1e-4 for _, per_step, averaged in calls)
+    # so the two runs from the same seed end with different weights
+    assert any(not torch.equal(weights["ce"][k], weights["tet"][k]) for k in weights["ce"]
+               if weights["ce"][k].is_floating_point())
 
 
 def test_a_strategy_without_components_is_refused_in_one_line(cli):
@@ -211,3 +251,82 @@ def test_component_options_are_typed_and_checked():
         _config("naive", components=["rkd", "esl"])
     with pytest.raises(ConfigError, match="unknown component 'kdd'; did you mean kd"):
         _config("naive", components=["kdd"])
+
+
+# ------------------------------------------------------------------------------- schedules and scores by hand
+def _stream_context(seed: int = 0) -> RunContext:
+    """A run context for a component built by hand (the stream only sizes the joint teacher, replaced here)."""
+    return RunContext(stream=SimpleNamespace(input_shape=(1, 8, 8), n_classes=3), device=torch.device("cpu"),
+                      seed=seed)
+
+
+def _relu_net(seed: int) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 5), nn.ReLU(), nn.Linear(5, 3))
+
+
+def test_layerwise_schedule_distils_one_pair_per_epoch_shallow_first():
+    from lifelong.components.kd import KDConfig, KnowledgeDistillation
+
+    student, teacher = _relu_net(0), _relu_net(1)
+    x, y = torch.randn(7, 6), torch.tensor([0, 1, 2, 0, 1, 2, 0])
+    # the two ReLU outputs of each net, worked out here layer by layer; equal widths, so no adapter
+    s1 = torch.relu(student[0](x)); s2 = torch.relu(student[2](s1))
+    t1 = torch.relu(teacher[0](x)); t2 = torch.relu(teacher[2](t1))
+    pair = [float(((s1 - t1) ** 2).mean().detach()), float(((s2 - t2) ** 2).mean().detach())]
+    seen = {}
+    for schedule in ("layerwise", "joint"):
+        kd = KnowledgeDistillation(KDConfig(feature="hint", schedule=schedule, epochs_per_layer=2, alpha=0.0),
+                                   _stream_context())
+        kd.teacher = teacher
+        state = TrainingState(model=student, x=x, y=y)
+        kd.before_experience(state)
+        for epoch in range(6):
+            state.logits = student(x)
+            kd.extra_loss(state)
+            seen[schedule, epoch] = kd.last["feature"]
+            kd.after_epoch(state)
+        kd.after_experience(state)
+    # LaSNN: pair 0 (shallow) in epochs 0-1, pair 1 from epoch 2 on, one pair at a time; joint: both, always
+    for epoch in range(6):
+        assert seen["layerwise", epoch] == pytest.approx(pair[0] if epoch < 2 else pair[1], rel=1e-5)
+        assert seen["joint", epoch] == pytest.approx(pair[0] + pair[1], rel=1e-5)
+
+
+def test_rkd_prunes_by_magnitude_plus_distillation_saliency():
+    from lifelong.components.rkd import DistilledSparseStructure, RKDConfig
+
+    student, teacher = _relu_net(2), _relu_net(3)
+    config = RKDConfig(density=0.5, T_iter=1, prune_rate=0.5, grow="random", init="uniform", saliency=1.0,
+                       temperature=2.0, alpha=1.0, teacher="joint")
+    rkd = DistilledSparseStructure(config, _stream_context())
+    rkd.kd.teacher = teacher
+    opt = torch.optim.SGD(student.parameters(), lr=0.0)  # no step: the weights scored are the weights seen here
+    state = TrainingState(model=student, optimizer=opt)
+    rkd.before_experience(state)
+    x, y = torch.randn(9, 6), torch.tensor([0, 1, 2] * 3)
+    state.x, state.y = x, y
+    state.logits = student(x)
+    # the distillation term and its gradient on the first masked layer, worked out here
+    w = student[0].weight
+    p_t = torch.softmax(teacher(x).detach() / 2.0, 1)
+    log_q = torch.log_softmax(student(x) / 2.0, 1)
+    kd_by_hand = 4.0 * (p_t * (p_t.log() - log_q)).sum(1).mean()
+    g = torch.autograd.grad(kd_by_hand, w)[0]
+    active = rkd.esl.owner["0.weight"] >= 0
+    magnitude, saliency = w.detach().abs(), (w.detach() * g).abs()
+    score = magnitude / magnitude[active].mean() + saliency / saliency[active].mean()
+    k = int(0.5 * int(active.sum()))
+    expect = set(active.flatten().nonzero().squeeze(1)[torch.topk(score[active], k, largest=False).indices].tolist())
+    by_magnitude = set(active.flatten().nonzero().squeeze(1)[
+        torch.topk(magnitude[active], k, largest=False).indices].tolist())
+    assert expect != by_magnitude  # on this draw the saliency changes the choice, so the test can tell them apart
+
+    loss = nn.functional.cross_entropy(state.logits, y) + rkd.extra_loss(state)
+    assert float(rkd.kd.last["response"]) == pytest.approx(float(kd_by_hand.detach()), rel=1e-5)
+    loss.backward()
+    rkd.after_backward(state)
+    opt.step()
+    rkd.after_step(state)
+    pruned = set((active & (rkd.esl.owner["0.weight"] < 0)).flatten().nonzero().squeeze(1).tolist())
+    assert pruned == expect

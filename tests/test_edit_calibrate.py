@@ -5,6 +5,7 @@ store's router then does; bad input is one line and exit code 2."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,3 +103,63 @@ def test_cli_calibrate(cli, tiny_llama, tmp_path):  # noqa: F811
     assert bad.code == 2 and "--locality must be in (0, 1]" in bad.stderr and "Traceback" not in bad.stderr
     bad_key = cli("edit", "calibrate", "--file", str(f), "--set", "key_pooling=max")
     assert bad_key.code == 2 and "key_pooling" in bad_key.stderr and "Traceback" not in bad_key.stderr
+
+
+def test_a_calibration_records_its_edits_and_edit_scale_refuses_them(tiny_llama, tmp_path, monkeypatch,  # noqa: F811
+                                                                     capsys):
+    """``edit calibrate --out`` records the dev file's hash and edit ids; ``bench/edit_scale.py --split all`` with
+    that calibration is refused in one line before anything runs, and ``--split test`` runs, recording it."""
+    import importlib.util
+
+    from test_wordnet_edits import wordnet_40
+
+    from lifelong.benchmarks.edits import load_edits
+    from lifelong.benchmarks.wordnet_edits import wordnet_edit_set
+    from lifelong.cli.main import main
+    from lifelong.editing.store import EditStore
+    from lifelong.platform.atomic import file_sha256
+
+    monkeypatch.setenv("LIFELONG_WORDNET", str(wordnet_40(tmp_path / "wn")))
+    monkeypatch.setenv("LIFELONG_CACHE", str(tmp_path / "cache"))
+    dev = wordnet_edit_set("dev", min_count=0)
+    cal = tmp_path / "cal.json"
+    keys = [a for k, v in (("layers", "[1]"), ("modules", "[mlp.down_proj]")) for a in ("--set", f"{k}={v}")]
+    assert main(["edit", "calibrate", "--file", str(dev), "--model", str(tiny_llama), "--locality", "0.75",
+                 "--out", str(cal), "--device", "cpu", *keys]) == 0
+    assert "calibrated on" in capsys.readouterr().out
+    record = json.loads(cal.read_text())
+    on = record["calibrated_on"]
+    dev_ids = sorted(r.id for r in load_edits(dev) if r.paraphrases and r.locality)
+    assert on["edit_ids"] == dev_ids and on["file_sha256"] == file_sha256(dev) and on["n_edits"] == len(dev_ids)
+
+    spec = importlib.util.spec_from_file_location("edit_scale", Path(__file__).parents[1] / "bench" / "edit_scale.py")
+    edit_scale = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(edit_scale)
+    args = ["--settings", "decoder", "--editors", "sola", "--min-count", "0", "--model", str(tiny_llama),
+            "--calibration", str(cal), "--set", "sola.layers=[1]", "--set", "sola.modules=[mlp.down_proj]",
+            "--set", "sola.max_steps=5"]
+    assert edit_scale.main(args + ["--split", "all", "--out", str(tmp_path / "all")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "were in the calibration set" in err and "--split test" in err, err
+    assert not (tmp_path / "all").exists()
+    # the test split holds none of them: it runs, with the calibrated threshold, and the run and its store say so
+    assert edit_scale.main(args + ["--split", "test", "--n", "2", "--every", "1", "--out", str(tmp_path / "t")]) == 0
+    res = json.loads((tmp_path / "t" / "summary-decoder.json").read_text())[0]
+    assert res["editor_config"]["threshold"] == pytest.approx(record["threshold"])
+    assert res["calibration"]["calibrated_on"]["ids_sha256"] == on["ids_sha256"]
+    with EditStore.open(tmp_path / "t" / "decoder" / "sola" / "store", create=False) as store:
+        assert store.calibration()["calibrated_on"]["ids_sha256"] == on["ids_sha256"]
+    # the same refusal in `edit bench`, before its folder is made; and `edit calibrate --store` records in a store
+    capsys.readouterr()
+    assert main(["edit", "bench", "--editor", "sola", "--file", str(dev), "--model", str(tiny_llama), "--device",
+                 "cpu", "--calibration", str(cal), "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "were in the calibration set" in err and not (tmp_path / "b").exists()
+    assert main(["edit", "calibrate", "--file", str(dev), "--model", str(tiny_llama), "--locality", "0.75",
+                 "--store", str(tmp_path / "all-store"), "--device", "cpu", *keys]) == 2
+    assert main(["edit", "calibrate", "--file", str(dev), "--model", str(tiny_llama), "--locality", "0.75",
+                 "--store", str(tmp_path / "t" / "decoder" / "sola" / "store"), "--n", "5", "--device", "cpu",
+                 *keys]) == 0
+    with EditStore.open(tmp_path / "t" / "decoder" / "sola" / "store", create=False) as store:
+        assert store.calibration()["calibrated_on"]["edit_ids"] == sorted(
+            r.id for r in load_edits(dev)[:5] if r.paraphrases and r.locality)

@@ -103,3 +103,27 @@ def test_generate_unedited_batched_equals_one_by_one_and_refuses_routed_edits(tm
         assert s.generate([REQS[0].prompt])[0]["edit_id"] is not None
         with pytest.raises(RuntimeError, match="in force"):
             s.generate_unedited([REQS[0].prompt])
+
+
+def test_rollback_trace_rebuilds_the_runs_draw_and_its_fidelity(tmp_path, tiny_llama, capsys):  # noqa: F811
+    """``bench/edit_rollback_trace.py`` on a finished bench: the same prompts checked and the same fidelity, each
+    differing prompt sorted by where the router sends it (never to a rolled-back edit)."""
+    import importlib.util
+    from pathlib import Path
+
+    src = tmp_path / "edits.jsonl"
+    src.write_text("".join(json.dumps({"prompt": r.prompt, "target": r.target, "paraphrases": r.paraphrases,
+                                       "locality": r.locality}) + "\n" for r in REQS))
+    from lifelong.benchmarks.edits import load_edits
+
+    res = run_edit_bench("sola", load_edits(src), seed=1, out=tmp_path / "b", model=str(tiny_llama),
+                         editor_config=SOLA, source=str(src), overhead_reps=1, device="cpu")
+    spec = importlib.util.spec_from_file_location("trace", Path(__file__).parents[1] / "bench" / "edit_rollback_trace.py")
+    trace = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(trace)
+    out = trace.trace(tmp_path / "b")
+    assert out["checked"] == res["rollback"]["n_checked"] > 0 and out["n_rolled_back"] == res["rollback"]["n_rolled_back"]
+    assert out["fidelity"] == pytest.approx(res["rollback"]["fidelity"])
+    assert sum(out["routed"].values()) == out["differing"] and out["routed"]["rolled-back"] == 0
+    assert trace.main([str(tmp_path / "b")]) == 0 and "prompts checked" in capsys.readouterr().out
+    assert trace.main([str(tmp_path)]) == 2 and "not the folder of a finished edit bench" in capsys.readouterr().err

@@ -32,20 +32,34 @@ def _grm(model: Path, tmp_path: Path, **kw) -> grm_mod.GenerativeRewardModel:
     return create("scorer", "grm", llm=str(model), cache_dir=str(tmp_path), device="cpu", **kw)
 
 
+def _margin_by_hand(model_path: Path, judge: grm_mod.GenerativeRewardModel, p: str, a: str, b: str) -> float:
+    """log P(first answer token is A) - log P(... is B), one unpadded forward of the judge prompt outside grm."""
+    from lifelong.adapters.lm.model_pool import get_llm
+
+    model, tok = get_llm(str(model_path), torch.device("cpu"))
+    a_ids, b_ids = first_token_ids(tok, ["A", " A"]), first_token_ids(tok, ["B", " B"])
+    ids = tok(chat_prompt(tok, judge._message(p, a, b)), add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, -1].float(), -1)
+    return float(torch.logsumexp(logp[a_ids], -1) - torch.logsumexp(logp[b_ids], -1))
+
+
+def _report_by_hand(model_path: Path, judge: grm_mod.GenerativeRewardModel) -> dict[str, float]:
+    """Accuracy, order agreement and first-order accuracy on PAIRS from margins worked out by hand."""
+    first = [_margin_by_hand(model_path, judge, q.prompt, q.chosen, q.rejected) for q in PAIRS]
+    swapped = [_margin_by_hand(model_path, judge, q.prompt, q.rejected, q.chosen) for q in PAIRS]
+    n = len(PAIRS)
+    return {"accuracy": sum((f - s) / 2 > 0 for f, s in zip(first, swapped)) / n,
+            "order_agreement": sum((f > 0) == (s < 0) for f, s in zip(first, swapped)) / n,
+            "first_order_accuracy": sum(f > 0 for f in first) / n}
+
+
 def test_margin_is_the_first_answer_tokens_log_probability(tiny_llama: Path, tmp_path: Path) -> None:  # noqa: F811
     judge = _grm(tiny_llama, tmp_path, batch_size=2)
     triples = [(p.prompt, p.chosen, p.rejected) for p in PAIRS]
     got = judge.margins(triples)  # batched, padded to the longest of each batch
-    from lifelong.adapters.lm.model_pool import get_llm
-
-    model, tok = get_llm(str(tiny_llama), torch.device("cpu"))
-    a_ids, b_ids = first_token_ids(tok, ["A", " A"]), first_token_ids(tok, ["B", " B"])
     for (p, a, b), m in zip(triples, got):
-        ids = tok(chat_prompt(tok, judge._message(p, a, b)), add_special_tokens=False)["input_ids"]
-        with torch.no_grad():
-            logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, -1].float(), -1)
-        want = float(torch.logsumexp(logp[a_ids], -1) - torch.logsumexp(logp[b_ids], -1))
-        assert m == pytest.approx(want, abs=1e-4)  # one at a time, unpadded: the same number
+        assert m == pytest.approx(_margin_by_hand(tiny_llama, judge, p, a, b), abs=1e-4)  # unpadded: the same
 
 
 def test_both_orders_cancel_position_bias(tiny_llama: Path, tmp_path: Path) -> None:  # noqa: F811
@@ -57,10 +71,10 @@ def test_both_orders_cancel_position_bias(tiny_llama: Path, tmp_path: Path) -> N
     one = _grm(tiny_llama, tmp_path, both_orders=False).compare(p.prompt, p.chosen, p.rejected)
     assert one.preference == pytest.approx(ab.margins["a_first"])  # the biased one-order judge, for comparison
     report = judge.evaluate(PAIRS)
-    wins = [r.preference > 0 for r in judge.compare_many([(q.prompt, q.chosen, q.rejected) for q in PAIRS])]
-    assert report["accuracy"] == pytest.approx(sum(wins) / len(wins))
+    by_hand = _report_by_hand(tiny_llama, judge)
+    for key in ("accuracy", "order_agreement", "first_order_accuracy"):
+        assert report[key] == pytest.approx(by_hand[key]), key
     assert set(report["per_dimension"]) == {"factual", "fluency", "relevance"}
-    assert 0.0 <= report["order_agreement"] <= 1.0
 
 
 def test_judgements_are_cached_on_disk(tiny_llama: Path, tmp_path: Path, monkeypatch) -> None:  # noqa: F811
@@ -92,7 +106,9 @@ def test_cli_train_writes_a_config_only_eval_reads_it_score_is_refused(tiny_llam
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     report = json.loads(captured.out)
-    assert report["n_pairs"] == 3 and 0.0 <= report["accuracy"] <= 1.0
+    by_hand = _report_by_hand(tiny_llama, _grm(tiny_llama, tmp_path / "fresh"))
+    assert report["n_pairs"] == 3 and report["accuracy"] == pytest.approx(by_hand["accuracy"])
+    assert report["order_agreement"] == pytest.approx(by_hand["order_agreement"])
     rc = main(["reward", "score", "--model", str(out), "--prompt", "Q?", "--response", "A."])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "compares two responses" in err

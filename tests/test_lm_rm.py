@@ -131,3 +131,25 @@ def test_cli_train_srm_with_the_lm_backbone_then_score_and_eval(tiny_llama: Path
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert json.loads(captured.out)["n_pairs"] == len(PAIRS)
+
+
+def test_join_texts_puts_the_branch_texts_into_the_lm_input(tiny_llama: Path, tmp_path: Path,  # noqa: F811
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[str] = []
+    original = lb.LMBackbone.inputs
+
+    def recording_inputs(self, texts):
+        seen.extend(texts)
+        return original(self, texts)
+
+    monkeypatch.setattr(lb.LMBackbone, "inputs", recording_inputs)
+    item = ("Question number 1?", "The answer is blue yes.")
+    plain = f"Prompt: {item[0]}\nResponse: {item[1]}"
+    for join in (True, False):
+        seen.clear()
+        rm = _lm_rm(tiny_llama, tmp_path, "srm", branches=["style"], join_texts=join)
+        f = rm.featurize([item])
+        style_text = f.texts["style"][0]
+        assert style_text and style_text not in plain
+        # the LM reads the branch text after the prompt and response, or with join_texts=false not at all
+        assert seen == ([f"{plain}\n{style_text}"] if join else [plain])

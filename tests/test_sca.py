@@ -99,13 +99,49 @@ def test_slim_network_gives_the_masked_outputs(backbone) -> None:
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
 
 
-def test_regrowth_swaps_channels_at_the_target() -> None:
+def test_regrowth_returns_the_pruned_channels_with_the_largest_output_gradient() -> None:
     torch.manual_seed(3)
     model = build_backbone("cnn-28", (1, 8, 8), 10)
     sca = _component(regrow_fraction=0.5)
-    _train(model, sca, steps=2, epochs=3)
-    assert sca.updates == 3 and sca.summary()["regrown_total"] > 0
-    assert sca.summary()["channel_sparsity"] == pytest.approx(0.5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    state = TrainingState(model=model, optimizer=opt)
+    sca.before_experience(state)
+    units = find_units(model)
+    model.train()
+    pruned_before: dict[str, torch.Tensor] = {}
+    for epoch in range(3):
+        # worked out here, apart from the component's own hooks: |sum of dLoss/d(output)| per channel, per batch
+        grads = {u.name: torch.zeros(u.channels) for u in units}
+        outputs: dict[str, torch.Tensor] = {}
+        handles = [u.act.register_forward_hook(lambda m, i, out, name=u.name: outputs.__setitem__(name, out))
+                   for u in units]
+        for _ in range(2):
+            x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+            loss = F.cross_entropy(model(x), y)
+            for out in outputs.values():
+                out.retain_grad()
+            opt.zero_grad()
+            loss.backward()
+            for name, out in outputs.items():
+                grads[name] += out.grad.sum((0, 2, 3)).abs()
+            sca.after_backward(state)
+            opt.step()
+            sca.after_step(state)
+        for h in handles:
+            h.remove()
+        pruned_before = {u.name: (~sca.masks[u.name]).clone() for u in units}
+        sca.after_epoch(state)
+    sca.after_experience(state)
+    assert sca.updates == 3 and sca.summary()["channel_sparsity"] == pytest.approx(0.5)
+    regrown_total = 0
+    for u in units:
+        was_pruned = pruned_before[u.name].nonzero().flatten()
+        back = set((pruned_before[u.name] & sca.masks[u.name]).nonzero().flatten().tolist())
+        k = int(0.5 * len(was_pruned))
+        largest = set(was_pruned[torch.topk(grads[u.name][was_pruned], k).indices].tolist())
+        assert back == largest, u.name
+        regrown_total += len(back)
+    assert regrown_total == sca.history[-1]["regrown"] > 0
 
 
 def test_sca_through_lifelong_run_and_resume(tmp_path) -> None:

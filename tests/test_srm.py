@@ -10,6 +10,7 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -178,16 +179,33 @@ def test_llm_branches_fluency_and_quality() -> None:
 
 
 # ------------------------------------------------------------------------------------------- the model
-def test_contributions_add_up_and_save_load_round_trip(tmp_path: Path) -> None:
+def test_contributions_are_the_standardised_branch_terms_and_save_load_round_trip(tmp_path: Path) -> None:
     pairs = bundled_preferences("train")[:24]
     rm = create("scorer", "srm", branches=["semantic", "style", "fact-check"], facts=[str(_facts_file(tmp_path))],
                 epochs=5, cache_dir=str(tmp_path))
     summary = rm.fit(pairs)
-    assert summary["n_pairs"] == 24 and 0.0 <= summary["train_accuracy"] <= 1.0
+    train_items = [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs]
+    scored = rm.score_many(train_items)
+    # the training accuracy is the share of pairs whose chosen response scores strictly higher, recounted here
+    wins = sum(scored[i].reward > scored[i + 24].reward for i in range(24))
+    assert summary["n_pairs"] == 24 and summary["train_accuracy"] == pytest.approx(wins / 24)
+    # each branch's contribution, worked out with numpy from the branch features and the head's weights: the
+    # features standardised by their training mean and (population) std, times the branch's weights, minus that
+    # term's mean over the training responses
+    train_feats = rm.featurize(train_items).feats
     results = rm.score_many([(p.prompt, p.chosen) for p in pairs[:5]])
+    feats = rm.featurize([(p.prompt, p.chosen) for p in pairs[:5]]).feats
+    for name in ("semantic", "style", "fact-check"):
+        x_train = train_feats[name].cpu().numpy().astype(np.float64)
+        mean, std = x_train.mean(0), np.maximum(x_train.std(0), 1e-3)
+        w = rm.head.branches[name].weight.detach().cpu().numpy().astype(np.float64)[0]
+        offset = (((x_train - mean) / std) @ w).mean()
+        by_hand = ((feats[name].cpu().numpy() - mean) / std) @ w - offset
+        assert [r.contributions[name] for r in results] == pytest.approx(list(by_hand), abs=1e-4)
+    # every term reads "above or below an average training response": its mean over the training responses is 0
+    for term in ("text", "semantic", "style", "fact-check"):
+        assert float(np.mean([r.contributions[term] for r in scored])) == pytest.approx(0.0, abs=1e-4)
     for r in results:
-        assert set(r.contributions) == {"text", "semantic", "style", "fact-check"}
-        assert sum(r.contributions.values()) == pytest.approx(r.reward, abs=1e-4)
         assert set(r.branch_texts) == {"semantic", "style", "fact-check"}
     rm.save(tmp_path / "model")
     assert isinstance(rm, Scorer) and isinstance(results[0], ScoreResult)  # the contract, structurally
@@ -200,14 +218,45 @@ def test_contributions_add_up_and_save_load_round_trip(tmp_path: Path) -> None:
     assert sum(d["n_pairs"] for d in report["per_dimension"].values()) == 16
 
 
-def test_scalar_rm_has_only_the_text_term(tmp_path: Path) -> None:
+def test_scalar_rm_reads_the_prompt_and_response_only(tmp_path: Path) -> None:
+    from lifelong.adapters.lm.model_pool import encode
+
     rm = create("scorer", "scalar-rm", epochs=3, cache_dir=str(tmp_path))
     pairs = bundled_preferences("train")[:20]
     rm.fit(pairs)
     r = rm.score(pairs[0].prompt, pairs[0].chosen)
-    assert list(r.contributions) == ["text"] and r.reward == pytest.approx(r.contributions["text"])
+    assert list(r.contributions) == ["text"]
+    # the reward is the head's MLP over the encoder's embedding of "Prompt: ...\nResponse: ..." (encoded here,
+    # outside the model), less that MLP's mean over the training responses
+    joined = [f"Prompt: {p.prompt}\nResponse: {resp}" for p in pairs for resp in (p.chosen,)] + \
+             [f"Prompt: {p.prompt}\nResponse: {p.rejected}" for p in pairs]
+    with torch.no_grad():
+        mlp = rm.head.text(torch.tensor(np.asarray(encode(joined, rm.config.encoder), dtype=np.float32)))[:, 0]
+    assert r.reward == pytest.approx(float(mlp[0] - mlp.mean()), abs=1e-4)
     with pytest.raises(UserError, match="unknown config key 'branches'"):
         create("scorer", "scalar-rm", branches=["style"])
+
+
+def test_join_texts_puts_the_branch_texts_into_the_encoder_input(tmp_path: Path, monkeypatch) -> None:
+    import lifelong.scorers._reward_model as rmod
+
+    seen: list[str] = []
+
+    def recording_encode(texts, model_name, device=None):  # a stand-in encoder: one number per text's length
+        seen.extend(texts)
+        return np.asarray([[float(len(t)), 1.0] for t in texts], dtype=np.float32)
+
+    monkeypatch.setattr(rmod, "encode", recording_encode)
+    item = ("How do I boil an egg?", "Put it in boiling water for nine minutes.")
+    for join in (True, False):
+        seen.clear()
+        rm = create("scorer", "srm", branches=["style"], join_texts=join, cache_dir=":memory:")
+        f = rm.featurize([item])
+        style_text = f.texts["style"][0]
+        assert style_text  # the style branch writes a text
+        plain = f"Prompt: {item[0]}\nResponse: {item[1]}"
+        assert seen == ([f"{plain}\n{style_text}"] if join else [plain])
+        assert float(f.emb[0, 0]) == len(seen[0])
 
 
 def test_srm_config_errors_name_the_field() -> None:

@@ -20,7 +20,7 @@ from typing import Any
 from lifelong.benchmarks.edits import bundled_edits_path, load_edits, load_prompts, load_retention_set
 from lifelong.cli.options import add_device_options
 from lifelong.editing.bench import run_edit_bench
-from lifelong.editing.calibrate import calibrate_threshold
+from lifelong.editing.calibrate import calibrate_threshold, read_calibration
 from lifelong.editing.editor import MAX_TARGET_CHARS, EditRequest, check_edit_text, check_edit_tokens
 from lifelong.editing.export import ADAPTER_CONFIG, export_peft, import_into, is_portable_base
 from lifelong.editing.metrics import evaluate_store
@@ -193,6 +193,9 @@ def _add_data_parsers(sub: argparse._SubParsersAction) -> None:
     be.add_argument("--model", default=None)
     be.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     be.add_argument("--json", action="store_true", help="print results.json instead of the summary")
+    be.add_argument("--calibration", default=None, metavar="CAL.json",
+                    help="the output of `edit calibrate --out`: SoLA's threshold (unless --set threshold=...) and "
+                         "the edits it was chosen on, which this bench then refuses to report on")
     add_device_options(be)
     be.set_defaults(handler=cmd_bench)
 
@@ -208,6 +211,10 @@ def _add_data_parsers(sub: argparse._SubParsersAction) -> None:
     ca.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="SoLA config of the store to be (key_layer, key_module, key_pooling, center_keys, layers)")
     ca.add_argument("--json", action="store_true", help="print JSON only")
+    ca.add_argument("--out", default=None, help="also write the JSON here (what edit bench --calibration reads); it "
+                                                "records the file's SHA-256 and the ids of the edits calibrated on")
+    ca.add_argument("--store", default=None, help="an existing edit store: record the threshold and what it was "
+                                                  "calibrated on in its meta data")
     add_device_options(ca)
     ca.set_defaults(handler=cmd_calibrate)
 
@@ -473,10 +480,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/edit-bench-{args.editor}-{args.seed}")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder; name a folder (created if missing)")
+    calibration = read_calibration(args.calibration) if args.calibration else None
     res = run_edit_bench(args.editor, requests, n=args.n, seed=args.seed, out=out, model=args.model,
                          editor_config=parse_overrides(args.overrides) or None, source=path,
                          device=args.device, precision=args.precision, every=args.every, retention=retention,
-                         heldout_text=heldout)
+                         heldout_text=heldout, calibration=calibration)
     if args.json:
         print(json.dumps(res, indent=1))
     else:
@@ -512,10 +520,22 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         requests = requests[: args.n]
     overrides = parse_overrides(args.overrides)
     build_config(registry.get("editor", "sola").config, overrides)  # a bad key or value fails before the model loads
+    out = Path(args.out) if args.out else None
+    if out is not None and (out.is_dir() or not out.parent.is_dir()):
+        raise UserError(f"--out {out}: name a JSON file in an existing folder")
+    store = EditStore.open(args.store, create=False) if args.store else None  # a missing store fails before work
     base = EditSession(None, model=args.model, device=args.device, precision=args.precision, quiet=True)
     res = calibrate_threshold(requests, base.model, base.tokenizer, editor_config=overrides,
-                              locality=args.locality, precision=base.precision)
+                              locality=args.locality, precision=base.precision, source=args.file)
     res["file"] = args.file
+    if out is not None:
+        from lifelong.platform.atomic import atomic_write_text
+
+        atomic_write_text(out, json.dumps(res, indent=1) + "\n")
+    if store is not None:
+        with store:
+            store.record_calibration({k: res[k] for k in ("threshold", "locality_target", "locality_kept",
+                                                          "paraphrases_routed", "calibrated_on")})
     if args.json:
         print(json.dumps(res, indent=1))
         return 0
@@ -526,6 +546,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     print(f"  configured threshold {res['configured_threshold']:.4f}: {res['configured']['locality_kept']:.3f} "
           f"unrouted, {res['configured']['paraphrases_routed']:.3f} routed")
     print(f"  use it on a new store: lifelong edit apply --store NEW --set threshold={res['threshold']:.4f} ...")
+    on = res["calibrated_on"]
+    print(f"  calibrated on {on['n_edits']} edits (ids hash {on['ids_sha256'][:12]}, file sha256 "
+          f"{(on['file_sha256'] or '-')[:12]}){f'; written to {out}' if out else ''}"
+          f"{f'; recorded in store {args.store}' if store is not None else ''}")
     return 0
 
 

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from lifelong.editing.calibrate import check_held_out
 from lifelong.editing.editor import EditRequest
 from lifelong.editing.metrics import (
     base_references,
@@ -34,6 +35,24 @@ from lifelong.editing.metrics import (
 )
 from lifelong.editing.session import EditSession, check_edit_precision, resolve_edit_device
 from lifelong.platform.errors import UserError
+
+
+def bench_draw(requests: Sequence[EditRequest], n: int | None, seed: int, rollback_fraction: float = 0.5,
+               max_fidelity_prompts: int = 200) -> tuple[list[EditRequest], list[int], list[tuple[int, str]]]:
+    """The bench's seeded draws, in one place so a finished run can be rebuilt (``bench/edit_rollback_trace.py``):
+    the ``n`` edits in order, the positions rolled back at the end, and the (position, prompt) pairs whose
+    rollback fidelity is checked (the edit prompt and paraphrases of the rolled-back edits, a seeded sample)."""
+    rng = random.Random(seed)
+    reqs = list(requests)
+    rng.shuffle(reqs)
+    reqs = reqs[: n or len(reqs)]
+    order = list(range(len(reqs)))  # the half rolled back at the end: the same draw as after the stream
+    rng.shuffle(order)
+    back = sorted(order[: int(round(len(reqs) * rollback_fraction))])
+    fid_check = [(i, p) for i in back for p in [reqs[i].prompt, *reqs[i].paraphrases]]
+    if len(fid_check) > max_fidelity_prompts:
+        fid_check = sorted(random.Random(seed + 1).sample(fid_check, max_fidelity_prompts))
+    return reqs, back, fid_check
 
 
 def run_edit_bench(
@@ -58,6 +77,7 @@ def run_edit_bench(
     max_fidelity_prompts: int = 200,
     max_retention: int = 200,
     overhead_reps: int = 2,
+    calibration: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Sequential editing on a fresh store (``out/store``): apply the edits one by one (prompt and target only),
     measure right after each edit and after the whole stream, roll back a random half, measure rollback
@@ -67,6 +87,9 @@ def run_edit_bench(
     Rollback fidelity: the fraction of rolled-back prompts and paraphrases whose greedy output (``fidelity_tokens``
     tokens) equals the unedited model's token for token. Retention: the reliability of the edits kept.
     ``device`` and ``precision`` are the session's (see ``EditSession``); both are checked before ``out`` is made.
+    ``calibration`` (the JSON of ``edit calibrate``): its threshold is SoLA's unless ``editor_config`` sets one,
+    it is recorded in the results and the store, and an edit drawn here that it was calibrated on is a
+    ``UserError`` before anything is written (``check_held_out``).
 
     Curves (``curves`` in the results, ``curves.csv``, ``paper_metrics.png``): after every ``every`` edits
     (default: a tenth of the stream) and after the last, ERR (reliability of all edits so far), TRR on
@@ -79,22 +102,12 @@ def run_edit_bench(
     check_edit_precision(precision)
     if device is not None:
         device = resolve_edit_device(str(device))
-    rng = random.Random(seed)
-    reqs = list(requests)
-    rng.shuffle(reqs)
-    reqs = reqs[: n or len(reqs)]
+    reqs, back, fid_check = bench_draw(requests, n, seed, rollback_fraction, max_fidelity_prompts)
+    editor_config, calibrated = _with_calibration(editor, reqs, editor_config, calibration)
     if every is not None and every < 1:
         raise UserError(f"--every must be >= 1, got {every}")
     every = every or max(1, len(reqs) // 10)
     checkpoints = sorted({*range(every, len(reqs) + 1, every), len(reqs)})
-    # the half rolled back at the end, drawn now (the same draw as after the stream: rng is not used in between)
-    order = list(range(len(reqs)))
-    rng.shuffle(order)
-    back = sorted(order[: int(round(len(reqs) * rollback_fraction))])
-    fid_prompts = [[r.prompt, *r.paraphrases] for r in reqs]
-    fid_check = [(i, p) for i in back for p in fid_prompts[i]]
-    if len(fid_check) > max_fidelity_prompts:
-        fid_check = sorted(random.Random(seed + 1).sample(fid_check, max_fidelity_prompts))
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder; name a folder (created if missing)")
@@ -106,6 +119,8 @@ def run_edit_bench(
     session = EditSession(store_dir, model=model, editor=editor, editor_config=editor_config, loaded=loaded,
                           quiet=True, device=device, precision=precision)
     try:
+        if calibrated is not None and session.store is not None:
+            session.store.record_calibration(calibrated)
         # unedited references, before the first edit (``base_cache`` shares them between editors on one model)
         cache = base_cache if base_cache is not None else {}
         loc_prompts = [[p for p in r.locality] for r in reqs]
@@ -192,6 +207,7 @@ def run_edit_bench(
             "source": source,
             "seed": seed,
             "n_edits": len(reqs),
+            "calibration": calibrated,
             "metric_definitions": {
                 "reliability": "teacher-forced token accuracy of the target after the edit prompt (a classifier: "
                                "predicted class == target)",
@@ -249,6 +265,22 @@ def run_edit_bench(
     _plot(result, out / "edit_metrics.png")
     _plot_curves(result, out / "paper_metrics.png")
     return result
+
+
+def _with_calibration(editor: str, reqs: Sequence[EditRequest], editor_config: dict[str, Any] | None,
+                      calibration: dict[str, Any] | None) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The editor config with the calibrated threshold (SoLA, unless set), and what to record of the calibration;
+    refuses edits the calibration ran on."""
+    if calibration is None:
+        return editor_config, None
+    check_held_out(reqs, calibration, "the edits drawn for this bench")
+    config = dict(editor_config or {})
+    if editor == "sola":
+        config.setdefault("threshold", float(calibration["threshold"]))
+    on = {k: v for k, v in calibration["calibrated_on"].items() if k != "edit_ids"}
+    record = {"threshold": float(calibration["threshold"]), "locality_target": calibration.get("locality_target"),
+              "calibrated_on": on, "held_out_checked": len(reqs)}
+    return config or None, record
 
 
 def _checkpoint(session: EditSession, applied: Sequence[EditRequest], trr_set: Sequence[tuple[str, str]],

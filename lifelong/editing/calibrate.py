@@ -13,10 +13,19 @@ the ones the store will hold, from the curve that ``bench/edit_routing.py`` draw
 - α = the largest threshold (less a margin of 1e-4) at which at least ``locality`` of the locality prompts are kept, and the share of
   paraphrases routed there. A larger α routes more paraphrases and more unrelated prompts; the ROC area of
   (edit, paraphrase) against (edit, locality prompt) distances says how well the key separates them at all.
+
+A threshold chosen on some edits flatters the routing measured on those same edits (their paraphrases and locality
+prompts picked it). So the result records what it was calibrated on (``calibrated_on``: the file's SHA-256 and
+the ids of the edits used, with their hash), ``edit calibrate --store`` writes that record into a store's meta
+data, and ``edit bench --calibration`` / ``bench/edit_scale.py --calibration`` refuse to report on any edit that
+is in it (``check_held_out``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -24,20 +33,63 @@ import numpy as np
 from lifelong.adapters.lm.edit_io import editor_defaults
 from lifelong.editing.editor import EditRequest
 from lifelong.platform import registry
+from lifelong.platform.atomic import file_sha256
 from lifelong.platform.errors import UserError
 
 KEY_BATCH = 32
 MARGIN = 1e-4  # below the distance of the nearest locality prompt that must stay unrouted
 
 
+def edit_id(request: EditRequest) -> str:
+    """An edit's identity across files: its ``id`` field, else a hash of its prompt and target."""
+    if request.id:
+        return str(request.id)
+    return "sha256:" + hashlib.sha256(f"{request.prompt}\x1f{request.target}".encode("utf-8")).hexdigest()[:16]
+
+
+def provenance(requests: Sequence[EditRequest], source: str | Path | None = None) -> dict[str, Any]:
+    """What a calibration ran on: the file (path and SHA-256) and the sorted ids of the edits, with their hash."""
+    ids = sorted({edit_id(r) for r in requests})
+    path = Path(source) if source else None
+    return {"file": str(path) if path else None,
+            "file_sha256": file_sha256(path) if path is not None and path.is_file() else None,
+            "n_edits": len(ids), "ids_sha256": hashlib.sha256("\n".join(ids).encode("utf-8")).hexdigest(),
+            "edit_ids": ids}
+
+
+def read_calibration(path: str | Path) -> dict[str, Any]:
+    """The JSON ``edit calibrate --json`` / ``--out`` wrote; a file that is not one is a ``UserError``."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"--calibration: cannot read {path} as the JSON of `lifelong edit calibrate` ({exc})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("threshold"), (int, float)) \
+            or not isinstance((record.get("calibrated_on") or {}).get("edit_ids"), list):
+        raise UserError(f"--calibration: {path} has no threshold and calibrated_on.edit_ids; write it with "
+                        "`lifelong edit calibrate --file DEV.jsonl --out CAL.json`")
+    return record
+
+
+def check_held_out(requests: Sequence[EditRequest], calibration: dict[str, Any], what: str = "the edits") -> None:
+    """Refuse (``UserError``) to report on edits the threshold was calibrated on: numbers on them are in-sample."""
+    calibrated = set(calibration["calibrated_on"]["edit_ids"])
+    shared = [edit_id(r) for r in requests if edit_id(r) in calibrated]
+    if shared:
+        source = calibration["calibrated_on"].get("file") or "the calibration file"
+        raise UserError(f"{len(shared)} of {what} ({len(requests)}) were in the calibration set of {source} (e.g. "
+                        f"{shared[0]}); report on held-out edits only (a test split, e.g. --split test)")
+
+
 def calibrate_threshold(requests: Sequence[EditRequest], model: Any, tokenizer: Any, *,
                         editor_config: dict[str, Any] | None = None, locality: float = 0.98,
-                        precision: str = "fp32") -> dict[str, Any]:
+                        precision: str = "fp32", source: str | Path | None = None) -> dict[str, Any]:
     """The threshold for SoLA on these edits (see the module docstring), the routing it gives and a curve.
 
     ``requests`` need paraphrases and locality prompts (records without either are left out; none left is a
     ``UserError``). ``editor_config`` may set the key site (``key_layer``, ``key_module``, ``key_pooling``,
-    ``center_keys``); its ``threshold``, if any, is reported beside the calibrated one."""
+    ``center_keys``); its ``threshold``, if any, is reported beside the calibrated one. ``source`` is the file the
+    requests came from (hashed into ``calibrated_on``)."""
     if not 0.0 < locality <= 1.0:
         raise UserError(f"--locality must be in (0, 1], got {locality}")
     usable = [r for r in requests if r.paraphrases and r.locality]
@@ -89,6 +141,7 @@ def calibrate_threshold(requests: Sequence[EditRequest], model: Any, tokenizer: 
         "key": {k: getattr(editor.config, k) for k in ("layers", "key_layer", "key_module", "key_pooling",
                                                         "center_keys")},
         "curve": [{"threshold": a, "locality_kept": kept(a), "paraphrases_routed": routed(a)} for a in grid],
+        "calibrated_on": provenance(usable, source),
     }
 
 

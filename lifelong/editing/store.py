@@ -97,7 +97,7 @@ class EditStore:
         self._columns = schema.COLUMNS  # LEGACY_COLUMNS: a store of schema 1 or 2 read as it is (no checksums)
         self._conn = None  # type: ignore[assignment]
         check_metric(metric)
-        self._check_path(create)
+        store_db.check_store_path(self.path, self._db, create=create, readonly=readonly)
         self._busy_timeout_s = busy_timeout_s
         try:
             if readonly:
@@ -126,21 +126,6 @@ class EditStore:
     @property
     def _db(self) -> Path:
         return self.path / DB_NAME
-
-    def _check_path(self, create: bool) -> None:
-        """Refuse, before anything is opened, a path that is not a store where one must exist."""
-        if not self.path.exists():
-            if not create or self.readonly:
-                raise StoreError(f"edit store {self.path} does not exist")
-        elif not self.path.is_dir():
-            raise StoreError(f"edit store path {self.path} is not a directory")
-        elif not self._db.exists():
-            if not create or self.readonly:
-                raise StoreError(f"{self.path} is not an edit store (no {DB_NAME})")
-            entries = sorted(os.listdir(self.path))
-            if entries:  # a store made here would take the files in it for its own leftovers
-                raise StoreError(f"{self.path} is not an edit store (no {DB_NAME}) and is not empty ({len(entries)} "
-                                 f"entries, e.g. {entries[0]!r}); a new store needs a new or empty folder")
 
     def _open_readonly(self) -> None:
         """Open for reading; a store of schema 1 or 2 is read as it is (no checksums to check; a writer upgrades
@@ -248,6 +233,20 @@ class EditStore:
     @mapped
     def model_identity(self) -> dict[str, str] | None:
         raw = self._meta("model_identity")
+        return json.loads(raw) if raw else None
+
+    @mapped
+    def record_calibration(self, record: dict[str, Any]) -> None:
+        """How the routing threshold was chosen (``edit calibrate --store``: the threshold, the file's SHA-256 and
+        the ids calibrated on), kept as meta ``calibration`` so a report can refuse those edits."""
+        self._require_writable("record a calibration")
+        with self._write_txn():
+            self._set_meta("calibration", json.dumps(record, sort_keys=True))
+
+    @mapped
+    def calibration(self) -> dict[str, Any] | None:
+        """The record ``record_calibration`` wrote, or None."""
+        raw = self._meta("calibration")
         return json.loads(raw) if raw else None
 
     @mapped

@@ -139,3 +139,20 @@ def mapped(method: Callable) -> Callable:
             raise self._error(exc) from None
 
     return wrapper
+
+
+def check_store_path(folder: Path, db: Path, *, create: bool, readonly: bool) -> None:
+    """Refuse, before anything is opened, a path that is not a store where one must exist, and a non-empty folder
+    that is not a store where one would be made (it would take the files in it for its own leftovers)."""
+    if not folder.exists():
+        if not create or readonly:
+            raise StoreError(f"edit store {folder} does not exist")
+    elif not folder.is_dir():
+        raise StoreError(f"edit store path {folder} is not a directory")
+    elif not db.exists():
+        if not create or readonly:
+            raise StoreError(f"{folder} is not an edit store (no {db.name})")
+        entries = sorted(os.listdir(folder))
+        if entries:
+            raise StoreError(f"{folder} is not an edit store (no {db.name}) and is not empty ({len(entries)} "
+                             f"entries, e.g. {entries[0]!r}); a new store needs a new or empty folder")

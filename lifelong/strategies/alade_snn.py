@@ -34,7 +34,10 @@ Where it departs or fills gaps:
   ``configs/alade-snn/cifar100-b0-10.yaml``; on sound (the spoken-word streams) a spike encoder
   (``encoder=NAME``, ``strategies/_encoding.py``) gives the spike trains and ``tcn-audio`` takes them, its time
   steps being the encoder's ``steps`` (``T`` is for direct-coded images); the TET loss (off for CIFAR-100 in the paper) is ``loss=tet``
-  (``der``'s, per-time-step cross-entropy), and training components (``components=[...]``) run as in ``der``.
+  (``der``'s, per-time-step cross-entropy), and training components (``components=[...]``) run as in ``der``;
+- ``neuron=relu`` (an addition, for measurement) builds the same extractors with ReLU instead of LIF neurons
+  (T = 1) and changes nothing else: the same schedule, distillation, OtoN, alignment and classifier handling. It
+  is the ANN twin that isolates what the spiking neuron costs and saves (``bench/alade_ablation.py``).
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ class AladeSNNConfig(DERConfig):
 
     model: str = "auto"  # the extractor, built spiking: resnet-tiny (8x8) | resnet-mnist | resnet-cifar | tcn-audio (sound); auto by input
     T: int = 4
+    neuron: Literal["lif", "relu"] = "lif"  # relu: the ANN twin (T = 1), everything else unchanged
     surrogate: Literal["triangle", "sigmoid", "arctan"] = "triangle"
     surrogate_alpha: float = 0.0  # gamma of the triangle (alpha of the others); 0 = the surrogate's default
     tau: float = 2.0
@@ -95,6 +99,8 @@ class AladeSNNConfig(DERConfig):
         super().validate()  # checks model against MODELS
         if self.T < 1:
             raise ValueError(f"T must be at least 1, got {self.T}")
+        if self.neuron not in ("lif", "relu"):
+            raise ValueError(f"neuron: {self.neuron!r} is not allowed; allowed values: 'lif', 'relu'")
         if self.tau <= 1.0:
             raise ValueError(f"tau must be greater than 1, got {self.tau}")
         if self.kd_temperature <= 0:
@@ -204,8 +210,10 @@ class AladeSNNLearner(DERLearner):
         self._teacher: dict[str, torch.Tensor] | None = None
 
     def _extractor_factory(self) -> tuple[Callable[[], nn.Module], int]:
-        """The spiking version of the ResNet ``model`` names."""
+        """The spiking version of the ResNet ``model`` names (``neuron=relu``: the ordinary one, T = 1)."""
         cfg = self.config
+        if cfg.neuron == "relu":
+            return extractor_factory(cfg.model, self.input_shape, width_mult=cfg.width_mult)
         neuron = NeuronConfig(
             tau=cfg.tau,
             v_threshold=cfg.v_threshold,
@@ -283,7 +291,8 @@ class AladeSNNLearner(DERLearner):
         total = sum(m.neuron_count for m in neurons.values())
         return {
             "ops": ops.as_dict(),
-            "T": self.config.T,
+            "T": self.config.T if self.config.neuron == "lif" else 1,
+            "neuron": self.config.neuron,
             "mean_spike_rate": spikes / total if total else 0.0,
             "spike_rates": rates,
         }
