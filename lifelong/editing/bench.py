@@ -121,81 +121,17 @@ def run_edit_bench(
     try:
         if calibrated is not None and session.store is not None:
             session.store.record_calibration(calibrated)
-        # unedited references, before the first edit (``base_cache`` shares them between editors on one model)
-        cache = base_cache if base_cache is not None else {}
-        loc_prompts = [[p for p in r.locality] for r in reqs]
-        flat_loc = [p for ps in loc_prompts for p in ps]
-        todo = [p for p in dict.fromkeys(flat_loc) if ("loc", p) not in cache]
-        for p, ref in zip(todo, base_references(session, todo) if todo else []):
-            cache[("loc", p)] = ref
-        refs_flat = [cache[("loc", p)] for p in flat_loc]
-        refs, k = [], 0
-        for ps in loc_prompts:
-            refs.append(refs_flat[k : k + len(ps)])
-            k += len(ps)
-        todo = [p for p in dict.fromkeys(p for _, p in fid_check) if ("gen", p, fidelity_tokens) not in cache]
-        for p, g in zip(todo, session.generate(todo, max_new_tokens=fidelity_tokens) if todo else []):
-            cache[("gen", p, fidelity_tokens)] = g["tokens"]
-        base_gen = {p: cache[("gen", p, fidelity_tokens)] for _, p in fid_check}
+        cache = base_cache if base_cache is not None else {}  # shared between editors on one loaded model
+        refs, base_gen = _unedited_references(session, reqs, fid_check, fidelity_tokens, cache)
         pre_rel = session.token_accuracy([r.prompt for r in reqs], [r.target for r in reqs])
-        if retention is None:  # default: the locality prompts of every record (a seeded 200 at most), unlabelled
-            pool = list(dict.fromkeys(p for r in requests for p in r.locality))
-            if len(pool) > max_retention:
-                pool = random.Random(seed + 2).sample(pool, max_retention)
-            retention = [(p, None) for p in pool]
-        trr_set = retention_targets(session, retention, cache)
+        trr_set = retention_targets(session, retention if retention is not None
+                                    else _default_retention(requests, seed, max_retention), cache)
+        curves: list[dict[str, Any]] = [_checkpoint(session, [], trr_set, heldout_text, 0, 0.0)]
+        per_edit, ids = _apply_stream(session, editor, reqs, refs, checkpoints, trr_set, heldout_text, store_dir,
+                                      curves)
         ov_prompts = [r.prompt for r in reqs[:4]] + [p for p, _, _ in trr_set[:4]]
-        curve_row = _checkpoint(session, [], trr_set, heldout_text, 0, 0.0)
-        curves: list[dict[str, Any]] = [curve_row]
-
-        per_edit: list[dict[str, Any]] = []
-        ids: list[int] = []
-        edit_seconds = 0.0
-        for i, r in enumerate(reqs):
-            t0 = time.perf_counter()
-            # the benchmark measures edits that do not take instead of refusing them (their reliability shows it)
-            rec = session.apply(r.prompt, r.target, {"request_id": r.id} if r.id else None, require_target=False)
-            dt = time.perf_counter() - t0
-            edit_seconds += dt
-            ids.append(rec.id)
-            rel = session.token_accuracy([r.prompt], [r.target])[0]
-            gen = session.token_accuracy(r.paraphrases, [r.target] * len(r.paraphrases)) if r.paraphrases else []
-            loc = locality_scores(session, r.locality, refs[i]) if r.locality else []
-            per_edit.append({
-                "edit": i + 1, "id": rec.id, "prompt": r.prompt, "target": r.target, "seconds": dt,
-                "steps": rec.extra.get("steps"), "reliability": rel,
-                "generalization": mean_score(gen) if gen else None, "locality": mean_score(loc) if loc else None,
-            })
-            print(f"[{i + 1}/{len(reqs)}] {editor}: {r.prompt!r} -> {r.target!r}  {dt:.1f} s  rel {rel:.2f}"
-                  + (f"  gen {mean_score(gen):.2f}" if gen else "") + (f"  loc {mean_score(loc):.2f}" if loc else ""),
-                  file=sys.stderr, flush=True)
-            if i + 1 in checkpoints:
-                row = _checkpoint(session, reqs[: i + 1], trr_set, heldout_text, i + 1, edit_seconds)
-                row["edit_success"] = mean_score([e["reliability"] for e in per_edit])
-                row["store_bytes"] = store_bytes(store_dir)
-                curves.append(row)
-                print(f"  after {i + 1} edits: ERR {row['err']:.3f}  TRR {_fmt(row['trr'])}"
-                      + (f"  ppl {row['perplexity']:.2f}" if row.get("perplexity") is not None else ""),
-                      file=sys.stderr, flush=True)
-
-        # after the whole stream
-        rel_all = session.token_accuracy([r.prompt for r in reqs], [r.target for r in reqs])
-        para_p = [p for r in reqs for p in r.paraphrases]
-        para_t = [r.target for r in reqs for _ in r.paraphrases]
-        gen_all = session.token_accuracy(para_p, para_t) if para_p else []
-        loc_all = locality_scores(session, flat_loc, refs_flat) if flat_loc else []
-        edit_ppl = session.perplexity([f"{r.prompt} {r.target}" for r in reqs])
-        size = store_bytes(store_dir)
-        # routed against unedited on the same prompts, rounds interleaved (the edits switched off and on around
-        # each unedited round), so a change of the machine's load during the stream does not enter the ratio
-        overhead = generation_overhead(session, ov_prompts, reps=overhead_reps) if overhead_reps > 0 else None
-
-        # roll back the half drawn at the start
-        kept = [i for i in range(len(reqs)) if i not in set(back)]
-        session.rollback([ids[i] for i in back])
-        after = session.generate([p for _, p in fid_check], max_new_tokens=fidelity_tokens) if fid_check else []
-        same = [g["tokens"] == base_gen[g["prompt"]] for g in after]
-        retention_kept = session.token_accuracy([reqs[i].prompt for i in kept], [reqs[i].target for i in kept]) if kept else []
+        after_stream = _after_stream(session, reqs, refs, curves, store_dir, ov_prompts, overhead_reps)
+        rollback = _roll_back_half(session, reqs, ids, back, fid_check, base_gen, fidelity_tokens)
         secs = [e["seconds"] for e in per_edit]
         result: dict[str, Any] = {
             "editor": editor,
@@ -208,50 +144,21 @@ def run_edit_bench(
             "seed": seed,
             "n_edits": len(reqs),
             "calibration": calibrated,
-            "metric_definitions": {
-                "reliability": "teacher-forced token accuracy of the target after the edit prompt (a classifier: "
-                               "predicted class == target)",
-                "generalization": "the same on the paraphrases (never shown to the editor)",
-                "locality": "fraction of argmax tokens equal to the unedited model's over its 8-token greedy "
-                            "continuation of the locality prompts",
-                "fidelity": "fraction of rolled-back prompts and paraphrases whose greedy output equals the "
-                            f"unedited model's for {fidelity_tokens} tokens (at most {max_fidelity_prompts} checked)",
-                "retention": "reliability of the edits that were not rolled back, after the rollback",
-                "err": "edit retention rate: mean reliability of all edits applied so far, at a checkpoint",
-                "trr": "test retention rate: token accuracy on the retention set at a checkpoint (targets: labels "
-                       "given with the set, else the unedited model's 8-token greedy continuation)",
-                "perplexity": "exp of the mean next-token loss of the held-out text (language models only)",
-                "edit_success": "mean reliability right after each edit, over the edits so far",
-            },
+            "metric_definitions": _metric_definitions(fidelity_tokens, max_fidelity_prompts),
             "pre_edit_reliability": mean_score(pre_rel),
             "right_after": {
                 "reliability": mean_score([e["reliability"] for e in per_edit]),
                 "generalization": _mean_opt([e["generalization"] for e in per_edit]),
                 "locality": _mean_opt([e["locality"] for e in per_edit]),
             },
-            "after_stream": {
-                "reliability": mean_score(rel_all),
-                "generalization": mean_score(gen_all) if gen_all else None,
-                "locality": mean_score(loc_all) if loc_all else None,
-                "err": curves[-1]["err"],
-                "trr": curves[-1]["trr"],
-                "perplexity": curves[-1].get("perplexity"),
-                "edit_perplexity": edit_ppl,
-            },
+            "after_stream": after_stream.pop("after_stream"),
             "trr_before": curves[0]["trr"],
             "perplexity_before": curves[0].get("perplexity"),
             "n_retention": len(trr_set),
             "n_heldout_text": len(heldout_text or []),
             "curves": curves,
-            "store_bytes": size,
-            "generation_overhead": overhead,
-            "rollback": {
-                "n_rolled_back": len(back),
-                "fidelity": mean_score([float(x) for x in same]) if same else float("nan"),
-                "n_checked": len(same),
-                "retention": mean_score(retention_kept) if retention_kept else float("nan"),
-                "rolled_back_ids": [ids[i] for i in back],
-            },
+            **after_stream,
+            "rollback": rollback,
             "seconds_per_edit": {
                 "median": float(np.median(secs)), "mean": mean_score(secs), "max": float(np.max(secs)),
             },
@@ -265,6 +172,135 @@ def run_edit_bench(
     _plot(result, out / "edit_metrics.png")
     _plot_curves(result, out / "paper_metrics.png")
     return result
+
+
+def _default_retention(requests: Sequence[EditRequest], seed: int, limit: int) -> list[tuple[str, None]]:
+    """The retention set when none is given: every record's locality prompts (a seeded ``limit`` at most),
+    unlabelled (their targets are the unedited model's continuations)."""
+    pool = list(dict.fromkeys(p for r in requests for p in r.locality))
+    if len(pool) > limit:
+        pool = random.Random(seed + 2).sample(pool, limit)
+    return [(p, None) for p in pool]
+
+
+def _unedited_references(session: EditSession, reqs: Sequence[EditRequest], fid_check: list[tuple[int, str]],
+                         fidelity_tokens: int, cache: dict) -> tuple[list[list[Any]], dict[str, Any]]:
+    """Before the first edit: the unedited model's references of every record's locality prompts, and its greedy
+    tokens on the prompts whose rollback fidelity is checked (``cache`` keeps both across editors)."""
+    loc_prompts = [list(r.locality) for r in reqs]
+    flat_loc = [p for ps in loc_prompts for p in ps]
+    todo = [p for p in dict.fromkeys(flat_loc) if ("loc", p) not in cache]
+    for p, ref in zip(todo, base_references(session, todo) if todo else []):
+        cache[("loc", p)] = ref
+    refs_flat = [cache[("loc", p)] for p in flat_loc]
+    refs, k = [], 0
+    for ps in loc_prompts:
+        refs.append(refs_flat[k : k + len(ps)])
+        k += len(ps)
+    todo = [p for p in dict.fromkeys(p for _, p in fid_check) if ("gen", p, fidelity_tokens) not in cache]
+    for p, g in zip(todo, session.generate(todo, max_new_tokens=fidelity_tokens) if todo else []):
+        cache[("gen", p, fidelity_tokens)] = g["tokens"]
+    return refs, {p: cache[("gen", p, fidelity_tokens)] for _, p in fid_check}
+
+
+def _apply_stream(session: EditSession, editor: str, reqs: Sequence[EditRequest], refs: list[list[Any]],
+                  checkpoints: list[int], trr_set: list[Any], heldout_text: Sequence[str] | None, store_dir: Path,
+                  curves: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[int]]:
+    """Apply the edits one by one, each measured right after it; a checkpoint row into ``curves`` at each
+    checkpoint. Returns the per-edit rows and the store ids."""
+    per_edit: list[dict[str, Any]] = []
+    ids: list[int] = []
+    edit_seconds = 0.0
+    for i, r in enumerate(reqs):
+        t0 = time.perf_counter()
+        # the benchmark measures edits that do not take instead of refusing them (their reliability shows it)
+        rec = session.apply(r.prompt, r.target, {"request_id": r.id} if r.id else None, require_target=False)
+        dt = time.perf_counter() - t0
+        edit_seconds += dt
+        ids.append(rec.id)
+        rel = session.token_accuracy([r.prompt], [r.target])[0]
+        gen = session.token_accuracy(r.paraphrases, [r.target] * len(r.paraphrases)) if r.paraphrases else []
+        loc = locality_scores(session, r.locality, refs[i]) if r.locality else []
+        per_edit.append({
+            "edit": i + 1, "id": rec.id, "prompt": r.prompt, "target": r.target, "seconds": dt,
+            "steps": rec.extra.get("steps"), "reliability": rel,
+            "generalization": mean_score(gen) if gen else None, "locality": mean_score(loc) if loc else None,
+        })
+        print(f"[{i + 1}/{len(reqs)}] {editor}: {r.prompt!r} -> {r.target!r}  {dt:.1f} s  rel {rel:.2f}"
+              + (f"  gen {mean_score(gen):.2f}" if gen else "") + (f"  loc {mean_score(loc):.2f}" if loc else ""),
+              file=sys.stderr, flush=True)
+        if i + 1 in checkpoints:
+            row = _checkpoint(session, reqs[: i + 1], trr_set, heldout_text, i + 1, edit_seconds)
+            row["edit_success"] = mean_score([e["reliability"] for e in per_edit])
+            row["store_bytes"] = store_bytes(store_dir)
+            curves.append(row)
+            print(f"  after {i + 1} edits: ERR {row['err']:.3f}  TRR {_fmt(row['trr'])}"
+                  + (f"  ppl {row['perplexity']:.2f}" if row.get("perplexity") is not None else ""),
+                  file=sys.stderr, flush=True)
+    return per_edit, ids
+
+
+def _after_stream(session: EditSession, reqs: Sequence[EditRequest], refs: list[list[Any]],
+                  curves: list[dict[str, Any]], store_dir: Path, ov_prompts: list[str],
+                  overhead_reps: int) -> dict[str, Any]:
+    """After the whole stream: every edit's reliability, generalization and locality, the store's size and the
+    routed model's generation time against the unedited model's (rounds interleaved, the edits switched off and
+    on around each unedited round, so a change of the machine's load during the stream does not enter the ratio)."""
+    rel_all = session.token_accuracy([r.prompt for r in reqs], [r.target for r in reqs])
+    para_p = [p for r in reqs for p in r.paraphrases]
+    para_t = [r.target for r in reqs for _ in r.paraphrases]
+    gen_all = session.token_accuracy(para_p, para_t) if para_p else []
+    flat_loc = [p for r in reqs for p in r.locality]
+    loc_all = locality_scores(session, flat_loc, [x for rs in refs for x in rs]) if flat_loc else []
+    return {
+        "after_stream": {
+            "reliability": mean_score(rel_all),
+            "generalization": mean_score(gen_all) if gen_all else None,
+            "locality": mean_score(loc_all) if loc_all else None,
+            "err": curves[-1]["err"],
+            "trr": curves[-1]["trr"],
+            "perplexity": curves[-1].get("perplexity"),
+            "edit_perplexity": session.perplexity([f"{r.prompt} {r.target}" for r in reqs]),
+        },
+        "store_bytes": store_bytes(store_dir),
+        "generation_overhead": generation_overhead(session, ov_prompts, reps=overhead_reps) if overhead_reps > 0 else None,
+    }
+
+
+def _roll_back_half(session: EditSession, reqs: Sequence[EditRequest], ids: list[int], back: list[int],
+                    fid_check: list[tuple[int, str]], base_gen: dict[str, Any], fidelity_tokens: int) -> dict[str, Any]:
+    """Roll back the half drawn at the start; fidelity of the rolled-back prompts, retention of the kept edits."""
+    kept = [i for i in range(len(reqs)) if i not in set(back)]
+    session.rollback([ids[i] for i in back])
+    after = session.generate([p for _, p in fid_check], max_new_tokens=fidelity_tokens) if fid_check else []
+    same = [g["tokens"] == base_gen[g["prompt"]] for g in after]
+    retention_kept = session.token_accuracy([reqs[i].prompt for i in kept], [reqs[i].target for i in kept]) if kept else []
+    return {
+        "n_rolled_back": len(back),
+        "fidelity": mean_score([float(x) for x in same]) if same else float("nan"),
+        "n_checked": len(same),
+        "retention": mean_score(retention_kept) if retention_kept else float("nan"),
+        "rolled_back_ids": [ids[i] for i in back],
+    }
+
+
+def _metric_definitions(fidelity_tokens: int, max_fidelity_prompts: int) -> dict[str, str]:
+    return {
+        "reliability": "teacher-forced token accuracy of the target after the edit prompt (a classifier: "
+                       "predicted class == target)",
+        "generalization": "the same on the paraphrases (never shown to the editor)",
+        "locality": "fraction of argmax tokens equal to the unedited model's over its 8-token greedy "
+                    "continuation of the locality prompts",
+        "fidelity": "fraction of rolled-back prompts and paraphrases whose greedy output equals the "
+                    f"unedited model's for {fidelity_tokens} tokens (at most {max_fidelity_prompts} checked)",
+        "retention": "reliability of the edits that were not rolled back, after the rollback",
+        "err": "edit retention rate: mean reliability of all edits applied so far, at a checkpoint",
+        "trr": "test retention rate: token accuracy on the retention set at a checkpoint (targets: labels "
+               "given with the set, else the unedited model's 8-token greedy continuation)",
+        "perplexity": "exp of the mean next-token loss of the held-out text (language models only)",
+        "edit_perplexity": "exp of the mean next-token loss of every edit's prompt and target after the stream",
+        "edit_success": "mean reliability right after each edit, over the edits so far",
+    }
 
 
 def _with_calibration(editor: str, reqs: Sequence[EditRequest], editor_config: dict[str, Any] | None,

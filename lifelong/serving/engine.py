@@ -526,10 +526,10 @@ def _check_texts(edit: dict[str, Any], where: str) -> None:
     from lifelong.editing.editor import check_edit_text
     from lifelong.platform.errors import UserError
 
-    for field in ("prompt", "target", "paraphrases", "locality"):
-        values = edit.get(field, [])
+    for name in ("prompt", "target", "paraphrases", "locality"):
+        values = edit.get(name, [])
         for value in [values] if isinstance(values, str) else values:
             try:
-                check_edit_text(value, field, where)
+                check_edit_text(value, name, where)
             except UserError as exc:
-                raise RequestError(str(exc), param=f"{where}.{field}") from None
+                raise RequestError(str(exc), param=f"{where}.{name}") from None
