@@ -72,32 +72,33 @@ def _check_video(video: np.ndarray, times: np.ndarray) -> None:
 
 def _crossings(video: np.ndarray, times: np.ndarray, config: EventCameraConfig,
                ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """The threshold-crossing events of ``video`` ``[N, ..., H, W]`` at ``times`` ``[N]``: yields, frame
-    interval by interval and crossing by crossing, ``(mask, t, polarity)`` arrays of the pixel shape, where
-    ``mask`` marks the pixels that emit an event at time ``t`` with ``polarity`` (+1 ON, -1 OFF)."""
+    """The threshold-crossing events of ``video`` ``[N, ...]`` at ``times`` ``[N]``: yields, frame interval by
+    interval and crossing by crossing, ``(pixel, t, polarity)`` arrays, one entry per event: the flat index of
+    the pixel in ``video[0]``, the time, +1 (ON) or -1 (OFF). Only the pixels that cross are computed on."""
     config.validate()
     c = float(config.contrast_threshold)
-    log = np.log(video.astype(np.float64) + config.eps)
+    log = np.log(video.reshape(len(times), -1).astype(np.float64) + config.eps)
     ref = log[0].copy()
     last = np.full(ref.shape, -np.inf)
     for i in range(1, len(times)):
         t0, t1 = float(times[i - 1]), float(times[i])
-        l0, l1 = log[i - 1], log[i]
-        diff = l1 - ref
         # crossings this interval; the tiny tolerance keeps an exact multiple of C (e.g. ln 2 with C = ln 2) one
-        n = np.floor(np.abs(diff) / c + 1e-9).astype(np.int64)
-        sign = np.sign(diff)
-        slope = l1 - l0
-        safe = np.where(slope == 0, 1.0, slope)
-        for k in range(1, int(n.max(initial=0)) + 1):
-            mask = n >= k
-            level = ref + k * sign * c
-            frac = np.clip((level - l0) / safe, 0.0, 1.0)
+        n_all = np.floor(np.abs(log[i] - ref) / c + 1e-9).astype(np.int64)
+        active = np.flatnonzero(n_all)
+        if not active.size:
+            continue
+        n, l0, l1, r = n_all[active], log[i - 1, active], log[i, active], ref[active]
+        sign = np.sign(l1 - r)
+        slope = np.where(l1 == l0, 1.0, l1 - l0)
+        for k in range(1, int(n.max()) + 1):
+            sel = np.flatnonzero(n >= k)
+            pix = active[sel]
+            frac = np.clip((r[sel] + k * sign[sel] * c - l0[sel]) / slope[sel], 0.0, 1.0)
             t = t0 + (t1 - t0) * frac
-            fire = mask & (t - last >= config.refractory)
-            last = np.where(fire, t, last)
-            yield fire, t, sign.astype(np.int8)
-        ref = ref + n * sign * c
+            fire = t - last[pix] >= config.refractory
+            last[pix[fire]] = t[fire]
+            yield pix[fire], t[fire], sign[sel][fire].astype(np.int8)
+        ref[active] = r + n * sign * c
 
 
 def _noise(shape: tuple[int, ...], t_start: float, t_end: float, rate: float, rng: np.random.Generator,
@@ -121,10 +122,9 @@ def simulate_events(video: np.ndarray, times: np.ndarray, config: EventCameraCon
     if video.ndim != 3:
         raise ValueError(f"simulate_events takes one video [frames, H, W], got shape {video.shape}")
     parts = []
-    for fire, t, sign in _crossings(video, times, config):
-        ys, xs = np.nonzero(fire)
-        part = np.empty(len(ys), EVENT_DTYPE)
-        part["t"], part["x"], part["y"], part["p"] = t[ys, xs], xs, ys, sign[ys, xs]
+    for pix, t, sign in _crossings(video, times, config):
+        part = np.empty(len(pix), EVENT_DTYPE)
+        part["t"], part["y"], part["x"], part["p"] = t, pix // video.shape[2], pix % video.shape[2], sign
         parts.append(part)
     if config.noise_rate > 0:
         idx, t, p = _noise(video.shape[1:], float(times[0]), float(times[-1]), config.noise_rate,
@@ -166,10 +166,13 @@ def simulate_frames(video: np.ndarray, times: np.ndarray, n_bins: int, config: E
     _, batch, height, width = video.shape
     frames = np.zeros((batch, n_bins, 2, height, width), np.float32)
     t_start, t_end = float(times[0]), float(times[-1])
-    for fire, t, sign in _crossings(video, times, config):
-        bb, yy, xx = np.nonzero(fire)
-        b = time_bin(t[bb, yy, xx], t_start, t_end, n_bins)
-        np.add.at(frames, (bb, b, (sign[bb, yy, xx] < 0).astype(np.int64), yy, xx), 1.0)
+    cells = []  # the flat index into ``frames`` of every event
+    for pix, t, sign in _crossings(video, times, config):
+        bb, rest = np.divmod(pix, height * width)  # rest = y * W + x
+        b = time_bin(t, t_start, t_end, n_bins)
+        cells.append(((bb * n_bins + b) * 2 + (sign < 0)) * (height * width) + rest)
+    if cells:
+        frames += np.bincount(np.concatenate(cells), minlength=frames.size).reshape(frames.shape)
     if config.noise_rate > 0:
         idx, t, p = _noise((batch, height, width), t_start, t_end, config.noise_rate, rng or np.random.default_rng(0))
         bb, rest = np.divmod(idx, height * width)
