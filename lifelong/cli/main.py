@@ -12,11 +12,11 @@ import argparse
 import sys
 from typing import Sequence
 
-from lifelong.cli import cil, convert, demo, edit, reward, serve
+from lifelong.cli import cil, convert, demo, detect, edit, reward, serve
 from lifelong.platform.errors import UserError, one_line
 
 # Command families, in the order shown in --help.
-COMMAND_FAMILIES = (cil, convert, edit, serve, reward, demo)
+COMMAND_FAMILIES = (cil, convert, edit, serve, reward, demo, detect)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -160,7 +160,7 @@ class CenterHead(nn.Module):
     """CenterNet's head on one feature map: class heatmap logits, box size (pixels of the input, through
     softplus) and the centre's offset within its cell (in cells, through sigmoid)."""
 
-    def __init__(self, in_channels: int, n_classes: int, hidden: int = 32) -> None:
+    def __init__(self, in_channels: int, n_classes: int, hidden: int = 16) -> None:
         super().__init__()
 
         def branch(out: int) -> nn.Sequential:
