@@ -63,9 +63,10 @@ class EventDetectionConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        for name in ("n_train", "n_test", "max_objects", "n_bins", "steps_per_bin"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name, high in (("n_train", 100_000), ("n_test", 100_000), ("max_objects", 8), ("n_bins", 64),
+                           ("steps_per_bin", 100)):
+            if not 1 <= getattr(self, name) <= high:
+                raise ValueError(f"{name} must be between 1 and {high}, got {getattr(self, name)}")
         if not 4 <= self.sprite <= 28:
             raise ValueError(f"sprite must be between 4 and 28 pixels, got {self.sprite}")
         if self.canvas < 2 * self.sprite or self.canvas > 256 or self.canvas % 4:

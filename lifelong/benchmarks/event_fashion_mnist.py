@@ -85,8 +85,8 @@ class SplitEventFashionMNISTConfig:
                 raise ValueError(f"{name} must be 0 (all) or positive, got {getattr(self, name)}")
         if not 1 <= self.n_bins <= 64:
             raise ValueError(f"n_bins must be between 1 and 64, got {self.n_bins}")
-        if self.steps_per_saccade < 1:
-            raise ValueError(f"steps_per_saccade must be at least 1, got {self.steps_per_saccade}")
+        if not 1 <= self.steps_per_saccade <= 1000:
+            raise ValueError(f"steps_per_saccade must be between 1 and 1000, got {self.steps_per_saccade}")
         if self.saccade_ms <= 0:
             raise ValueError(f"saccade_ms must be positive, got {self.saccade_ms}")
         if self.amplitude < 0:

@@ -47,8 +47,8 @@ class DetectorConfig:
     def validate(self) -> None:
         if self.model not in DETECTORS:
             raise ValueError(f"model: {self.model!r} is not allowed; allowed values: {', '.join(DETECTORS)}")
-        if self.dim < 4 or self.dim % 4:
-            raise ValueError(f"dim must be a multiple of 4 of at least 4, got {self.dim}")
+        if not 4 <= self.dim <= 256 or self.dim % 4:
+            raise ValueError(f"dim must be a multiple of 4 between 4 and 256, got {self.dim}")
         for name in ("epochs", "batch_size", "top_k"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
