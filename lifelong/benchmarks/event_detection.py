@@ -44,8 +44,8 @@ class EventDetectionConfig:
 
     data_root: str = ""  # Fashion-MNIST's folder ('' = the Debian package's), for the sprites
     verify_checksums: bool = True
-    n_train: int = 512  # clips
-    n_test: int = 128
+    n_train: int = 192  # clips
+    n_test: int = 64
     canvas: int = 64
     sprite: int = 16
     max_objects: int = 2
@@ -84,6 +84,7 @@ class EventDetectionConfig:
         locate_files(self.data_root)
 
     def sensor(self) -> EventCameraConfig:
+        """The event camera these options describe."""
         return EventCameraConfig(contrast_threshold=self.contrast_threshold, refractory=self.refractory_ms / 1000,
                                  noise_rate=self.noise_rate)
 

@@ -102,6 +102,7 @@ class SplitEventFashionMNISTConfig:
         check_files(locate_files(self.data_root))
 
     def sensor(self) -> EventCameraConfig:
+        """The event camera these options describe."""
         return EventCameraConfig(contrast_threshold=self.contrast_threshold, refractory=self.refractory_ms / 1000,
                                  noise_rate=self.noise_rate)
 

@@ -109,6 +109,7 @@ def operations_per_frame(model: nn.Module, frames: torch.Tensor, device: torch.d
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """``(fn(), seconds it took)``."""
     start = time.perf_counter()
     value = fn()
     return value, time.perf_counter() - start

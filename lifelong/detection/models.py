@@ -12,6 +12,7 @@ DETECTORS: tuple[str, ...] = ("hsvt", "conv-lstm", "spiking")
 
 
 def n_parameters(model: nn.Module) -> int:
+    """All parameters of ``model`` (the size the comparisons report)."""
     return sum(p.numel() for p in model.parameters())
 
 

@@ -36,9 +36,9 @@ class DetectorConfig:
     """The detector and its training."""
 
     model: str = "hsvt"  # hsvt | conv-lstm | spiking
-    dim: int = 32  # channel width of the spatial and temporal modules
+    dim: int = 16  # channel width of the spatial and temporal modules
     memory: bool = True  # False: the recurrent state is cleared at every bin (the temporal module's ablation)
-    epochs: int = 12
+    epochs: int = 6
     batch_size: int = 16  # clips
     lr: float = 0.002
     weight_decay: float = 0.0001
@@ -120,6 +120,7 @@ def resolve_detect_config(*, benchmark: str | None = None, model: str | None = N
 
 
 def package_versions() -> dict[str, str]:
+    """The versions a detection result depends on (the detection engine may not import ``incremental``'s)."""
     versions = {"python": _platform.python_version()}
     for name in ("lifelong", "torch", "numpy", "scipy"):
         try:
@@ -130,6 +131,7 @@ def package_versions() -> dict[str, str]:
 
 
 def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities as ``None`` (strict JSON; an AP of a class with no boxes is NaN)."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
