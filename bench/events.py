@@ -76,6 +76,13 @@ def summary(values: list[float]) -> str:
     return f"{v.mean():.1f} ± {v.std(ddof=1):.1f} [{v.mean() - half:.1f}, {v.mean() + half:.1f}]"
 
 
+def interval(values: list[float]) -> str:
+    """mean [95 % t interval] (of paired differences)."""
+    v = np.asarray(values, float)
+    half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
+    return f"{v.mean():+.1f} [{v.mean() - half:+.1f}, {v.mean() + half:+.1f}]"
+
+
 def load(folder: Path) -> dict | None:
     path = folder / "results.json"
     return json.loads(path.read_text()) if path.is_file() else None
@@ -97,6 +104,15 @@ def tables(args: argparse.Namespace) -> str:
                      f"{runs[0]['parameters']:,} | {ops['macs'] / 1e6:.2f} M | "
                      f"{np.mean([r['ops_per_frame']['sops'] for r in runs]) / 1e6:.2f} M | "
                      f"{np.mean([r['ops_per_frame']['energy_nj'] for r in runs]) / 1e3:.1f} µJ |")
+    lines += ["", "Paired differences, HsVT minus each other detector on the same seeds (points of mAP, mean [95 % t "
+              "interval]):", ""]
+    for other in ("hsvt-no-memory", "conv-lstm", "spiking"):
+        pairs = [(a, b) for s in args.seeds if (a := load(out / "detect" / f"hsvt-{s}"))
+                 and (b := load(out / "detect" / f"{other}-{s}"))]
+        if len(pairs) >= 2:
+            cells = [f"{key} {interval([100 * (a[key] - b[key]) for a, b in pairs])}"
+                     for key in ("map_50", "map", "still_map_50")]
+            lines.append(f"- vs {other} ({len(pairs)} seeds): " + "; ".join(cells))
     lines += ["", "Class-incremental: replay (200 samples, Adam 0.001) on split-event-fashion-mnist (5 experiences of 2 "
               "classes, 100 training and 50 test images a class), accuracy in %", "", "| backbone | runs | average incremental accuracy | last accuracy | forgetting |",
               "|---|---|---|---|---|"]
