@@ -218,7 +218,7 @@ class HsVTFeatures(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        frames = x.view(b, c // self.polarities, self.polarities, h, w).transpose(0, 1)
+        frames = x.reshape(b, c // self.polarities, self.polarities, h, w).transpose(0, 1)
         x_seq = fold_time(self.spatial, frames)
         fused = torch.cat([x_seq, self.temporal(x_seq)], dim=2)
         return fused.mean(dim=(-2, -1)).mean(0)
