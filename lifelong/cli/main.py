@@ -12,11 +12,11 @@ import argparse
 import sys
 from typing import Sequence
 
-from lifelong.cli import cil, convert, demo, edit, fewshot, new, reward, serve
+from lifelong.cli import cil, convert, demo, detect, edit, fewshot, new, reward, serve
 from lifelong.platform.errors import UserError, one_line
 
 # Command families, in the order shown in --help.
-COMMAND_FAMILIES = (cil, fewshot, convert, edit, serve, reward, demo, new)
+COMMAND_FAMILIES = (cil, fewshot, detect, convert, edit, serve, reward, demo, new)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -31,7 +31,7 @@ from lifelong.platform.quiet import quiet_avalanche
 KINDS: tuple[str, ...] = ("strategy", "editor", "scorer", "benchmark", "component", "branch", "encoder")
 #: what a benchmark's factory returns: a class-incremental stream (``run``, ``compare``) or preference pairs
 #: (``reward train|eval``); the runner refuses a benchmark of the wrong kind by name
-BENCHMARK_KINDS: tuple[str, ...] = ("stream", "preference-pairs")
+BENCHMARK_KINDS: tuple[str, ...] = ("stream", "preference-pairs", "detection")
 ENTRY_POINT_GROUP = "lifelong.plugins"
 DISABLE_AUTOLOAD_ENV = "LIFELONG_DISABLE_PLUGIN_AUTOLOAD"
 BUILTIN_PACKAGES: tuple[str, ...] = ("lifelong.benchmarks", "lifelong.components", "lifelong.strategies", "lifelong.editors",

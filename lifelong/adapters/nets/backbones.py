@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from lifelong.adapters.nets.hsvt import HsVTFeatures
 from lifelong.adapters.nets.spiking import SpikingResNet, time_average
 from lifelong.platform.config import ConfigError
 
@@ -121,6 +122,15 @@ def _spiking(layout: str, width_mult: float = 1.0) -> Callable[[tuple[int, ...]]
     return build
 
 
+def _hsvt(input_shape: tuple[int, ...]) -> tuple[nn.Module, int]:
+    """HsVT (``adapters/nets/hsvt.py``) for event frames ``(2T, H, W)``: per bin conv + window attention, a
+    recurrent spiking layer across bins, features averaged over bins."""
+    if len(input_shape) != 3:
+        raise ConfigError(f"model: hsvt needs image inputs (C, H, W); the stream's are {input_shape}")
+    net = HsVTFeatures(tuple(input_shape))
+    return net, net.feature_dim
+
+
 BACKBONES: dict[str, Callable[[tuple[int, ...]], tuple[nn.Module, int]]] = {
     "mlp": _mlp,
     "cnn-small": _cnn_small,
@@ -131,6 +141,8 @@ BACKBONES: dict[str, Callable[[tuple[int, ...]], tuple[nn.Module, int]]] = {
     "spiking-mnist": _spiking("mnist"),
     "spiking-mnist-half": _spiking("mnist", 0.5),
     "spiking-cifar": _spiking("cifar"),
+    # the hybrid spiking vision transformer for event streams (split-event-fashion-mnist)
+    "hsvt": _hsvt,
 }
 
 

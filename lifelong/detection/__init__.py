@@ -1,0 +1,1 @@
+"""The detection engine: event-frame detection sets, CenterNet targets and decoding, training, COCO-style mAP."""
