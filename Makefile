@@ -39,8 +39,7 @@ test: $(STAMP)
 data:
 	@if [ -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] && [ -f /usr/share/wordnet/data.noun ] \
 		&& command -v espeak-ng >/dev/null 2>&1 && command -v sox >/dev/null 2>&1; then \
-		echo "Fashion-MNIST is installed in /usr/share/datasets/fashion-mnist, WordNet 3.0 in /usr/share/wordnet"; \
-		echo "espeak-ng and sox are installed"; \
+		echo "offline data present: Fashion-MNIST (/usr/share/datasets/fashion-mnist), WordNet 3.0 (/usr/share/wordnet), espeak-ng, sox"; \
 	elif command -v apt-get >/dev/null 2>&1; then \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update && $$SUDO apt-get install -y dataset-fashion-mnist wordnet-base espeak-ng sox; \

@@ -220,7 +220,13 @@ def test_ci_installs_the_data_before_the_tests():
                     or not Path("/usr/share/wordnet").is_dir(),
                     reason="make, Fashion-MNIST or WordNet is not installed (make data installs them)")
 def test_make_data_is_one_quiet_line_when_everything_is_present():
+    import shutil
     import subprocess
+
+    present = (Path("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz").is_file()
+               and Path("/usr/share/wordnet/data.noun").is_file() and shutil.which("espeak-ng") and shutil.which("sox"))
+    if not present:
+        pytest.skip("the offline data is not installed here (make data would install it); CI installs it first")
 
     result = subprocess.run(["make", "--no-print-directory", "data"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0 and result.stderr == ""
