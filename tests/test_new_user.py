@@ -287,9 +287,11 @@ def test_the_command_line_imports_no_torch_and_convert_names_the_real_schemes():
     import sys
 
     from lifelong.adapters.nets.snn_conversion import SCHEMES
-    from lifelong.cli import convert
+    from lifelong.cli import convert, detect
+    from lifelong.detection.models import DETECTORS
 
     assert convert.SCHEMES == tuple(SCHEMES)
+    assert detect.DETECTORS == DETECTORS
     code = "import sys, lifelong.cli.main; lifelong.cli.main.build_parser(); print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"

@@ -238,7 +238,7 @@ def test_scalar_rm_reads_the_prompt_and_response_only(tmp_path: Path) -> None:
 
 
 def test_join_texts_puts_the_branch_texts_into_the_encoder_input(tmp_path: Path, monkeypatch) -> None:
-    import lifelong.scorers._reward_model as rmod
+    import lifelong.scorers.reward_model as rmod
 
     seen: list[str] = []
 

@@ -90,7 +90,7 @@ def cmd_plugins_list(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins_show(args: argparse.Namespace) -> int:
-    from lifelong.platform.describe import describe, format_description
+    from lifelong.cli.describe import describe, format_description
 
     specs = [s for s in list_plugins(args.kind) if s.name == args.name]
     if not specs:

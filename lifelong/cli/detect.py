@@ -10,9 +10,11 @@ import json
 import sys
 from pathlib import Path
 
-from lifelong.detection.models import DETECTORS
-from lifelong.detection.run import format_results, resolve_detect_config, run_detection
 from lifelong.platform.config import parse_overrides
+
+#: the detectors of ``detection/models.py`` (named here so that building the parser imports no torch; a test checks
+#: the two lists agree)
+DETECTORS: tuple[str, ...] = ("hsvt", "conv-lstm", "spiking")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -30,6 +32,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
+    from lifelong.detection.run import format_results, resolve_detect_config, run_detection  # torch: on use
+
     config = resolve_detect_config(benchmark=args.benchmark, model=args.model, config_file=args.config,
                                    overrides=parse_overrides(args.overrides), seed=args.seed, device=args.device)
     out = Path(args.out) if args.out else (
