@@ -27,26 +27,18 @@ sensor) and held as float32 event counts, not normalised, 55 KB an image.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from lifelong.benchmarks.event_camera import EventCameraConfig, simulate_frames
 from lifelong.benchmarks.fashion_mnist import (
-    CLASS_NAMES,
     IMAGE_SHAPE,
     N_CLASSES,
-    _subsample,
     check_files,
-    load_arrays,
+    fashion_mnist_stream,
     locate_files,
 )
-from lifelong.incremental.streams import (
-    Stream,
-    build_class_incremental_stream,
-    resolve_class_order,
-    split_class_counts,
-)
+from lifelong.incremental.streams import Stream, resolve_class_order, split_class_counts
 from lifelong.platform.registry import register
 
 #: chunk of images simulated at once (bounds the memory of the rendered videos)
@@ -162,36 +154,13 @@ def split_event_fashion_mnist(config: SplitEventFashionMNISTConfig) -> Stream:
     """Build the stream; the seed fixes the class order, the subsets and the sensor noise."""
     import torch
 
-    files = locate_files(config.data_root)
-    arrays = load_arrays(files, config.verify_checksums)
-    order = resolve_class_order(range(N_CLASSES), config.seed, config.class_order, config.shuffle_classes)
-    counts = split_class_counts(N_CLASSES, config.n_experiences, initial_classes=config.initial_classes,
-                                uneven=config.uneven)
-    parts: dict[str, Any] = {}
-    for k, (split, per_class) in enumerate((("train", config.train_per_class), ("test", config.test_per_class))):
-        labels = arrays[f"{split}_labels"]
-        idx = _subsample(labels, per_class, config.seed)
-        x = event_frames(arrays[f"{split}_images"][idx], config, seed=config.seed * 2 + k)
-        parts[split] = (torch.from_numpy(x), torch.from_numpy(labels[idx].astype(np.int64)))
-    (x_train, y_train), (x_test, y_test) = parts["train"], parts["test"]
-    return build_class_incremental_stream(
-        "split-event-fashion-mnist",
-        train_data=(x_train, y_train),
-        train_targets=y_train.tolist(),
-        test_data=(x_test, y_test),
-        test_targets=y_test.tolist(),
-        class_order=order,
-        counts=counts,
-        input_shape=(2 * config.n_bins, config.canvas, config.canvas),
-        class_names=list(CLASS_NAMES),
-        task_labels=config.task_labels,
-        info={
+    return fashion_mnist_stream(
+        "split-event-fashion-mnist", config,
+        lambda images, k: torch.from_numpy(event_frames(images, config, seed=config.seed * 2 + k)),
+        (2 * config.n_bins, config.canvas, config.canvas),
+        lambda x, y: {
             "dataset": "Fashion-MNIST through a simulated event camera (a stand-in for N-MNIST-style recordings)",
-            "files": {key: str(path) for key, path in files.items()},
-            "n_train": len(y_train),
-            "n_test": len(y_test),
             "n_bins": config.n_bins,
             "layout": "channels 2t, 2t+1 = ON, OFF event counts of time bin t",
-            "events_per_sample": float(x_train.sum() / max(1, len(y_train))),
-        },
-    )
+            "events_per_sample": float(x.sum() / max(1, len(y))),
+        })

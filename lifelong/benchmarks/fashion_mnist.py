@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -177,10 +177,12 @@ def _images(array: np.ndarray, normalize: bool) -> Any:
     return x
 
 
-@register("benchmark", "split-fashion-mnist", config=SplitFashionMNISTConfig,
-          summary="Fashion-MNIST from its IDX files (Debian package or data_root), 10 classes, 1x28x28")
-def split_fashion_mnist(config: SplitFashionMNISTConfig) -> Stream:
-    """Build the stream; the seed fixes the class order and the ``*_per_class`` subsets."""
+def fashion_mnist_stream(name: str, config: Any, to_inputs: Callable[[np.ndarray, int], Any],
+                         input_shape: tuple[int, ...], info: Callable[[Any, Any], dict[str, Any]]) -> Stream:
+    """A class-incremental stream of Fashion-MNIST items as ``to_inputs(uint8 images, split index)`` makes them
+    (0 train, 1 test), for every benchmark built on the IDX files: the files located and checked, the class order
+    and the ``*_per_class`` subsets fixed by the seed, FSCIL ``shots`` where the config has them; ``info(x_train,
+    y_train)`` adds the benchmark's own entries to the stream's info."""
     import torch
 
     files = locate_files(config.data_root)
@@ -189,32 +191,38 @@ def split_fashion_mnist(config: SplitFashionMNISTConfig) -> Stream:
     counts = split_class_counts(N_CLASSES, config.n_experiences, initial_classes=config.initial_classes,
                                 uneven=config.uneven)
     parts = {}
-    for split, per_class in (("train", config.train_per_class), ("test", config.test_per_class)):
+    for k, (split, per_class) in enumerate((("train", config.train_per_class), ("test", config.test_per_class))):
         labels = arrays[f"{split}_labels"]
         idx = _subsample(labels, per_class, config.seed)
-        parts[split] = (_images(arrays[f"{split}_images"][idx], config.normalize),
-                        torch.from_numpy(labels[idx].astype(np.int64)))
+        parts[split] = (to_inputs(arrays[f"{split}_images"][idx], k), torch.from_numpy(labels[idx].astype(np.int64)))
     (x_train, y_train), (x_test, y_test) = parts["train"], parts["test"]
     return build_class_incremental_stream(
-        "split-fashion-mnist",
+        name,
         train_data=(x_train, y_train),
         train_targets=y_train.tolist(),
         test_data=(x_test, y_test),
         test_targets=y_test.tolist(),
         class_order=order,
         counts=counts,
-        input_shape=(1, *IMAGE_SHAPE),
+        input_shape=input_shape,
         class_names=list(CLASS_NAMES),
         task_labels=config.task_labels,
-        shots=config.shots,
+        shots=getattr(config, "shots", 0),
         seed=config.seed,
-        info={
+        info={"files": {key: str(path) for key, path in files.items()}, "n_train": len(y_train),
+              "n_test": len(y_test), **info(x_train, y_train)},
+    )
+
+
+@register("benchmark", "split-fashion-mnist", config=SplitFashionMNISTConfig,
+          summary="Fashion-MNIST from its IDX files (Debian package or data_root), 10 classes, 1x28x28")
+def split_fashion_mnist(config: SplitFashionMNISTConfig) -> Stream:
+    """Build the stream; the seed fixes the class order and the ``*_per_class`` subsets."""
+    return fashion_mnist_stream(
+        "split-fashion-mnist", config, lambda images, _: _images(images, config.normalize), (1, *IMAGE_SHAPE),
+        lambda x, y: {
             "dataset": "Fashion-MNIST",
-            "files": {key: str(path) for key, path in files.items()},
-            "n_train": len(y_train),
-            "n_test": len(y_test),
             "verify_checksums": config.verify_checksums,
             "normalization": ({"mean": list(FASHION_MEAN), "std": list(FASHION_STD)} if config.normalize
                               else {"mean": [0.0], "std": [1.0]}),
-        },
-    )
+        })
