@@ -40,7 +40,7 @@ from lifelong.editing.session import EditSession
 from lifelong.editing.store import EditStore
 from lifelong.platform import registry
 from lifelong.platform.atomic import atomic_folder
-from lifelong.platform.config import build_config
+from lifelong.platform.config import build_config, load_json_object
 from lifelong.platform.errors import UserError
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -134,14 +134,7 @@ def read_peft(adapter: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any
         raise UserError(f"--adapter {folder} is not a PEFT adapter folder (no {ADAPTER_CONFIG})")
     if not (folder / ADAPTER_WEIGHTS).is_file():
         raise UserError(f"--adapter {folder} has no {ADAPTER_WEIGHTS} (only safetensors adapters are read)")
-    try:
-        config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{folder / ADAPTER_CONFIG}: not valid JSON ({exc})") from None
-    except RecursionError:
-        raise UserError(f"{folder / ADAPTER_CONFIG}: JSON nested too deeply to read") from None
-    if not isinstance(config, dict):
-        raise UserError(f"{folder / ADAPTER_CONFIG}: not a JSON object")
+    config = load_json_object(folder / ADAPTER_CONFIG)
     _check_lora_numbers(config, folder / ADAPTER_CONFIG)
     try:
         state = load_file(str(folder / ADAPTER_WEIGHTS))

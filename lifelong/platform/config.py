@@ -316,3 +316,20 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must hold a mapping of keys, got {type(data).__name__}")
     return data
+
+
+def load_json_object(path: str | Path) -> dict[str, Any]:
+    """A JSON file that must hold one object (a model's or an adapter's ``config.json``); unreadable, not UTF-8,
+    invalid, nested past the parser (``RecursionError``) or not an object is one ``UserError`` naming the file."""
+    import json
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise UserError(f"{path}: not a readable JSON file ({exc})") from None
+    except RecursionError:
+        raise UserError(f"{path}: JSON nested too deeply to read") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: not a JSON object")
+    return data

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lifelong.platform.atomic import atomic_folder, atomic_write_text, file_sha256, recover_folder
+from lifelong.platform.config import load_json_object
 from lifelong.platform.errors import UserError
 from lifelong.platform.quiet import quiet_loading_bars
 
@@ -234,14 +235,7 @@ def check_model_folder(folder: Path) -> None:
     JSON object (or is nested past the parser), one that names custom code (``auto_map``: it would run code from the
     folder), and weights only in pickle files (``pytorch_model.bin``: unpickling runs code; only safetensors load)."""
     path = folder / "config.json"
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: not a readable JSON file ({exc})") from None
-    except RecursionError:
-        raise UserError(f"{path}: JSON nested too deeply to read") from None
-    if not isinstance(config, dict):
-        raise UserError(f"{path}: not a JSON object")
+    config = load_json_object(path)
     if config.get("auto_map"):
         raise UserError(f"{path}: names custom code (auto_map); code from a model folder is never run here")
     if not any(folder.glob("*.safetensors")):
