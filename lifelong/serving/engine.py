@@ -38,7 +38,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
+from lifelong.editing.editor import check_edit_text
 from lifelong.editing.session import EditSession
+from lifelong.editing.store import StoreError
+from lifelong.platform.errors import UserError
 
 
 class RequestError(Exception):
@@ -418,8 +421,6 @@ class Engine:
     # ------------------------------------------------------------------ edits
     def apply(self, edits: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Apply validated edits in order (each one atomic in the store); returns their rows."""
-        from lifelong.platform.errors import UserError
-
         for n, e in enumerate(edits):
             size = len(self.tokenizer(e["prompt"] + " " + e["target"], add_special_tokens=False).input_ids)
             if self.context and size > self.context:
@@ -439,8 +440,6 @@ class Engine:
         return out
 
     def rollback(self, edit_id: int) -> dict[str, Any]:
-        from lifelong.editing.store import StoreError
-
         with self.turns.hold(write=True):
             try:
                 (_, changed), = self.session.rollback([edit_id])
@@ -523,9 +522,6 @@ def _check_texts(edit: dict[str, Any], where: str) -> None:
     """The text checks the session makes at apply time (a lone surrogate, a control character such as NUL), made
     here for every edit of the request before any is applied: a bad second edit no longer leaves the first one
     applied behind a 409."""
-    from lifelong.editing.editor import check_edit_text
-    from lifelong.platform.errors import UserError
-
     for name in ("prompt", "target", "paraphrases", "locality"):
         values = edit.get(name, [])
         for value in [values] if isinstance(values, str) else values:
