@@ -83,14 +83,21 @@ def run_all(fn: Any, tasks: list[tuple], jobs: int) -> list[dict[str, Any]]:
         return list(pool.map(fn, tasks))
 
 
-def t_interval(values: list[float]) -> tuple[float, float, float]:
-    """Mean of ``values`` in % and its 95 % t-interval over seeds."""
+def t_interval(values: list[float], scale: float = 100.0) -> tuple[float, float, float]:
+    """Mean of ``values`` times ``scale`` (fractions to %; 1 for values in their own unit) and its 95 %
+    t-interval over seeds (NaN bounds for one value). Every bench's intervals come from here."""
     import numpy as np
     from scipy import stats
 
-    a = 100 * np.asarray(values, dtype=float)
+    a = scale * np.asarray(values, dtype=float)
     half = stats.t.ppf(0.975, len(a) - 1) * a.std(ddof=1) / np.sqrt(len(a)) if len(a) > 1 else float("nan")
     return a.mean(), a.mean() - half, a.mean() + half
+
+
+def plus_minus(values: list[float], digits: int = 1) -> str:
+    """``mean ± half-width of the 95 % t-interval``, values in their own unit."""
+    mean, _, high = t_interval(values, scale=1.0)
+    return f"{mean:.{digits}f} ± {high - mean:.{digits}f}"
 
 
 def print_ranking(groups: dict[str, list[dict[str, Any]]]) -> None:

@@ -26,7 +26,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cil_fashion import t_interval  # noqa: E402  (the benches share one t-interval)
 
 DETECT = {"hsvt": ["--model", "hsvt"], "hsvt-no-memory": ["--model", "hsvt", "--set", "memory=false"],
           "conv-lstm": ["--model", "conv-lstm"], "spiking": ["--model", "spiking"]}
@@ -72,15 +74,14 @@ def summary(values: list[float]) -> str:
     v = np.asarray(values, float)
     if len(v) < 2:
         return f"{v.mean():.1f}"
-    half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
-    return f"{v.mean():.1f} ± {v.std(ddof=1):.1f} [{v.mean() - half:.1f}, {v.mean() + half:.1f}]"
+    mean, low, high = t_interval(values, scale=1.0)
+    return f"{mean:.1f} ± {v.std(ddof=1):.1f} [{low:.1f}, {high:.1f}]"
 
 
 def interval(values: list[float]) -> str:
     """mean [95 % t interval] (of paired differences)."""
-    v = np.asarray(values, float)
-    half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
-    return f"{v.mean():+.1f} [{v.mean() - half:+.1f}, {v.mean() + half:+.1f}]"
+    mean, low, high = t_interval(values, scale=1.0)
+    return f"{mean:+.1f} [{low:+.1f}, {high:+.1f}]"
 
 
 def load(folder: Path) -> dict | None:

@@ -32,23 +32,10 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cil_fashion import plus_minus as fmt  # noqa: E402  (the benches share one t-interval)
 
 ENCODERS = ("spiketrum", "rate", "latency", "delta")
-
-
-def ci95(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of the 95 % t-interval over seeds."""
-    from scipy import stats
-
-    v = np.asarray(values, dtype=float)
-    if v.size < 2:
-        return float(v.mean()), float("nan")
-    return float(v.mean()), float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
-
-
-def fmt(values: list[float], digits: int = 1) -> str:
-    m, h = ci95(values)
-    return f"{m:.{digits}f} ± {h:.{digits}f}"
 
 
 def si_snr(x: np.ndarray, y: np.ndarray) -> float:

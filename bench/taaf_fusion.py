@@ -36,24 +36,12 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cil_fashion import plus_minus as fmt  # noqa: E402  (the benches share one t-interval)
 
 METHODS = ("concat", "sum", "ogm-ge", "attention", "taaf")
 FUSION_OF = {"concat": "av-concat", "sum": "av-sum", "ogm-ge": "av-concat", "attention": "taaf", "taaf": "taaf"}
 SETTINGS = {"clean": {}, "image-weak": {"image_noise": 0.6}, "audio-weak": {"audio_noise": 2.0}}
-
-
-def ci95(values: list[float]) -> tuple[float, float]:
-    from scipy import stats
-
-    v = np.asarray(values, dtype=float)
-    if v.size < 2:
-        return float(v.mean()), float("nan")
-    return float(v.mean()), float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
-
-
-def fmt(values: list[float], digits: int = 1) -> str:
-    m, h = ci95(values)
-    return f"{m:.{digits}f} ± {h:.{digits}f}"
 
 
 def load(setting: dict[str, float], args: argparse.Namespace, encoder: Any) -> dict[str, Any]:
