@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _cli import one_line, run
 from _llm_fixtures import TINY_SOLA, tiny_llama  # noqa: F401
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -33,16 +34,6 @@ from lifelong.platform.errors import UserError
 IDENT = {"name": "m", "weights_sha256": "a" * 64}
 
 
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def one_line(err: str) -> str:
-    lines = [x for x in err.replace("\r", "\n").splitlines() if x.strip() and not x.startswith("Loading weights")]
-    assert len(lines) == 1 and lines[0].startswith("lifelong: error: "), err
-    return lines[0]
 
 
 def make_store(path: Path, n: int = 3) -> Path:

@@ -25,25 +25,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _cli import one_line, run
 from _llm_fixtures import TINY_SOLA, tiny_llama  # noqa: F401
 
-from lifelong.cli.main import main
 from lifelong.editing.router import ROUTER_META
 from lifelong.editing.store import ADAPTER_DIR, EditStore, StoreError
 
 PROMPT, TARGET = "The capital of Australia is", " Canberra"
 
 
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def one_line(err: str) -> str:
-    lines = [x for x in err.replace("\r", "\n").splitlines() if x.strip() and not x.startswith("Loading weights")]
-    assert len(lines) == 1 and lines[0].startswith("lifelong: error: "), err
-    return lines[0]
 
 
 def listing(folder: Path) -> dict[str, bytes]:
