@@ -477,7 +477,8 @@ def test_a_rollback_does_not_queue_behind_waiting_generations(served):
     """Sixty completions wait for the session (a generation is in progress: this test holds the session's lock);
     they hold the server's worker threads, more than its pool of 40. A rollback then sent is a write: it goes
     first once the generation in progress ends, so at most a couple of the sixty finish before it is answered
-    (before the write threads of its own, it queued for a thread behind the 20 that had none and waited for 40)."""
+    (before the write endpoints had threads of their own, it queued for a worker thread behind the waiting
+    generations, and the test failed)."""
     import time
 
     s = served
