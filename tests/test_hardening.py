@@ -29,25 +29,31 @@ _RACER = textwrap.dedent("""
     base, me, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     specs = json.loads(sys.argv[4])  # per round: [name, config, metric] of this worker
 
-    def barrier(tag):  # both workers reach it before either goes on
+    def barrier(tag):  # both workers reach it before either goes on (or the other has died: no wait then)
         open(os.path.join(base, f"{tag}-{me}"), "w").close()
-        other = os.path.join(base, f"{tag}-{1 - me}")
+        other, gone = os.path.join(base, f"{tag}-{1 - me}"), os.path.join(base, f"gone-{1 - me}")
         deadline = time.monotonic() + 60
-        while not os.path.exists(other) and time.monotonic() < deadline:
+        while not os.path.exists(other) and not os.path.exists(gone) and time.monotonic() < deadline:
             time.sleep(0.0005)
 
-    for r in range(rounds):
-        name, cfg, metric = specs[r]
-        barrier(f"open{r}")
-        with EditStore.open(os.path.join(base, f"store{r}")) as s:
-            barrier(f"add{r}")
-            t = {"w": torch.full((4, 4), float(me))}
-            k = np.random.default_rng(100 * r + me).standard_normal(8).astype(np.float32)
-            try:
-                s.add_edit(f"p{me}", "t", editor=name, editor_config=cfg, metric=metric, tensors=t, key=k)
-                print(json.dumps({"round": r, "ok": True}), flush=True)
-            except Exception as exc:
-                print(json.dumps({"round": r, "ok": False, "error": f"{type(exc).__name__}: {exc}"}), flush=True)
+    def run_rounds():
+        for r in range(rounds):
+            name, cfg, metric = specs[r]
+            barrier(f"open{r}")
+            with EditStore.open(os.path.join(base, f"store{r}")) as s:
+                barrier(f"add{r}")
+                t = {"w": torch.full((4, 4), float(me))}
+                k = np.random.default_rng(100 * r + me).standard_normal(8).astype(np.float32)
+                try:
+                    s.add_edit(f"p{me}", "t", editor=name, editor_config=cfg, metric=metric, tensors=t, key=k)
+                    print(json.dumps({"round": r, "ok": True}), flush=True)
+                except Exception as exc:
+                    print(json.dumps({"round": r, "ok": False, "error": f"{type(exc).__name__}: {exc}"}), flush=True)
+
+    try:
+        run_rounds()
+    finally:  # a worker that dies must not leave the other waiting at every barrier
+        open(os.path.join(base, f"gone-{me}"), "w").close()
 """)
 
 

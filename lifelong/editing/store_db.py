@@ -153,6 +153,6 @@ def check_store_path(folder: Path, db: Path, *, create: bool, readonly: bool) ->
         if not create or readonly:
             raise StoreError(f"{folder} is not an edit store (no {db.name})")
         entries = sorted(os.listdir(folder))
-        if entries:
+        if entries and not db.exists():  # looked at again: a racing opener of a new store makes its database first
             raise StoreError(f"{folder} is not an edit store (no {db.name}) and is not empty ({len(entries)} "
                              f"entries, e.g. {entries[0]!r}); a new store needs a new or empty folder")
