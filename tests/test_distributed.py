@@ -1,37 +1,19 @@
-"""torch.distributed runs: two gloo processes on the CPU, as `torchrun --nproc_per_node 2 -m lifelong run`."""
+"""torch.distributed runs: two gloo processes on the CPU, as `torchrun --nproc_per_node 2 -m lifelong run`
+(continued in test_distributed_ranks.py)."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import REPO
+from _distributed import ARGS, launch, torchrun
 
 from lifelong.incremental.distributed import local_share, shard_indices
 from lifelong.incremental.learner import DistributedInfo
 
-ARGS = ["--set", "n_experiences=2", "--set", "train_per_class=60", "--set", "epochs=5", "--set", "batch_size=32"]
-
-
-def _launch(*target):
-    """Two gloo processes of ``target`` (a script and its arguments, or ``-m module ...``), one thread each."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *target],
-        capture_output=True, text=True, cwd=REPO, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
-
-def _torchrun(*args):
-    return _launch("-m", "lifelong", "run", *args)
-
 
 @pytest.mark.parametrize("strategy", ["naive", "der", "icarl"])
 def test_two_gloo_processes_match_one_process(strategy, tmp_path, cli):
-    _torchrun("--strategy", strategy, "--out", str(tmp_path / "ddp"), *ARGS)
+    torchrun("--strategy", strategy, "--out", str(tmp_path / "ddp"), *ARGS)
     ddp = json.loads((tmp_path / "ddp" / "results.json").read_text())
     assert ddp["world_size"] == 2
     # DDP kept the two replicas bit-identical (a missing gradient all-reduce shows up here as ~0.2)
@@ -44,24 +26,11 @@ def test_two_gloo_processes_match_one_process(strategy, tmp_path, cli):
     assert np.max(np.abs(np.asarray(ddp["accuracy_matrix"]) - np.asarray(one["accuracy_matrix"]))) < 0.05
 
 
-def test_a_resumed_distributed_run_equals_an_uninterrupted_one(tmp_path, cli):
-    # replay: each rank holds its own half of the memory, which the checkpoint must carry per rank
-    _torchrun("--strategy", "replay", "--out", str(tmp_path / "full"), *ARGS)
-    full = json.loads((tmp_path / "full" / "results.json").read_text())
-
-    _torchrun("--strategy", "replay", "--out", str(tmp_path / "cut"), "--stop-after", "1", *ARGS)
-    assert not (tmp_path / "cut" / "results.json").exists()
-    # a checkpoint of two processes is not resumed by one
-    refused = cli("run", "--strategy", "replay", "--out", str(tmp_path / "cut"), "--resume", *ARGS)
-    assert refused.code == 2 and "written by a run of 2 process(es)" in refused.stderr
-    _torchrun("--strategy", "replay", "--out", str(tmp_path / "cut"), "--resume", *ARGS)
-    resumed = json.loads((tmp_path / "cut" / "results.json").read_text())
-    assert resumed["accuracy_matrix"] == full["accuracy_matrix"]
-
-
-def test_a_strategy_without_the_capability_is_refused(cli, tmp_path):
-    env = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}
-    result = cli("run", "--strategy", "lwf", "--out", str(tmp_path / "x"), *ARGS, env=env)
+def test_a_strategy_without_the_capability_is_refused(cli, tmp_path, monkeypatch):
+    # the variables are read when the run starts, so the forked command (no fresh interpreter) sees them
+    for name, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(name, value)
+    result = cli("run", "--strategy", "lwf", "--out", str(tmp_path / "x"), *ARGS)
     assert result.code == 2 and "lwf is not distributed_safe" in result.stderr
     assert not (tmp_path / "x").exists()
 
@@ -118,64 +87,9 @@ def test_each_rank_trains_on_its_whole_shard_plus_replay(tmp_path):
     shard the shard (each rank seeing a quarter of the data); the bridge switches that off."""
     script = tmp_path / "count_samples.py"
     script.write_text(COUNT_SAMPLES)
-    _launch(str(script), str(tmp_path))
+    launch(str(script), str(tmp_path))
     reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert sorted(r["rank"] for r in reports) == [0, 1]
     for r in reports:
         assert r["counts"][0] == r["shards"][0]  # first experience: every sample of the shard, once
         assert r["counts"][1] > r["shards"][1]  # then the shard again, plus replayed memory
-
-
-COMPONENT_STATE = '''
-import hashlib, json, sys
-import torch
-from lifelong.benchmarks.split_digits import SplitDigitsConfig, split_digits
-from lifelong.incremental import distributed
-from lifelong.platform import registry
-from lifelong.incremental.learner import RunContext
-
-info = distributed.current_distributed_info()
-stream = split_digits(SplitDigitsConfig(n_experiences=2, train_per_class=30, seed=0))
-device = distributed.setup(info, torch.device("cpu"))
-torch.manual_seed(info.rank)  # the ranks' random states differ, as they may in a real run
-spec = registry.get("strategy", "naive")
-config = spec.config(epochs=2, batch_size=16, model="spiking-tiny", components=["kd", "esl"],
-                     component_config={"kd": {"feature": "hint", "teacher_model": "mlp"}, "esl": {"T_iter": 2}})
-config.validate()
-learner = spec.factory(config, RunContext(stream=stream, device=device, seed=0, distributed=info))
-learner.train_experience(distributed.shard_experience(stream.train_stream[0], info))
-
-def digest(tree):
-    h = hashlib.sha256()
-    def walk(node, key=""):
-        if isinstance(node, dict):
-            for k in sorted(node):
-                walk(node[k], f"{key}.{k}")
-        elif isinstance(node, (list, tuple)):
-            for i, v in enumerate(node):
-                walk(v, f"{key}.{i}")
-        elif isinstance(node, torch.Tensor):
-            h.update(key.encode()); h.update(node.detach().cpu().contiguous().numpy().tobytes())
-    walk(tree)
-    return h.hexdigest()
-
-parts = {"student": {k: v for k, v in distributed.unwrap(learner.model).named_parameters()},
-         "kd": learner.components.components["kd"].state_dict(),
-         "esl": learner.components.components["esl"].state_dict()}
-with open(f"{sys.argv[1]}/rank{info.rank}.json", "w") as report:
-    json.dump({name: digest(tree) for name, tree in parts.items()}
-              | {"has_teacher": parts["kd"].get("teacher") is not None,
-                 "adapters": len(parts["kd"]["adapters"])}, report)
-distributed.teardown(info)
-'''
-
-
-def test_training_components_stay_equal_on_every_rank(tmp_path):
-    """A joint distillation teacher and its adapters train outside DDP and the sparse masks are drawn by each
-    rank: they must be the same on every rank, or the ranks distil from different teachers."""
-    script = tmp_path / "component_state.py"
-    script.write_text(COMPONENT_STATE)
-    _launch(str(script), str(tmp_path))
-    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
-    assert ranks[0]["has_teacher"] and ranks[0]["adapters"] > 0  # the parts under test exist
-    assert ranks[0] == ranks[1]
