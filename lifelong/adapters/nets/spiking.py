@@ -139,6 +139,9 @@ class LIFMultiStep(torch.autograd.Function):
     bit-identical to ``lif_multistep_autograd`` (zeros may differ in sign). Speed comes from doing the work of
     a step in a few reused buffers, in place, with float masks (``torch.ge(..., out=float)``): on CPU a bool
     mask, ``masked_fill`` or ``where`` costs 4-20x a float multiply, and every fresh buffer costs page faults.
+    The defaults (tau 2, hard reset to 0, the triangle with gamma 1) take shorter forms that round the same way
+    (``v - v/2 + x`` as ``x + 0.5 v``, the reset as ``(h < threshold) h``, ``1 - |z|`` clamped at 0 for the mask):
+    fewer passes over memory, which is what the neuron's time is (``bench/spiking_profile.py``).
     """
 
     @staticmethod
@@ -151,11 +154,14 @@ class LIFMultiStep(torch.autograd.Function):
         tmp = torch.empty_like(v)
         if v_reset is not None and v_reset != 0.0:
             v.fill_(v_reset)  # rest
+        halving = tau == 2.0 and not decay_input and (v_reset is None or v_reset == 0.0)
         for t in range(T):
             h, s, x = h_seq[t], spikes[t], x_seq[t]
             if t == 0 and (v_reset is None or v_reset == 0.0):
                 # from rest at 0: 0 - 0 / tau + x is x and 0 + (x - 0) / tau is x / tau
                 torch.div(x, tau, out=h) if decay_input else h.copy_(x)
+            elif halving:  # v - v / 2 + x is x + 0.5 v exactly (v / 2 and v - v / 2 are exact): one operation
+                torch.add(x, v, alpha=0.5, out=h)
             elif decay_input:  # v + (x - (v - v_reset)) / tau
                 d = v if v_reset is None else torch.sub(v, v_reset, out=tmp)
                 torch.sub(x, d, out=tmp).div_(tau)
@@ -169,7 +175,9 @@ class LIFMultiStep(torch.autograd.Function):
                 break
             if v_reset is None:  # h - s * threshold
                 torch.sub(h, torch.mul(s, v_threshold, out=v), out=v)
-            else:  # s * v_reset + (1 - s) * h, where s * 0 adds nothing
+            elif v_reset == 0.0:  # (1 - s) * h is h where h < threshold, else 0 (h > 0 there: no -0)
+                torch.lt(h, v_threshold, out=v).mul_(h)
+            else:  # s * v_reset + (1 - s) * h
                 torch.mul(s, -1.0, out=v).add_(1.0).mul_(h)
                 if v_reset != 0.0:
                     v.add_(torch.mul(s, v_reset, out=tmp))
@@ -200,8 +208,11 @@ class LIFMultiStep(torch.autograd.Function):
             if surrogate == "triangle":  # (g (a - a^2 |z|)).masked_fill(|z| > alpha, 0), a = 1 / alpha
                 a = 1.0 / alpha
                 f.abs_()
-                torch.le(f, alpha, out=m)
-                g_s.mul_(f.mul_(-(a**2)).add_(a).mul_(m))
+                if alpha == 1.0:  # 1 - |z| is exact and below 0 exactly where |z| > 1: clamping is the mask
+                    g_s.mul_(f.mul_(-1.0).add_(1.0).clamp_(min=0.0))  # (zeros may differ in sign)
+                else:
+                    torch.le(f, alpha, out=m)
+                    g_s.mul_(f.mul_(-(a**2)).add_(a).mul_(m))
             elif surrogate == "sigmoid":  # g (1 - sig(alpha z)) sig(alpha z) alpha
                 f.mul_(alpha).sigmoid_()
                 g_s.mul_(torch.mul(f, -1.0, out=m).add_(1.0)).mul_(f).mul_(alpha)
@@ -218,9 +229,11 @@ class LIFMultiStep(torch.autograd.Function):
             elif v_reset is None:
                 torch.add(g_s, g_v, out=g_h)
             else:
-                keep = torch.ge(h, v_threshold, out=m).mul_(-1.0).add_(1.0)  # 1 - s_t
-                torch.add(g_s, g_v.mul_(keep), out=g_h)
-            if t:  # dL/dv_{t-1} = g_h - g_h / tau, both with and without decay_input
+                keep = torch.lt(h, v_threshold, out=m)  # 1 - s_t, as a float mask
+                torch.addcmul(g_s, g_v, keep, out=g_h)  # g_v * keep is exact (0 or g_v): one rounding, as before
+            if t and tau == 2.0:  # g_h - g_h / 2 is g_h / 2 exactly: one operation
+                torch.mul(g_h, 0.5, out=g_v)
+            elif t:  # dL/dv_{t-1} = g_h - g_h / tau, both with and without decay_input
                 torch.sub(g_h, torch.div(g_h, tau, out=g_v), out=g_v)
             if decay_input:
                 g_h.div_(tau)
