@@ -89,3 +89,33 @@ def test_ray_gives_the_serial_summary_bit_for_bit_and_resumes(local_ray, tmp_pat
     assert partial["completed"] == 1
     compare(["naive", "replay"], "split-digits", [0], out=tmp_path / "ray", backend="ray", resume=True, **common)
     assert _without_wall_times(tmp_path / "ray") == _without_wall_times(tmp_path / "serial")
+
+
+def test_each_run_asks_ray_for_a_gpu_only_where_it_trains_on_one():
+    """No GPU here: the cluster's resources are faked, to check what each run asks Ray for."""
+    from lifelong.incremental.ray_backend import _gpus
+    from lifelong.platform.errors import UserError
+
+    class FakeRay:
+        def __init__(self, gpus):
+            self.resources = {"CPU": 8.0, **({"GPU": gpus} if gpus else {})}
+
+        def cluster_resources(self):
+            return self.resources
+
+    with_gpus, without = FakeRay(2.0), FakeRay(0)
+    assert [_gpus(with_gpus, d) for d in ("auto", "cuda", "cpu")] == [1.0, 1.0, 0.0]
+    assert [_gpus(without, d) for d in ("auto", "cpu")] == [0.0, 0.0]
+    with pytest.raises(UserError, match="the Ray cluster has no GPU"):
+        _gpus(without, "cuda")
+    with pytest.raises(UserError, match="Ray gives each run its GPU; use --device cuda or auto"):
+        _gpus(with_gpus, "cuda:1")
+
+
+def test_a_ray_client_address_is_checked_too(capsys, tmp_path):
+    from lifelong.incremental.ray_backend import check_address
+    from lifelong.platform.errors import UserError
+
+    with pytest.raises(UserError, match=r"--address ray://127.0.0.1:\d+: no Ray cluster answers there"):
+        check_address(f"ray://127.0.0.1:{_closed_port()}", timeout_s=2)
+    check_address("auto")  # left to Ray, which refuses it at once when no `ray start` cluster is here
