@@ -119,3 +119,13 @@ def test_a_ray_client_address_is_checked_too(capsys, tmp_path):
     with pytest.raises(UserError, match=r"--address ray://127.0.0.1:\d+: no Ray cluster answers there"):
         check_address(f"ray://127.0.0.1:{_closed_port()}", timeout_s=2)
     check_address("auto")  # left to Ray, which refuses it at once when no `ray start` cluster is here
+
+
+def test_a_run_folder_in_the_way_is_refused_before_any_task(local_ray, capsys, tmp_path):
+    out = tmp_path / "cmp"
+    out.mkdir()
+    (out / "naive-seed1").write_text("in the way")
+    code, _, err = run(capsys, "compare", "--strategies", "naive", "--seeds", "0,1", *TINY_ARGS, "--backend", "ray",
+                       "--out", str(out))
+    assert code == 2 and f"run naive seed 1 failed: --out {out / 'naive-seed1'} is a file" in one_line(err)
+    assert not (out / "naive-seed0").exists() and not (out / "summary.json").exists()

@@ -127,15 +127,18 @@ def run_on_ray(configs: list[Any], out: Path, *, run_one: RunOne, check: Callabl
     ray = import_ray()
     started = _connect(ray, address)
     try:
-        task = ray.remote(run_task)
-        pending: dict[Any, tuple[int, Any, dict[str, bytes] | None]] = {}
-        for k, config in enumerate(configs):
+        gpus = [_gpus(ray, config.device) for config in configs]  # every refusal before the first task
+        for config in configs:
             run_dir = out / f"{config.strategy}-seed{config.seed}"
             if run_dir.exists() and not run_dir.is_dir():
                 raise UserError(f"run {config.strategy} seed {config.seed} failed: --out {run_dir} is a file, "
                                 f"not a folder; choose another path")
+        task = ray.remote(run_task)
+        pending: dict[Any, tuple[int, Any, dict[str, bytes] | None]] = {}
+        for k, config in enumerate(configs):
+            run_dir = out / f"{config.strategy}-seed{config.seed}"
             sent = _folder_files(run_dir) if resume and (run_dir / CHECKPOINT_NAME).exists() else None
-            options = task.options(num_cpus=threads, num_gpus=_gpus(ray, config.device), max_retries=0,
+            options = task.options(num_cpus=threads, num_gpus=gpus[k], max_retries=0,
                                    name=f"lifelong-{config.strategy}-seed{config.seed}")
             pending[options.remote(run_one, config, out.name, threads, sent)] = (k, config, sent)
         results: list[dict[str, Any] | None] = [None] * len(configs)
