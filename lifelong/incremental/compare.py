@@ -3,6 +3,7 @@
 ``compare --jobs N`` forks its workers from the process that has already imported torch, Avalanche and the
 plugins, so a worker starts in milliseconds instead of re-importing them (docs/scaling.md, "Speed"). One run is
 ``run.run_experiment``; this module only schedules runs, collects their results and writes the summary.
+``compare --backend ray`` hands the runs to Ray instead (``ray_backend``), one task per (strategy, seed).
 """
 
 from __future__ import annotations
