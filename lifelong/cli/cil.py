@@ -62,6 +62,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                               "bit for bit (default 1)")
     compare.add_argument("--resume", action="store_true",
                          help="continue every (strategy, seed) pair from the checkpoint in its folder, where there is one")
+    compare.add_argument("--backend", choices=("local", "ray"), default="local",
+                         help="local: this machine's processes (--jobs); ray: each (strategy, seed) run as a Ray "
+                              "task, on a local Ray instance or the cluster at --address")
+    compare.add_argument("--address", default=None, metavar="ADDR",
+                         help="with --backend ray: the cluster's head, HOST:PORT (from `ray start --head`) or auto")
     compare.add_argument("--json", action="store_true", help="print summary.json instead of the table")
     compare.set_defaults(handler=cmd_compare)
 
@@ -163,7 +168,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     try:
         summary = compare(strategies, args.benchmark, seeds, out=out, overrides=parse_overrides(args.overrides),
                           config_file=args.config, jobs=args.jobs, threads=args.threads,
-                          device=args.device, progress=not args.json, resume=args.resume)
+                          device=args.device, progress=not args.json, resume=args.resume,
+                          backend=args.backend, address=args.address)
     except RunFailed as exc:  # one line naming the run; exit 2 when its cause was bad input, 1 otherwise
         print(f"lifelong: error: {one_line(str(exc))}", file=sys.stderr)
         return 2 if exc.user_error else 1

@@ -3,6 +3,7 @@
 ``compare --jobs N`` forks its workers from the process that has already imported torch, Avalanche and the
 plugins, so a worker starts in milliseconds instead of re-importing them (docs/scaling.md, "Speed"). One run is
 ``run.run_experiment``; this module only schedules runs, collects their results and writes the summary.
+``compare --backend ray`` hands the runs to Ray instead (``ray_backend``), one task per (strategy, seed).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from lifelong.incremental import ray_backend
 from lifelong.incremental.checkpoint import CHECKPOINT_NAME
 from lifelong.incremental.results import summarise, write_summary
 from lifelong.incremental.run import (
@@ -53,6 +55,8 @@ def compare(
     device: str | None = None,
     progress: bool = True,
     resume: bool = False,
+    backend: str = "local",
+    address: str | None = None,
 ) -> dict[str, Any]:
     """Run every (strategy, seed) pair and write summary.json / summary.csv / comparison.png to ``out``.
 
@@ -63,10 +67,12 @@ def compare(
     default is the same one thread, gives the same numbers too). With several GPUs and ``device=auto``, parallel
     jobs take them in turn. A strategy or seed named twice is refused (the pair would run twice into one folder).
     ``resume`` continues every pair from the checkpoint in its folder, where there is one. The first run that
-    fails stops the comparison with ``RunFailed``.
+    fails stops the comparison with ``RunFailed``. ``backend="ray"`` runs each pair as a Ray task instead
+    (``ray_backend``: a local Ray instance, or the cluster at ``address``), with the same summary.
     """
 
     out = Path(out)
+    _check_backend(backend, address, jobs)
     for flag, values in (("--strategies", strategies or []), ("--seeds", seeds)):
         twice = sorted({str(v) for v in values if values.count(v) > 1})
         if twice:
@@ -79,11 +85,30 @@ def compare(
     if jobs > 1:
         configs = _spread_over_gpus(configs)
     with folder_lock(out, "--out"):  # one comparison per folder; each run also locks its own folder
-        runs = _run_many(configs, out, jobs, threads, progress, resume)
+        if backend == "ray":
+            runs = ray_backend.run_on_ray(configs, out, run_one=_run_one, check=_checked, threads=threads,
+                                          resume=resume, address=address,
+                                          report=lambda result, done, total: _report(result, done, total, progress))
+        else:
+            runs = _run_many(configs, out, jobs, threads, progress, resume)
         summary = summarise(runs)
         with user_os_errors("cannot write the summary to", out):
             write_summary(out, benchmark, summary)
     return summary
+
+
+BACKENDS = ("local", "ray")
+
+
+def _check_backend(backend: str, address: str | None, jobs: int) -> None:
+    """Refuse a backend option that does not fit the backend, in one line."""
+    if backend not in BACKENDS:
+        raise UserError(f"--backend {backend}: unknown; allowed: {', '.join(BACKENDS)}")
+    if address is not None and backend != "ray":
+        raise UserError("--address names a Ray cluster: give it with --backend ray")
+    if backend == "ray" and jobs > 1:
+        raise UserError("--jobs: with --backend ray, Ray decides how many runs go at once (each takes --threads "
+                        "CPUs); leave out --jobs")
 
 
 CONFIG_ROOT = Path("configs")  # where ``--config NAME`` looks first (then beside the package: a source checkout)
