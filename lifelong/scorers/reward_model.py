@@ -348,9 +348,10 @@ class RewardModel:
         return meta
 
     @classmethod
-    def load(cls, folder: str | os.PathLike, **overrides: Any) -> "RewardModel":
+    def load(cls, folder: str | os.PathLike, *, allow_unverified: bool = False, **overrides: Any) -> "RewardModel":
         """A trained model read back from a folder written by ``save``; ``overrides`` replace config keys (e.g.
-        ``device``). The model is rebuilt through the registry under the scorer name the folder records."""
+        ``device``). The model is rebuilt through the registry under the scorer name the folder records.
+        ``allow_unverified`` loads a folder whose config records no ``head_sha256`` (see ``load_weights``)."""
         folder = Path(folder)
         meta = cls.read_meta(folder)
         config = dict(meta.get("config", {}))
@@ -361,14 +362,21 @@ class RewardModel:
         if list(meta.get("branches", {})) != list(getattr(model.config, "branches", [])):
             raise UserError(f"{folder / CONFIG_FILE}: the saved branches {list(meta.get('branches', {}))} "
                             "do not match the config")
-        model.load_weights(folder, meta)
+        model.load_weights(folder, meta, allow_unverified=allow_unverified)
         return model
 
-    def load_weights(self, folder: Path, meta: dict[str, Any]) -> None:
+    def load_weights(self, folder: Path, meta: dict[str, Any], *, allow_unverified: bool = False) -> None:
+        """The head's weights, checked against ``head_sha256`` and for finiteness. A config without the checksum
+        is refused unless ``allow_unverified``: deleting one field must not turn the integrity check off (a
+        tampered head whose checksum was then removed used to load and score)."""
         from safetensors.torch import load_file
 
         path = folder / HEAD_FILE
-        want = meta.get("head_sha256")  # absent only in folders saved before it was recorded
+        want = meta.get("head_sha256")  # absent in folders saved before it was recorded, or removed by hand
+        if want is None and not allow_unverified:
+            raise UserError(f"{folder / CONFIG_FILE}: records no head_sha256, so {HEAD_FILE} cannot be checked (a "
+                            "folder saved before the checksum, or one whose checksum was removed); retrain it with "
+                            "`lifelong reward train`, or pass --allow-unverified to load it unchecked")
         if want is not None and file_sha256(path) != want:
             raise UserError(f"{path}: does not match the checksum recorded in {CONFIG_FILE} (a damaged or "
                             "truncated file, or weights from another save); retrain it with `lifelong reward train`")
