@@ -135,3 +135,59 @@ def _saved_reward_model(folder: Path) -> Path:
 def _rows(store: Path) -> list[tuple]:
     with EditStore.open(store, create=False, readonly=True) as st:
         return [(r.id, r.status, r.prompt) for r in st.all_edits()]
+
+
+def _full_disk_at_commit(monkeypatch, error: BaseException) -> None:
+    """Every store write transaction of this process runs its statements, then fails at the commit like a full
+    disk (``error``: an ``OSError(ENOSPC)`` or SQLite's own "database or disk is full"); SQLite rolls it back."""
+    import contextlib
+
+    from lifelong.editing import store_db
+
+    real = store_db.write_txn
+
+    @contextlib.contextmanager
+    def failing(conn, timeout_s):
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(real(conn, timeout_s))
+            yield
+            raise error  # inside the real transaction: it is rolled back, as a failed commit is
+
+    monkeypatch.setattr(store_db, "write_txn", failing)
+
+
+@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"),
+                                   sqlite3.OperationalError("database or disk is full")], ids=["ENOSPC", "SQLITE_FULL"])
+def test_a_rollback_on_a_full_disk_is_507_never_404_and_changes_nothing(tmp_path, monkeypatch, tiny_llama,
+                                                                        error):  # noqa: F811
+    """``DELETE /v1/edits/2`` on a full disk answered 404 "no edit with id 2" while the edit existed."""
+    from fastapi.testclient import TestClient
+
+    from lifelong.editing.session import EditSession
+    from lifelong.serving.server import ServerOptions, build_app
+
+    store = tmp_path / "store"
+    for prompt, target in [(PROMPT, TARGET), ("The capital of Turkey is", " Ankara")]:
+        assert main(["edit", "apply", "--store", str(store), "--model", str(tiny_llama), "--prompt", prompt,
+                     "--target", target, *TINY]) == 0
+    before = _rows(store)
+    session = EditSession(store, model=str(tiny_llama), create=False, quiet=True)
+    try:
+        client = TestClient(build_app(session, ServerOptions(token="t")))
+        auth = {"Authorization": "Bearer t"}
+        with monkeypatch.context() as m:
+            _full_disk_at_commit(m, error)
+            r = client.delete("/v1/edits/2", headers=auth)
+            assert r.status_code == 507, r.text
+            message = r.json()["error"]["message"]
+            assert "disk is full" in message and "edit 2 was not rolled back" in message and str(store) not in message
+            assert client.delete("/v1/edits/99", headers=auth).status_code == 404  # an unknown id is still 404
+        assert _rows(store) == before and session.loaded_ids == [1, 2]
+        listed = {e["id"]: (e["status"], e["in_force"]) for e in client.get("/v1/edits").json()["data"]}
+        assert listed == {1: ("active", True), 2: ("active", True)}
+        r = client.delete("/v1/edits/2", headers=auth)  # space again: the rollback goes through
+        assert r.status_code == 200 and r.json()["rolled_back"] is True, r.text
+    finally:
+        session.close()
+    with EditStore.open(store, create=False, readonly=True) as st:
+        assert [e.id for e in st.active_edits()] == [1] and sorted(st.router().ids()) == [1]
