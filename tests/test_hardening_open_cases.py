@@ -191,3 +191,38 @@ def test_a_rollback_on_a_full_disk_is_507_never_404_and_changes_nothing(tmp_path
         session.close()
     with EditStore.open(store, create=False, readonly=True) as st:
         assert [e.id for e in st.active_edits()] == [1] and sorted(st.router().ids()) == [1]
+
+
+def test_a_full_disk_while_the_router_index_is_written_is_one_warning_and_the_index_is_rebuilt(
+        tmp_path, capsys, monkeypatch, tiny_llama):  # noqa: F811
+    """faiss reports a failed ``write_index`` as a RuntimeError, which ended ``edit apply`` in a traceback after
+    the edit was committed. Now: one warning line, exit 0 (the edit is stored; failing would invite a duplicate
+    apply), no temporary file left, and the next open finds the old index not matching the rows and rebuilds it."""
+    import faiss
+
+    store = tmp_path / "store"
+    assert main(["edit", "apply", "--store", str(store), "--model", str(tiny_llama), "--prompt", PROMPT,
+                 "--target", TARGET, *TINY]) == 0
+    capsys.readouterr()
+    meta_before = (store / "router.json").read_text()
+
+    def full_disk(index, path):
+        Path(path).write_bytes(b"IxF2half")  # part of a file, then the error faiss raises for a failed fwrite
+        raise RuntimeError("Error in faiss::FileIOWriter::operator()(const void *, size_t, size_t) at "
+                           "faiss/impl/io.cpp:98: Error: 'ret == (nitems)' failed: write error in "
+                           f"{path}: 0 != 1 (No space left on device)")
+
+    with monkeypatch.context() as m:
+        m.setattr(faiss, "write_index", full_disk)
+        code, out, err = run(capsys, "edit", "apply", "--store", str(store), "--model", str(tiny_llama),
+                             "--prompt", "The capital of Turkey is", "--target", " Ankara", *TINY)
+    warnings = [x for x in err.splitlines() if "lifelong:" in x]
+    assert code == 0 and "applied edit 2" in out, err
+    assert len(warnings) == 1 and warnings[0].startswith("lifelong: warning: could not write the router index"), err
+    assert "no space left on the device" in warnings[0] and "rebuilt" in warnings[0], err
+    assert (store / "router.json").read_text() == meta_before  # the old index, built from edit 1 alone
+    assert not [p.name for p in store.iterdir() if p.name.endswith(".tmp")]
+    with EditStore.open(store, create=False) as st:  # the rows are what the command said: two active edits
+        assert [e.id for e in st.active_edits()] == [1, 2]
+        assert sorted(st.router().ids()) == [1, 2]  # the stale file is not used: rebuilt from the rows
+    assert json.loads((store / "router.json").read_text())["ntotal"] == 2  # and written again, now there is room
