@@ -226,3 +226,27 @@ def test_a_full_disk_while_the_router_index_is_written_is_one_warning_and_the_in
         assert [e.id for e in st.active_edits()] == [1, 2]
         assert sorted(st.router().ids()) == [1, 2]  # the stale file is not used: rebuilt from the rows
     assert json.loads((store / "router.json").read_text())["ntotal"] == 2  # and written again, now there is room
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("config", None, "field 'config' must be an object"),
+    ("config", "tiny", "field 'config' must be an object"),
+    ("branches", None, "field 'branches' must be an object"),
+    ("branches", {"style": "x"}, "must map each branch to a list of feature names"),
+    ("training", None, "field 'training' must be an object"),
+    ("embed_dim", 10**7, "embed_dim 10000000 is not a sentence encoder's width"),
+    ("config.hidden", 10**9, "hidden must be from 1 to 65536"),
+])
+def test_a_hand_edited_reward_config_is_one_line(tmp_path, capsys, field, value, words):
+    """Found by tests/test_fuzz_surfaces.py: a null or mistyped field of config.json was a TypeError or
+    ValueError traceback; a huge ``hidden`` or ``embed_dim`` allocated gigabytes before the head was checked."""
+    folder = _saved_reward_model(tmp_path / "rm")
+    meta = json.loads((folder / "config.json").read_text())
+    if field.startswith("config."):
+        meta["config"][field.split(".", 1)[1]] = value
+    else:
+        meta[field] = value
+    (folder / "config.json").write_text(json.dumps(meta))
+    code, out, err = run(capsys, "reward", "score", "--model", str(folder), "--prompt", "p", "--response", "r")
+    line = one_line(err)
+    assert code == 2 and out == "" and words in line, line
