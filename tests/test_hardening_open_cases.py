@@ -250,3 +250,13 @@ def test_a_hand_edited_reward_config_is_one_line(tmp_path, capsys, field, value,
     code, out, err = run(capsys, "reward", "score", "--model", str(folder), "--prompt", "p", "--response", "r")
     line = one_line(err)
     assert code == 2 and out == "" and words in line, line
+
+
+def test_a_path_too_long_for_the_file_system_is_one_line(capsys):
+    """Found by tests/test_fuzz_surfaces.py: ``edit list --store`` with a 3,000-character name was an ``OSError``
+    (ENAMETOOLONG) traceback from ``Path.is_file``; the command line now answers any such path error in one line."""
+    long = "x" * 3000
+    for argv in (["edit", "list", "--store", long], ["edit", "rollback", "--store", long, "1"]):
+        code, out, err = run(capsys, *argv)
+        line = one_line(err)
+        assert code == 2 and "the name is too long" in line and "characters)" in line and len(line) < 300, line
