@@ -158,6 +158,9 @@ _FIELDS = {
                              "stream", "stop", "tools"],
     "/v1/edits": ["edits", "prompt", "target", "id"],
 }
+_VALID = {"/v1/completions": {"model": "MODEL", "prompt": "The capital of", "max_tokens": 2},
+          "/v1/chat/completions": {"model": "MODEL", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+          "/v1/edits": {"prompt": "The capital of Peru is", "target": " Lima"}}
 _field_value = st.one_of(_json, st.sampled_from(["tiny", "The capital of", "a\ud800", "\x00", 4, 0, -1, 10**30,
                                                   [{"role": "user", "content": "hi"}], [{"role": "x"}],
                                                   [{"prompt": "p", "target": "t"}], [{"prompt": "p\ud800"}]]))
@@ -174,8 +177,13 @@ def _request(draw) -> tuple[str, str, bytes | None, bool]:
     if method == "GET":
         return method, draw(st.sampled_from(["/v1/edits", "/v1/models", "/healthz", "/v1/nothing"])), None, True
     path = draw(st.sampled_from(list(_FIELDS)))
-    kind = draw(st.sampled_from(["fields", "fields", "json", "bytes"]))
-    if kind == "bytes":
+    kind = draw(st.sampled_from(["near-valid", "near-valid", "fields", "fields", "json", "bytes"]))
+    if kind == "near-valid":  # a valid body with at most one field changed: requests that reach the work
+        obj = dict(_VALID[path])
+        if draw(st.booleans()):
+            obj[draw(st.sampled_from(_FIELDS[path]))] = draw(_field_value)
+        body = json.dumps(obj).encode("utf-8", "surrogatepass")
+    elif kind == "bytes":
         body = draw(st.binary(max_size=64))
     elif kind == "json":
         body = json.dumps(draw(_json)).encode()
