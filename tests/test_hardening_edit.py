@@ -249,10 +249,11 @@ def test_reward_head_checksum_nan_and_truncation_refused(tmp_path, capsys):
     (out / "config.json").write_text(json.dumps(meta))
     rc, _, err = run(capsys, "reward", "score", "--model", str(out), "--prompt", "p", "--response", "r")
     assert rc == 2 and "non-finite weights" in one_line(err)
-    del meta["head_sha256"]  # a folder from before the checksum: a truncated head is still one line
-    (out / "config.json").write_text(json.dumps(meta))
+    del meta["head_sha256"]  # a folder from before the checksum (read with --allow-unverified): a truncated head
+    (out / "config.json").write_text(json.dumps(meta))  # is still one line
     head.write_bytes(good[:40])
-    rc, _, err = run(capsys, "reward", "score", "--model", str(out), "--prompt", "p", "--response", "r")
+    rc, _, err = run(capsys, "reward", "score", "--model", str(out), "--prompt", "p", "--response", "r",
+                     "--allow-unverified")
     assert rc == 2 and "cannot load the reward head" in one_line(err)
     bad = _rm(0)
     with torch.no_grad():

@@ -20,6 +20,7 @@ import typing
 from pathlib import Path
 
 import pytest
+from _fs import read_only_dir  # noqa: F401
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -149,28 +150,6 @@ def test_out_naming_a_file_is_refused_for_run_and_compare(capsys, tmp_path):
         line = _one_line(capsys, main([*command, *TINY, "--out", str(target)]))
         assert f"--out {target} is a file, not a folder" in line
     assert target.read_text() == "keep me"
-
-
-@pytest.fixture
-def read_only_dir(tmp_path):
-    """A folder no process can write to: a read-only tmpfs when running as root (chmod does not stop root), else
-    a folder with mode 0555."""
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    if os.geteuid() != 0:
-        folder.chmod(0o555)
-        yield folder
-        folder.chmod(0o755)
-        return
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"running as root (chmod does not stop writes) and cannot mount a read-only tmpfs: "
-                    f"{mounted.stderr.strip()}")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=False)
 
 
 def test_out_on_a_read_only_file_system_is_one_line(capsys, read_only_dir):

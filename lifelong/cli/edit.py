@@ -157,6 +157,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     im.add_argument("--prompt", required=True, help="the prompt whose key routes to the adapter")
     im.add_argument("--target", required=True, help="what the adapter makes the model say (recorded in the store)")
     im.add_argument("--model", default=None)
+    im.add_argument("--allow-other-base", action="store_true",
+                    help="import an adapter whose adapter_config.json names another base model than the store's")
     im.add_argument("--json", action="store_true")
     add_device_options(im)
     im.set_defaults(handler=cmd_import)
@@ -368,7 +370,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     # checks before the model loads; a refused import into a new store removes what it created
     editor = "sola" if not Path(args.store, "edits.sqlite").is_file() else None
-    rec = import_into(args.store, args.adapter, args.prompt, args.target, lambda: _session(args, editor=editor))
+    rec = import_into(args.store, args.adapter, args.prompt, args.target, lambda: _session(args, editor=editor),
+                      model=args.model, allow_other_base=args.allow_other_base)
     if args.json:
         print(json.dumps({"imported": rec.id, "prompt": rec.prompt, "target": rec.target}))
     else:

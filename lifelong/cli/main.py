@@ -13,7 +13,7 @@ import sys
 from typing import Sequence
 
 from lifelong.cli import cil, convert, demo, detect, edit, fewshot, new, reward, serve
-from lifelong.platform.errors import UserError, one_line
+from lifelong.platform.errors import UserError, one_line, path_os_error
 
 # Command families, in the order shown in --help.
 COMMAND_FAMILIES = (cil, fewshot, detect, convert, edit, serve, reward, demo, new)
@@ -51,6 +51,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (``lifelong plugins list | head``): nothing left to say
         sys.stderr.close()
         return 0
+    except OSError as exc:  # a path the checks did not foresee (a name too long for the file system): one line
+        message = path_os_error(exc)
+        if message is None:
+            raise
+        print(f"lifelong: error: {one_line(message)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from typing import Any
 
 from lifelong.benchmarks.preferences import bundled_preferences
 from lifelong.benchmarks.reward_formats import FORMATS, grouped_report, load_pairs
+from lifelong.cli.options import text_argument
 from lifelong.platform.config import deep_merge, load_yaml, parse_overrides
 from lifelong.platform.errors import UserError
 from lifelong.platform.registry import RegistryError, create, get
@@ -51,6 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     score.add_argument("--prompt", required=True)
     score.add_argument("--response", required=True)
     score.add_argument("--json", action="store_true", help="print JSON only")
+    _add_unverified_option(score)
     score.set_defaults(handler=cmd_score)
 
     ev = sub.add_parser("eval", help="pairwise accuracy on preference pairs, overall and per dimension")
@@ -61,6 +63,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     help="format of --data: plain/HH-RLHF/UltraFeedback preferences, RM-Bench (every chosen x "
                          "rejected pair, easy/normal/hard) or JudgeBench (A>B / B>A); auto: told by the first record")
     ev.add_argument("--json", action="store_true", help="print JSON only")
+    _add_unverified_option(ev)
     ev.set_defaults(handler=cmd_eval)
 
     sbm = sub.add_parser("sbm-train", help="train a generative side branch's LoRA adapter (best-of-N by a judge, "
@@ -78,11 +81,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     sbm.set_defaults(handler=cmd_sbm_train)
 
 
+def _add_unverified_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow-unverified", action="store_true",
+                        help="load a model folder whose config.json records no head_sha256 (saved before the "
+                             "checksum existed, or with it removed): its weights are then not checked")
+
+
 def _load_pairs(path: str | None, split: str, format: str = "auto") -> list[Any]:  # noqa: A002
     return load_pairs(path, format) if path else bundled_preferences(split)
 
 
-def load_saved_scorer(folder: str | Path) -> tuple[str, Any]:
+def load_saved_scorer(folder: str | Path, *, allow_unverified: bool = False) -> tuple[str, Any]:
     """The name and the scorer saved in ``folder``, loaded by the registered scorer its ``config.json`` names.
 
     A folder that is not a saved scorer raises a one-line UserError naming the folder and what is wrong.
@@ -96,7 +105,7 @@ def load_saved_scorer(folder: str | Path) -> tuple[str, Any]:
         if spec is not None and getattr(spec.factory, "trains_nothing", False):
             return spec.name, create("scorer", spec.name)
     name = read_meta(folder)["scorer"]  # the contract's one-line errors for a folder that is not a saved scorer
-    return name, load_scorer(folder)
+    return name, load_scorer(folder, allow_unverified=allow_unverified)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -126,9 +135,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    text_argument(args.prompt, "--prompt")
+    text_argument(args.response, "--response")
     if not args.prompt.strip() or not args.response.strip():
         raise UserError("--prompt and --response must be non-empty")
-    name, model = load_saved_scorer(args.model)
+    name, model = load_saved_scorer(args.model, allow_unverified=args.allow_unverified)
     result = model.score(args.prompt, args.response)
     if args.json:
         print(json.dumps(result.as_dict()))
@@ -144,7 +155,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     pairs = _load_pairs(args.data, "heldout", args.format)
-    name, model = load_saved_scorer(args.model)
+    name, model = load_saved_scorer(args.model, allow_unverified=args.allow_unverified)
     report = grouped_report(pairs, model.evaluate)  # per domain and level too, where the data has them
     if args.json:
         print(json.dumps(report))

@@ -35,13 +35,14 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
+from lifelong.adapters.lm.model_loading import DEFAULT_MODEL
 from lifelong.editing.editor import check_edit_text
 from lifelong.editing.session import EditSession
 from lifelong.editing.store import EditStore
 from lifelong.platform import registry
 from lifelong.platform.atomic import atomic_folder
 from lifelong.platform.config import build_config, load_json_object
-from lifelong.platform.errors import UserError
+from lifelong.platform.errors import UserError, os_error_message
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -80,16 +81,21 @@ def export_peft(store: str | os.PathLike, edit_id: int, out: str | os.PathLike, 
         kwargs, state = to_peft(config, tensors)
     except ValueError as exc:
         raise UserError(f"edit {rec.id}: {exc}") from None
-    with atomic_folder(out, replace=False, what="--out") as tmp:  # an empty ``out`` is replaced, a full one refused
-        base = base_reference(out, model_name, with_base)
-        if with_base:
-            write_base_model(model_name, tmp / BASE_DIR)
-        LoraConfig(base_model_name_or_path=base, **kwargs).save_pretrained(str(tmp))
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-        (tmp / EDIT_INFO).write_text(json.dumps({
-            "edit_id": rec.id, "prompt": rec.prompt, "target": rec.target, "status": rec.status,
-            "editor": rec.editor, "store": str(store_path), "model_name": model_name, "base_model": base,
-        }, indent=1) + "\n")
+    try:  # an empty ``out`` is replaced, a full one refused
+        with atomic_folder(out, replace=False, what="--out") as tmp:
+            base = base_reference(out, model_name, with_base)
+            if with_base:
+                write_base_model(model_name, tmp / BASE_DIR)
+            LoraConfig(base_model_name_or_path=base, **kwargs).save_pretrained(str(tmp))
+            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / ADAPTER_WEIGHTS),
+                      metadata={"format": "pt"})
+            (tmp / EDIT_INFO).write_text(json.dumps({
+                "edit_id": rec.id, "prompt": rec.prompt, "target": rec.target, "status": rec.status,
+                "editor": rec.editor, "store": str(store_path), "model_name": model_name, "base_model": base,
+            }, indent=1) + "\n")
+    except OSError as exc:  # read-only, full disk: atomic_folder has removed its temporary folder, nothing is left
+        raise UserError(os_error_message(OSError(exc.errno, exc.strerror), "cannot write the adapter to --out",
+                                         out)) from None
     return out
 
 
@@ -156,14 +162,19 @@ def _check_lora_numbers(config: dict[str, Any], path: Path) -> None:
         raise UserError(f"{path}: field 'lora_alpha' must be a finite positive number, got {json.dumps(alpha)[:40]}")
 
 
-def check_import(store: str | os.PathLike, adapter: str | os.PathLike) -> None:
-    """What can be checked before the model loads: the adapter folder reads, and an existing store's editor can
+def check_import(store: str | os.PathLike, adapter: str | os.PathLike, model: str | None = None, *,
+                 allow_other_base: bool = False) -> None:
+    """What can be checked before the model loads: the adapter folder reads, it was made on the model the edit
+    goes to (``check_base``; ``model`` is ``--model``, else the store's), and an existing store's editor can
     import it (``from_peft``) with the store's config (``check_peft_config``: type, rank, scale)."""
     config, _ = read_peft(adapter)
     if not (Path(store) / "edits.sqlite").is_file():
+        check_base(adapter, config, model or DEFAULT_MODEL, allow_other_base)
         return
     with EditStore.open(store, create=False) as st:
         spec = st.editor_spec()
+        stored_model = st.meta().get("model_name")
+    check_base(adapter, config, model or stored_model or DEFAULT_MODEL, allow_other_base)
     if spec is None:
         return
     factory = registry.get("editor", spec[0])
@@ -177,8 +188,45 @@ def check_import(store: str | os.PathLike, adapter: str | os.PathLike) -> None:
             raise UserError(f"--adapter {adapter}: {exc}") from None
 
 
+def check_base(adapter: str | os.PathLike, config: dict[str, Any], model: str, allow_other_base: bool) -> None:
+    """Refuse an adapter whose ``base_model_name_or_path`` names another model than ``model`` (a LoRA trained on
+    other weights edits this model into garbage), unless ``allow_other_base``. The same model is the same name or
+    the same path; an export made with ``--with-base`` names its own ``base-model/`` copy, which is the model its
+    ``lifelong_edit.json`` records. An adapter that names no base says nothing to check."""
+    named = config.get("base_model_name_or_path")
+    if named is None or named == "" or allow_other_base:
+        return
+    path = Path(adapter) / ADAPTER_CONFIG
+    if not isinstance(named, str):
+        raise UserError(f"{path}: field 'base_model_name_or_path' must be a string, got {json.dumps(named)[:40]}")
+    if _same_model(named, model):
+        return
+    if _same_model(named, str(Path(adapter) / BASE_DIR)):
+        try:
+            recorded = json.loads((Path(adapter) / EDIT_INFO).read_text(encoding="utf-8")).get("model_name")
+        except (OSError, ValueError, RecursionError, AttributeError):
+            recorded = None
+        if isinstance(recorded, str) and _same_model(recorded, model):
+            return
+    raise UserError(f"{path}: the adapter was made for base model {named[:200]!r}, but the edit would go to "
+                    f"{model!r}; a LoRA trained on other weights does not fit them (pass --allow-other-base to "
+                    "import it anyway)")
+
+
+def _same_model(a: str, b: str) -> bool:
+    """The same model name, or two paths of the same file or folder."""
+    if a == b:
+        return True
+    try:
+        pa, pb = Path(os.path.expanduser(a)), Path(os.path.expanduser(b))
+        return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+    except (OSError, ValueError):  # a name with a NUL, a path too long: not a path of the same model
+        return False
+
+
 def import_into(store: str | os.PathLike, adapter: str | os.PathLike, prompt: str, target: str,
-                open_session: Callable[[], EditSession]) -> Any:
+                open_session: Callable[[], EditSession], *, model: str | None = None,
+                allow_other_base: bool = False) -> Any:
     """``lifelong edit import``: check what needs no model (the prompt and target, ``check_import``), open the
     session (``open_session``, which may create the store), import the adapter; returns the new record. If the store
     is new and the import fails, the files this call created go again (the folder too if it did not exist)."""
@@ -188,7 +236,7 @@ def import_into(store: str | os.PathLike, adapter: str | os.PathLike, prompt: st
         raise UserError("--target is empty")
     check_edit_text(prompt, "prompt", "--prompt")
     check_edit_text(target, "target", "--target")
-    check_import(store, adapter)
+    check_import(store, adapter, model, allow_other_base=allow_other_base)
     path = Path(store)
     new = not (path / "edits.sqlite").is_file()
     before = set(os.listdir(path)) if path.is_dir() else None

@@ -51,6 +51,7 @@ the truth).
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -259,7 +260,8 @@ class Router:
     # ------------------------------------------------------------------ persistence
     def write(self, folder: str | os.PathLike, checksum: str) -> None:
         """Save beside the store: ``router-<checksum>.faiss`` and ``router.json`` naming it with its size and
-        SHA-256 (both atomic; the index file is always written anew, so a damaged one of that name is replaced)."""
+        SHA-256 (both atomic; the index file is always written anew, so a damaged one of that name is replaced).
+        Any failure is an ``OSError`` (faiss's ``RuntimeError`` of a failed write included), the old files intact."""
         import faiss
 
         folder = Path(folder)
@@ -268,7 +270,12 @@ class Router:
                                 "file": None}
         if self.index is not None and self._ids:
             name = f"{ROUTER_PREFIX}{checksum[:24]}.faiss"
-            atomic_write_with(folder / name, lambda tmp: faiss.write_index(self.index, str(tmp)))
+            try:
+                atomic_write_with(folder / name, lambda tmp: faiss.write_index(self.index, str(tmp)))
+            except RuntimeError as exc:  # faiss reports a failed write (a full disk) as a RuntimeError
+                text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+                code = errno.ENOSPC if "No space left" in text else errno.EIO
+                raise OSError(code, f"faiss could not write the index ({text[-200:]})", str(folder / name)) from None
             meta.update(file=name, bytes=(folder / name).stat().st_size, sha256=file_sha256(folder / name))
         atomic_write_text(folder / ROUTER_META, json.dumps(meta))
         for p in folder.glob(f"{ROUTER_PREFIX}*.faiss"):  # older index files

@@ -56,7 +56,8 @@ from lifelong.editing import store_schema as schema
 from lifelong.editing import store_spec as spec
 from lifelong.editing.router import ROUTER_META, ROUTER_PREFIX, Router
 from lifelong.editing.store_router import StoreRouter, check_metric
-from lifelong.editing.store_schema import SCHEMA_VERSION, EditRecord, StoreError  # noqa: F401 (re-exported)
+from lifelong.editing.store_schema import (  # noqa: F401 (re-exported)
+    SCHEMA_VERSION, EditRecord, StoreError, StoreFullError, UnknownEditError)
 from lifelong.platform.atomic import atomic_write_with, file_sha256
 
 DB_NAME = "edits.sqlite"
@@ -315,10 +316,10 @@ class EditStore:
     @mapped
     def get(self, edit_id: int) -> EditRecord:
         if not 1 <= int(edit_id) <= MAX_ID:
-            raise StoreError(f"no edit with id {edit_id} in store {self.path}")
+            raise UnknownEditError(f"no edit with id {edit_id} in store {self.path}")
         row = self._conn.execute(f"SELECT {self._columns} FROM edits WHERE id = ?", (int(edit_id),)).fetchone()
         if row is None:
-            raise StoreError(f"no edit with id {edit_id} in store {self.path}")
+            raise UnknownEditError(f"no edit with id {edit_id} in store {self.path}")
         return self._row_to_record(row)
 
     @mapped
@@ -511,7 +512,7 @@ class EditStore:
         ids = [int(i) for i in ids]
         out_of_range = [i for i in ids if not 1 <= i <= MAX_ID]
         if out_of_range:  # SQLite ids are positive 64-bit integers: no such edit can exist
-            raise StoreError(f"no edit with id {', '.join(map(str, out_of_range))} in store {self.path} "
+            raise UnknownEditError(f"no edit with id {', '.join(map(str, out_of_range))} in store {self.path} "
                              f"(edit ids are whole numbers from 1 to {MAX_ID})")
         hook = _crash_hook or (lambda stage: None)
         with self._write_txn():
@@ -520,7 +521,7 @@ class EditStore:
             known = {rec.id: rec for rec in map(self._row_to_record, rows)}  # a damaged row is refused, not used
             unknown = [i for i in ids if i not in known]
             if unknown:
-                raise StoreError(f"no edit with id {', '.join(map(str, unknown))} in store {self.path}")
+                raise UnknownEditError(f"no edit with id {', '.join(map(str, unknown))} in store {self.path}")
             out, removed, now = [], [], time.time()
             for i in ids:
                 changed = known[i].status == "active"

@@ -24,7 +24,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from lifelong.editing.store_schema import StoreError
+from lifelong.editing.store_schema import StoreError, StoreFullError
 
 LOCK_NAME = ".lock"
 
@@ -78,8 +78,13 @@ def write_txn(conn: sqlite3.Connection, timeout_s: float) -> Iterator[None]:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    else:
+    try:
         conn.execute("COMMIT")
+    except BaseException:  # a commit that failed (a full disk) may leave the transaction open: end it unapplied
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
 
 
 @contextlib.contextmanager
@@ -113,6 +118,9 @@ def sqlite_error(folder: Path, db: Path, exc: sqlite3.Error | UnicodeDecodeError
     """The one-line StoreError for an SQLite error: a store that cannot be written, a busy one, or a damaged file
     (a damaged file can also hold text that is not UTF-8)."""
     text = str(exc)
+    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "database or disk is full" in text:
+        return StoreFullError(f"edit store {folder}: the disk is full ({text}); the write was not made and the "
+                              "store is unchanged; free some space and try again")
     if "readonly" in text or "read-only" in text or not os.access(folder, os.W_OK) and not readonly:
         return _cannot_write(folder, text)
     if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
@@ -121,7 +129,10 @@ def sqlite_error(folder: Path, db: Path, exc: sqlite3.Error | UnicodeDecodeError
 
 
 def os_error(folder: Path, exc: OSError) -> StoreError:
-    """The one-line StoreError for a file-system error while opening: read-only media, or what the OS said."""
+    """The one-line StoreError for a file-system error: read-only media, a full disk, or what the OS said."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoreFullError(f"edit store {folder}: the disk is full ({exc.strerror}); the write was not made and "
+                              "the store is unchanged; free some space and try again")
     if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return _cannot_write(folder, f"{exc.strerror}: {exc.filename}")
     return StoreError(f"edit store {folder}: {exc.strerror or exc} ({exc.filename})")
@@ -129,7 +140,7 @@ def os_error(folder: Path, exc: OSError) -> StoreError:
 
 def mapped(method: Callable) -> Callable:
     """Turn an SQLite or decoding error inside a public store method into the store's one-line StoreError
-    (``self._error``; a damaged file can hold text that is not UTF-8)."""
+    (``self._error``; a damaged file can hold text that is not UTF-8), and a full disk into ``StoreFullError``."""
 
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -137,6 +148,10 @@ def mapped(method: Callable) -> Callable:
             return method(self, *args, **kwargs)
         except (sqlite3.Error, UnicodeDecodeError) as exc:
             raise self._error(exc) from None
+        except OSError as exc:  # a full disk under a write: one line (other OS errors keep their own handling)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise os_error(self.path, exc) from None
+            raise
 
     return wrapper
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import sqlite3
+import sys
 from pathlib import Path
 from typing import Callable, ContextManager, Iterable, Sequence
 
@@ -33,6 +34,7 @@ import numpy as np
 from lifelong.editing.router import METRICS, Router
 from lifelong.editing.store_db import read_snapshot
 from lifelong.editing.store_schema import StoreError, corrupted, get_meta, set_meta
+from lifelong.platform.errors import one_line, os_error_message
 
 ZERO_CHECKSUM = "0" * 64
 _ACTIVE_KEYS = "FROM edits NOT INDEXED WHERE status = 'active' AND key IS NOT NULL"
@@ -168,15 +170,19 @@ class StoreRouter:
 
     def save(self) -> None:
         """Write the in-memory index beside the store, under the store's lock (a no-op out of step or on a
-        read-only store: the index is rebuilt next time; a failed write leaves the old file, also rebuilt)."""
+        read-only store: the index is rebuilt next time). A failed write (a full disk) leaves the old file, which
+        no longer matches the rows' checksum and is rebuilt from them by the next open; the rows are committed,
+        so the command goes on, with one warning line on stderr saying so (never a traceback)."""
         if self.held is None or self.readonly:
             return
         try:
             with self._lock():
                 self.router.write(self.folder, self.held)
             self.saved = self.held
-        except OSError:
-            pass
+        except OSError as exc:
+            why = one_line(os_error_message(exc, "could not write the router index", self.folder))
+            print(f"lifelong: warning: {why}; the edits are committed and the index is rebuilt from them when the "
+                  "store is next opened", file=sys.stderr, flush=True)
 
     def save_if_changed(self) -> None:
         """Before the store closes: write the index if this process changed it and it is still the rows'."""

@@ -74,6 +74,15 @@ class StoreError(UserError):
     """A store that cannot be used as asked (wrong model, unknown edit, corrupted file)."""
 
 
+class UnknownEditError(StoreError):
+    """An edit id the store does not hold (the server answers 404 for this one only)."""
+
+
+class StoreFullError(StoreError):
+    """A write that the disk had no room for (``ENOSPC``, ``EDQUOT``, SQLite's ``SQLITE_FULL``); the write's
+    transaction was rolled back, so the store is as it was before it (the server answers 507)."""
+
+
 def corrupted(db: Path, what: str) -> StoreError:
     """The one-line error for a damaged database file: what did not match, and what to do."""
     return StoreError(f"edit store database {db} is corrupted ({what}); restore it from a backup")

@@ -197,31 +197,46 @@ class SoLAEditor(Editor):
                 model.get_submodule(n)
         except (ValueError, AttributeError) as exc:
             raise ConfigError(f"sola layers/modules: {exc}") from exc
-        key_module = None
-        if self.config.key_layer is not None:
-            path, blocks = edit_layers(model)
-            first = min(first_layer_index(model, layer) for layer in self.config.layers)
-            k = first_layer_index(model, self.config.key_layer)
-            if not 0 <= k < len(blocks) or k > first:
-                raise ConfigError(f"sola key_layer: {self.config.key_layer} must be a decoder layer at or below the "
-                                  f"first edited layer ({first}); the key is read before the routing decision")
-            try:
-                key_module = model.get_submodule(f"{path}.{k}" + (f".{self.config.key_module}"
-                                                                  if self.config.key_module else ""))
-            except AttributeError as exc:
-                raise ConfigError(f"sola key_module: {exc}") from exc
-            if k == first and self.config.key_module not in ("", *self.config.modules[:1]):
-                # inside the first edited layer, the key module must run before the first edited module
-                order = [n for n, _ in model.get_submodule(f"{path}.{k}").named_modules()]
-                if order.index(self.config.key_module) > order.index(self.config.modules[0]):
-                    raise ConfigError(f"sola key_module: {self.config.key_module} runs after {self.config.modules[0]} "
-                                      f"in layer {k}; the key is read before the routing decision")
+        key_module = self._key_site(model)
         self.model, self.tokenizer = model, tokenizer
         self.routed = KeyedRoutedLoRA(model, names, rank=self.config.rank, alpha=self.config.alpha,
                                       threshold=self.config.threshold, router=self._ensure_router(),
                                       key_module=key_module, pooling=self.config.key_pooling)
         if self.config.center_keys:
             self.routed.centre = self._raw_keys(GENERIC_PROMPTS).mean(0)
+
+    def _key_site(self, model: Any) -> Any:
+        """The module whose input is the key (None: the first edited module's), after checking ``key_layer`` and
+        ``key_module`` against the model: a layer it lacks or a module name no decoder layer has is a one-line
+        ``ConfigError`` naming the allowed values (a layer of 999 used to be a traceback, and a ``key_module``
+        that does not exist was accepted silently while ``key_layer`` was unset)."""
+        path, blocks = edit_layers(model)
+        first = min(first_layer_index(model, layer) for layer in self.config.layers)
+        k = first
+        if self.config.key_layer is not None:
+            try:
+                k = first_layer_index(model, self.config.key_layer)
+            except ValueError:
+                k = -1
+            if not 0 <= k <= first:
+                raise ConfigError(f"sola key_layer: {self.config.key_layer} is not allowed; the key is read at or "
+                                  f"below the first edited layer: allowed values 0..{first} (or -{len(blocks)}.."
+                                  f"{first - len(blocks)} from the end)")
+        names = [n for n, _ in blocks[k].named_modules() if n]
+        if self.config.key_module and self.config.key_module not in names:
+            if self.config.key_layer is None and self.config.key_module == self.config.LEGACY["key_module"]:
+                return None  # the default name, unused without key_layer (a model family that lacks it is fine)
+            raise ConfigError(f"sola key_module: {self.config.key_module!r} is not a module of decoder layer {k}; "
+                              f"allowed values: '' (the layer's input), {', '.join(names)}")
+        if self.config.key_layer is None:
+            return None
+        if k == first and self.config.key_module not in ("", *self.config.modules[:1]):
+            # inside the first edited layer, the key module must run before the first edited module
+            order = [n for n, _ in blocks[k].named_modules()]
+            if order.index(self.config.key_module) > order.index(self.config.modules[0]):
+                raise ConfigError(f"sola key_module: {self.config.key_module} runs after {self.config.modules[0]} "
+                                  f"in layer {k}; the key is read before the routing decision")
+        return model.get_submodule(f"{path}.{k}" + (f".{self.config.key_module}" if self.config.key_module else ""))
 
     def detach(self) -> None:
         if self.routed is not None:

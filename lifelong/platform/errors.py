@@ -27,6 +27,19 @@ _WHY = {
 }
 
 
+def path_os_error(exc: OSError) -> str | None:
+    """The one-line message for an ``OSError`` about a path that reached the command line unhandled (a name too
+    long for the file system, a loop of links, a permission, a full disk): the path (shortened past 200
+    characters) and why; None for an error that names no path or whose cause is not one of these."""
+    if exc.filename is None or exc.errno not in {*_WHY, errno.ELOOP}:
+        return None
+    name = os.fsdecode(exc.filename)
+    if len(name) > 200:
+        name = f"{name[:100]}...({len(name)} characters)"
+    why = _WHY.get(exc.errno) or "too many levels of symbolic links"
+    return f"cannot use the path {name}: {why}"
+
+
 def os_error_message(exc: OSError, action: str, path: str | os.PathLike) -> str:
     """``action PATH: why`` for an ``OSError``: ``errno`` in words, the path the OS named (else ``path``)."""
     why = _WHY.get(exc.errno or 0) or exc.strerror or str(exc)

@@ -21,6 +21,7 @@ another package needs no base class, only these methods. The built-in ones are `
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from dataclasses import dataclass, field
@@ -114,10 +115,11 @@ def read_meta(folder: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-def load_scorer(folder: str | os.PathLike, **overrides: Any) -> Scorer:
+def load_scorer(folder: str | os.PathLike, *, allow_unverified: bool = False, **overrides: Any) -> Scorer:
     """The scorer saved in ``folder``, loaded by the registered scorer its ``config.json`` names (``srm``,
     ``scalar-rm``, ``grm`` or another package's); ``overrides`` replace config keys (e.g. ``device="cpu"``). A folder
-    that is not a saved scorer, or one saved by a scorer that is not installed, is a one-line UserError."""
+    that is not a saved scorer, or one saved by a scorer that is not installed, is a one-line UserError.
+    ``allow_unverified`` is passed to a ``load`` that takes it (one that checks its weights against a checksum)."""
     folder = Path(folder)
     name = read_meta(folder)["scorer"]
     try:
@@ -127,4 +129,6 @@ def load_scorer(folder: str | os.PathLike, **overrides: Any) -> Scorer:
     load = getattr(spec.factory, "load", None)
     if not callable(load):
         raise UserError(f"{folder}: scorer {name!r} ({spec.module}) has no load(folder), so it cannot be read back")
+    if allow_unverified and "allow_unverified" in inspect.signature(load).parameters:
+        overrides["allow_unverified"] = True
     return load(folder, **overrides)

@@ -345,12 +345,14 @@ class RewardModel:
                             "make one with `lifelong reward train`)")
         if meta.get("format_version") != FORMAT_VERSION:
             raise UserError(f"{folder / CONFIG_FILE}: not a reward model config of format version {FORMAT_VERSION}")
+        _check_meta_types(meta, folder / CONFIG_FILE)
         return meta
 
     @classmethod
-    def load(cls, folder: str | os.PathLike, **overrides: Any) -> "RewardModel":
+    def load(cls, folder: str | os.PathLike, *, allow_unverified: bool = False, **overrides: Any) -> "RewardModel":
         """A trained model read back from a folder written by ``save``; ``overrides`` replace config keys (e.g.
-        ``device``). The model is rebuilt through the registry under the scorer name the folder records."""
+        ``device``). The model is rebuilt through the registry under the scorer name the folder records.
+        ``allow_unverified`` loads a folder whose config records no ``head_sha256`` (see ``load_weights``)."""
         folder = Path(folder)
         meta = cls.read_meta(folder)
         config = dict(meta.get("config", {}))
@@ -361,14 +363,21 @@ class RewardModel:
         if list(meta.get("branches", {})) != list(getattr(model.config, "branches", [])):
             raise UserError(f"{folder / CONFIG_FILE}: the saved branches {list(meta.get('branches', {}))} "
                             "do not match the config")
-        model.load_weights(folder, meta)
+        model.load_weights(folder, meta, allow_unverified=allow_unverified)
         return model
 
-    def load_weights(self, folder: Path, meta: dict[str, Any]) -> None:
+    def load_weights(self, folder: Path, meta: dict[str, Any], *, allow_unverified: bool = False) -> None:
+        """The head's weights, checked against ``head_sha256`` and for finiteness. A config without the checksum
+        is refused unless ``allow_unverified``: deleting one field must not turn the integrity check off (a
+        tampered head whose checksum was then removed used to load and score)."""
         from safetensors.torch import load_file
 
         path = folder / HEAD_FILE
-        want = meta.get("head_sha256")  # absent only in folders saved before it was recorded
+        want = meta.get("head_sha256")  # absent in folders saved before it was recorded, or removed by hand
+        if want is None and not allow_unverified:
+            raise UserError(f"{folder / CONFIG_FILE}: records no head_sha256, so {HEAD_FILE} cannot be checked (a "
+                            "folder saved before the checksum, or one whose checksum was removed); retrain it with "
+                            "`lifelong reward train`, or pass --allow-unverified to load it unchecked")
         if want is not None and file_sha256(path) != want:
             raise UserError(f"{path}: does not match the checksum recorded in {CONFIG_FILE} (a damaged or "
                             "truncated file, or weights from another save); retrain it with `lifelong reward train`")
@@ -380,7 +389,10 @@ class RewardModel:
                                 f"(weights {str(want_base.get('weights_sha256'))[:12]}), but {self.config.llm!r} "
                                 f"has weights {have_base['weights_sha256'][:12]}: load it with the same llm")
         try:
-            head = self._new_head(dims, None if self.lm is not None else int(meta["embed_dim"]))
+            embed_dim = None if self.lm is not None else int(meta["embed_dim"])
+            if embed_dim is not None and not 1 <= embed_dim <= 1 << 16:  # before a head of that size is allocated
+                raise ValueError(f"embed_dim {embed_dim} is not a sentence encoder's width (1 to 65536)")
+            head = self._new_head(dims, embed_dim)
             state = load_file(str(path))
             missing, unexpected = head.load_state_dict(state, strict=False)
             if unexpected or set(missing) - head.frozen_names():
@@ -395,3 +407,21 @@ class RewardModel:
         head.eval()
         self.head = head.to(self.device)
         self.training = dict(meta.get("training", {}))
+
+
+def _check_meta_types(meta: dict[str, Any], path: Path) -> None:
+    """The fields ``load`` reads have the types ``save`` writes (a hand-edited config with ``"config": null``
+    or ``"branches": "x"`` was a TypeError traceback); anything else is one line naming the field."""
+    expected = {"config": (dict,), "branches": (dict,), "training": (dict,), "head_sha256": (str,),
+                "base_model": (dict,), "embed_dim": (int,)}
+    for key, types in expected.items():
+        value = meta.get(key)
+        nullable = key in ("head_sha256", "base_model", "embed_dim")  # save writes null for what a model lacks
+        if key in meta and not (value is None and nullable) and (not isinstance(value, types) or
+                                                                 isinstance(value, bool)):
+            raise UserError(f"{path}: field {key!r} must be {'an object' if types == (dict,) else types[0].__name__}"
+                            f", got {json.dumps(value, default=str)[:40]}")
+    for name, features in (meta.get("branches") or {}).items():
+        if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+            raise UserError(f"{path}: field 'branches' must map each branch to a list of feature names, got "
+                            f"{json.dumps({name: features}, default=str)[:60]}")

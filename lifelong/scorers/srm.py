@@ -63,13 +63,15 @@ DEFAULT_BRANCHES: tuple[str, ...] = ("semantic", "fact-check", "style", "fluency
 BACKBONES: tuple[str, ...] = ("encoder", "lm")
 
 
+MAX_HIDDEN = 1 << 16  # the widest text MLP a config may ask for (the default is 64)
+
 def _check_common(cfg: Any) -> None:
     """The checks both configs share; like every config's ``validate``, a bad value raises ValueError."""
     check_precision(cfg.precision)
     if not isinstance(cfg.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device):
         raise ValueError(f"device must be one of auto, cpu, cuda, cuda:N, got {cfg.device!r}")
-    if cfg.hidden < 1:
-        raise ValueError(f"hidden must be >= 1, got {cfg.hidden}")
+    if not 1 <= cfg.hidden <= MAX_HIDDEN:  # a saved config asking for millions would allocate gigabytes first
+        raise ValueError(f"hidden must be from 1 to {MAX_HIDDEN}, got {cfg.hidden}")
     if not 0.0 <= cfg.dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {cfg.dropout}")
     if cfg.epochs < 1:

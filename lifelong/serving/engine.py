@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import math
 import queue
 import threading
@@ -40,8 +41,10 @@ from typing import Any, Iterator, Sequence
 
 from lifelong.editing.editor import check_edit_text
 from lifelong.editing.session import EditSession
-from lifelong.editing.store import StoreError
+from lifelong.editing.store import StoreError, StoreFullError, UnknownEditError
 from lifelong.platform.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 class RequestError(Exception):
@@ -427,12 +430,15 @@ class Engine:
                 raise RequestError(f"edits[{n}]: prompt and target are {size} tokens, longer than the model's "
                                    f"context of {self.context}", param=f"edits[{n}]")
         out = []
-        for e in edits:
+        for n, e in enumerate(edits):
             extra = {"request_id": e["id"]} if e.get("id") is not None else {}
             extra["source"] = "server"
             try:
                 with self.turns.hold(write=True):
                     rec = self.session.apply(e["prompt"], e["target"], extra)
+            except StoreFullError as exc:
+                raise store_failure(exc, f"edits[{n}] was not applied (edits applied before it: "
+                                         f"{[r['id'] for r in out]})") from None
             except UserError as exc:  # e.g. the store's editor config refuses it; earlier edits stay applied
                 raise RequestError(f"{exc} (edits applied before this one: {[r['id'] for r in out]})",
                                    code="edit_refused", status=409) from None
@@ -443,8 +449,10 @@ class Engine:
         with self.turns.hold(write=True):
             try:
                 (_, changed), = self.session.rollback([edit_id])
-            except StoreError:
+            except UnknownEditError:
                 raise RequestError(f"no edit with id {edit_id}", param="id", code="edit_not_found", status=404) from None
+            except StoreError as exc:  # the edit exists: a 404 would be a lie (a full disk used to answer one)
+                raise store_failure(exc, f"edit {edit_id} was not rolled back") from None
             return {"id": edit_id, "object": "edit.rollback", "rolled_back": changed,
                     "already_rolled_back": not changed}
 
@@ -464,6 +472,17 @@ class Engine:
                 "store_version_seen": session.seen_version, "edits_in_force": len(session.loaded_ids),
                 "editor": session.editor_name, "generations": self.generations, "batches": self.batches,
                 "largest_batch": self.largest_batch, "max_batch": self.max_batch}
+
+
+def store_failure(exc: StoreError, what: str) -> RequestError:
+    """The server's answer to a store that could not do a write: 507 for a full disk, else 503; the body says what
+    did not happen and that the store is unchanged, without the store's path (it goes to the server's log)."""
+    log.warning("edit store write failed: %s", exc)
+    if isinstance(exc, StoreFullError):
+        return RequestError(f"the edit store's disk is full: {what}; nothing of this write was stored; free some "
+                            "space and try again", code="insufficient_storage", status=507, type="server_error")
+    return RequestError(f"the edit store could not be written: {what}; nothing of this write was stored; see the "
+                        "server's log", code="store_unavailable", status=503, type="server_error")
 
 
 def _row(rec: Any) -> dict[str, Any]:
