@@ -1,5 +1,7 @@
 """SoLA's paper metrics in ``edit bench`` and ``edit eval``: ERR and TRR curves over the number of edits, the
-perplexity of held-out text, store size and generation overhead, on a tiny Llama; ERR, TRR and the store growth checked against values worked out apart from the bench (greedy generation of the same edits re-applied, a direct forward, the LoRA sizes)."""
+perplexity of held-out text, store size and generation overhead, on a tiny Llama; ERR, TRR and
+the store's growth checked against values worked out apart from the bench (greedy generation of the same edits
+re-applied, a direct forward, the LoRA's size)."""
 
 from __future__ import annotations
 
