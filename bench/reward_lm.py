@@ -6,6 +6,10 @@ Parts (``--parts``, comma-separated, in this order):
 - ``lm-rm``: ``scalar-rm backbone=lm`` (prompt + response only) for each seed;
 - ``lm-rm-branches``: ``srm backbone=lm`` with ``--branches`` (their texts joined into the LM's input, their
   features as linear terms): the same backbone with branch texts, the paper's comparison;
+- ``lm-rm-texts``: as ``lm-rm-branches`` with ``branch_features=false``: the branch texts in the LM's input, no
+  feature terms (texts only);
+- ``lm-rm-features``: as ``lm-rm-branches`` with ``join_texts=false``: the feature terms, no branch texts in the
+  input (features only); with the two above, this attributes the branches' gain to the texts or the features;
 - ``grm``: the generative RM baseline (no training, deterministic: one run);
 - ``sbm``: trains the SBM adapters named by ``--sbms`` on ``--sbm-pairs`` training pairs (timed), then
   ``srm backbone=lm`` with those branches for each seed.
@@ -189,6 +193,11 @@ def main() -> None:
             lm_runs("lm-rm (prompt + response)", "scalar-rm", {})
         elif part == "lm-rm-branches":
             lm_runs("lm-rm + branch texts (" + "+".join(branches) + ")", "srm", {"branches": branches})
+        elif part == "lm-rm-texts":
+            lm_runs("lm-rm + branch texts only, no feature terms", "srm", {"branches": branches,
+                                                                          "branch_features": False})
+        elif part == "lm-rm-features":
+            lm_runs("lm-rm + feature terms only, no branch texts", "srm", {"branches": branches, "join_texts": False})
         elif part == "grm" and "grm" not in results:
             cache = Path(tempfile.mkdtemp(prefix="reward-grm-"))
             try:

@@ -4,8 +4,9 @@
    LM's fluency and quality branches; timed and reported).
 2. For each seed trains, on the training split: ``scalar-rm``; ``srm`` with the default branches; ``srm`` with
    all five; ``srm`` (all five) without each branch in turn; ``srm`` (default) without the joined branch texts
-   (features only). Each model is evaluated on the held-out split: pairwise accuracy overall and per
-   dimension, reported as mean ± sample std over the seeds.
+   (features only) and without the feature terms (texts only, ``branch_features=false``). Each model is
+   evaluated on the held-out split: pairwise accuracy overall and per dimension, reported as mean ± sample std
+   over the seeds.
 
 Run: ``.venv/bin/python bench/srm_compare.py [--seeds 0,1,2] [--threads 1] [--out runs/bench/srm_compare.json]``
 """
@@ -84,6 +85,7 @@ def main() -> None:
     for b in all_branches:
         configs[f"srm all minus {b}"] = ("srm", {"branches": [x for x in all_branches if x != b]})
     configs["srm default, features only (no joined texts)"] = ("srm", {"branches": default, "join_texts": False})
+    configs["srm default, texts only (no feature terms)"] = ("srm", {"branches": default, "branch_features": False})
 
     results = fit_and_evaluate(configs, seeds, train, held)
 

@@ -1,5 +1,7 @@
 """SoLA's paper metrics in ``edit bench`` and ``edit eval``: ERR and TRR curves over the number of edits, the
-perplexity of held-out text, store size and generation overhead, on a tiny Llama (plumbing, not quality)."""
+perplexity of held-out text, store size and generation overhead, on a tiny Llama; ERR, TRR and
+the store's growth checked against values worked out apart from the bench (greedy generation of the same edits
+re-applied, a direct forward, the LoRA's size)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,6 @@ from _llm_fixtures import TINY_SOLA, tiny_llama  # noqa: F401  (session fixture)
 from lifelong.cli.main import main
 from lifelong.editing.bench import run_edit_bench
 from lifelong.editing.editor import EditRequest
-from lifelong.editing.metrics import retention_targets, trr_rate
 from lifelong.editing.session import EditSession
 
 REQS = [
@@ -38,25 +39,61 @@ def _manual_perplexity(model, tok, texts):
     return math.exp(nll / n)
 
 
+def _manual_token_accuracy(model, tok, prompt, target):
+    """Teacher-forced argmax accuracy over the target's tokens (a space between prompt and target), by one direct
+    forward of the unedited model: the definition, outside the session's code."""
+    p_ids = tok(prompt, add_special_tokens=False).input_ids
+    t_ids = tok(prompt + " " + target, add_special_tokens=False).input_ids[len(p_ids):]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([p_ids + t_ids])).logits[0]
+    pred = logits[len(p_ids) - 1 : len(p_ids) + len(t_ids) - 1].argmax(-1).tolist()
+    return sum(a == b for a, b in zip(pred, t_ids)) / len(t_ids)
+
+
 def test_bench_curves_err_trr_perplexity(tmp_path, tiny_llama):  # noqa: F811
     retention = [("Birds can", None), ("The sun rises in the", "east")]
     res = run_edit_bench("sola", REQS, seed=0, out=tmp_path / "b", model=str(tiny_llama), editor_config=SOLA,
                          every=2, retention=retention, heldout_text=HELDOUT, overhead_reps=1, device="cpu")
     curves = res["curves"]
     assert [r["n_edits"] for r in curves] == [0, 2, 3]  # before, every 2, and the end
-    assert curves[0]["err"] is None and all(0.0 <= r["err"] <= 1.0 for r in curves[1:])
-    assert curves[-1]["err"] == res["after_stream"]["reliability"]  # ERR after all edits: every edit, now
+    assert curves[0]["err"] is None
     with EditSession(None, model=str(tiny_llama), device="cpu") as base:
-        items = retention_targets(base, retention)
-        # unlabelled: agreement with the unedited model (1.0 for itself); labelled: plain accuracy against the label
-        assert trr_rate(base, items[:1]) == 1.0
-        assert trr_rate(base, items[1:]) == base.token_accuracy(["The sun rises in the"], ["east"])[0]
-        assert curves[0]["trr"] == trr_rate(base, items)
+        # TRR before any edit, worked out by a direct forward: the unlabelled item agrees with the unedited model
+        # by definition (1.0), the labelled one scores its plain token accuracy against "east"
+        east = _manual_token_accuracy(base.model, base.tokenizer, "The sun rises in the", "east")
+        assert curves[0]["trr"] == pytest.approx((1.0 + east) / 2, abs=1e-9)
         assert math.isclose(res["perplexity_before"], _manual_perplexity(base.model, base.tokenizer, HELDOUT),
                             rel_tol=1e-4)
+    # ERR from another path: the same edits applied again, in the bench's order, to a new store (same config and
+    # seed), and after 2 and 3 edits each prompt's greedy continuation compared with its target's tokens. An edit
+    # whose greedy continuation starts with its target has teacher-forced accuracy 1, one that differs in its
+    # first token accuracy below 1; the unedited model reproduces none of the three
+    order = [REQS[[r.prompt for r in REQS].index(e["prompt"])] for e in res["per_edit"]]
+    targets = {}
+    with EditSession(tmp_path / "again", model=str(tiny_llama), editor="sola", editor_config=SOLA,
+                     device="cpu") as again:
+        for r in REQS:
+            targets[r.prompt] = again.tokenizer(" " + r.target, add_special_tokens=False).input_ids
+
+        def reproduced(reqs):
+            outs = again.generate([r.prompt for r in reqs], max_new_tokens=4)
+            return [o["tokens"][: len(targets[r.prompt])] == targets[r.prompt] for o, r in zip(outs, reqs)]
+
+        assert not any(reproduced(order))
+        expected = []
+        for k, r in enumerate(order, 1):
+            again.apply(r.prompt, r.target, require_target=False)
+            if k in (2, 3):
+                hits = reproduced(order[:k])
+                assert all(hits)  # so every token of every target is reproduced: the ERR is exactly 1
+                expected.append(sum(hits) / k)
+    assert [r["err"] for r in curves[1:]] == expected == [1.0, 1.0]
     assert res["after_stream"]["perplexity"] == curves[-1]["perplexity"] > 0
-    assert res["store_bytes"] > 0 and curves[-1]["store_bytes"] >= curves[1]["store_bytes"]
-    assert res["generation_overhead"]["ratio"] > 0
+    # the third edit adds at least its LoRA weights to the store: rank 4 A and B around mlp.down_proj, float32
+    out_f, in_f = base.model.model.layers[1].mlp.down_proj.weight.shape
+    assert curves[-1]["store_bytes"] - curves[1]["store_bytes"] >= 4 * 4 * (in_f + out_f)
+    ov = res["generation_overhead"]
+    assert ov["ratio"] == pytest.approx(ov["routed_s"] / ov["base_s"])
     rows = list(csv.DictReader((tmp_path / "b" / "curves.csv").open()))
     assert [int(r["n_edits"]) for r in rows] == [0, 2, 3] and float(rows[-1]["err"]) == curves[-1]["err"]
     assert (tmp_path / "b" / "paper_metrics.png").stat().st_size > 1000

@@ -259,6 +259,35 @@ def test_join_texts_puts_the_branch_texts_into_the_encoder_input(tmp_path: Path,
         assert float(f.emb[0, 0]) == len(seen[0])
 
 
+def test_branch_features_false_keeps_the_texts_and_drops_the_feature_terms(tmp_path: Path, monkeypatch) -> None:
+    import lifelong.scorers.reward_model as rmod
+
+    def length_encode(texts, model_name, device=None):  # a stand-in encoder: one number per text's length
+        return np.asarray([[float(len(t)) / 100, 1.0] for t in texts], dtype=np.float32)
+
+    monkeypatch.setattr(rmod, "encode", length_encode)
+    pairs = bundled_preferences("train")[:12]
+    rm = create("scorer", "srm", branches=["style"], branch_features=False, epochs=3, cache_dir=":memory:")
+    rm.fit(pairs)
+    assert len(rm.head.branches) == 0  # no linear term over the style branch's features
+    item = (pairs[0].prompt, pairs[0].chosen)
+    r = rm.score(*item)
+    assert list(r.contributions) == ["text"] and r.branch_texts["style"]
+    # the reward is the text MLP over the encoding of prompt, response and the style branch's text (worked out
+    # here from the stand-in encoder), less that MLP's mean over the training responses
+    def joined(p, resp):
+        return f"Prompt: {p}\nResponse: {resp}\n{rm.featurize([(p, resp)]).texts['style'][0]}"
+
+    train = [joined(p.prompt, p.chosen) for p in pairs] + [joined(p.prompt, p.rejected) for p in pairs]
+    with torch.no_grad():
+        mlp = rm.head.text(torch.tensor(length_encode(train + [joined(*item)], "")))[:, 0]
+    assert r.reward == pytest.approx(float(mlp[-1] - mlp[:-1].mean()), abs=1e-4)
+    rm.save(tmp_path / "m")
+    assert load_scorer(tmp_path / "m").score(*item).reward == pytest.approx(r.reward, abs=1e-5)
+    with pytest.raises(UserError, match="join_texts=false and branch_features=false"):
+        create("scorer", "srm", branches=["style"], branch_features=False, join_texts=False)
+
+
 def test_srm_config_errors_name_the_field() -> None:
     with pytest.raises(UserError, match="unknown branch 'nope'; allowed values: semantic"):
         create("scorer", "srm", branches=["nope"])

@@ -17,10 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lifelong.adapters.lm.model_loading import model_identity
 from lifelong.benchmarks.edits import bundled_edits_path, load_edits, load_prompts, load_retention_set
 from lifelong.cli.options import add_device_options
 from lifelong.editing.bench import run_edit_bench
-from lifelong.editing.calibrate import calibrate_threshold, read_calibration
+from lifelong.editing.calibrate import calibrate_threshold, read_calibration, store_requests
 from lifelong.editing.editor import MAX_TARGET_CHARS, EditRequest, check_edit_text, check_edit_tokens
 from lifelong.editing.export import ADAPTER_CONFIG, export_peft, import_into, is_portable_base
 from lifelong.editing.metrics import evaluate_store
@@ -204,8 +205,9 @@ def _add_data_parsers(sub: argparse._SubParsersAction) -> None:
     ca = sub.add_parser("calibrate", help="choose SoLA's routing threshold on a development edit file (paraphrases "
                                           "and locality prompts): the largest one that keeps --locality of the "
                                           "unrelated prompts unrouted")
-    ca.add_argument("--file", required=True, help="development edits (JSON Lines with paraphrases and locality, "
-                                                  "e.g. `edit make-set --split dev`); not the edits you report on")
+    ca.add_argument("--file", default=None, help="development edits (JSON Lines with paraphrases and locality, "
+                                                 "e.g. `edit make-set --split dev`); not the edits you report on. "
+                                                 "Without it, --store calibrates on the store's own edits")
     ca.add_argument("--locality", type=float, default=0.98,
                     help="share of locality prompts that must stay unrouted (default 0.98)")
     ca.add_argument("--n", type=int, default=None, help="only the first N records of the file")
@@ -216,7 +218,9 @@ def _add_data_parsers(sub: argparse._SubParsersAction) -> None:
     ca.add_argument("--out", default=None, help="also write the JSON here (what edit bench --calibration reads); it "
                                                 "records the file's SHA-256 and the ids of the edits calibrated on")
     ca.add_argument("--store", default=None, help="an existing edit store: record the threshold and what it was "
-                                                  "calibrated on in its meta data")
+                                                  "calibrated on in its meta data; the store routes with it from "
+                                                  "then on. Without --file: calibrate on the paraphrases and "
+                                                  "locality prompts its active edits were applied with")
     add_device_options(ca)
     ca.set_defaults(handler=cmd_calibrate)
 
@@ -281,12 +285,16 @@ def cmd_apply(args: argparse.Namespace) -> int:
         applied = []
         for i, req in enumerate(requests, 1):
             t0 = time.perf_counter()
-            extra = {"request_id": req.id} if req.id is not None else {}
+            extra: dict[str, Any] = {"request_id": req.id} if req.id is not None else {}
+            # kept with the edit, so that `edit calibrate --store` can choose the store's threshold on them later
+            extra.update({k: v for k, v in (("paraphrases", req.paraphrases), ("locality", req.locality)) if v})
             rec = session.apply(req.prompt, req.target, extra)
             applied.append({"id": rec.id, "prompt": rec.prompt, "target": rec.target})
             print(f"[{i}/{len(requests)}] edit {rec.id}: {req.prompt!r} -> {req.target!r} "
                   f"({time.perf_counter() - t0:.1f} s, {rec.extra.get('steps')} steps)", file=sys.stderr)
         ok = True
+        if session.defaults_note:  # the threshold the store routes with, and why (after success: errors stay one line)
+            print(session.defaults_note, file=sys.stderr)
     finally:
         if not ok and session.store is not None:
             session.store.discard_if_empty()  # a refused first apply leaves no empty store folder
@@ -513,23 +521,45 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibration_input(args: argparse.Namespace, store: EditStore | None
+                       ) -> tuple[list[EditRequest], dict[str, Any], str | None]:
+    """The edits to calibrate on, the SoLA config of the keys and the model name: the --file's edits with the
+    --set overrides, or (--store alone) the store's active edits with the config and model they were made with."""
+    overrides = parse_overrides(args.overrides)
+    build_config(registry.get("editor", "sola").config, overrides)  # a bad key or value fails before the model loads
+    if args.file:
+        return load_edits(args.file), overrides, args.model
+    if store is None:
+        raise UserError("edit calibrate needs --file DEV.jsonl, or --store STORE to calibrate on a store's own edits")
+    if overrides:
+        raise UserError("--set is not used with --store alone: the store's SoLA config (the one its edits were made "
+                        "with) sets the key")
+    spec = store.editor_spec()
+    if spec is None or spec[0] != "sola":
+        raise UserError(f"--store {args.store}: holds {'no edits' if spec is None else repr(spec[0]) + ' edits'}; "
+                        "calibration chooses the routing threshold of a store of SoLA edits")
+    return store_requests(store), dict(spec[1]), args.model or store.meta().get("model_name")
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     if not 0.0 < args.locality <= 1.0:
         raise UserError(f"--locality must be in (0, 1], got {args.locality}")
-    requests = load_edits(args.file)
-    if args.n is not None:
-        if args.n < 1:
-            raise UserError(f"--n must be >= 1, got {args.n}")
-        requests = requests[: args.n]
-    overrides = parse_overrides(args.overrides)
-    build_config(registry.get("editor", "sola").config, overrides)  # a bad key or value fails before the model loads
+    if args.n is not None and args.n < 1:
+        raise UserError(f"--n must be >= 1, got {args.n}")
     out = Path(args.out) if args.out else None
     if out is not None and (out.is_dir() or not out.parent.is_dir()):
         raise UserError(f"--out {out}: name a JSON file in an existing folder")
     store = EditStore.open(args.store, create=False) if args.store else None  # a missing store fails before work
-    base = EditSession(None, model=args.model, device=args.device, precision=args.precision, quiet=True)
+    requests, overrides, model = _calibration_input(args, store)
+    requests = requests[: args.n] if args.n is not None else requests
+    base = EditSession(None, model=model, device=args.device, precision=args.precision, quiet=True)
+    if store is not None:
+        store.check_model(model_identity(base.model))  # a store's edits are keyed by its own model only
+    source = args.file or f"store {args.store}"
     res = calibrate_threshold(requests, base.model, base.tokenizer, editor_config=overrides,
                               locality=args.locality, precision=base.precision, source=args.file)
+    if not args.file:
+        res["calibrated_on"]["store"] = str(args.store)
     res["file"] = args.file
     if out is not None:
         from lifelong.platform.atomic import atomic_write_text
@@ -538,11 +568,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if store is not None:
         with store:
             store.record_calibration({k: res[k] for k in ("threshold", "locality_target", "locality_kept",
-                                                          "paraphrases_routed", "calibrated_on")})
+                                                          "paraphrases_routed", "calibrated_on", "key")})
     if args.json:
         print(json.dumps(res, indent=1))
         return 0
-    print(f"SoLA routing on {res['n_edits']} edits of {args.file} ({res['n_paraphrases']} paraphrases, "
+    print(f"SoLA routing on {res['n_edits']} edits of {source} ({res['n_paraphrases']} paraphrases, "
           f"{res['n_locality']} locality prompts; ROC area {res['auc']:.3f})")
     print(f"  threshold {res['threshold']:.4f}: {res['locality_kept']:.3f} of the locality prompts unrouted "
           f"(target {args.locality}), {res['paraphrases_routed']:.3f} of the paraphrases routed to their edit")

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from lifelong.adapters.lm.model_loading import DEFAULT_MODEL
 from lifelong.editing.calibrate import check_held_out
 from lifelong.editing.editor import EditRequest
 from lifelong.editing.metrics import (
@@ -34,6 +35,7 @@ from lifelong.editing.metrics import (
     trr_rate,
 )
 from lifelong.editing.session import EditSession, check_edit_precision, resolve_edit_device
+from lifelong.platform import registry
 from lifelong.platform.errors import UserError
 
 
@@ -104,6 +106,8 @@ def run_edit_bench(
         device = resolve_edit_device(str(device))
     reqs, back, fid_check = bench_draw(requests, n, seed, rollback_fraction, max_fidelity_prompts)
     editor_config, calibrated = _with_calibration(editor, reqs, editor_config, calibration)
+    _check_shipped_calibration(editor, model or (None if loaded is not None else DEFAULT_MODEL), reqs, editor_config,
+                               calibration)
     if every is not None and every < 1:
         raise UserError(f"--every must be >= 1, got {every}")
     every = every or max(1, len(reqs) // 10)
@@ -317,6 +321,18 @@ def _with_calibration(editor: str, reqs: Sequence[EditRequest], editor_config: d
     record = {"threshold": float(calibration["threshold"]), "locality_target": calibration.get("locality_target"),
               "calibrated_on": on, "held_out_checked": len(reqs)}
     return config or None, record
+
+
+def _check_shipped_calibration(editor: str, model: str | None, reqs: Sequence[EditRequest],
+                               editor_config: dict[str, Any] | None, calibration: dict[str, Any] | None) -> None:
+    """Without a calibration of its own and a threshold, the store gets the editor's default for the model, which
+    may have been calibrated on some of these edits (SoLA's on WordNet development edits): refuse them too."""
+    if calibration is not None or "threshold" in (editor_config or {}) or model is None:
+        return
+    name = str(model)
+    for record in getattr(registry.get("editor", editor).factory, "calibrations_for", lambda _: [])(name):
+        check_held_out(reqs, record, f"the edits drawn for this bench (the default {editor} threshold of {name} "
+                                     "was calibrated on them)")
 
 
 def _checkpoint(session: EditSession, applied: Sequence[EditRequest], trr_set: Sequence[tuple[str, str]],

@@ -30,8 +30,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lifelong.adapters.lm.edit_io import editor_defaults
-from lifelong.editing.editor import EditRequest
+from lifelong.adapters.lm.model_loading import model_identity
+from lifelong.editing.editor import EditRequest, new_store_config
 from lifelong.platform import registry
 from lifelong.platform.atomic import file_sha256
 from lifelong.platform.errors import UserError
@@ -71,6 +71,19 @@ def read_calibration(path: str | Path) -> dict[str, Any]:
     return record
 
 
+def store_requests(store: Any) -> list[EditRequest]:
+    """The active edits of an edit store as calibration requests: their prompts and targets, and the paraphrases
+    and locality prompts ``edit apply --file`` recorded with them (an edit applied without them is left out by
+    ``calibrate_threshold``). Their ids are the request ids they were applied with, else ``store:<uid>``."""
+    out = []
+    for rec in store.active_edits():
+        extra = rec.extra or {}
+        out.append(EditRequest(prompt=rec.prompt, target=rec.target, paraphrases=list(extra.get("paraphrases") or []),
+                               locality=list(extra.get("locality") or []),
+                               id=str(extra.get("request_id") or f"store:{rec.uid}")))
+    return out
+
+
 def check_held_out(requests: Sequence[EditRequest], calibration: dict[str, Any], what: str = "the edits") -> None:
     """Refuse (``UserError``) to report on edits the threshold was calibrated on: numbers on them are in-sample."""
     calibrated = set(calibration["calibrated_on"]["edit_ids"])
@@ -96,7 +109,7 @@ def calibrate_threshold(requests: Sequence[EditRequest], model: Any, tokenizer: 
     if not usable:
         raise UserError("calibration needs edits with paraphrases and locality prompts; none of the "
                         f"{len(requests)} records has both")
-    config = {**editor_defaults(model, "sola"), **(editor_config or {})}
+    config = new_store_config(model, "sola", model_identity(model), editor_config)[0]  # as a new store would have it
     editor = registry.create("editor", "sola", **config)
     editor.precision = precision
     editor.attach(model, tokenizer)

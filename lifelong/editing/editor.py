@@ -20,7 +20,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from lifelong.adapters.lm.edit_io import editable_io, join_ids  # noqa: F401  (join_ids: re-exported)
+from lifelong.adapters.lm.edit_io import editable_io, editor_defaults, join_ids  # noqa: F401  (join_ids: re-exported)
 from lifelong.editing.router import Router
 from lifelong.platform import registry
 from lifelong.platform.config import ConfigError, build_config, validate_config
@@ -127,6 +127,21 @@ class Editor:
             if spec.factory is cls:
                 return spec
         raise ConfigError(f"{cls.__name__} is not a registered editor")
+
+    @classmethod
+    def model_defaults(cls, identity: dict[str, str], config: dict[str, Any], given: set[str]
+                       ) -> tuple[dict[str, Any], str, dict[str, Any] | None]:
+        """Settings this editor has measured for one base model (``identity``: its name and weights hash), for a new
+        store: ``(settings, a line saying where they come from, the calibration record or None)``. ``config`` is the
+        config the store would get without them, ``given`` the keys the caller set (those always win). An editor
+        with nothing measured per model returns ``({}, "", None)``."""
+        return {}, "", None
+
+    @classmethod
+    def calibrations_for(cls, model_name: str) -> list[dict[str, Any]]:
+        """The calibration records (each with ``calibrated_on.edit_ids``) behind the defaults ``model_defaults``
+        gives a model of this name, so a report can refuse the edits they were chosen on; none by default."""
+        return []
 
     @classmethod
     def _validated(cls, config: Any) -> Any:
@@ -254,3 +269,14 @@ class Editor:
         return []
 
 
+def new_store_config(model: Any, editor: str, identity: dict[str, str], given: dict[str, Any] | None
+                     ) -> tuple[dict[str, Any], str, dict[str, Any] | None]:
+    """The config of a new store's editor: the model family's layer settings, then what the editor measured for this
+    model (``Editor.model_defaults``, e.g. SoLA's calibrated threshold), then the caller's ``given`` settings; with
+    the line that says where the per-model settings came from and their calibration record (None without one)."""
+    base = {**editor_defaults(model, editor), **(given or {})}
+    hook = getattr(registry.get("editor", editor).factory, "model_defaults", None)
+    if hook is None:
+        return base, "", None
+    measured, note, record = hook(identity, base, set(given or {}))
+    return {**editor_defaults(model, editor), **measured, **(given or {})}, note, record

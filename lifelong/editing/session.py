@@ -31,9 +31,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lifelong.adapters.lm.edit_io import editor_defaults
 from lifelong.adapters.lm.model_loading import DEFAULT_MODEL, load_causal_lm, model_identity
-from lifelong.editing.editor import Editor, check_edit_text, check_edit_tokens
+from lifelong.editing.editor import Editor, check_edit_text, check_edit_tokens, new_store_config
 from lifelong.editing.store import CorruptEditError, EditRecord, EditStore
 from lifelong.platform import registry
 from lifelong.platform.config import ConfigError, to_dict
@@ -103,6 +102,10 @@ class EditSession:
         self._seen_version: int | None = None
         self.problems: list[tuple[int, str]] = []
         self.loaded_ids: list[int] = []
+        #: where a new store's per-model settings came from (``Editor.model_defaults``), for ``edit apply`` to print
+        self.defaults_note = ""
+        #: the calibration record behind a new store's calibrated default (None without one)
+        self.calibrated_default: dict[str, Any] | None = None
         if store is None:
             self.store: EditStore | None = None
             self.model_name = model or DEFAULT_MODEL
@@ -126,6 +129,18 @@ class EditSession:
                 self.store.discard_if_empty()
                 self.store.close()
             raise
+
+    def _route_as_calibrated(self) -> None:
+        """A store calibrated on its own edits (``edit calibrate --store``) routes with the threshold recorded there;
+        the editor config the edits were made with stays as stored (the threshold decides routing only)."""
+        assert self.store is not None
+        record = self.store.calibration()
+        if not record or "threshold" not in record or not hasattr(self.editor.config, "threshold"):
+            return
+        self.editor.config.threshold = float(record["threshold"])
+        on = record.get("calibrated_on") or {}
+        self.defaults_note = (f"SoLA threshold {self.editor.config.threshold:.4f} (calibrated for this store on "
+                              f"{on.get('n_edits', '?')} edits of {on.get('store') or on.get('file') or '?'})")
 
     def _start(self, model: str | None, editor: str | None, editor_config: dict[str, Any] | None,
                loaded: tuple[Any, Any] | None, device: Any) -> None:
@@ -153,13 +168,14 @@ class EditSession:
                     f"edit store {self.store.path} fixes the {name} config ({', '.join(f'{k}={cfg.get(k)!r}' for k in changed)}); "
                     "its edits were made with it, so it cannot be changed — use a new store"
                 )
-        else:  # a new store: the model family's layer settings (adapters/lm/edit_io.py), then the caller's
+        else:  # a new store: the model family's layer settings, what the editor measured for this model, the caller's
             name = editor or DEFAULT_EDITOR
-            cfg = {**editor_defaults(self.model, name), **(editor_config or {})}
+            cfg, self.defaults_note, self.calibrated_default = new_store_config(self.model, name, ident, editor_config)
         self.editor = registry.create("editor", name, **cfg)
         self.editor.precision = self.precision
         self.editor_name = name
         self.editor_config = to_dict(self.editor.config) if self.editor.config is not None else {}
+        self._route_as_calibrated()
         router = self.store.refresh_router(metric=self.editor.metric)
         if router.metric != self.editor.metric:  # another first writer fixed the store's spec since it was read
             self.store.check_editor(self.editor_name, self.editor_config, self.editor.metric)  # its one line

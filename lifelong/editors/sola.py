@@ -20,7 +20,14 @@ Where the paper is silent or where this module departs from it:
   record, not in a copy held by the model: exact below 20,000 keys, IVF above (approximate for paraphrases).
   Ties (the same prompt edited twice) go to the newest edit. A key whose edit this session could not load (a
   corrupted adapter file) routes to the base model rather than to the next-nearest edit.
-- Defaults: the key site and the threshold were measured on SmolLM2-135M with ``bench/edit_keys.py`` (bundled
+- Thresholds per model (``model_defaults``): a new store on a base model listed in ``sola_thresholds.json``
+  (matched by the SHA-256 of its weights, so a fine-tuned copy under the same name is not matched) gets the
+  threshold ``lifelong edit calibrate`` chose for it, with the command, data, size and date it was chosen on;
+  SmolLM2-135M's 0.2894 keeps 98 % of WordNet development locality prompts unrouted (``docs/editing.md``). It
+  applies only at the key site it was calibrated at, and a threshold the caller sets always wins; any other model
+  keeps the generic ``SoLAConfig.threshold`` (0.08, measured on the bundled corrections), and ``edit apply`` says
+  which one a new store got. A store can also be calibrated on its own edits (``edit calibrate --store``).
+- Defaults: the key site and the generic threshold were measured on SmolLM2-135M with ``bench/edit_keys.py`` (bundled
   set) and ``bench/edit_routing.py`` (ROC over key sites and poolings on the WordNet development split; see
   ``docs/editing.md``); rank, modules and the training schedule were chosen so every bundled edit converges in a
   few steps (``bench/edit_bench.py``).
@@ -40,7 +47,9 @@ Where the paper is silent or where this module departs from it:
 from __future__ import annotations
 
 import contextlib
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Iterator, Sequence
 
 import numpy as np
@@ -50,7 +59,7 @@ from lifelong.adapters.lm.routed_lora import RoutedLoRA
 from lifelong.editing.editor import EditArtifact, Editor
 from lifelong.editing.router import Router
 from lifelong.editors._prefix import first_layer_index, replay_frozen_layers
-from lifelong.platform.config import ConfigError
+from lifelong.platform.config import ConfigError, build_config
 from lifelong.platform.registry import Capabilities, register
 
 # Generic prompts whose mean key can centre the router's keys (``center_keys``): hidden states of a causal LM
@@ -68,6 +77,16 @@ GENERIC_PROMPTS: tuple[str, ...] = (
 
 
 KEY_POOLINGS = ("last", "mean")
+
+#: the calibrated thresholds shipped with the package: model identity -> threshold and how it was chosen
+THRESHOLDS_FILE = Path(__file__).with_name("sola_thresholds.json")
+#: the config fields that make the key (a threshold calibrated at one key site means nothing at another)
+KEY_FIELDS = ("layers", "key_layer", "key_module", "key_pooling", "center_keys")
+
+
+def calibrated_thresholds() -> list[dict[str, Any]]:
+    """The rows of ``sola_thresholds.json`` (model, weights_sha256, threshold, key, source, n_edits, date, ...)."""
+    return list(json.loads(THRESHOLDS_FILE.read_text(encoding="utf-8"))["models"])
 
 
 @dataclass
@@ -181,6 +200,34 @@ class SoLAEditor(Editor):
         super().__init__(config)
         self.routed: Any = None
         self.steps_used: list[int] = []
+
+    @classmethod
+    def model_defaults(cls, identity: dict[str, str], config: dict[str, Any], given: set[str]
+                       ) -> tuple[dict[str, Any], str, dict[str, Any] | None]:
+        """The calibrated threshold of this base model (``sola_thresholds.json``) when the caller set none and the
+        key site is the one it was calibrated at; the line says which threshold a new store gets and why."""
+        resolved = build_config(SoLAConfig, {k: v for k, v in config.items() if k in SoLAConfig.__dataclass_fields__})
+        if "threshold" in given:
+            return {}, f"SoLA threshold {resolved.threshold:g} (as set)", None
+        rows = [r for r in calibrated_thresholds() if r["weights_sha256"] == identity.get("weights_sha256")]
+        generic = f"SoLA threshold {resolved.threshold:g} (the generic default"
+        if not rows:
+            return {}, (f"{generic}: no calibrated threshold for this model; choose one with `lifelong edit "
+                        "calibrate --file DEV.jsonl`, or `--store STORE` once the store holds edits with paraphrases "
+                        "and locality prompts)"), None
+        row = rows[0]
+        if any(getattr(resolved, k) != row["key"][k] for k in KEY_FIELDS):
+            return {}, (f"{generic}: {row['model']}'s calibrated {row['threshold']} holds for its default key site "
+                        "only, and this store's key differs; choose one with `lifelong edit calibrate`)"), None
+        return {"threshold": float(row["threshold"])}, (
+            f"SoLA threshold {row['threshold']} (calibrated for {row['model']}: {row['n_edits']} edits, "
+            f"{row['locality_kept']:.3f} of their locality prompts unrouted, {row['paraphrases_routed']:.3f} of their "
+            f"paraphrases routed; {row['source'].split(';')[-1].strip()}, {row['date']})"), row
+
+    @classmethod
+    def calibrations_for(cls, model_name: str) -> list[dict[str, Any]]:
+        """The shipped calibrations of a model of this name (the edits its default threshold was chosen on)."""
+        return [r for r in calibrated_thresholds() if r["model"] == model_name]
 
     def bind_router(self, router: Router) -> None:
         super().bind_router(router)

@@ -154,6 +154,11 @@ class RewardModel:
     def join_texts(self) -> bool:
         return bool(getattr(self.config, "join_texts", False)) and bool(self.branches)
 
+    @property
+    def feature_terms(self) -> bool:
+        """Whether each branch's numeric features enter the reward as a linear term (``branch_features``)."""
+        return bool(getattr(self.config, "branch_features", True)) and bool(self.branches)
+
     # ------------------------------------------------------------------ features
     def featurize(self, items: Sequence[tuple[str, str]], parallel: bool | None = None) -> _Features:
         """Branch outputs (cached) and the encoder embedding of the joined text, for each (prompt, response)."""
@@ -168,7 +173,7 @@ class RewardModel:
             joined.append("\n".join(parts))
         emb = self.lm.inputs(joined) if self.lm is not None else self._embed(joined)
         feats = {n: torch.tensor([o.features for o in outs[n]], dtype=torch.float32, device=self.device)
-                 .reshape(len(items), -1) for n in self.branch_names}
+                 .reshape(len(items), -1) for n in self.branch_names} if self.feature_terms else {}
         return _Features(emb, feats, texts)
 
     def _embed(self, texts: Sequence[str]) -> torch.Tensor:
@@ -271,7 +276,7 @@ class RewardModel:
         f = self.featurize(items)
         with torch.no_grad():
             terms = head.terms_batched(f.emb, f.feats, len(items), self.config.batch_size).cpu()  # one copy to the host
-        names = [TEXT_TERM] + self.branch_names
+        names = [TEXT_TERM] + head.branch_names  # no branch terms with branch_features=false
         out = []
         for i in range(len(items)):
             contrib = {n: float(terms[i, j]) for j, n in enumerate(names)}
@@ -381,7 +386,7 @@ class RewardModel:
         if want is not None and file_sha256(path) != want:
             raise UserError(f"{path}: does not match the checksum recorded in {CONFIG_FILE} (a damaged or "
                             "truncated file, or weights from another save); retrain it with `lifelong reward train`")
-        dims = {n: len(v) for n, v in meta.get("branches", {}).items()}
+        dims = {n: len(v) for n, v in meta.get("branches", {}).items()} if self.feature_terms else {}
         if self.lm is not None:
             want_base, have_base = meta.get("base_model") or {}, self.lm.identity()
             if want_base.get("weights_sha256") != have_base["weights_sha256"]:

@@ -138,6 +138,9 @@ class SRMConfig(ScalarRMConfig):
     llm: str = "smollm2-135m"  # for the fluency and quality branches (and the text term with backbone=lm)
     fact_threshold: float = 0.6
     join_texts: bool = True  # feed the branch texts to the encoder (the paper's joined input)
+    #: one linear term per branch over its numeric features, added to the text term; with join_texts this makes
+    #: three settings: both (default), texts only (branch_features=false), features only (join_texts=false)
+    branch_features: bool = True
     parallel: bool = True  # run branches in parallel threads
     llm_batch_size: int = 16
     #: each branch's own options by branch name, keys of its config class (``--set branch_config.quality.
@@ -155,6 +158,9 @@ class SRMConfig(ScalarRMConfig):
             branch_spec(b)  # an unknown name: one line listing the registered branches
         if len(set(self.branches)) != len(self.branches):
             raise ValueError(f"branches: each branch may appear once, got {self.branches}")
+        if self.branches and not self.join_texts and not self.branch_features:
+            raise ValueError("join_texts=false and branch_features=false leave the branches nothing to add; use "
+                             "scalar-rm (or keep one of them)")
         if self.llm_batch_size < 1:
             raise ValueError(f"llm_batch_size must be >= 1, got {self.llm_batch_size}")
         if not 0.0 <= self.fact_threshold <= 1.0:
