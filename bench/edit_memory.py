@@ -125,6 +125,8 @@ def main() -> None:
             s = slope(r["per_edit_mb"])
             extrapolated = r["vmhwm_mb"] + s * max(0, args.at - args.n)
             phases = ", ".join(f"{k} {v:.0f}" for k, v in r["peaks_mb"].items())
+            trace = " ".join(f"{v:.0f}" for v in r["per_edit_mb"])
+            print(f"{editor} {label} RSS MB after each edit: {trace}", flush=True)
             print(f"{editor:6s} {label:6s} peak RSS {r['vmhwm_mb']:.0f} MB at n={args.n} ({r['wall_s']:.0f} s); "
                   f"growth {s:.2f} MB/edit -> about {extrapolated / 1024:.2f} GB at {args.at} edits; "
                   f"phase peaks MB: {phases} (load average {os.getloadavg()[0]:.2f})", flush=True)
