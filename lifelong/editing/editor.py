@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -119,6 +119,10 @@ class Editor:
         #: how the last ``fit`` ended (None before any); the session refuses an edit whose fit did not reach its
         #: target
         self.last_fit: FitResult | None = None
+        #: reads a stored edit's tensors back (``edit id -> tensors``, from the store's adapter file, hash-checked);
+        #: set by the session when it has a store. An editor that needs an edit's tensors again later (FT-L, to
+        #: rebuild its weight on a rollback) reads them through it instead of keeping a copy of every edit in memory
+        self.stored_tensors: Callable[[int], dict[str, Any]] | None = None
 
     @classmethod
     def spec(cls) -> registry.PluginSpec:

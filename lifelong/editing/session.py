@@ -181,6 +181,7 @@ class EditSession:
             self.store.check_editor(self.editor_name, self.editor_config, self.editor.metric)  # its one line
         self.editor.bind_router(router)
         self.editor.attach(self.model, self.tokenizer)
+        self.editor.stored_tensors = self._stored_tensors
         self._seen_version = self.store.version()
         self._activate_rows(self.store.active_edits())
 
@@ -232,6 +233,11 @@ class EditSession:
         self.editor.activate(rec.id, rec.key, tensors, rec.target)
         self.loaded_ids.append(rec.id)
         return True
+
+    def _stored_tensors(self, edit_id: int) -> dict[str, Any]:
+        """An edit's tensors read back from the store (``Editor.stored_tensors``; hash-checked, CorruptEditError
+        when the file no longer matches)."""
+        return self.store.load_tensors(self.store.get(edit_id))
 
     def close(self) -> None:
         self.editor.detach()

