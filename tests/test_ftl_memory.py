@@ -72,3 +72,25 @@ def test_ftl_without_store_keeps_deltas_and_is_exact(tiny_llama):  # noqa: F811
     assert torch.equal(weight, want)
     ed.detach()
     assert torch.equal(weight, base)
+
+
+def test_a_rollback_beside_a_damaged_delta_still_takes_the_edit_out(tmp_path, tiny_llama):  # noqa: F811
+    """The deltas are read back at a rollback: one that no longer reads (a damaged file) is reported, and the
+    weight is still base + the readable deltas in force, never one that holds the rolled-back edit."""
+    import pytest
+
+    from lifelong.editing.store import ADAPTER_DIR
+    from lifelong.platform.errors import UserError
+
+    store = tmp_path / "store"
+    with EditSession(store, model=str(tiny_llama), editor="ft-l", editor_config=CFG, quiet=True) as s:
+        weight = s.model.get_submodule(WEIGHT).weight
+        base = weight.detach().clone()
+        ids = [s.apply(p, t, require_target=False).id for p, t in EDITS[:3]]
+        damaged = store / ADAPTER_DIR / s.store.get(ids[0]).adapter_file
+        data = bytearray(damaged.read_bytes())
+        data[-8:] = b"\xff" * 8  # the tensor bytes change: the file no longer matches its recorded hash
+        damaged.write_bytes(bytes(data))
+        with pytest.raises(UserError):
+            s.rollback([ids[2]])
+        assert torch.equal(weight, _expected(base, store, [ids[1]]))

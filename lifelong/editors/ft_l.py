@@ -33,6 +33,7 @@ from lifelong.adapters.lm.edit_io import edit_module_names
 from lifelong.editing.editor import EditArtifact, Editor
 from lifelong.editors._prefix import replay_frozen_layers
 from lifelong.platform.config import ConfigError
+from lifelong.platform.errors import UserError
 from lifelong.platform.registry import Capabilities, register
 
 
@@ -102,11 +103,22 @@ class FTLEditor(Editor):
 
     def _rebuild(self) -> None:
         """The weight from the base plus the deltas in force, summed in id order (one delta in memory at a time
-        when they are read back)."""
+        when they are read back). An edit whose delta cannot be read back (a damaged file) is left out and
+        reported after the weight is set, so a rollback never leaves the rolled-back edit in the weight."""
         w = self.base_weight.clone()
+        unreadable: list[tuple[int, Exception]] = []
         for eid in sorted(self.deltas):
-            w += self._delta(eid).to(w.device, w.dtype)
+            try:
+                delta = self._delta(eid)
+            except (ValueError, UserError) as exc:  # UserError: the store's CorruptEditError
+                unreadable.append((eid, exc))
+                continue
+            w += delta.to(w.device, w.dtype)
         self._param().data.copy_(w)
+        for eid, _ in unreadable:
+            self.deltas.pop(eid, None)
+        if unreadable:
+            raise unreadable[0][1]
 
     def train_edit(self, prompt: str, target: str) -> EditArtifact:
         import torch
