@@ -17,7 +17,6 @@ from lifelong.benchmarks import fashion_mnist as fm
 from lifelong.benchmarks._idx import IdxError, read_idx
 from lifelong.platform import registry
 from lifelong.platform.config import ConfigError
-from lifelong.platform.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 FASHION_STRATEGIES = ("naive", "joint", "ewc", "lwf", "replay", "icarl", "gdumb", "dark-er", "der", "alade-snn")

@@ -5,7 +5,6 @@ from dataclasses import dataclass
 
 import pytest
 
-from lifelong.platform import registry
 from lifelong.platform.config import ConfigError
 from lifelong.platform.registry import Capabilities, RegistryError, create, get, list_plugins, register
 

@@ -147,8 +147,6 @@ def evaluate_episodes(learner: EpisodicLearner, sample: Callable[[int], Episode]
 
 def run_fewshot(config: FewShotConfig, *, out: str | Path, progress: bool = False) -> dict[str, Any]:
     """Meta-train, select on validation, test; write ``out/results.json`` (atomically) and return it."""
-    import torch
-
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir} is a file, not a folder; choose another path")
