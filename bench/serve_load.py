@@ -3,7 +3,7 @@ rolled back over HTTP; throughput, latency percentiles, errors, partial edits, a
 
     python bench/serve_load.py [--clients 4 ...] [--max-batch 1 ...] [--batch-wait-ms 10] [--repeats 1]
                                [--requests 40] [--max-tokens 16] [--edits 2] [--cycles 2] [--model NAME]
-                               [--cli-writer]
+                               [--cli-writer] [--plain]
 
 The server is the real command (``python -m lifelong serve``) in a subprocess on a free 127.0.0.1 port with a
 fresh store and a random token; the clients are threads with the official ``openai`` client. Prompts alternate
@@ -20,6 +20,10 @@ machine's load falls on every setting alike; a table of all cells ends the outpu
 request at a time on each cell's server; the reference answers of every cell are compared at the end (batching
 must not change a greedy answer). Bounded: every request has a timeout, each cell stops after ``--max-seconds``,
 each server is stopped at the end of its cell.
+
+``--plain`` then times a plain ``transformers`` generate loop in this process (no server running) on the same
+prompts, in batches of each ``--max-batch``, and prints served / plain throughput per cell. With ``--cycles 0`` no
+edit is written during the run, so the two sides do the same generations.
 """
 
 from __future__ import annotations
@@ -67,6 +71,9 @@ def main() -> None:
     ap.add_argument("--cli-writer", action="store_true",
                     help="roll back every other cycle with `lifelong edit rollback` (another process on the store)")
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--plain", action="store_true",
+                    help="also time a plain transformers generate loop on the same prompts, in batches of each "
+                         "--max-batch, and print served / plain throughput (use --cycles 0 for a like-for-like run)")
     args = ap.parse_args()
     root = Path(args.workdir or tempfile.mkdtemp(prefix="serve-load-"))
     cells = [(r, c, b) for r in range(args.repeats) for c in args.clients for b in args.max_batch]
@@ -86,6 +93,47 @@ def main() -> None:
                   f"{x['store_ok']} |")
         same = all(x["references"] == results[0]["references"] for x in results)
         print(f"reference answers (unedited and edited) identical in every cell: {same}")
+    if args.plain:
+        plain = {b: plain_generate(args, b) for b in args.max_batch}
+        print()
+        print("| clients | max batch | served req/s | plain generate req/s (same batch) | served / plain |")
+        print("|---|---|---|---|---|")
+        for x in results:
+            ratio = x["throughput"] / plain[x["max_batch"]]
+            print(f"| {x['clients']} | {x['max_batch']} | {x['throughput']:.2f} | {plain[x['max_batch']]:.2f} | "
+                  f"{ratio:.2f} |")
+
+
+def _bench_prompts(args: argparse.Namespace) -> list[str]:
+    """The prompts the clients send, in their order: each edit prompt of the bundled set, then its locality one."""
+    recs = [json.loads(x) for x in (ROOT / "lifelong/benchmarks/data/edits-smollm2.jsonl").read_text().splitlines()]
+    return [p for r in recs[: args.edits] for p in (r["prompt"], r["locality"][0])]
+
+
+def plain_generate(args: argparse.Namespace, batch: int) -> float:
+    """Requests per second of a plain ``model.generate`` loop (no server, no store, no routing) over the same
+    ``--requests`` prompts, greedy, ``--max-tokens`` new tokens, ``batch`` prompts per call, left-padded as the
+    server pads a batch; the model loaded as the server loads it. The reference the served throughput is held to."""
+    import torch
+
+    from lifelong.adapters.lm.model_loading import load_causal_lm
+
+    model, tok = load_causal_lm(args.model or "smollm2-135m")
+    prompts = _bench_prompts(args)
+    todo = [prompts[n % len(prompts)] for n in range(args.requests)]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    t0 = time.perf_counter()
+    for i in range(0, len(todo), batch):
+        ids = [tok(p)["input_ids"] for p in todo[i:i + batch]]
+        width = max(len(x) for x in ids)
+        enc = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+        with torch.no_grad():
+            model.generate(input_ids=enc, attention_mask=mask, max_new_tokens=args.max_tokens, do_sample=False,
+                           num_beams=1, pad_token_id=pad, temperature=None, top_p=None, top_k=None)
+    wall = time.perf_counter() - t0
+    print(f"plain generate, batch {batch}: {len(todo)} requests in {wall:.1f} s, {len(todo) / wall:.2f} req/s")
+    return len(todo) / wall
 
 
 def run_cell(args: argparse.Namespace, clients: int, max_batch: int, work: Path) -> dict:
@@ -143,7 +191,7 @@ def run_cell(args: argparse.Namespace, clients: int, max_batch: int, work: Path)
             httpx.delete(f"{url}/v1/edits/{i}", headers=auth, timeout=60)
         for r in recs:
             assert complete(client, r["prompt"])[0] == base[r["prompt"]], "rollback did not restore the output"
-        prompts = [p for r in recs for p in (r["prompt"], r["locality"][0])]
+        prompts = _bench_prompts(args)
 
         lat: list[float] = []
         errors: list[str] = []
