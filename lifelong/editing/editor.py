@@ -278,9 +278,9 @@ def new_store_config(model: Any, editor: str, identity: dict[str, str], given: d
     """The config of a new store's editor: the model family's layer settings, then what the editor measured for this
     model (``Editor.model_defaults``, e.g. SoLA's calibrated threshold), then the caller's ``given`` settings; with
     the line that says where the per-model settings came from and their calibration record (None without one)."""
-    base = {**editor_defaults(model, editor), **(given or {})}
+    family, given = editor_defaults(model, editor), given or {}
     hook = getattr(registry.get("editor", editor).factory, "model_defaults", None)
     if hook is None:
-        return base, "", None
-    measured, note, record = hook(identity, base, set(given or {}))
-    return {**editor_defaults(model, editor), **measured, **(given or {})}, note, record
+        return {**family, **given}, "", None
+    measured, note, record = hook(identity, {**family, **given}, set(given))
+    return {**family, **measured, **given}, note, record

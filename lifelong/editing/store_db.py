@@ -114,13 +114,17 @@ def _cannot_write(folder: Path, why: str) -> StoreError:
                       "still read it, `edit apply` and `edit rollback` need write access")
 
 
+def _disk_full(folder: Path, why: str) -> StoreFullError:
+    return StoreFullError(f"edit store {folder}: the disk is full ({why}); the write was not made and the store is "
+                          "unchanged; free some space and try again")
+
+
 def sqlite_error(folder: Path, db: Path, exc: sqlite3.Error | UnicodeDecodeError, readonly: bool) -> StoreError:
     """The one-line StoreError for an SQLite error: a store that cannot be written, a busy one, or a damaged file
     (a damaged file can also hold text that is not UTF-8)."""
     text = str(exc)
     if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "database or disk is full" in text:
-        return StoreFullError(f"edit store {folder}: the disk is full ({text}); the write was not made and the "
-                              "store is unchanged; free some space and try again")
+        return _disk_full(folder, text)
     if "readonly" in text or "read-only" in text or not os.access(folder, os.W_OK) and not readonly:
         return _cannot_write(folder, text)
     if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
@@ -131,8 +135,7 @@ def sqlite_error(folder: Path, db: Path, exc: sqlite3.Error | UnicodeDecodeError
 def os_error(folder: Path, exc: OSError) -> StoreError:
     """The one-line StoreError for a file-system error: read-only media, a full disk, or what the OS said."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return StoreFullError(f"edit store {folder}: the disk is full ({exc.strerror}); the write was not made and "
-                              "the store is unchanged; free some space and try again")
+        return _disk_full(folder, exc.strerror)
     if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return _cannot_write(folder, f"{exc.strerror}: {exc.filename}")
     return StoreError(f"edit store {folder}: {exc.strerror or exc} ({exc.filename})")

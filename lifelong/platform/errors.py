@@ -24,6 +24,7 @@ _WHY = {
     errno.EEXIST: "a file is in the way",
     errno.EISDIR: "it is a folder",
     errno.ENAMETOOLONG: "the name is too long",
+    errno.ELOOP: "too many levels of symbolic links",
 }
 
 
@@ -31,13 +32,12 @@ def path_os_error(exc: OSError) -> str | None:
     """The one-line message for an ``OSError`` about a path that reached the command line unhandled (a name too
     long for the file system, a loop of links, a permission, a full disk): the path (shortened past 200
     characters) and why; None for an error that names no path or whose cause is not one of these."""
-    if exc.filename is None or exc.errno not in {*_WHY, errno.ELOOP}:
+    if exc.filename is None or exc.errno not in _WHY:
         return None
     name = os.fsdecode(exc.filename)
     if len(name) > 200:
         name = f"{name[:100]}...({len(name)} characters)"
-    why = _WHY.get(exc.errno) or "too many levels of symbolic links"
-    return f"cannot use the path {name}: {why}"
+    return f"cannot use the path {name}: {_WHY[exc.errno]}"
 
 
 def os_error_message(exc: OSError, action: str, path: str | os.PathLike) -> str:
