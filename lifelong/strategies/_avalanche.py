@@ -135,6 +135,21 @@ def silent_evaluator() -> Any:
         return EvaluationPlugin(loggers=[])
 
 
+def epoch_lr_schedule(optimizer: torch.optim.Optimizer, milestones: list[int], gamma: float) -> Any:
+    """Avalanche's ``LRSchedulerPlugin`` stepping ``MultiStepLR`` once an epoch, restarted at every experience
+    (rate back to ``lr``, epoch count back to 0): each experience gets the same schedule, as DER's stages do.
+
+    ``reports_only``: the schedule restarts at each experience, so a run resumed at an experience boundary (the
+    only place a checkpoint is written) needs none of its state.
+    """
+    from avalanche.training.plugins import LRSchedulerPlugin
+
+    plugin = LRSchedulerPlugin(torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma),
+                               reset_scheduler=True, reset_lr=True, step_granularity="epoch")
+    plugin.reports_only = True
+    return plugin
+
+
 class ComponentPlugin:
     """Avalanche callbacks onto the learner's training components (Avalanche calls plugins by callback name).
 
