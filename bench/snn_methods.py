@@ -303,7 +303,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fresh", action="store_true")
     p.add_argument("--cost", action="store_true", help="also print parameters and forward time of the networks")
     args = p.parse_args(argv)
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        print(f"--seeds: expected comma-separated integers, got {args.seeds!r}", file=sys.stderr)
+        return 2
     parts = [s.strip() for s in args.parts.split(",") if s.strip()]
     unknown = [part for part in parts if part not in PARTS]
     if unknown:
