@@ -150,15 +150,19 @@ def bundled_alphas(alphas: list[float], path: str | None = None, kinds: list[str
     sl = keys([p for r in reqs for p in r.locality]) @ k.T
     lk = np.array([(kinds[j] if kinds and j < len(kinds) else "all") for r in reqs for j in range(len(r.locality))])
     split = sorted(set(lk)) if kinds else []
-    print(f"{path or 'bundled set'}: {len(reqs)} edits, {len(po)} paraphrases, {len(sl)} locality prompts"
-          + "".join(f", {int((lk == c).sum())} {c}" for c in split))
-    print("| α | paraphrases routed to their edit | locality prompts not routed |"
+    # a paraphrase that ends in the edit prompt's last two words keeps the prompt's template end
+    same_end = np.array([p.split()[-2:] == r.prompt.split()[-2:] for r in reqs for p in r.paraphrases])
+    print(f"{path or 'bundled set'}: {len(reqs)} edits, {len(po)} paraphrases ({int(same_end.sum())} ending in "
+          f"the prompt's last two words), {len(sl)} locality prompts" + "".join(f", {int((lk == c).sum())} {c}"
+                                                                               for c in split))
+    print("| α | paraphrases routed to their edit | same ending / other ending | locality prompts not routed |"
           + "".join(f" {c} not routed |" for c in split))
-    print("|---|---|---|" + "---|" * len(split))
+    print("|---|---|---|---|" + "---|" * len(split))
     for a in alphas:
-        para = float(((1 - sp.max(1) <= a) & (sp.argmax(1) == po)).mean())
+        routed = (1 - sp.max(1) <= a) & (sp.argmax(1) == po)
         kept = 1 - sl.max(1) > a
-        print(f"| {a:.4f} | {para:.3f} | {float(kept.mean()):.3f} |"
+        ends = " / ".join(f"{float(routed[m].mean()):.3f}" if m.any() else "n/a" for m in (same_end, ~same_end))
+        print(f"| {a:.4f} | {float(routed.mean()):.3f} | {ends} | {float(kept.mean()):.3f} |"
               + "".join(f" {float(kept[lk == c].mean()):.3f} |" for c in split))
 
 
