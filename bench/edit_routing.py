@@ -26,6 +26,14 @@ fidelity), then mean ± sample std over the seeds, per editor:
 
 ``--bundled-alphas 0.08,0.19`` prints paraphrase and locality routing on the bundled set at those thresholds.
 
+``--file PATH`` takes the edits from an edit file instead (``--results``: all of it unless ``--n``; with
+``--bundled-alphas``: the routing on that file). ``--locality-kinds near,near,unrelated`` names the kind of each
+record's locality prompt by position (the bundled and the natural set put two near neighbours first, one unrelated
+prompt last); the tables then split locality by kind:
+
+    python bench/edit_routing.py --results --file lifelong/benchmarks/data/edits-natural.jsonl --seeds 0 \
+        --editors sola --locality-kinds near,near,unrelated --out bench/out/edit-natural-default
+
     python bench/edit_routing.py [--n 0 (all)] [--layers 8,16,24] [--oproj 8,12,16,20,24,28] [--locality 0.98]
                                  [--json out.json]
 """
@@ -119,10 +127,10 @@ def evaluate(x: np.ndarray, centre: np.ndarray | None, kinds: np.ndarray, owner:
     return {"auc": a, "alpha": alpha, "para_at_alpha": para_ok, "loc_at_alpha": loc_ok}
 
 
-def bundled_alphas(alphas: list[float]) -> None:
-    """Routing on the bundled set at given thresholds, with SoLA's own keys (default config): the fraction of
-    paraphrases whose nearest edit key is their own edit's and within α, and of locality prompts with no key
-    within α, all 77 edits' keys in the index."""
+def bundled_alphas(alphas: list[float], path: str | None = None, kinds: list[str] | None = None) -> None:
+    """Routing on the bundled set (or the edit file ``path``) at given thresholds, with SoLA's own keys (default
+    config): the fraction of paraphrases whose nearest edit key is their own edit's and within α, and of locality
+    prompts with no key within α (per kind with ``kinds``), all the file's edit keys in the index."""
     from lifelong.adapters.lm.model_loading import load_causal_lm
     from lifelong.benchmarks.edits import bundled_edits_path, load_edits
     from lifelong.platform import registry
@@ -130,7 +138,7 @@ def bundled_alphas(alphas: list[float]) -> None:
     model, tok = load_causal_lm()
     ed = registry.create("editor", "sola")
     ed.attach(model, tok)
-    reqs = load_edits(bundled_edits_path())
+    reqs = load_edits(path or bundled_edits_path())
 
     def keys(prompts: list[str]) -> np.ndarray:
         y = np.concatenate([ed.key_of(prompts[i: i + 16]) for i in range(0, len(prompts), 16)])
@@ -140,13 +148,22 @@ def bundled_alphas(alphas: list[float]) -> None:
     sp = keys([p for r in reqs for p in r.paraphrases]) @ k.T
     po = np.array([i for i, r in enumerate(reqs) for _ in r.paraphrases])
     sl = keys([p for r in reqs for p in r.locality]) @ k.T
-    print(f"bundled set: {len(reqs)} edits, {len(po)} paraphrases, {len(sl)} locality prompts")
-    print("| α | paraphrases routed to their edit | locality prompts not routed |")
-    print("|---|---|---|")
+    lk = np.array([(kinds[j] if kinds and j < len(kinds) else "all") for r in reqs for j in range(len(r.locality))])
+    split = sorted(set(lk)) if kinds else []
+    # a paraphrase that ends in the edit prompt's last two words keeps the prompt's template end
+    same_end = np.array([p.split()[-2:] == r.prompt.split()[-2:] for r in reqs for p in r.paraphrases])
+    print(f"{path or 'bundled set'}: {len(reqs)} edits, {len(po)} paraphrases ({int(same_end.sum())} ending in "
+          f"the prompt's last two words), {len(sl)} locality prompts" + "".join(f", {int((lk == c).sum())} {c}"
+                                                                               for c in split))
+    print("| α | paraphrases routed to their edit | same ending / other ending | locality prompts not routed |"
+          + "".join(f" {c} not routed |" for c in split))
+    print("|---|---|---|---|" + "---|" * len(split))
     for a in alphas:
-        para = float(((1 - sp.max(1) <= a) & (sp.argmax(1) == po)).mean())
-        loc = float((1 - sl.max(1) > a).mean())
-        print(f"| {a:.2f} | {para:.3f} | {loc:.3f} |")
+        routed = (1 - sp.max(1) <= a) & (sp.argmax(1) == po)
+        kept = 1 - sl.max(1) > a
+        ends = " / ".join(f"{float(routed[m].mean()):.3f}" if m.any() else "n/a" for m in (same_end, ~same_end))
+        print(f"| {a:.4f} | {float(routed.mean()):.3f} | {ends} | {float(kept.mean()):.3f} |"
+              + "".join(f" {float(kept[lk == c].mean()):.3f} |" for c in split))
 
 
 def results(args: argparse.Namespace) -> None:
@@ -159,8 +176,9 @@ def results(args: argparse.Namespace) -> None:
     from lifelong.editing.bench import run_edit_bench
     from lifelong.platform.config import parse_overrides
 
-    path = wordnet_edit_set(args.split)
+    path = args.file or wordnet_edit_set(args.split)
     reqs = load_edits(path)
+    args.n = args.n or (len(reqs) if args.file else 40)
     loaded = load_causal_lm()
     overrides = parse_overrides(args.set) or None
     seeds = [int(x) for x in args.seeds.split(",")]
@@ -177,9 +195,10 @@ def results(args: argparse.Namespace) -> None:
                                  base_cache=base_cache, editor_config=overrides if name == "sola" else None,
                                  every=len(sub), retention=[(p, None) for r in sub for p in r.locality],
                                  overhead_reps=0)
-            table.setdefault(name, []).append({k: res[k] for k in ("right_after", "after_stream", "rollback",
-                                                                    "seconds_per_edit", "editor_config",
-                                                                    "pre_edit_reliability")})
+            row = {k: res[k] for k in ("right_after", "after_stream", "rollback", "seconds_per_edit",
+                                       "editor_config", "pre_edit_reliability")}
+            row.update(_locality_by_kind(res, sub, args.locality_kinds))
+            table.setdefault(name, []).append(row)
             print(f"{name} seed {seed}: {time.perf_counter() - t:.0f} s", flush=True)
             out.mkdir(parents=True, exist_ok=True)
             (out / "summary.json").write_text(json.dumps(table, indent=1, default=str))
@@ -188,7 +207,8 @@ def results(args: argparse.Namespace) -> None:
         v = np.array([r[a][b] for r in rows if r[a][b] is not None], dtype=float)
         return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else (f"{v[0]:.3f}" if len(v) else "n/a")
 
-    print(f"\n{args.split} split of the WordNet set, {args.n} sequential edits per run, seeds {args.seeds}; "
+    print(f"\n{args.file or args.split + ' split of the WordNet set'}, {args.n} sequential edits per run, "
+          f"seeds {args.seeds}; "
           f"mean ± sample std over the seeds; sola overrides: {overrides or 'none'}")
     print("| editor | reliability (after / end) | generalization (after / end) | locality (after / end) | "
           "rollback fidelity | pre-edit reliability |")
@@ -199,6 +219,24 @@ def results(args: argparse.Namespace) -> None:
               f"{ms(rows, 'right_after', 'locality')} / {ms(rows, 'after_stream', 'locality')} | "
               f"{ms(rows, 'rollback', 'fidelity')} | "
               f"{np.mean([r['pre_edit_reliability'] for r in rows]):.3f} |")
+    for kind in dict.fromkeys(args.locality_kinds.split(",") if args.locality_kinds else []):
+        print(f"locality of the {kind} prompts (after / end): "
+              + "; ".join(f"{name} {ms(rows, 'loc_' + kind, 'right_after')} / {ms(rows, 'loc_' + kind, 'end')}"
+                          for name, rows in table.items()))
+
+
+def _locality_by_kind(res: dict, reqs: list, kinds: str) -> dict[str, dict[str, float]]:
+    """Locality per kind of locality prompt (by position in each record, ``--locality-kinds``), right after each
+    edit and after the stream, from the per-prompt scores ``run_edit_bench`` records."""
+    names = kinds.split(",") if kinds else []
+    pos = [(names[j] if j < len(names) else "other") for r in reqs for j in range(len(r.locality))]
+    after = [x for e in res["per_edit"] for x in (e.get("locality_each") or [])]
+    end = res["after_stream"].get("locality_each") or []
+    out: dict[str, dict[str, float]] = {}
+    for kind in dict.fromkeys(pos if names else []):
+        out["loc_" + kind] = {"right_after": float(np.mean([a for a, k in zip(after, pos) if k == kind])),
+                              "end": float(np.mean([a for a, k in zip(end, pos) if k == kind]))}
+    return out
 
 
 def main() -> None:
@@ -215,12 +253,16 @@ def main() -> None:
     ap.add_argument("--oproj", default="8,12,16,20,24,28", help="self_attn.o_proj input sites")
     ap.add_argument("--locality", type=float, default=0.98)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--file", default=None, help="an edit file instead of the WordNet split (--results, "
+                                                 "--bundled-alphas)")
+    ap.add_argument("--locality-kinds", default="", help="kind of each record's locality prompt by position, e.g. "
+                                                         "near,near,unrelated: locality split by kind")
     args = ap.parse_args()
     if args.bundled_alphas:
-        bundled_alphas([float(x) for x in args.bundled_alphas.split(",")])
+        bundled_alphas([float(x) for x in args.bundled_alphas.split(",")], args.file,
+                       args.locality_kinds.split(",") if args.locality_kinds else None)
         return
     if args.results:
-        args.n = args.n or 40
         results(args)
         return
     from lifelong.adapters.lm.model_loading import load_causal_lm

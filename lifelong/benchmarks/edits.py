@@ -10,6 +10,16 @@ record and mapped onto the same fields; files may be JSON Lines or one JSON arra
 The whole file is validated before anything is returned; the first problem raises one ``UserError`` naming the
 file, the line (or array index), the field and what is expected. The bundled set
 ``data/edits-smollm2.jsonl`` holds facts that the default model gets wrong (``bench/edit_data.py check``).
+
+``data/edits-natural.jsonl`` is a second, counterfactual set written by hand (docs/editing.md, "A second
+counterfactual set, natural paraphrases"): 64 edits over 16 relations that neither the bundled set (capitals,
+authors, painters, official languages, chemical symbols) nor the WordNet set (hypernym, part) holds: composer,
+inventor, founder, currency, sport, instrument, headquarters, river, continent, director, architect, landmark's
+country, discoverer, birthplace, occupation, a moon's planet. Each target is a false answer; each edit has three
+paraphrases written for that edit alone (another word order, a question, a clause, a synonym; no template shared
+across edits), and three locality prompts: two near neighbours first (the edit prompt's own wording with another
+subject, never edited in the set), one unrelated prompt last. It measures whether a routing threshold chosen on
+WordNet templates carries over to natural paraphrases of other relations.
 """
 
 from __future__ import annotations
@@ -23,12 +33,18 @@ from lifelong.editing.editor import MAX_TARGET_CHARS, EditRequest, check_edit_te
 from lifelong.platform.errors import UserError
 
 BUNDLED = Path(__file__).resolve().parent / "data" / "edits-smollm2.jsonl"
+NATURAL = Path(__file__).resolve().parent / "data" / "edits-natural.jsonl"
 FORMATS = ("auto", "jsonl", "zsre", "counterfact")
 
 
 def bundled_edits_path() -> Path:
     """Path of the bundled edit set for the default model."""
     return BUNDLED
+
+
+def natural_edits_path() -> Path:
+    """Path of the hand-written counterfactual set with natural paraphrases (see the module docstring)."""
+    return NATURAL
 
 
 def _str_list(value: Any, where: str, field: str) -> list[str]:

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from lifelong.adapters.lm.model_loading import model_identity
-from lifelong.benchmarks.edits import bundled_edits_path, load_edits, load_prompts, load_retention_set
+from lifelong.benchmarks.edits import (bundled_edits_path, load_edits, load_prompts, load_retention_set,
+                                       natural_edits_path)
 from lifelong.cli.options import add_device_options
 from lifelong.editing.bench import run_edit_bench
 from lifelong.editing.calibrate import calibrate_threshold, read_calibration, store_requests
@@ -224,11 +225,15 @@ def _add_data_parsers(sub: argparse._SubParsersAction) -> None:
     add_device_options(ca)
     ca.set_defaults(handler=cmd_calibrate)
 
-    ms = sub.add_parser("make-set", help="write a counterfactual edit set built from WordNet 3.0 (JSON Lines, the "
-                                         "format apply/eval --file read; docs/editing.md)")
-    ms.add_argument("--source", required=True, choices=["wordnet"])
-    ms.add_argument("--split", default="test", choices=["dev", "test", "all"],
-                    help="dev (to choose settings on), test (to report on) or both; disjoint in synsets")
+    ms = sub.add_parser("make-set", help="write a counterfactual edit set built from WordNet 3.0, or the "
+                                         "hand-written natural set (JSON Lines, the format apply/eval --file read; "
+                                         "docs/editing.md)")
+    ms.add_argument("--source", required=True, choices=["wordnet", "natural"],
+                    help="wordnet: built from WordNet 3.0 templates; natural: the packaged hand-written set "
+                         "(64 edits, 16 relations, natural paraphrases; a test set, no split)")
+    ms.add_argument("--split", default=None, choices=["dev", "test", "all"],
+                    help="WordNet only: dev (to choose settings on), test (to report on, the default) or both; "
+                         "disjoint in synsets")
     ms.add_argument("--out", required=True, help="the JSON Lines file to write")
     ms.add_argument("--n", type=int, default=None, help="only the first N edits of the split")
     ms.add_argument("--wordnet-root", default=None, help="WordNet 3.0 folder (default $LIFELONG_WORDNET or "
@@ -597,10 +602,17 @@ def cmd_make_set(args: argparse.Namespace) -> int:
         raise UserError(f"--out {out}: the folder {out.parent} does not exist")
     if args.n is not None and args.n < 1:
         raise UserError(f"--n must be >= 1, got {args.n}")
-    src = wordnet_edit_set(args.split, root=args.wordnet_root, min_count=args.min_count)
+    if args.source == "natural":
+        if args.split is not None:
+            raise UserError("--split applies to --source wordnet only; the natural set has no split (report on "
+                            "all of it)")
+        src, what = natural_edits_path(), "the hand-written natural set"
+    else:
+        split = args.split or "test"
+        src, what = wordnet_edit_set(split, root=args.wordnet_root, min_count=args.min_count), f"WordNet {split} split"
     lines = src.read_text(encoding="utf-8").splitlines(keepends=True)[: args.n]
     atomic_write_text(out, "".join(lines))
-    print(f"wrote {len(lines)} edits (WordNet {args.split} split) to {out}")
+    print(f"wrote {len(lines)} edits ({what}) to {out}")
     return 0
 
 

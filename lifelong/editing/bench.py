@@ -229,6 +229,7 @@ def _apply_stream(session: EditSession, editor: str, reqs: Sequence[EditRequest]
             "edit": i + 1, "id": rec.id, "prompt": r.prompt, "target": r.target, "seconds": dt,
             "steps": rec.extra.get("steps"), "reliability": rel,
             "generalization": mean_score(gen) if gen else None, "locality": mean_score(loc) if loc else None,
+            "locality_each": loc,  # per locality prompt, in the record's order (a set may mark near neighbours)
         })
         print(f"[{i + 1}/{len(reqs)}] {editor}: {r.prompt!r} -> {r.target!r}  {dt:.1f} s  rel {rel:.2f}"
               + (f"  gen {mean_score(gen):.2f}" if gen else "") + (f"  loc {mean_score(loc):.2f}" if loc else ""),
@@ -261,6 +262,7 @@ def _after_stream(session: EditSession, reqs: Sequence[EditRequest], refs: list[
             "reliability": mean_score(rel_all),
             "generalization": mean_score(gen_all) if gen_all else None,
             "locality": mean_score(loc_all) if loc_all else None,
+            "locality_each": loc_all,  # per locality prompt, the records' prompts in order
             "err": curves[-1]["err"],
             "trr": curves[-1]["trr"],
             "perplexity": curves[-1].get("perplexity"),
