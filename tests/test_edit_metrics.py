@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import random
 
 import pytest
 import torch
@@ -142,9 +143,12 @@ def test_generate_unedited_batched_equals_one_by_one_and_refuses_routed_edits(tm
             s.generate_unedited([REQS[0].prompt])
 
 
-def test_rollback_trace_rebuilds_the_runs_draw_and_its_fidelity(tmp_path, tiny_llama, capsys):  # noqa: F811
+@pytest.mark.parametrize("pre_shuffled", [False, True])
+def test_rollback_trace_rebuilds_the_runs_draw_and_its_fidelity(tmp_path, tiny_llama, capsys, pre_shuffled):  # noqa: F811
     """``bench/edit_rollback_trace.py`` on a finished bench: the same prompts checked and the same fidelity, each
-    differing prompt sorted by where the router sends it (never to a rolled-back edit)."""
+    differing prompt sorted by where the router sends it (never to a rolled-back edit); also for a run given its
+    own seeded subset of the file (as ``bench/edit_routing.py --results`` gives it), which the trace rebuilds from
+    the store, not from a second draw on the file."""
     import importlib.util
     from pathlib import Path
 
@@ -153,7 +157,11 @@ def test_rollback_trace_rebuilds_the_runs_draw_and_its_fidelity(tmp_path, tiny_l
                                        "locality": r.locality}) + "\n" for r in REQS))
     from lifelong.benchmarks.edits import load_edits
 
-    res = run_edit_bench("sola", load_edits(src), seed=1, out=tmp_path / "b", model=str(tiny_llama),
+    requests = load_edits(src)
+    if pre_shuffled:
+        random.Random(1).shuffle(requests)
+        requests = requests[: len(requests) - 1]
+    res = run_edit_bench("sola", requests, seed=1, out=tmp_path / "b", model=str(tiny_llama),
                          editor_config=SOLA, source=str(src), overhead_reps=1, device="cpu")
     spec = importlib.util.spec_from_file_location("trace", Path(__file__).parents[1] / "bench" / "edit_rollback_trace.py")
     trace = importlib.util.module_from_spec(spec)
@@ -164,3 +172,6 @@ def test_rollback_trace_rebuilds_the_runs_draw_and_its_fidelity(tmp_path, tiny_l
     assert sum(out["routed"].values()) == out["differing"] and out["routed"]["rolled-back"] == 0
     assert trace.main([str(tmp_path / "b")]) == 0 and "prompts checked" in capsys.readouterr().out
     assert trace.main([str(tmp_path)]) == 2 and "not the folder of a finished edit bench" in capsys.readouterr().err
+    applied = requests[0]  # an edit the store holds, whichever the draw was
+    src.write_text(src.read_text().replace(json.dumps(applied.target), json.dumps(applied.target + " changed")))
+    assert trace.main([str(tmp_path / "b")]) == 2 and "the edit file changed" in capsys.readouterr().err

@@ -51,10 +51,17 @@ def bench_draw(requests: Sequence[EditRequest], n: int | None, seed: int, rollba
     order = list(range(len(reqs)))  # the half rolled back at the end: the same draw as after the stream
     rng.shuffle(order)
     back = sorted(order[: int(round(len(reqs) * rollback_fraction))])
+    return reqs, back, fidelity_prompts(reqs, back, seed, max_fidelity_prompts)
+
+
+def fidelity_prompts(reqs: Sequence[EditRequest], back: Sequence[int], seed: int, max_fidelity_prompts: int = 200
+                     ) -> list[tuple[int, str]]:
+    """The (position, prompt) pairs whose rollback fidelity is checked: the prompt and paraphrases of each
+    rolled-back edit, a sample seeded by ``seed + 1`` when there are more than ``max_fidelity_prompts``."""
     fid_check = [(i, p) for i in back for p in [reqs[i].prompt, *reqs[i].paraphrases]]
     if len(fid_check) > max_fidelity_prompts:
         fid_check = sorted(random.Random(seed + 1).sample(fid_check, max_fidelity_prompts))
-    return reqs, back, fid_check
+    return fid_check
 
 
 def run_edit_bench(
