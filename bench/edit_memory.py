@@ -10,6 +10,14 @@ that slope times the edits not run. ``--before DIR`` runs the same children on a
 
     nice -n 10 .venv/bin/python bench/edit_memory.py --file runs/wn-test.jsonl --n 40 --editors ft-l,grace,sola \
         [--before /tmp/before] [--at 1000]
+
+``--before-stream`` measures, at the full ``--n``, only the phases whose work grows with the number of edits
+before the first edit is applied (the unedited references of every locality prompt, the pre-edit reliability of
+every target, the retention targets, the checkpoint at 0 edits), with the bench's own functions, printing the
+resident set after each and after a final ``malloc_trim`` (what of it was free heap); ``--unpinned`` leaves
+glibc's mmap threshold as it is (the bench pins it, ``lifelong/platform/memory.py``), for the side-by-side.
+
+    nice -n 10 .venv/bin/python bench/edit_memory.py --file runs/wn-all.jsonl --n 1000 --before-stream [--unpinned]
 """
 
 from __future__ import annotations
@@ -85,6 +93,41 @@ def child(editor: str, file: str, n: int, every: int) -> None:
                       "vmhwm_mb": _rss_mb("VmHWM"), "wall_s": wall}))
 
 
+def before_stream(editor: str, file: str, n: int, pinned: bool) -> None:
+    """The resident set after each phase of ``run_edit_bench`` that precedes the first edit, at ``n`` edits (the
+    bench's own draw and functions, one editor's fresh store)."""
+    import ctypes
+
+    from lifelong.benchmarks.edits import load_edits
+    from lifelong.editing import bench
+    from lifelong.editing.metrics import retention_targets
+    from lifelong.editing.session import EditSession
+    from lifelong.platform.memory import pin_mmap_threshold
+
+    print(f"{os.cpu_count()} cores, load average at start {os.getloadavg()[0]:.2f}; n = {n}; mmap threshold "
+          f"{'pinned at 1 MB: ' + str(pin_mmap_threshold()) if pinned else 'as glibc sets it'}", flush=True)
+    requests = load_edits(file)
+    reqs, _, fid_check = bench.bench_draw(requests, n, 0)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        session = EditSession(Path(tmp) / "store", editor=editor, quiet=True, device="cpu")
+        print(f"model loaded: {_rss_mb():.0f} MB", flush=True)
+        cache: dict = {}
+        bench._unedited_references(session, reqs, fid_check, 8, cache)
+        print(f"unedited references ({sum(len(r.locality) for r in reqs)} locality prompts): {_rss_mb():.0f} MB "
+              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+        session.token_accuracy([r.prompt for r in reqs], [r.target for r in reqs])
+        print(f"pre-edit reliability ({len(reqs)} targets): {_rss_mb():.0f} MB", flush=True)
+        trr = retention_targets(session, bench._default_retention(requests, 0, 200), cache)
+        print(f"retention targets: {_rss_mb():.0f} MB", flush=True)
+        bench._checkpoint(session, [], trr, None, 0, 0.0)
+        print(f"checkpoint at 0 edits: {_rss_mb():.0f} MB; peak {_rss_mb('VmHWM'):.0f} MB "
+              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        print(f"after malloc_trim(0): {_rss_mb():.0f} MB; load average {os.getloadavg()[0]:.2f}", flush=True)
+        session.close()
+
+
 def slope(ys: list[float]) -> float:
     """Least-squares MB per edit over the second half of the stream (after the allocator has warmed up)."""
     ys = ys[len(ys) // 2:]
@@ -113,9 +156,14 @@ def main() -> None:
     ap.add_argument("--before", default=None, help="a checkout of the code before, run side by side")
     ap.add_argument("--at", type=int, default=1000, help="extrapolate the peak to this many edits")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--before-stream", action="store_true", help="only the phases before the first edit, at --n")
+    ap.add_argument("--unpinned", action="store_true", help="with --before-stream: leave the mmap threshold as is")
     args = ap.parse_args()
     if args.child:
         child(args.child, args.file, args.n, args.every)
+        return
+    if args.before_stream:
+        before_stream(args.editors.split(",")[0], args.file, args.n, pinned=not args.unpinned)
         return
     codes = {"after": ROOT} | ({"before": Path(args.before)} if args.before else {})
     print(f"{os.cpu_count()} cores, load average at start {os.getloadavg()[0]:.2f}; n = {args.n}", flush=True)

@@ -37,6 +37,7 @@ from lifelong.editing.metrics import (
 from lifelong.editing.session import EditSession, check_edit_precision, resolve_edit_device
 from lifelong.platform import registry
 from lifelong.platform.errors import UserError
+from lifelong.platform.memory import pin_mmap_threshold
 
 
 def bench_draw(requests: Sequence[EditRequest], n: int | None, seed: int, rollback_fraction: float = 0.5,
@@ -111,6 +112,7 @@ def run_edit_bench(
     check_edit_precision(precision)
     if device is not None:
         device = resolve_edit_device(str(device))
+    pin_mmap_threshold()  # thousands of forwards of varying shapes: keep freed logits out of the heap
     reqs, back, fid_check = bench_draw(requests, n, seed, rollback_fraction, max_fidelity_prompts)
     editor_config, calibrated = _with_calibration(editor, reqs, editor_config, calibration)
     _check_shipped_calibration(editor, model or (None if loaded is not None else DEFAULT_MODEL), reqs, editor_config,
