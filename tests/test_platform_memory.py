@@ -1,5 +1,5 @@
 """platform/memory.pin_mmap_threshold: freed buffers of varying sizes go back to the system instead of staying in
-glibc's heap (what held 1.3 GB of free memory after `edit bench`'s references at 1,000 edits, docs/scaling.md).
+glibc's heap (what held 1.2 GB of free memory before the first edit of `edit bench --n 1000`, docs/scaling.md).
 Each side runs in its own process: the setting is process-wide."""
 
 from __future__ import annotations

@@ -3,10 +3,11 @@
 glibc serves a large allocation by ``mmap`` (returned to the system when freed) only above its mmap threshold, and
 it raises that threshold, up to 32 MB, each time such a block is freed. After the first few forwards the logits and
 caches of every forward (a few MB to tens of MB, of shapes that vary with the prompts) therefore come from the heap,
-where the freed blocks fragment and stay resident. Measured on the unedited references of ``edit bench --n 1000``
-on SmolLM2-135M (3,000 locality prompts, one thread): the resident set grew from 0.84 to 2.72 GB; ``malloc_trim``
-afterwards gave 1.6 GB of it back (so it was free heap, not live objects), and with the threshold pinned at 1 MB
-the same phase stayed at 1.39 GB (docs/scaling.md).
+where the freed blocks fragment and stay resident. Measured on the phases before the first edit of ``edit bench
+--n 1000`` on SmolLM2-135M (2,000 locality prompts and 1,000 targets, one thread; ``bench/edit_memory.py
+--before-stream``): the resident set peaked at 2.55 GB, and ``malloc_trim`` afterwards brought it to 1.35 GB (so it
+was free heap, not live objects); with the threshold pinned at 1 MB the same phases peaked at 1.44 GB, 2 % slower
+(docs/scaling.md).
 """
 
 from __future__ import annotations
