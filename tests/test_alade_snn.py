@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 
+from _bench import load_bench_script
 from lifelong.benchmarks.split_digits import SplitDigitsConfig, split_digits
 from lifelong.incremental.learner import RunContext
 from lifelong.platform.config import ConfigError, build_config
@@ -191,21 +192,10 @@ def test_end_to_end_through_lifelong_run(tmp_path, capsys) -> None:
 def test_the_ann_twin_differs_in_the_neuron_only(stream) -> None:
     """``bench/alade_ablation.py``'s ``ann-twin`` resolves to the ALADE-SNN config with ``neuron=relu`` and nothing
     else changed, and that learner builds ReLU extractors (no LIF neuron, one time step) of the same shape."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
     from lifelong.adapters.nets.spiking import LIF
     from lifelong.platform.config import to_dict
 
-    bench = Path(__file__).parents[1] / "bench"
-    sys.path.insert(0, str(bench))
-    try:
-        spec = importlib.util.spec_from_file_location("alade_ablation", bench / "alade_ablation.py")
-        ablation = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(ablation)
-    finally:
-        sys.path.remove(str(bench))
+    ablation = load_bench_script("alade_ablation")
     protocol = {"train_per_class": 10, "test_per_class": 10}
     snn, ann = (to_dict(ablation.resolved(v, 0, protocol).strategy_config) for v in ("alade-snn", "ann-twin"))
     assert {k for k in snn if snn[k] != ann.get(k)} == {"neuron"} and set(snn) == set(ann)

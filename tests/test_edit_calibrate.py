@@ -5,10 +5,10 @@ store's router then does; bad input is one line and exit code 2."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from _bench import load_bench_script
 from _llm_fixtures import tiny_llama  # noqa: F401  (session fixture)
 
 from lifelong.adapters.lm.model_loading import load_causal_lm
@@ -109,7 +109,6 @@ def test_a_calibration_records_its_edits_and_edit_scale_refuses_them(tiny_llama,
                                                                      capsys):
     """``edit calibrate --out`` records the dev file's hash and edit ids; ``bench/edit_scale.py --split all`` with
     that calibration is refused in one line before anything runs, and ``--split test`` runs, recording it."""
-    import importlib.util
 
     from test_wordnet_edits import wordnet_40
 
@@ -132,9 +131,7 @@ def test_a_calibration_records_its_edits_and_edit_scale_refuses_them(tiny_llama,
     dev_ids = sorted(r.id for r in load_edits(dev) if r.paraphrases and r.locality)
     assert on["edit_ids"] == dev_ids and on["file_sha256"] == file_sha256(dev) and on["n_edits"] == len(dev_ids)
 
-    spec = importlib.util.spec_from_file_location("edit_scale", Path(__file__).parents[1] / "bench" / "edit_scale.py")
-    edit_scale = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(edit_scale)
+    edit_scale = load_bench_script("edit_scale")
     args = ["--settings", "decoder", "--editors", "sola", "--min-count", "0", "--model", str(tiny_llama),
             "--calibration", str(cal), "--set", "sola.layers=[1]", "--set", "sola.modules=[mlp.down_proj]",
             "--set", "sola.max_steps=5"]

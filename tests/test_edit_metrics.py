@@ -12,6 +12,7 @@ import random
 
 import pytest
 import torch
+from _bench import load_bench_script
 from _llm_fixtures import TINY_SOLA, tiny_llama  # noqa: F401  (session fixture)
 
 from lifelong.cli.main import main
@@ -149,8 +150,6 @@ def test_rollback_trace_rebuilds_the_runs_draw_and_its_fidelity(tmp_path, tiny_l
     differing prompt sorted by where the router sends it (never to a rolled-back edit); also for a run given its
     own seeded subset of the file (as ``bench/edit_routing.py --results`` gives it), which the trace rebuilds from
     the store, not from a second draw on the file."""
-    import importlib.util
-    from pathlib import Path
 
     src = tmp_path / "edits.jsonl"
     src.write_text("".join(json.dumps({"prompt": r.prompt, "target": r.target, "paraphrases": r.paraphrases,
@@ -163,9 +162,7 @@ def test_rollback_trace_rebuilds_the_runs_draw_and_its_fidelity(tmp_path, tiny_l
         requests = requests[: len(requests) - 1]
     res = run_edit_bench("sola", requests, seed=1, out=tmp_path / "b", model=str(tiny_llama),
                          editor_config=SOLA, source=str(src), overhead_reps=1, device="cpu")
-    spec = importlib.util.spec_from_file_location("trace", Path(__file__).parents[1] / "bench" / "edit_rollback_trace.py")
-    trace = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(trace)
+    trace = load_bench_script("edit_rollback_trace")
     out = trace.trace(tmp_path / "b")
     assert out["checked"] == res["rollback"]["n_checked"] > 0 and out["n_rolled_back"] == res["rollback"]["n_rolled_back"]
     assert out["fidelity"] == pytest.approx(res["rollback"]["fidelity"])

@@ -3,13 +3,12 @@ resolve to the same configuration share one run folder (so one configuration pri
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
+from _bench import load_bench_script
 from lifelong.adapters.nets.backbones import build_backbone
 
 PROTOCOL = {"train_per_class": 5, "test_per_class": 5, "epochs": 4, "teacher_epochs": 12}
@@ -17,15 +16,7 @@ PROTOCOL = {"train_per_class": 5, "test_per_class": 5, "epochs": 4, "teacher_epo
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    folder = Path(__file__).parents[1] / "bench"
-    sys.path.insert(0, str(folder))
-    try:
-        spec = importlib.util.spec_from_file_location("snn_methods", folder / "snn_methods.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(folder))
-    return module
+    return load_bench_script("snn_methods")
 
 
 def _params(name: str) -> int:
