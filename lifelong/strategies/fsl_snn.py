@@ -113,8 +113,9 @@ def info_nce(queries: torch.Tensor, prototypes: torch.Tensor, targets: torch.Ten
     return F.cross_entropy(sims, targets)
 
 
-class SelfFeature(nn.Module):
-    """Attention over a sample's own spatio-temporal tokens: ``[T, B, C, H, W]`` -> tokens ``[T, B, H*W, C]``."""
+class GatedAttention(nn.Module):
+    """The layers both modules share: query and key projections to ``dim``, a value projection, and a gate that
+    starts at 0 (each module begins as the identity and learns how much attention to add)."""
 
     def __init__(self, channels: int, dim: int) -> None:
         super().__init__()
@@ -125,6 +126,10 @@ class SelfFeature(nn.Module):
         self.dim = dim
         self.counted_macs = 0.0  # the attention's own products, added up while ``counting`` is set
         self.counting = False
+
+
+class SelfFeature(GatedAttention):
+    """Attention over a sample's own spatio-temporal tokens: ``[T, B, C, H, W]`` -> tokens ``[T, B, H*W, C]``."""
 
     def forward(self, fmap: torch.Tensor) -> torch.Tensor:
         T, B, C, H, W = fmap.shape
@@ -137,19 +142,9 @@ class SelfFeature(nn.Module):
         return out.reshape(B, T, H * W, C).transpose(0, 1)
 
 
-class CrossFeature(nn.Module):
+class CrossFeature(GatedAttention):
     """The query's tokens attend to each class's support tokens: ``[T, Q, L, C]`` and ``[T, N, M, C]`` (with a
     ``[N, M]`` mask of real support tokens) -> one class-conditioned query embedding per class ``[T, Q, N, C]``."""
-
-    def __init__(self, channels: int, dim: int) -> None:
-        super().__init__()
-        self.query = nn.Linear(channels, dim, bias=False)
-        self.key = nn.Linear(channels, dim, bias=False)
-        self.value = nn.Linear(channels, channels, bias=False)
-        self.gate = nn.Parameter(torch.zeros(()))
-        self.dim = dim
-        self.counted_macs = 0.0
-        self.counting = False
 
     def forward(self, query: torch.Tensor, support: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         T, Q, L, C = query.shape
