@@ -148,7 +148,7 @@ def bundled_alphas(alphas: list[float], path: str | None = None, kinds: list[str
     sp = keys([p for r in reqs for p in r.paraphrases]) @ k.T
     po = np.array([i for i, r in enumerate(reqs) for _ in r.paraphrases])
     sl = keys([p for r in reqs for p in r.locality]) @ k.T
-    lk = np.array([(kinds[j] if kinds and j < len(kinds) else "all") for r in reqs for j in range(len(r.locality))])
+    lk = np.array(locality_kinds(reqs, kinds or []))
     split = sorted(set(lk)) if kinds else []
     # a paraphrase that ends in the edit prompt's last two words keeps the prompt's template end
     same_end = np.array([p.split()[-2:] == r.prompt.split()[-2:] for r in reqs for p in r.paraphrases])
@@ -225,11 +225,17 @@ def results(args: argparse.Namespace) -> None:
                           for name, rows in table.items()))
 
 
+def locality_kinds(reqs: list, names: list[str]) -> list[str]:
+    """The kind of every locality prompt of ``reqs``, in order, named by its position in its record
+    (``--locality-kinds``); ``other`` past the named positions."""
+    return [(names[j] if j < len(names) else "other") for r in reqs for j in range(len(r.locality))]
+
+
 def _locality_by_kind(res: dict, reqs: list, kinds: str) -> dict[str, dict[str, float]]:
     """Locality per kind of locality prompt (by position in each record, ``--locality-kinds``), right after each
     edit and after the stream, from the per-prompt scores ``run_edit_bench`` records."""
     names = kinds.split(",") if kinds else []
-    pos = [(names[j] if j < len(names) else "other") for r in reqs for j in range(len(r.locality))]
+    pos = locality_kinds(reqs, names)
     after = [x for e in res["per_edit"] for x in (e.get("locality_each") or [])]
     end = res["after_stream"].get("locality_each") or []
     out: dict[str, dict[str, float]] = {}
