@@ -38,6 +38,7 @@ reruns). Needs the Fashion-MNIST files (``make data``).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -193,8 +194,10 @@ def _density(summary: dict[str, Any]) -> float | None:
     return None
 
 
+@functools.lru_cache(maxsize=None)
 def parameters(name: str) -> int:
     """Parameters of backbone ``name`` for 1x28x28 images and 10 classes (the networks of this bench)."""
+    # (cached: every table row with a teacher asks for two of them)
     from lifelong.adapters.nets.backbones import build_backbone
 
     return sum(p.numel() for p in build_backbone(name, (1, 28, 28), 10).parameters())
